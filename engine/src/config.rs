@@ -1,0 +1,371 @@
+//! Engine configuration: TOML with environment overrides, checked against allowed ranges.
+//!
+//! `assets/config/default.toml` documents every key. Environment variables override the file:
+//! `TERRARIUM_ENGINE__TICK_HZ=30` sets `tick_hz`, `TERRARIUM_ENGINE__WORLD__MAX='[512, 64, 512]'`
+//! sets `world.max` (the part after the prefix is the key path, `__` between levels). Values
+//! are read as TOML scalars or arrays, or as strings when they are neither.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Everything the engine needs to build a world. Every field has a default.
+#[derive(bevy_ecs::resource::Resource, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Seed of every random choice in the world.
+    pub seed: u64,
+    /// Fixed ticks per simulated second; 1 ..= 1000.
+    pub tick_hz: u32,
+    /// Worker threads for parallel systems (rayon); 0 means one per CPU core; at most 1024.
+    pub threads: usize,
+    /// World bounds.
+    pub world: WorldConfig,
+    /// Plain NPC behaviour.
+    pub npc: NpcConfig,
+    /// The cross-thread command queue.
+    pub commands: CommandConfig,
+    /// Snapshot limits.
+    pub snapshot: SnapshotConfig,
+    /// Batching of position, metric and event updates.
+    pub batching: BatchingConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            tick_hz: 20,
+            threads: 0,
+            world: WorldConfig::default(),
+            npc: NpcConfig::default(),
+            commands: CommandConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            batching: BatchingConfig::default(),
+        }
+    }
+}
+
+/// The box NPCs live in, in blocks. `y` is up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldConfig {
+    /// Lowest corner `[x, y, z]`.
+    pub min: [f32; 3],
+    /// Highest corner `[x, y, z]`; each coordinate above `min`, extent at most 1 000 000.
+    pub max: [f32; 3],
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        Self { min: [0.0, 0.0, 0.0], max: [4096.0, 256.0, 4096.0] }
+    }
+}
+
+/// How plain NPCs wander.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NpcConfig {
+    /// Walking speed in blocks per second; 0 ..= 100.
+    pub wander_speed: f32,
+    /// Shortest time between two turns, seconds; 0.05 ..= 3600.
+    pub turn_min_s: f32,
+    /// Longest time between two turns, seconds; `turn_min_s` ..= 3600.
+    pub turn_max_s: f32,
+}
+
+impl Default for NpcConfig {
+    fn default() -> Self {
+        Self { wander_speed: 1.4, turn_min_s: 2.0, turn_max_s: 6.0 }
+    }
+}
+
+/// The queue through which other threads send commands to the tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandConfig {
+    /// Commands that may wait for the next tick; a full queue refuses more. 1 ..= 16 777 216.
+    pub queue_capacity: usize,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        Self { queue_capacity: 65_536 }
+    }
+}
+
+/// Snapshot limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Largest snapshot payload that loading accepts, bytes; 1 KiB ..= 64 GiB.
+    pub max_bytes: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self { max_bytes: 4 << 30 }
+    }
+}
+
+/// Batching of position, metric and event updates (sizes in rows, ages in simulated time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Position rows: one per moved NPC per flush.
+    pub positions: BatchLimits,
+    /// Metric rows: one per (entity, metric) per flush.
+    pub metrics: BatchLimits,
+    /// Domain events.
+    pub events: EventBatchConfig,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            positions: BatchLimits { max_items: 100, max_age_ms: 500 },
+            metrics: BatchLimits { max_items: 200, max_age_ms: 5_000 },
+            events: EventBatchConfig::default(),
+        }
+    }
+}
+
+/// When a batch is flushed: at `max_items` rows or when its oldest row is `max_age_ms` old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLimits {
+    /// Rows that trigger a flush; 1 ..= 10 000 000.
+    pub max_items: usize,
+    /// Simulated milliseconds after which pending rows are flushed; 1 ..= 3 600 000.
+    pub max_age_ms: u64,
+}
+
+/// Event batching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventBatchConfig {
+    /// Events that trigger a flush; 1 ..= 10 000 000.
+    pub max_items: usize,
+    /// Simulated milliseconds after which pending events are flushed; 1 ..= 3 600 000.
+    pub max_age_ms: u64,
+    /// Identical events within this many simulated milliseconds are stored once; 0 ..= 3 600 000.
+    pub dedup_window_ms: u64,
+    /// Payloads larger than this many bytes are compressed; 64 ..= 16 777 216.
+    pub compress_threshold_bytes: usize,
+}
+
+impl Default for EventBatchConfig {
+    fn default() -> Self {
+        Self { max_items: 500, max_age_ms: 1_000, dedup_window_ms: 1_000, compress_threshold_bytes: 1024 }
+    }
+}
+
+impl EngineConfig {
+    /// Environment prefix of engine keys.
+    pub const ENV_PREFIX: &'static str = "TERRARIUM_ENGINE__";
+
+    /// Reads engine keys from TOML text, applies `env` overrides and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for bad TOML or an unknown key, [`ConfigError::Env`] for an override
+    /// that can't be applied, [`ConfigError::OutOfRange`]/[`ConfigError::Invalid`] for bad values.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value against its allowed range.
+    ///
+    /// # Errors
+    /// The first value out of range, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        in_range("tick_hz", self.tick_hz, &(1..=1000))?;
+        in_range("threads", self.threads, &(0..=1024))?;
+        for (axis, name) in ["x", "y", "z"].iter().enumerate() {
+            let (lo, hi) = (self.world.min[axis], self.world.max[axis]);
+            if !lo.is_finite() || !hi.is_finite() || hi <= lo || hi - lo > 1_000_000.0 {
+                return Err(ConfigError::OutOfRange {
+                    key: format!("world.max[{axis}]"),
+                    value: format!("{hi} (min {lo})"),
+                    allowed: format!("finite, above world.min[{axis}] ({name}) by at most 1000000"),
+                });
+            }
+        }
+        in_range_f("npc.wander_speed", self.npc.wander_speed, 0.0, 100.0)?;
+        in_range_f("npc.turn_min_s", self.npc.turn_min_s, 0.05, 3600.0)?;
+        in_range_f("npc.turn_max_s", self.npc.turn_max_s, self.npc.turn_min_s, 3600.0)?;
+        in_range("commands.queue_capacity", self.commands.queue_capacity, &(1..=16_777_216))?;
+        in_range("snapshot.max_bytes", self.snapshot.max_bytes, &(1024..=(64 << 30)))?;
+        for (name, l) in [("positions", self.batching.positions), ("metrics", self.batching.metrics)] {
+            in_range(&format!("batching.{name}.max_items"), l.max_items, &(1..=10_000_000))?;
+            in_range(&format!("batching.{name}.max_age_ms"), l.max_age_ms, &(1..=3_600_000))?;
+        }
+        let ev = &self.batching.events;
+        in_range("batching.events.max_items", ev.max_items, &(1..=10_000_000))?;
+        in_range("batching.events.max_age_ms", ev.max_age_ms, &(1..=3_600_000))?;
+        in_range("batching.events.dedup_window_ms", ev.dedup_window_ms, &(0..=3_600_000))?;
+        in_range(
+            "batching.events.compress_threshold_bytes",
+            ev.compress_threshold_bytes,
+            &(64..=16_777_216),
+        )?;
+        Ok(())
+    }
+
+    /// Threads to use: `threads`, or the number of CPU cores when it is 0.
+    #[must_use]
+    pub fn effective_threads(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            self.threads
+        }
+    }
+
+    /// Length of one tick.
+    #[must_use]
+    pub fn dt(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1_000_000_000 / u64::from(self.tick_hz.max(1)))
+    }
+}
+
+/// Deserialises `T` from TOML `text` after applying environment overrides.
+///
+/// Only variables that start with `prefix` are used; the rest of the name, lower-cased and split
+/// at `__`, is the key path. Values that parse as a TOML value are used as such (numbers, booleans,
+/// arrays); anything else is a string.
+///
+/// # Errors
+/// [`ConfigError::Parse`] for bad TOML, type errors and unknown keys (the message names the key),
+/// [`ConfigError::Env`] for an override whose path runs through a non-table value.
+pub fn load_layered<T: DeserializeOwned>(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|source| ConfigError::Parse { source })?;
+    let mut overrides: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len()).collect();
+    // Apply in name order so the result never depends on the environment's iteration order.
+    overrides.sort();
+    for (var, raw) in overrides {
+        let path: Vec<String> = var[prefix.len()..].split("__").map(str::to_ascii_lowercase).collect();
+        set_path(&mut table, &path, parse_env_value(&raw))
+            .map_err(|reason| ConfigError::Env { var, reason })?;
+    }
+    // Render the merged table back to text so serde errors carry the key path and position.
+    let merged = toml::to_string(&table)
+        .map_err(|e| ConfigError::Invalid { key: prefix.to_string(), reason: e.to_string() })?;
+    toml::from_str(&merged).map_err(|source| ConfigError::Parse { source })
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for (i, key) in parents.iter().enumerate() {
+        let entry = cur.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{}` is not a table", parents[..=i].join(".")))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Checks an integer setting against its allowed range.
+///
+/// # Errors
+/// [`ConfigError::OutOfRange`] naming `key`.
+pub fn in_range<T>(key: &str, value: T, allowed: &std::ops::RangeInclusive<T>) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key: key.to_string(),
+            value: value.to_string(),
+            allowed: format!("{} ..= {}", allowed.start(), allowed.end()),
+        })
+    }
+}
+
+fn in_range_f(key: &str, value: f32, lo: f32, hi: f32) -> Result<(), ConfigError> {
+    if value.is_finite() && (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key: key.to_string(),
+            value: value.to_string(),
+            allowed: format!("{lo} ..= {hi}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_batching() {
+        let cfg = EngineConfig::from_toml_str("", []).unwrap();
+        assert_eq!(cfg, EngineConfig::default());
+        assert_eq!(cfg.batching.positions, BatchLimits { max_items: 100, max_age_ms: 500 });
+        assert_eq!(cfg.batching.metrics, BatchLimits { max_items: 200, max_age_ms: 5_000 });
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let cfg = EngineConfig::from_toml_str(
+            "tick_hz = 10\n[npc]\nwander_speed = 2.0\n",
+            env(&[
+                ("TERRARIUM_ENGINE__TICK_HZ", "30"),
+                ("TERRARIUM_ENGINE__WORLD__MAX", "[64, 16, 64]"),
+                ("TERRARIUM_OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.tick_hz, 30);
+        assert_eq!(cfg.world.max, [64.0, 16.0, 64.0]);
+        assert!((cfg.npc.wander_speed - 2.0).abs() < f32::EPSILON);
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_range() {
+        let err = EngineConfig::from_toml_str("tick_hz = 0", []).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::OutOfRange { ref key, .. } if key == "tick_hz"), "{msg}");
+        assert!(msg.contains("1 ..= 1000"), "{msg}");
+        let err = EngineConfig::from_toml_str("", env(&[("TERRARIUM_ENGINE__NPC__TURN_MAX_S", "1.0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("npc.turn_max_s"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_parse_errors_naming_the_key() {
+        let err = EngineConfig::from_toml_str("tick_hertz = 20", []).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(err.to_string().contains("tick_hertz"), "{err}");
+        let err = EngineConfig::from_toml_str("[npc]\nwander_speed = \"fast\"", []).unwrap_err();
+        assert!(err.to_string().contains("wander_speed"), "{err}");
+        let err = EngineConfig::from_toml_str("tick_hz = 20", env(&[("TERRARIUM_ENGINE__TICK_HZ__X", "1")]))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Env { .. }), "{err}");
+    }
+}

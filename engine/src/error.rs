@@ -1,0 +1,151 @@
+//! The engine's error types, one per boundary.
+
+/// A configuration could not be loaded or is out of range.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML is malformed, has an unknown key or a value of the wrong type (the message says
+    /// which key, and where).
+    #[error("config: {source}")]
+    Parse {
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// An environment override could not be applied.
+    #[error("config: environment variable {var}: {reason}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A value is outside its allowed range.
+    #[error("config: {key} = {value} is out of range (allowed: {allowed})")]
+    OutOfRange {
+        /// Dotted key path, for example `batching.positions.max_items`.
+        key: String,
+        /// The value found.
+        value: String,
+        /// The allowed range.
+        allowed: String,
+    },
+    /// A value is invalid for another reason.
+    #[error("config: {key}: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A snapshot could not be saved or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Reading or writing failed.
+    #[error("snapshot i/o failed")]
+    Io(#[from] std::io::Error),
+    /// The input ended early: the file was cut short.
+    #[error("snapshot truncated: expected {expected} bytes, found {found}")]
+    Truncated {
+        /// Bytes the header promises.
+        expected: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// The input is not a Terrarium snapshot.
+    #[error("not a terrarium snapshot (bad magic {found:?})")]
+    BadMagic {
+        /// The first eight bytes.
+        found: [u8; 8],
+    },
+    /// The snapshot was written by an incompatible format version.
+    #[error("snapshot format version {found} is not supported (this build reads {supported})")]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: u32,
+        /// Versions this build reads.
+        supported: u32,
+    },
+    /// The payload does not match its checksum: the file is corrupted.
+    #[error("snapshot corrupted: checksum {actual:#018x} does not match {expected:#018x}")]
+    Corrupted {
+        /// Checksum in the header.
+        expected: u64,
+        /// Checksum of the payload.
+        actual: u64,
+    },
+    /// The payload is larger than `snapshot.max_bytes`.
+    #[error("snapshot payload of {len} bytes is over the limit of {limit} bytes (snapshot.max_bytes)")]
+    TooLarge {
+        /// Payload size.
+        len: u64,
+        /// Configured limit.
+        limit: u64,
+    },
+    /// The checksum matched but the payload is not a valid snapshot body.
+    #[error("snapshot payload could not be decoded")]
+    Decode(#[source] terrarium_codec::CodecError),
+    /// The world could not be encoded.
+    #[error("snapshot could not be encoded")]
+    Encode(#[source] terrarium_codec::CodecError),
+    /// The payload decoded but describes an impossible world (columns of different lengths,
+    /// duplicate ids, non-finite positions).
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl From<terrarium_codec::FrameError> for SnapshotError {
+    fn from(e: terrarium_codec::FrameError) -> Self {
+        use terrarium_codec::FrameError as F;
+        match e {
+            F::Io(io) => Self::Io(io),
+            F::Truncated { expected, found } => Self::Truncated { expected, found },
+            F::BadMagic { found, .. } => Self::BadMagic { found },
+            F::UnsupportedVersion { found, .. } => {
+                Self::UnsupportedVersion { found, supported: crate::snapshot::FORMAT_VERSION }
+            }
+            F::ChecksumMismatch { expected, actual } => Self::Corrupted { expected, actual },
+            F::TooLarge { len, limit } => Self::TooLarge { len, limit },
+            other => Self::Io(std::io::Error::other(other)),
+        }
+    }
+}
+
+/// The engine could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The worker thread pool could not be started.
+    #[error("could not start {threads} worker threads")]
+    ThreadPool {
+        /// Threads asked for.
+        threads: usize,
+        /// rayon's error.
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// Loading the starting snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// A command could not be queued for the next tick.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The queue holds `commands.queue_capacity` commands already; try again after the next tick.
+    #[error("command queue is full ({capacity} commands); retry after the next tick")]
+    QueueFull {
+        /// The configured capacity.
+        capacity: usize,
+    },
+    /// The engine has been dropped.
+    #[error("engine is gone")]
+    Disconnected,
+}

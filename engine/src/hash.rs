@@ -1,0 +1,90 @@
+//! `world_hash`: a stable 64-bit digest of the canonical simulation state.
+//!
+//! Canonical means: every NPC's components as little-endian bytes, NPCs in `NpcId` order, then
+//! the clock, RNG state and bounds. Two worlds that would behave the same hash the same,
+//! whatever their memory layout or the thread count that produced them.
+
+use bevy_ecs::prelude::*;
+use rayon::slice::ParallelSliceMut;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+use crate::{
+    Agent, Health, Inventory, MoveTarget, NpcId, ParPool, Position, Role, SimClock, SimRng, Status, Swarm,
+    Velocity, Wander, WorldBounds,
+};
+
+type HashQuery = (
+    &'static NpcId,
+    &'static Position,
+    &'static Velocity,
+    &'static Role,
+    &'static Status,
+    &'static Health,
+    &'static Inventory,
+    &'static Swarm,
+    Option<&'static Wander>,
+    Option<&'static MoveTarget>,
+    Has<Agent>,
+);
+
+/// Hashes the world (see the module docs for what is included).
+pub(crate) fn world_hash(world: &mut World) -> u64 {
+    let mut per_npc: Vec<(u64, u64)> = Vec::with_capacity(world.entities().len() as usize);
+    let mut buf = Vec::with_capacity(128);
+    let mut q = world.query::<HashQuery>();
+    for (id, pos, vel, role, status, hp, inv, swarm, wander, target, agent) in q.iter(world) {
+        buf.clear();
+        put_f32s(&mut buf, &[pos.x, pos.y, pos.z, vel.x, vel.y, vel.z]);
+        buf.extend_from_slice(&role.code().to_le_bytes());
+        buf.push(*status as u8);
+        buf.extend_from_slice(&hp.current.to_le_bytes());
+        buf.extend_from_slice(&hp.max.to_le_bytes());
+        for s in &inv.stacks {
+            buf.extend_from_slice(&s.kind.0.to_le_bytes());
+            buf.extend_from_slice(&s.count.to_le_bytes());
+        }
+        buf.extend_from_slice(&swarm.0.to_le_bytes());
+        match wander {
+            Some(w) => {
+                buf.push(1);
+                buf.extend_from_slice(&w.next_turn.to_le_bytes());
+                buf.extend_from_slice(&w.stream.to_le_bytes());
+            }
+            None => buf.push(0),
+        }
+        match target {
+            Some(t) => {
+                buf.push(1);
+                put_f32s(&mut buf, &[t.0.x, t.0.y, t.0.z]);
+            }
+            None => buf.push(0),
+        }
+        buf.push(u8::from(agent));
+        per_npc.push((id.0, xxh3_64(&buf)));
+    }
+    let pool = world.resource::<ParPool>().0.clone();
+    pool.install(|| per_npc.par_sort_unstable_by_key(|&(id, _)| id));
+
+    let mut h = Xxh3::new();
+    let clock = world.resource::<SimClock>();
+    h.update(&clock.tick.to_le_bytes());
+    h.update(&clock.tick_hz.to_le_bytes());
+    let rng = terrarium_codec::encode(world.resource::<SimRng>()).expect("the RNG state always encodes");
+    h.update(&rng);
+    let b = world.resource::<WorldBounds>();
+    let mut bounds = Vec::with_capacity(24);
+    put_f32s(&mut bounds, &[b.min[0], b.min[1], b.min[2], b.max[0], b.max[1], b.max[2]]);
+    h.update(&bounds);
+    h.update(&(per_npc.len() as u64).to_le_bytes());
+    for (id, npc) in &per_npc {
+        h.update(&id.to_le_bytes());
+        h.update(&npc.to_le_bytes());
+    }
+    h.digest()
+}
+
+fn put_f32s(buf: &mut Vec<u8>, values: &[f32]) {
+    for v in values {
+        buf.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+}

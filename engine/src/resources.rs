@@ -1,0 +1,168 @@
+//! World-wide resources: the clock, the bounds, the id index, the worker pool, per-tick logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bevy_ecs::prelude::*;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::NpcId;
+
+/// Simulation time. Systems read time only from here, never from the wall clock.
+#[derive(Resource, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimClock {
+    /// Ticks completed before the current one; during a tick's systems, the current tick's number
+    /// (the first tick is 1).
+    pub tick: u64,
+    /// Ticks per simulated second.
+    pub tick_hz: u32,
+}
+
+impl SimClock {
+    /// Length of one tick in simulated seconds.
+    #[must_use]
+    pub fn dt_secs(&self) -> f32 {
+        1.0 / self.tick_hz as f32
+    }
+
+    /// Length of one tick.
+    #[must_use]
+    pub fn dt(&self) -> Duration {
+        Duration::from_nanos(1_000_000_000 / u64::from(self.tick_hz))
+    }
+
+    /// Simulated time since tick 0, in milliseconds.
+    #[must_use]
+    pub fn now_ms(&self) -> u64 {
+        self.tick * 1000 / u64::from(self.tick_hz)
+    }
+
+    /// Whole ticks in `ms` simulated milliseconds, rounded up, at least one.
+    #[must_use]
+    pub fn ticks_in_ms(&self, ms: u64) -> u64 {
+        (ms * u64::from(self.tick_hz)).div_ceil(1000).max(1)
+    }
+}
+
+/// The box every NPC stays in, in blocks.
+#[derive(Resource, Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WorldBounds {
+    /// Lowest corner.
+    pub min: [f32; 3],
+    /// Highest corner.
+    pub max: [f32; 3],
+}
+
+impl WorldBounds {
+    /// True when `(x, y, z)` is inside (edges included).
+    #[must_use]
+    pub fn contains(&self, x: f32, y: f32, z: f32) -> bool {
+        (self.min[0]..=self.max[0]).contains(&x)
+            && (self.min[1]..=self.max[1]).contains(&y)
+            && (self.min[2]..=self.max[2]).contains(&z)
+    }
+}
+
+/// Finds the ECS entity of an NPC by its id.
+///
+/// Ids are handed out in order, so most live in a dense table indexed by id (8 bytes per id, no
+/// hashing); ids far beyond it (from a snapshot or a command that names its own) go to a hash map.
+#[derive(Resource, Debug, Default)]
+pub struct NpcIndex {
+    dense: Vec<Option<Entity>>,
+    sparse: FxHashMap<u64, Entity>,
+    len: usize,
+}
+
+impl NpcIndex {
+    /// How far past the end of the dense table an id may be and still extend it.
+    const DENSE_SLACK: u64 = 1 << 16;
+
+    /// The entity of `id`, if it is alive.
+    #[must_use]
+    pub fn get(&self, id: NpcId) -> Option<Entity> {
+        match usize::try_from(id.0).ok().and_then(|i| self.dense.get(i)) {
+            Some(slot) => *slot,
+            None => self.sparse.get(&id.0).copied(),
+        }
+    }
+
+    /// Number of live NPCs.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are no NPCs.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records `id → e`; returns the entity `id` had before, if any.
+    pub(crate) fn insert(&mut self, id: NpcId, e: Entity) -> Option<Entity> {
+        let old = if id.0 < self.dense.len() as u64 + Self::DENSE_SLACK {
+            let i = usize::try_from(id.0).expect("dense ids fit in usize");
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, None);
+            }
+            self.dense[i].replace(e)
+        } else {
+            self.sparse.insert(id.0, e)
+        };
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub(crate) fn remove(&mut self, id: NpcId) -> Option<Entity> {
+        let old = match usize::try_from(id.0).ok().and_then(|i| self.dense.get_mut(i)) {
+            Some(slot) => slot.take(),
+            None => self.sparse.remove(&id.0),
+        };
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// Makes room for ids up to `max_id` in the dense table.
+    pub(crate) fn reserve_to(&mut self, max_id: u64) {
+        if max_id < self.dense.len() as u64 + Self::DENSE_SLACK {
+            self.dense.reserve(usize::try_from(max_id + 1).unwrap_or(0).saturating_sub(self.dense.len()));
+        }
+    }
+}
+
+/// The engine's worker pool. Parallel systems run on it (through `terrarium_systems::par`), so
+/// two engines in one process can use different thread counts.
+#[derive(Resource, Clone)]
+pub struct ParPool(pub Arc<rayon::ThreadPool>);
+
+impl ParPool {
+    /// Number of worker threads.
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        self.0.current_num_threads()
+    }
+}
+
+impl std::fmt::Debug for ParPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParPool").field("threads", &self.threads()).finish()
+    }
+}
+
+/// What happened to the NPC population during the current tick, for systems that report it
+/// (events, persistence). Cleared at the start of every tick.
+#[derive(Resource, Debug, Default, Clone)]
+pub struct TickLog {
+    /// NPCs despawned since the last tick started, in the order it happened.
+    pub despawned: Vec<NpcId>,
+    /// Commands applied at the start of this tick.
+    pub commands_applied: u32,
+    /// Commands refused at the start of this tick (unknown id, duplicate spawn).
+    pub commands_rejected: u32,
+}

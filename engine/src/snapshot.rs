@@ -1,0 +1,210 @@
+//! Snapshots: the whole simulation (every NPC component, clock, RNG, id counter, bounds) as one
+//! checksummed frame.
+//!
+//! NPCs are stored as columns, table by table, in iteration order, so saving is a few slice copies
+//! and a loaded world iterates in the same order as the saved one (a run continued from a
+//! snapshot matches one that never stopped).
+
+use bevy_ecs::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::spawn::{AgentBundle, NpcBundle, PlainNpcBundle};
+use crate::{
+    Agent, Engine, Health, Inventory, MoveTarget, NpcId, NpcIndex, Position, Role, SimClock, SimRng,
+    SnapshotError, Status, Swarm, Velocity, Wander, WorldBounds,
+};
+
+/// First eight bytes of every snapshot.
+pub const MAGIC: [u8; 8] = *b"TRRMSNAP";
+/// The snapshot format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Body {
+    clock: SimClock,
+    rng: SimRng,
+    next_id: u64,
+    bounds: WorldBounds,
+    plain: Columns,
+    wanders: Vec<Wander>,
+    agents: Columns,
+    move_targets: Vec<(NpcId, MoveTarget)>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Columns {
+    ids: Vec<NpcId>,
+    positions: Vec<Position>,
+    velocities: Vec<Velocity>,
+    roles: Vec<Role>,
+    statuses: Vec<Status>,
+    healths: Vec<Health>,
+    inventories: Vec<Inventory>,
+    swarms: Vec<Swarm>,
+}
+
+type ColumnQuery = (
+    &'static NpcId,
+    &'static Position,
+    &'static Velocity,
+    &'static Role,
+    &'static Status,
+    &'static Health,
+    &'static Inventory,
+    &'static Swarm,
+);
+
+impl Columns {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn gather<F: bevy_ecs::query::QueryFilter + bevy_ecs::query::ArchetypeFilter>(world: &mut World) -> Self {
+        let mut out = Self::default();
+        let mut q = world.query_filtered::<ColumnQuery, F>();
+        for (ids, pos, vel, roles, st, hp, inv, sw) in
+            q.contiguous_iter(world).expect("NPC components are dense")
+        {
+            out.ids.extend_from_slice(ids);
+            out.positions.extend_from_slice(pos);
+            out.velocities.extend_from_slice(vel);
+            out.roles.extend_from_slice(roles);
+            out.statuses.extend_from_slice(st);
+            out.healths.extend_from_slice(hp);
+            out.inventories.extend_from_slice(inv);
+            out.swarms.extend_from_slice(sw);
+        }
+        out
+    }
+
+    fn check(&self, what: &str) -> Result<(), SnapshotError> {
+        let n = self.ids.len();
+        let lens = [
+            self.positions.len(),
+            self.velocities.len(),
+            self.roles.len(),
+            self.statuses.len(),
+            self.healths.len(),
+            self.inventories.len(),
+            self.swarms.len(),
+        ];
+        if lens.iter().any(|&l| l != n) {
+            return Err(SnapshotError::Inconsistent(format!("{what} columns have different lengths")));
+        }
+        if let Some(p) =
+            self.positions.iter().find(|p| !(p.x.is_finite() && p.y.is_finite() && p.z.is_finite()))
+        {
+            return Err(SnapshotError::Inconsistent(format!("{what}: non-finite position {p:?}")));
+        }
+        Ok(())
+    }
+
+    fn bundle(&self, i: usize) -> NpcBundle {
+        NpcBundle {
+            id: self.ids[i],
+            position: self.positions[i],
+            velocity: self.velocities[i],
+            role: self.roles[i],
+            status: self.statuses[i],
+            health: self.healths[i],
+            inventory: self.inventories[i],
+            swarm: self.swarms[i],
+        }
+    }
+}
+
+/// Encodes the world and writes it as one frame; returns the bytes written.
+pub(crate) fn save(
+    world: &mut World,
+    next_id: u64,
+    writer: &mut impl std::io::Write,
+) -> Result<u64, SnapshotError> {
+    let plain = Columns::gather::<Without<Agent>>(world);
+    let mut wanders = Vec::with_capacity(plain.len());
+    let mut q = world.query_filtered::<&Wander, Without<Agent>>();
+    for w in q.contiguous_iter(world).expect("Wander is dense") {
+        wanders.extend_from_slice(w);
+    }
+    let agents = Columns::gather::<With<Agent>>(world);
+    let mut move_targets: Vec<(NpcId, MoveTarget)> =
+        world.query::<(&NpcId, &MoveTarget)>().iter(world).map(|(id, t)| (*id, *t)).collect();
+    move_targets.sort_unstable_by_key(|(id, _)| *id);
+    let body = Body {
+        clock: *world.resource::<SimClock>(),
+        rng: world.resource::<SimRng>().clone(),
+        next_id,
+        bounds: *world.resource::<WorldBounds>(),
+        plain,
+        wanders,
+        agents,
+        move_targets,
+    };
+    let payload = terrarium_codec::encode(&body).map_err(SnapshotError::Encode)?;
+    Ok(terrarium_codec::write_frame(writer, MAGIC, FORMAT_VERSION, &payload)?)
+}
+
+/// Reads and checks a frame and decodes its body; nothing is spawned yet.
+pub(crate) fn read_body(reader: &mut impl std::io::Read, limit: u64) -> Result<Body, SnapshotError> {
+    let supported = FORMAT_VERSION.to_string();
+    let Some((_, payload)) =
+        terrarium_codec::read_frame(reader, MAGIC, |v| v == FORMAT_VERSION, &supported, limit)?
+    else {
+        return Err(SnapshotError::Truncated {
+            expected: terrarium_codec::FRAME_HEADER_LEN as u64,
+            found: 0,
+        });
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body: Body = terrarium_codec::decode(&payload, limit).map_err(SnapshotError::Decode)?;
+    body.plain.check("plain NPC")?;
+    body.agents.check("agent")?;
+    if body.wanders.len() != body.plain.len() {
+        return Err(SnapshotError::Inconsistent("wander column length differs from plain NPCs".into()));
+    }
+    if body.clock.tick_hz == 0 || body.clock.tick_hz > 1000 {
+        return Err(SnapshotError::Inconsistent(format!("tick_hz {} out of 1 ..= 1000", body.clock.tick_hz)));
+    }
+    Ok(body)
+}
+
+/// Replaces the engine's (empty) world state with the body's.
+pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotError> {
+    if engine.npc_count() != 0 {
+        return Err(SnapshotError::Inconsistent("snapshots load into an empty world only".into()));
+    }
+    let world = engine.world_mut();
+    world.insert_resource(body.clock);
+    world.insert_resource(body.rng);
+    world.insert_resource(body.bounds);
+    let plain =
+        (0..body.plain.len()).map(|i| PlainNpcBundle { npc: body.plain.bundle(i), wander: body.wanders[i] });
+    let mut entities: Vec<Entity> = world.spawn_batch(plain).collect();
+    let agents = (0..body.agents.len()).map(|i| AgentBundle { npc: body.agents.bundle(i), agent: Agent });
+    entities.extend(world.spawn_batch(agents));
+    let mut max_id = 0;
+    let duplicate = {
+        let mut index = world.resource_mut::<NpcIndex>();
+        index.reserve_to(body.next_id);
+        let ids = body.plain.ids.iter().chain(&body.agents.ids);
+        let mut dup = None;
+        for (&id, &e) in ids.zip(&entities) {
+            max_id = max_id.max(id.0);
+            if index.insert(id, e).is_some() {
+                dup = Some(id);
+                break;
+            }
+        }
+        dup
+    };
+    if let Some(id) = duplicate {
+        return Err(SnapshotError::Inconsistent(format!("{id} appears twice")));
+    }
+    for (id, target) in body.move_targets {
+        let Some(e) = world.resource::<NpcIndex>().get(id) else {
+            return Err(SnapshotError::Inconsistent(format!("move target for unknown {id}")));
+        };
+        world.entity_mut(e).insert(target);
+    }
+    engine.set_next_npc_id(body.next_id.max(max_id + 1));
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! What a new NPC looks like: [`NpcSpec`] and the component bundles built from it.
+
+use bevy_ecs::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{Agent, Health, Inventory, NpcId, Position, Role, Status, Swarm, Velocity, Wander};
+
+/// Everything needed to spawn an NPC. Start from [`NpcSpec::new`] and change what you need.
+///
+/// # Examples
+/// ```
+/// use terrarium_engine::{Engine, EngineConfig, NpcSpec, Position, Role};
+/// let mut engine = Engine::builder(EngineConfig::default()).build().unwrap();
+/// let id = engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(10.0, 0.0, 10.0)).in_swarm(3));
+/// assert_eq!(engine.npc_count(), 1);
+/// assert!(engine.entity(id).is_some());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NpcSpec {
+    /// Role.
+    pub role: Role,
+    /// Starting position (clamped into the world bounds when spawned).
+    pub position: Position,
+    /// Starting velocity.
+    pub velocity: Velocity,
+    /// Starting status.
+    pub status: Status,
+    /// Starting health.
+    pub health: Health,
+    /// Starting inventory.
+    pub inventory: Inventory,
+    /// Swarm, or [`Swarm::NONE`].
+    pub swarm: Swarm,
+    /// True for an agent (an NPC with a brain); false for a plain, wandering NPC.
+    pub agent: bool,
+}
+
+impl NpcSpec {
+    /// An idle, unhurt, empty-handed plain NPC.
+    #[must_use]
+    pub fn new(role: Role, position: Position) -> Self {
+        Self {
+            role,
+            position,
+            velocity: Velocity::ZERO,
+            status: Status::Idle,
+            health: Health::default(),
+            inventory: Inventory::default(),
+            swarm: Swarm::NONE,
+            agent: false,
+        }
+    }
+
+    /// The same NPC with a brain.
+    #[must_use]
+    pub fn as_agent(mut self) -> Self {
+        self.agent = true;
+        self
+    }
+
+    /// The same NPC in swarm `swarm`.
+    #[must_use]
+    pub fn in_swarm(mut self, swarm: u32) -> Self {
+        self.swarm = Swarm(swarm);
+        self
+    }
+
+    /// The same NPC moving at `velocity` (and with status `Moving` when it is not zero).
+    #[must_use]
+    pub fn moving(mut self, velocity: Velocity) -> Self {
+        self.velocity = velocity;
+        if !velocity.is_zero() {
+            self.status = Status::Moving;
+        }
+        self
+    }
+}
+
+/// The components every NPC has.
+#[derive(Bundle, Clone, Copy)]
+pub struct NpcBundle {
+    /// Identity.
+    pub id: NpcId,
+    /// Position.
+    pub position: Position,
+    /// Velocity.
+    pub velocity: Velocity,
+    /// Role.
+    pub role: Role,
+    /// Status.
+    pub status: Status,
+    /// Health.
+    pub health: Health,
+    /// Inventory.
+    pub inventory: Inventory,
+    /// Swarm.
+    pub swarm: Swarm,
+}
+
+impl NpcBundle {
+    /// The bundle of `spec` under `id`.
+    #[must_use]
+    pub fn new(id: NpcId, spec: &NpcSpec) -> Self {
+        Self {
+            id,
+            position: spec.position,
+            velocity: spec.velocity,
+            role: spec.role,
+            status: spec.status,
+            health: spec.health,
+            inventory: spec.inventory,
+            swarm: spec.swarm,
+        }
+    }
+}
+
+/// A plain NPC: the common components plus wandering.
+#[derive(Bundle, Clone, Copy)]
+pub struct PlainNpcBundle {
+    /// Common components.
+    pub npc: NpcBundle,
+    /// Wander state.
+    pub wander: Wander,
+}
+
+/// An agent: the common components plus the [`Agent`] marker. AI systems add their own state.
+#[derive(Bundle, Clone, Copy)]
+pub struct AgentBundle {
+    /// Common components.
+    pub npc: NpcBundle,
+    /// Marker.
+    pub agent: Agent,
+}

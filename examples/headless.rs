@@ -1,0 +1,297 @@
+//! The main job: a headless simulation on the embedded default, printing tick statistics.
+//!
+//! ```text
+//! cargo run --release --example headless -- --npcs 100000 --ticks 600 --seed 42 --threads 2 --tick-hz 20 --json
+//! ```
+//!
+//! With `--json`, the last line of stdout is one JSON object (keys listed in `Summary`).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use terrarium::Config;
+use terrarium::engine::rng::{StreamRng, hash3};
+use terrarium::engine::{Engine, NpcSpec, Position, Role};
+
+/// Runs a headless Terrarium world and reports how fast it ticks.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Plain (wandering) NPCs to spawn.
+    #[arg(long, default_value_t = 100_000)]
+    npcs: u64,
+    /// Agents (NPCs with a brain) to spawn.
+    #[arg(long, default_value_t = 0)]
+    agents: u64,
+    /// Ticks to run.
+    #[arg(long, default_value_t = 600)]
+    ticks: u64,
+    /// World seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Ticks per simulated second.
+    #[arg(long = "tick-hz")]
+    tick_hz: Option<u32>,
+    /// Where batched updates go.
+    #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
+    storage: StorageKind,
+    /// Configuration file (TOML); flags override it, the environment overrides the file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Start from this snapshot instead of spawning (`--npcs`/`--agents` are then ignored).
+    #[arg(long = "snapshot-in")]
+    snapshot_in: Option<PathBuf>,
+    /// Save the world here after the last tick.
+    #[arg(long = "snapshot-out")]
+    snapshot_out: Option<PathBuf>,
+    /// Pace ticks to `--tick-hz` and sleep between them (a server); otherwise run back to back.
+    #[arg(long)]
+    realtime: bool,
+    /// No progress bar and no human summary.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum StorageKind {
+    /// No batching and no persistence.
+    None,
+    /// Batching and write-behind into the in-process store.
+    Memory,
+}
+
+/// The JSON summary. Keys are a contract with other tools: add, never rename.
+#[derive(Serialize)]
+struct Summary {
+    npcs: u64,
+    agents: u64,
+    ticks: u64,
+    threads: usize,
+    seed: u64,
+    tick_hz: u32,
+    storage: StorageKind,
+    tick_ms_p50: f64,
+    tick_ms_p95: f64,
+    tick_ms_p99: f64,
+    tick_ms_max: f64,
+    tick_ms_mean: f64,
+    ticks_per_sec: f64,
+    rss_bytes: u64,
+    bytes_per_npc: f64,
+    world_hash: String,
+    wall_s: f64,
+    spawn_ms: f64,
+    snapshot_load_ms: Option<f64>,
+    snapshot_save_ms: Option<f64>,
+    snapshot_bytes: Option<u64>,
+    /// Mean wall-clock milliseconds per tick spent in each stage.
+    stage_ms: std::collections::BTreeMap<&'static str, f64>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!(
+                "headless: {}",
+                msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("headless: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let wall = Instant::now();
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    };
+    if let Some(seed) = args.seed {
+        cfg.engine.seed = seed;
+    }
+    if let Some(threads) = args.threads {
+        cfg.engine.threads = threads;
+    }
+    if let Some(hz) = args.tick_hz {
+        cfg.engine.tick_hz = hz;
+    }
+    cfg.engine.validate()?;
+    let builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
+
+    let spawn_started = Instant::now();
+    let mut snapshot_load_ms = None;
+    let mut engine = if let Some(path) = &args.snapshot_in {
+        let file = File::open(path).with_context(|| format!("cannot open snapshot {}", path.display()))?;
+        let engine = builder
+            .build_from_snapshot(&mut BufReader::with_capacity(1 << 20, file))
+            .with_context(|| format!("cannot load snapshot {}", path.display()))?;
+        snapshot_load_ms = Some(ms(spawn_started.elapsed()));
+        engine
+    } else {
+        let mut engine = builder.build()?;
+        spawn_population(&mut engine, args.npcs, args.agents);
+        engine
+    };
+    let spawn_ms = ms(spawn_started.elapsed());
+    let population = engine.npc_count() as u64;
+    let agents = engine.agent_count() as u64;
+
+    let show_progress = !args.quiet && std::io::stdout().is_terminal();
+    let bar = if show_progress { progress_bar(args.ticks) } else { ProgressBar::hidden() };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let dt = cfg.engine.dt();
+    let loop_started = Instant::now();
+    for k in 0..args.ticks {
+        let t = Instant::now();
+        engine.tick();
+        hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+        bar.inc(1);
+        if args.realtime {
+            let next = loop_started + dt * u32::try_from(k + 1).unwrap_or(u32::MAX);
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let loop_time = loop_started.elapsed();
+    bar.finish_and_clear();
+
+    let (mut snapshot_save_ms, mut snapshot_bytes) = (None, None);
+    if let Some(path) = &args.snapshot_out {
+        let t = Instant::now();
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        snapshot_bytes = Some(engine.save_snapshot(&mut w)?);
+        w.flush()?;
+        snapshot_save_ms = Some(ms(t.elapsed()));
+    }
+
+    let timings = engine.stage_timings();
+    let stage_ms = terrarium::engine::TickSet::ALL
+        .iter()
+        .map(|set| {
+            let total = timings.total[set.index()];
+            (set.name(), if timings.ticks == 0 { 0.0 } else { ms(total) / timings.ticks as f64 })
+        })
+        .collect();
+    let rss_bytes = memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64);
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1e6;
+    let summary = Summary {
+        npcs: population - agents,
+        agents,
+        ticks: args.ticks,
+        threads: engine.threads(),
+        seed: engine.world().resource::<terrarium::engine::SimRng>().seed(),
+        tick_hz: cfg.engine.tick_hz,
+        storage: args.storage,
+        tick_ms_p50: q(0.50),
+        tick_ms_p95: q(0.95),
+        tick_ms_p99: q(0.99),
+        tick_ms_max: hist.max() as f64 / 1e6,
+        tick_ms_mean: hist.mean() / 1e6,
+        ticks_per_sec: if loop_time.is_zero() { 0.0 } else { args.ticks as f64 / loop_time.as_secs_f64() },
+        rss_bytes,
+        bytes_per_npc: if population == 0 { 0.0 } else { rss_bytes as f64 / population as f64 },
+        world_hash: format!("{:016x}", engine.world_hash()),
+        wall_s: wall.elapsed().as_secs_f64(),
+        spawn_ms,
+        snapshot_load_ms,
+        snapshot_save_ms,
+        snapshot_bytes,
+        stage_ms,
+    };
+    if !args.quiet {
+        print_human(&summary);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+/// Spawns plain NPCs spread over the ground and agents, all derived from the world seed.
+fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) {
+    let seed = engine.config().seed;
+    let (min, max) = (engine.config().world.min, engine.config().world.max);
+    let spec = |i: u64, agent: bool| {
+        let mut r = StreamRng::new(hash3(seed, i, 0x0053_5041_574E)); // "SPAWN"
+        let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
+        let role = Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize];
+        let spec = NpcSpec::new(if agent { Role::Miner } else { role }, pos);
+        if agent { spec.as_agent() } else { spec }
+    };
+    engine.spawn_batch((0..npcs).map(|i| spec(i, false)).chain((npcs..npcs + agents).map(|i| spec(i, true))));
+}
+
+fn progress_bar(ticks: u64) -> ProgressBar {
+    let bar = ProgressBar::new(ticks);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} tick {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn print_human(s: &Summary) {
+    println!(
+        "{} NPCs + {} agents, {} ticks at {} Hz on {} threads (seed {}, storage {:?})",
+        s.npcs, s.agents, s.ticks, s.tick_hz, s.threads, s.seed, s.storage
+    );
+    println!(
+        "tick ms: p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  ({:.0} ticks/s)",
+        s.tick_ms_p50, s.tick_ms_p95, s.tick_ms_p99, s.tick_ms_max, s.ticks_per_sec
+    );
+    println!(
+        "memory: {:.1} MiB RSS, {:.0} bytes/NPC; spawn {:.0} ms; world hash {}",
+        s.rss_bytes as f64 / f64::from(1u32 << 20),
+        s.bytes_per_npc,
+        s.spawn_ms,
+        s.world_hash
+    );
+    let stages: Vec<String> = s.stage_ms.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+    println!("mean ms per stage: {}", stages.join(", "));
+    if let (Some(ms), Some(bytes)) = (s.snapshot_save_ms, s.snapshot_bytes) {
+        println!("snapshot saved: {bytes} bytes in {ms:.0} ms");
+    }
+    if let Some(ms) = s.snapshot_load_ms {
+        println!("snapshot loaded in {ms:.0} ms");
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,69 @@
+//! `StorageError`: what can go wrong at the storage boundary, and whether trying again may help.
+
+use std::time::Duration;
+
+/// A storage call failed.
+///
+/// [`StorageError::is_transient`] tells retry layers whether the same call may succeed later.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend could not be reached or failed mid-call (connection refused, reset, server
+    /// restarting). Transient.
+    #[error("storage backend unavailable: {backend}")]
+    Unavailable {
+        /// Which backend (`"postgres"`, `"redis"`, `"file"`, …).
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The call did not finish in time. Transient.
+    #[error("storage call timed out after {0:?}")]
+    Timeout(Duration),
+    /// A circuit breaker is open and refused the call without trying. Not transient: retrying
+    /// at once only adds load; wait `retry_after`.
+    #[error("circuit open, retry after {retry_after:?}")]
+    CircuitOpen {
+        /// When the breaker will let a trial call through.
+        retry_after: Duration,
+    },
+    /// Stored bytes could not be decoded. Not transient.
+    #[error("corrupt stored data: {what}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+    },
+    /// The backend refused the request itself (a constraint, a bad argument). Not transient.
+    #[error("storage request rejected by {backend}: {reason}")]
+    Rejected {
+        /// Which backend.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A bound was reached and the data could not be accepted (for example a full outbox with
+    /// no disk to spill to). Not transient for this call; the data was *not* dropped silently:
+    /// the caller still holds it.
+    #[error("storage capacity exceeded: {what}")]
+    Full {
+        /// Which bound.
+        what: String,
+    },
+}
+
+impl StorageError {
+    /// True when the same call may succeed if tried again later.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout(_))
+    }
+
+    /// Wraps a driver error as [`StorageError::Unavailable`].
+    pub fn unavailable(
+        backend: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable { backend, source: Box::new(source) }
+    }
+}

@@ -1,0 +1,308 @@
+//! `MemoryStore`: the in-process store. The embedded default (no server, nothing on disk) and the
+//! test double of every adapter test.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::{
+    BatchId, EntityKind, EventRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, Storage, StorageError,
+    WriteBatch,
+};
+
+/// What a [`MemoryStore`] keeps and counts.
+#[derive(Debug, Default)]
+struct Inner {
+    npcs: BTreeMap<u64, NpcRecord>,
+    last_position: HashMap<u64, PositionRow>,
+    metrics: HashMap<(EntityKind, u64, String), (f64, u64)>,
+    events: VecDeque<EventRow>,
+    event_ids: HashMap<u64, ()>,
+    applied: HashMap<u64, u64>,
+    stats: MemoryStats,
+}
+
+/// Counters of a [`MemoryStore`]: what was written, in rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Successful `write` calls.
+    pub write_calls: u64,
+    /// Batches applied (a replayed batch is not counted twice).
+    pub batches: u64,
+    /// Batches skipped because they had been applied before.
+    pub duplicate_batches: u64,
+    /// Position rows stored.
+    pub position_rows: u64,
+    /// Metric rows stored.
+    pub metric_rows: u64,
+    /// Event rows stored (an event id seen before is not stored again).
+    pub event_rows: u64,
+    /// Current-state upserts.
+    pub npc_upserts: u64,
+    /// Current-state deletions.
+    pub npc_removals: u64,
+}
+
+/// In-process store. It is the default backend and the test double.
+///
+/// Keeps every NPC's current state, the last position of each NPC, running metric totals and
+/// the newest `event_capacity` events (older ones are counted, then let go: this store is not a
+/// history). Idempotent by batch id, like every store.
+///
+/// # Examples
+/// ```
+/// use terrarium_persistence::{BatchId, MemoryStore, PositionRow, Storage, WriteBatch};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::default();
+/// let row = PositionRow { npc_id: 7, tick: 3, x: 1.0, y: 0.0, z: 2.0 };
+/// let batch = WriteBatch { id: BatchId { run: 1, seq: 1 }, tick: 3, positions: vec![row], ..Default::default() };
+/// store.write(std::slice::from_ref(&batch)).await?;
+/// store.write(std::slice::from_ref(&batch)).await?; // a replay changes nothing
+/// assert_eq!(store.last_position(7), Some(row));
+/// assert_eq!(store.stats().position_rows, 1);
+/// # Ok::<(), terrarium_persistence::StorageError>(()) }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    event_capacity: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_event_capacity(100_000)
+    }
+}
+
+impl MemoryStore {
+    /// A store that keeps the newest `event_capacity` events.
+    #[must_use]
+    pub fn with_event_capacity(event_capacity: usize) -> Self {
+        Self { inner: Mutex::new(Inner::default()), event_capacity }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock can only come from a bug in this file; the data is
+        // plain maps, still usable, so recover rather than poison every later call.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What has been written so far.
+    #[must_use]
+    pub fn stats(&self) -> MemoryStats {
+        self.lock().stats
+    }
+
+    /// The last position stored for an NPC.
+    #[must_use]
+    pub fn last_position(&self, npc_id: u64) -> Option<PositionRow> {
+        self.lock().last_position.get(&npc_id).copied()
+    }
+
+    /// Running total and sample count of a metric.
+    #[must_use]
+    pub fn metric(&self, kind: EntityKind, entity_id: u64, name: &str) -> Option<(f64, u64)> {
+        self.lock().metrics.get(&(kind, entity_id, name.to_string())).copied()
+    }
+
+    /// The events kept, oldest first.
+    #[must_use]
+    pub fn events(&self) -> Vec<EventRow> {
+        self.lock().events.iter().cloned().collect()
+    }
+
+    /// Highest batch `seq` applied for `run`.
+    #[must_use]
+    pub fn applied_seq(&self, run: u64) -> Option<u64> {
+        self.lock().applied.get(&run).copied()
+    }
+
+    fn apply(&self, inner: &mut Inner, b: &WriteBatch) {
+        let BatchId { run, seq } = b.id;
+        if inner.applied.get(&run).is_some_and(|&done| seq <= done) {
+            inner.stats.duplicate_batches += 1;
+            return;
+        }
+        inner.applied.insert(run, seq);
+        inner.stats.batches += 1;
+        for r in &b.npcs {
+            inner.npcs.insert(r.id, r.clone());
+            inner.stats.npc_upserts += 1;
+        }
+        for p in &b.positions {
+            inner.last_position.insert(p.npc_id, *p);
+            if let Some(n) = inner.npcs.get_mut(&p.npc_id)
+                && p.tick >= n.updated_tick
+            {
+                (n.x, n.y, n.z, n.updated_tick) = (p.x, p.y, p.z, p.tick);
+            }
+        }
+        inner.stats.position_rows += b.positions.len() as u64;
+        for m in &b.metrics {
+            let e = inner.metrics.entry((m.entity_kind, m.entity_id, m.name.clone())).or_insert((0.0, 0));
+            e.0 += m.value;
+            e.1 += u64::from(m.samples);
+        }
+        inner.stats.metric_rows += b.metrics.len() as u64;
+        for ev in &b.events {
+            if inner.event_ids.insert(ev.event_id, ()).is_some() {
+                continue;
+            }
+            inner.events.push_back(ev.clone());
+            inner.stats.event_rows += 1;
+            if inner.events.len() > self.event_capacity
+                && let Some(old) = inner.events.pop_front()
+            {
+                inner.event_ids.remove(&old.event_id);
+            }
+        }
+        for id in &b.removed {
+            if inner.npcs.remove(id).is_some() {
+                inner.stats.npc_removals += 1;
+            }
+            inner.last_position.remove(id);
+        }
+    }
+}
+
+impl Storage for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn write(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        for b in batches {
+            self.apply(&mut inner, b);
+        }
+        inner.stats.write_calls += 1;
+        Ok(())
+    }
+
+    async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
+        Ok(self.lock().npcs.get(&id).cloned())
+    }
+
+    async fn list_npcs(&self, filter: &NpcFilter, page: Page) -> Result<NpcPage, StorageError> {
+        let inner = self.lock();
+        let limit = page.limit.clamp(1, Page::MAX_LIMIT) as usize;
+        let start = page.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut npcs = Vec::with_capacity(limit);
+        let mut more = false;
+        for r in inner
+            .npcs
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+        {
+            if npcs.len() == limit {
+                more = true;
+                break;
+            }
+            npcs.push(r.clone());
+        }
+        let next = if more { npcs.last().map(|r| r.id) } else { None };
+        Ok(NpcPage { npcs, next })
+    }
+
+    async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
+        Ok(self.lock().npcs.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().build().unwrap()
+    }
+
+    fn npc(id: u64, status: &str, swarm: u32) -> NpcRecord {
+        NpcRecord {
+            id,
+            role: "miner".into(),
+            status: status.into(),
+            swarm,
+            agent: false,
+            x: 0.0,
+            y: 0.0,
+            z: 0.0,
+            health: 100,
+            inventory: vec![],
+            updated_tick: 0,
+        }
+    }
+
+    #[test]
+    fn replayed_and_older_batches_are_skipped() {
+        rt().block_on(async {
+            let s = MemoryStore::default();
+            let b = |seq, x| WriteBatch {
+                id: BatchId { run: 9, seq },
+                tick: seq,
+                positions: vec![PositionRow { npc_id: 1, tick: seq, x, y: 0.0, z: 0.0 }],
+                ..Default::default()
+            };
+            s.write(&[b(1, 1.0), b(2, 2.0)]).await.unwrap();
+            s.write(&[b(1, 1.0)]).await.unwrap();
+            s.write(&[b(2, 2.0), b(3, 3.0)]).await.unwrap();
+            let st = s.stats();
+            assert_eq!((st.batches, st.duplicate_batches, st.position_rows), (3, 2, 3));
+            assert_eq!(s.last_position(1).unwrap().x, 3.0);
+            assert_eq!(s.applied_seq(9), Some(3));
+        });
+    }
+
+    #[test]
+    fn listing_filters_and_pages_by_id() {
+        rt().block_on(async {
+            let s = MemoryStore::default();
+            let npcs = (1..=250)
+                .map(|i| npc(i, if i % 2 == 0 { "idle" } else { "moving" }, (i % 3) as u32))
+                .collect();
+            s.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs, ..Default::default() }])
+                .await
+                .unwrap();
+            let filter = NpcFilter { status: Some("idle".into()), ..Default::default() };
+            let mut seen = vec![];
+            let mut page = Page::first(40);
+            loop {
+                let p = s.list_npcs(&filter, page).await.unwrap();
+                assert!(p.npcs.len() <= 40);
+                seen.extend(p.npcs.iter().map(|r| r.id));
+                match p.next {
+                    Some(after) => page = Page { after: Some(after), limit: 40 },
+                    None => break,
+                }
+            }
+            assert_eq!(seen, (1..=250).filter(|i| i % 2 == 0).collect::<Vec<_>>());
+            let big = s.list_npcs(&NpcFilter::default(), Page { after: None, limit: 1000 }).await.unwrap();
+            assert_eq!(big.npcs.len(), 100, "limit is capped at 100");
+        });
+    }
+
+    #[test]
+    fn events_are_stored_once_per_id_and_bounded() {
+        rt().block_on(async {
+            let s = MemoryStore::with_event_capacity(3);
+            let ev = |id| EventRow {
+                event_id: id,
+                correlation_id: 0,
+                event_type: "npc_spawned".into(),
+                entity_kind: EntityKind::Npc,
+                entity_id: id,
+                tick: 1,
+                time_ms: 50,
+                payload: vec![],
+                compressed: false,
+                count: 1,
+            };
+            let events = vec![ev(1), ev(2), ev(2), ev(3), ev(4)];
+            s.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, events, ..Default::default() }])
+                .await
+                .unwrap();
+            assert_eq!(s.stats().event_rows, 4);
+            assert_eq!(s.events().iter().map(|e| e.event_id).collect::<Vec<_>>(), [2, 3, 4]);
+        });
+    }
+}

@@ -1,0 +1,214 @@
+//! Plain record types that cross the storage boundary. No ECS types here: the systems crate turns
+//! components into these, adapters turn these into rows and keys.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a batch for idempotency: `run` is unique per producer instance (a process start),
+/// `seq` increases by one per batch within a run. A store that has applied `(run, seq)` ignores
+/// it, and every batch before it of the same run, when it comes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub struct BatchId {
+    /// The producer instance.
+    pub run: u64,
+    /// Position in the producer's sequence, from 1.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}:{}", self.run, self.seq)
+    }
+}
+
+/// Where one NPC was at one tick. One row per NPC per flush, the latest position winning.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PositionRow {
+    /// The NPC.
+    pub npc_id: u64,
+    /// Tick of the position.
+    pub tick: u64,
+    /// Blocks.
+    pub x: f32,
+    /// Blocks (up).
+    pub y: f32,
+    /// Blocks.
+    pub z: f32,
+}
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EntityKind {
+    /// An NPC (agents included).
+    Npc,
+    /// A system of the tick (for per-system metrics).
+    System,
+    /// The world as a whole.
+    World,
+    /// The storage pipeline itself.
+    Storage,
+}
+
+impl EntityKind {
+    /// Lower-case name, as stored.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Npc => "npc",
+            Self::System => "system",
+            Self::World => "world",
+            Self::Storage => "storage",
+        }
+    }
+}
+
+/// One aggregated metric value: the total of `name` for one entity between two flushes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    /// What the metric is about.
+    pub entity_kind: EntityKind,
+    /// Entity id (NPC id; for systems, the stage index).
+    pub entity_id: u64,
+    /// Metric name, for example `distance_travelled` or `stage_us.act`.
+    pub name: String,
+    /// Tick of the flush.
+    pub tick: u64,
+    /// The aggregated value (a sum over the interval).
+    pub value: f64,
+    /// How many samples went into `value`.
+    pub samples: u32,
+}
+
+/// One domain event, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Unique id; storing the same id twice stores it once.
+    pub event_id: u64,
+    /// Links events of one story (a task from start to finish).
+    pub correlation_id: u64,
+    /// Event type, for example `npc_spawned`, `task_completed`.
+    pub event_type: String,
+    /// What the event is about.
+    pub entity_kind: EntityKind,
+    /// Entity id.
+    pub entity_id: u64,
+    /// Tick it happened.
+    pub tick: u64,
+    /// Simulated time it happened, milliseconds since tick 0.
+    pub time_ms: u64,
+    /// Payload (codec-encoded), LZ4-compressed when `compressed`.
+    pub payload: Vec<u8>,
+    /// True when `payload` is compressed.
+    pub compressed: bool,
+    /// How many identical events this row stands for (deduplication), at least 1.
+    pub count: u32,
+}
+
+/// The current state of an NPC (the `npcs` table, the registry a game server reads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NpcRecord {
+    /// The NPC.
+    pub id: u64,
+    /// Role name (`miner`, …).
+    pub role: String,
+    /// Status name (`idle`, …).
+    pub status: String,
+    /// Swarm, 0 for none.
+    pub swarm: u32,
+    /// True for agents.
+    pub agent: bool,
+    /// Position, blocks.
+    pub x: f32,
+    /// Position, blocks.
+    pub y: f32,
+    /// Position, blocks.
+    pub z: f32,
+    /// Hit points.
+    pub health: u16,
+    /// Inventory as `(item kind, count)` stacks.
+    pub inventory: Vec<(u16, u16)>,
+    /// Tick of the last change written.
+    pub updated_tick: u64,
+}
+
+/// Everything one flush hands to storage. Written whole or not at all.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WriteBatch {
+    /// Idempotency key.
+    pub id: BatchId,
+    /// Tick of the flush.
+    pub tick: u64,
+    /// Position history rows; also update the position in the NPC's current state.
+    pub positions: Vec<PositionRow>,
+    /// Aggregated metrics.
+    pub metrics: Vec<MetricRow>,
+    /// Domain events.
+    pub events: Vec<EventRow>,
+    /// Current-state upserts (spawns, status changes, …).
+    pub npcs: Vec<NpcRecord>,
+    /// NPCs removed from the world (deleted from current state).
+    pub removed: Vec<u64>,
+}
+
+impl WriteBatch {
+    /// Rows of every kind in the batch.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.positions.len() + self.metrics.len() + self.events.len() + self.npcs.len() + self.removed.len()
+    }
+
+    /// True when there is nothing to write.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which NPCs a listing returns. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NpcFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this role.
+    pub role: Option<String>,
+    /// Only this swarm.
+    pub swarm: Option<u32>,
+}
+
+impl NpcFilter {
+    /// True when `r` passes the filter.
+    #[must_use]
+    pub fn matches(&self, r: &NpcRecord) -> bool {
+        self.status.as_ref().is_none_or(|s| *s == r.status)
+            && self.role.as_ref().is_none_or(|s| *s == r.role)
+            && self.swarm.is_none_or(|s| s == r.swarm)
+    }
+}
+
+/// A page of a listing: ids after `after`, ascending, at most `limit` (1 ..= [`Page::MAX_LIMIT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Cursor: the last id of the previous page.
+    pub after: Option<u64>,
+    /// Page size.
+    pub limit: u32,
+}
+
+impl Page {
+    /// The largest page.
+    pub const MAX_LIMIT: u32 = 100;
+
+    /// The first page of `limit` (clamped to 1 ..= 100).
+    #[must_use]
+    pub fn first(limit: u32) -> Self {
+        Self { after: None, limit: limit.clamp(1, Self::MAX_LIMIT) }
+    }
+}
+
+/// One page of NPCs, and the cursor of the next one (`None` on the last page).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NpcPage {
+    /// The NPCs, by ascending id.
+    pub npcs: Vec<NpcRecord>,
+    /// Pass as `Page::after` to get the next page.
+    pub next: Option<u64>,
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: the one entry point for developers and CI (.ci/run calls exactly this).
+#
+#   scripts/test.sh          start services when scripts/services.sh can, then run every check
+#
+# Steps: services (PostgreSQL + Redis on 127.0.0.1, see scripts/services.sh), cargo fmt --check,
+# clippy -D warnings (all targets, all features), docs with -D warnings, a build of the feature
+# matrix (none / default / all), doc tests, then every test with nextest (or cargo test when
+# nextest is missing). The last line printed is the test runner's summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+if [[ -x scripts/services.sh ]]; then
+  step "services"
+  eval "$(scripts/services.sh start)"
+  export TERRARIUM_TEST_PG_URL="${TERRARIUM_TEST_PG_URL:-${DATABASE_URL:-}}"
+  export TERRARIUM_TEST_REDIS_URL="${TERRARIUM_TEST_REDIS_URL:-${REDIS_URL:-}}"
+fi
+
+step "fmt"
+cargo fmt --all -- --check
+
+step "clippy (all targets, all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+
+step "feature matrix"
+cargo check --workspace --no-default-features --quiet
+cargo check --workspace --quiet
+
+step "doc tests"
+cargo test --workspace --all-features --doc --quiet
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-features --no-fail-fast
+else
+  cargo test --workspace --all-features --no-fail-fast
+fi

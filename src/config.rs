@@ -1,0 +1,73 @@
+//! The whole configuration file: `[engine]` (and, with the storage issue, `[storage]`), loaded
+//! from TOML with `TERRARIUM_…` environment overrides. `assets/config/default.toml` lists every
+//! key with its default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use terrarium_engine::{ConfigError, EngineConfig, load_layered};
+
+/// Every setting, by section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The simulation.
+    pub engine: EngineConfig,
+}
+
+impl Config {
+    /// Environment prefix: `TERRARIUM_ENGINE__TICK_HZ=30` overrides `engine.tick_hz`.
+    pub const ENV_PREFIX: &'static str = "TERRARIUM_";
+
+    /// Parses TOML text, applies `env` overrides and validates every section.
+    ///
+    /// # Errors
+    /// The first problem found, naming its key.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
+        cfg.engine.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a file and applies the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when the file can't be read, otherwise as [`Config::from_toml_str`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Invalid { key: path.display().to_string(), reason: e.to_string() })?;
+        Self::from_toml_str(&text, std::env::vars())
+    }
+
+    /// The defaults with the process environment applied (no file).
+    ///
+    /// # Errors
+    /// As [`Config::from_toml_str`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_toml_str("", std::env::vars())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_file_equals_the_built_in_defaults() {
+        let text = include_str!("../assets/config/default.toml");
+        assert_eq!(Config::from_toml_str(text, []).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn env_override_by_section() {
+        let cfg =
+            Config::from_toml_str("", [("TERRARIUM_ENGINE__SEED".to_string(), "99".to_string())]).unwrap();
+        assert_eq!(cfg.engine.seed, 99);
+        let err = Config::from_toml_str("[engine.batching.positions]\nmax_items = 0\nmax_age_ms = 500\n", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("batching.positions.max_items"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+
+pub use terrarium_codec as codec;
+pub use terrarium_engine as engine;
+pub use terrarium_persistence as persistence;
+pub use terrarium_systems as systems;
+
+pub use config::Config;
+
+/// The types most users need, from every crate.
+pub mod prelude {
+    pub use terrarium_engine::prelude::*;
+}
