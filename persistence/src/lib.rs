@@ -1,13 +1,28 @@
 #![doc = include_str!("../README.md")]
 
+mod breaker;
+mod clock;
+mod config;
 mod error;
+mod l1;
 mod memory;
 mod record;
+mod retry;
 mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
-pub use error::StorageError;
+pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
+pub use clock::{Clock, ManualClock, TokioClock};
+pub use config::{
+    BackendKind, BreakerConfig, L1Config, PostgresConfig, RedisConfig, RetentionConfig, RetryConfig,
+    StorageConfig, is_identifier,
+};
+pub use error::{StorageConfigError, StorageError};
+pub use l1::{L1Cache, L1Metrics, TierMetrics};
 pub use memory::{MemoryStats, MemoryStore};
 pub use record::{
     BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, WriteBatch,
 };
+pub use retry::{Retry, RetryMetrics};
 pub use storage::Storage;
