@@ -6,6 +6,8 @@ mod config;
 mod error;
 mod l1;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod record;
 mod retry;
 mod storage;
@@ -21,6 +23,8 @@ pub use config::{
 pub use error::{StorageConfigError, StorageError};
 pub use l1::{L1Cache, L1Metrics, TierMetrics};
 pub use memory::{MemoryStats, MemoryStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics, RetentionReport, RowCounts};
 pub use record::{
     BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, WriteBatch,
 };
