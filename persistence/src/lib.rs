@@ -9,6 +9,8 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
 mod retry;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
@@ -28,5 +30,7 @@ pub use postgres::{EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics,
 pub use record::{
     BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, WriteBatch,
 };
+#[cfg(feature = "redis")]
+pub use redis::{EventSubscriber, RedisCache, RedisMetrics, Tier};
 pub use retry::{Retry, RetryMetrics};
 pub use storage::Storage;
