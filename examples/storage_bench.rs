@@ -43,8 +43,13 @@ struct Args {
     /// NPCs: rows are `npcs` positions per tick; also the size of the upsert case.
     #[arg(long, default_value_t = 100_000)]
     npcs: usize,
-    /// Ticks handed to one `PgStore::write` call in the batched case (group commit).
-    #[arg(long, default_value_t = 1)]
+    /// Position rows per `WriteBatch` in the batched case (`engine.batching.positions.max_items`).
+    #[arg(long, default_value_t = 100)]
+    batch_rows: usize,
+    /// Ticks of batches handed to one `PgStore::write` call in the batched case: the group
+    /// commit of a write-behind with that many flushes queued. 1 = every position row also
+    /// updates its NPC's current state; 10 = ten rows per NPC update.
+    #[arg(long, default_value_t = 10)]
     group: usize,
     /// Rows in the one-INSERT-per-row sample.
     #[arg(long, default_value_t = 2_000)]
@@ -74,6 +79,10 @@ struct Figures {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     anyhow::ensure!(args.npcs > 0 && args.rows >= args.npcs, "--rows must be at least --npcs (> 0)");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let figures = rt.block_on(run(&args))?;
@@ -165,22 +174,33 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     f.values_rows_per_s = per_s(n, t.elapsed());
     report("multi-row VALUES", n, f.values_rows_per_s, "rows");
 
-    // The batched path: PgStore::write, `group` ticks per call.
+    // The batched path: PgStore::write, `group` ticks of `batch_rows`-row batches per call.
     sql.batch_execute("TRUNCATE npc_positions").await?;
-    let batches: Vec<WriteBatch> = (0..ticks)
-        .map(|tick| WriteBatch {
-            id: BatchId { run: 2, seq: tick as u64 + 1 },
-            tick: tick as u64 + 10,
-            positions: positions(tick + 10),
-            ..Default::default()
+    let mut seq = 0;
+    let batches: Vec<Vec<WriteBatch>> = (0..ticks)
+        .map(|tick| {
+            positions(tick + 10)
+                .chunks(args.batch_rows.max(1))
+                .map(|rows| {
+                    seq += 1;
+                    WriteBatch {
+                        id: BatchId { run: 2, seq },
+                        tick: tick as u64 + 10,
+                        positions: rows.to_vec(),
+                        ..Default::default()
+                    }
+                })
+                .collect()
         })
         .collect();
     let t = Instant::now();
     for group in batches.chunks(args.group.max(1)) {
-        store.write(group).await?;
+        let group: Vec<WriteBatch> = group.iter().flatten().cloned().collect();
+        store.write(&group).await?;
     }
     f.batched_rows_per_s = per_s(rows, t.elapsed());
-    report(&format!("PgStore::write ({} ticks per call)", args.group), rows, f.batched_rows_per_s, "rows");
+    let what = format!("PgStore::write ({} ticks per call)", args.group);
+    report(&what, rows, f.batched_rows_per_s, "rows");
     drop(batches);
     let landed = store.row_counts().await?.positions as usize;
     anyhow::ensure!(landed == rows, "batched case stored {landed} rows, not {rows}");

@@ -122,6 +122,10 @@ pub struct RedisConfig {
     /// Longest wait for one Redis command, milliseconds, 1 ..= 60 000. A slower answer counts as
     /// an error (a miss).
     pub command_timeout_ms: u64,
+    /// Longest wait for a pipeline of cache updates after a write (invalidations, positions,
+    /// events), milliseconds, 1 ..= 600 000. Longer than `command_timeout_ms`: it runs on the
+    /// writer's path, not a game call's.
+    pub pipeline_timeout_ms: u64,
     /// Longest wait for the first connection at start-up, milliseconds, 1 ..= 600 000. The game
     /// starts anyway (uncached) if Redis is not there.
     pub connect_timeout_ms: u64,
@@ -143,6 +147,7 @@ impl Default for RedisConfig {
             warm_ttl_s: 300,
             cold_ttl_s: 600,
             command_timeout_ms: 250,
+            pipeline_timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
             bypass_ms: 1_000,
             warm_on_start: 10_000,
@@ -243,6 +248,7 @@ impl StorageConfig {
         range("storage.redis.warm_ttl_s", r.warm_ttl_s, 1, 86_400)?;
         range("storage.redis.cold_ttl_s", r.cold_ttl_s, 1, 86_400)?;
         range("storage.redis.command_timeout_ms", r.command_timeout_ms, 1, 60_000)?;
+        range("storage.redis.pipeline_timeout_ms", r.pipeline_timeout_ms, 1, 600_000)?;
         range("storage.redis.connect_timeout_ms", r.connect_timeout_ms, 1, 600_000)?;
         range("storage.redis.bypass_ms", r.bypass_ms, 0, 600_000)?;
         range("storage.redis.warm_on_start", r.warm_on_start as u64, 0, 10_000_000)?;

@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fred::types::ExpireOptions;
+use fred::clients::Pipeline;
+use fred::types::{ClusterHash, CustomCommand, ExpireOptions};
+use futures_util::StreamExt;
 use fred::prelude::{
-    Builder, ClientLike, Config as FredConfig, Expiration, KeysInterface, LuaInterface, Pool, PubsubInterface,
+    Builder, ClientLike, Config as FredConfig, Expiration, KeysInterface, Options, Pool, PubsubInterface,
     ReconnectPolicy, SetsInterface, Value,
 };
 use serde::Serialize;
@@ -31,7 +33,7 @@ const BACKEND: &str = "redis";
 const VALUE_LIMIT: usize = 1 << 20;
 
 /// Commands per pipeline: bounds the memory of one round trip.
-const PIPELINE_LEN: usize = 5_000;
+const PIPELINE_LEN: usize = 1_000;
 
 /// Deletes every key in the set `KEYS[1]`, then the set. Atomic, so no key cached under the tag
 /// while it runs escapes.
@@ -302,7 +304,22 @@ impl<S> RedisCache<S> {
     /// When Redis can't be reached.
     pub async fn clear_prefix(&self) -> Result<u64, StorageError> {
         let pattern = format!("{}*", escape_glob(&self.cfg.key_prefix));
-        self.pool.next().eval::<u64, _, _, _>(CLEAR_PATTERN, Vec::<String>::new(), vec![pattern]).await.map_err(unavailable)
+        self.eval(CLEAR_PATTERN, vec![], vec![Value::from(pattern)]).await.map_err(unavailable)
+    }
+
+    /// EVAL with the pipeline timeout (fred's `eval` would use the short command timeout).
+    async fn eval(&self, script: &'static str, keys: Vec<String>, argv: Vec<Value>) -> Result<u64, fred::error::Error> {
+        let client = self.pool.next().with_options(&self.long_options());
+        let mut args = Vec::with_capacity(keys.len() + argv.len() + 2);
+        args.push(Value::from_static_str(script));
+        args.push(Value::from(keys.len() as i64));
+        args.extend(keys.into_iter().map(Value::from));
+        args.extend(argv);
+        client.custom(CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false), args).await
+    }
+
+    fn long_options(&self) -> Options {
+        Options { timeout: Some(Duration::from_millis(self.cfg.pipeline_timeout_ms)), ..Default::default() }
     }
 
     fn key(&self, kind: &str, id: impl std::fmt::Display) -> String {
@@ -411,17 +428,20 @@ impl<S> RedisCache<S> {
         if !self.ensure_epoch().await {
             return false;
         }
-        let (hot, hot_s) = (self.ttl(Tier::Hot), i64::try_from(self.cfg.hot_ttl_s).unwrap_or(i64::MAX));
-        let (hot, hot_s) = (&hot, hot_s);
-        let runs = commands.chunks(PIPELINE_LEN).map(|chunk| async move {
-            let pipeline = self.pool.next().pipeline();
+        let hot_s = i64::try_from(self.cfg.hot_ttl_s).unwrap_or(i64::MAX);
+        // Writes are not on a game call's path: they get the longer pipeline timeout.
+        let options = self.long_options();
+        let mut pipelines = Vec::with_capacity(commands.len().div_ceil(PIPELINE_LEN));
+        for chunk in commands.chunks(PIPELINE_LEN) {
+            let pipeline = Pipeline::from(self.pool.next().with_options(&options));
             for c in chunk {
                 // Queuing into a pipeline only fails on argument conversion, which these
                 // types never fail; the real result comes from `all` below.
                 let queued: Result<(), _> = match c {
                     Command::Set(k, v, ttl) => pipeline.set(k.as_str(), v.clone(), Some(ttl.clone()), None, false).await,
                     Command::SetPosition(k, v, record) => {
-                        let _: Result<(), _> = pipeline.set(k.as_str(), v.clone(), Some(hot.clone()), None, false).await;
+                        let _: Result<(), _> =
+                            pipeline.set(k.as_str(), v.clone(), Some(Expiration::EX(hot_s)), None, false).await;
                         pipeline.expire(record.as_str(), hot_s, Some(ExpireOptions::LT)).await
                     }
                     Command::Del(k) => pipeline.del(k.as_str()).await,
@@ -433,9 +453,13 @@ impl<S> RedisCache<S> {
                 };
                 drop(queued);
             }
-            pipeline.all::<Value>().await
-        });
-        let results = futures_util::future::join_all(runs).await;
+            pipelines.push(pipeline);
+        }
+        let runs = pipelines.into_iter().map(|p| async move { p.all::<Value>().await });
+        // One pipeline in flight per connection: more only queue up behind each other and run
+        // into the command timeout.
+        let results: Vec<_> =
+            futures_util::stream::iter(runs).buffer_unordered(self.cfg.pool_size.max(1)).collect().await;
         match results.into_iter().find_map(Result::err) {
             None => true,
             Some(e) => {
@@ -458,8 +482,7 @@ impl<S> RedisCache<S> {
 
     async fn invalidate_tag(&self, tag: &str) -> bool {
         let key = self.tag_key(tag);
-        let run = self.pool.next().eval::<u64, _, _, _>(INVALIDATE_TAG, vec![key], Vec::<String>::new());
-        match self.redis("invalidate_tag", run).await {
+        match self.redis("invalidate_tag", self.eval(INVALIDATE_TAG, vec![key], vec![])).await {
             Some(n) => {
                 self.counters.invalidated.fetch_add(n, Ordering::Relaxed);
                 true
@@ -526,6 +549,7 @@ impl<S> RedisCache<S> {
 
     /// After a write: invalidation always; positions and events only when it succeeded.
     async fn after_write(&self, batches: &[WriteBatch], stored: bool) {
+        let started = Instant::now();
         let mut stale: Vec<u64> = Vec::new();
         let mut latest: HashMap<u64, PositionRow> = HashMap::new();
         for b in batches {
@@ -562,7 +586,10 @@ impl<S> RedisCache<S> {
             }
         }
         let n_stale = stale.len() as u64 * 2;
+        tracing::debug!(elapsed = ?started.elapsed(), "cache commands built");
+        let (n_commands, started) = (commands.len(), Instant::now());
         let ok = self.pipelined("after_write", commands).await;
+        tracing::debug!(n_commands, elapsed = ?started.elapsed(), ok, "cache updated after a write");
         if ok {
             self.counters.invalidated.fetch_add(n_stale, Ordering::Relaxed);
             self.counters.published.fetch_add(published, Ordering::Relaxed);
@@ -577,8 +604,8 @@ impl<S> RedisCache<S> {
 /// One command of a pipeline.
 enum Command {
     Set(String, Vec<u8>, Expiration),
-    /// SET a position (hot tier) and cut the TTL of the NPC's cached record to the same, so a
-    /// record never outlives the position that supersedes it.
+    /// SET a position (hot tier) and cut the TTL of the NPC's cached record to at most the
+    /// same, so a record never outlives the position that supersedes it.
     SetPosition(String, Vec<u8>, String),
     Del(String),
     /// Add a key to a tag set (and refresh the set's TTL).
