@@ -1,11 +1,12 @@
-//! The whole configuration file: `[engine]` (and, with the storage issue, `[storage]`), loaded
-//! from TOML with `TERRARIUM_…` environment overrides. `assets/config/default.toml` lists every
-//! key with its default.
+//! The whole configuration file: `[engine]` and `[storage]`, loaded from TOML with
+//! `TERRARIUM_…` environment overrides. `assets/config/default.toml` lists every key with its
+//! default.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use terrarium_engine::{ConfigError, EngineConfig, load_layered};
+use terrarium_persistence::{StorageConfig, StorageConfigError};
 
 /// Every setting, by section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -13,6 +14,8 @@ use terrarium_engine::{ConfigError, EngineConfig, load_layered};
 pub struct Config {
     /// The simulation.
     pub engine: EngineConfig,
+    /// Where state is stored, and the caches, retries and breaker in front of it.
+    pub storage: StorageConfig,
 }
 
 impl Config {
@@ -29,6 +32,11 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
         cfg.engine.validate()?;
+        cfg.storage.validate().map_err(|e| match e {
+            StorageConfigError::OutOfRange { key, value, allowed } => ConfigError::OutOfRange { key, value, allowed },
+            StorageConfigError::Invalid { key, reason } => ConfigError::Invalid { key, reason },
+            other => ConfigError::Invalid { key: "storage".into(), reason: other.to_string() },
+        })?;
         Ok(cfg)
     }
 
@@ -69,5 +77,23 @@ mod tests {
         let err = Config::from_toml_str("[engine.batching.positions]\nmax_items = 0\nmax_age_ms = 500\n", [])
             .unwrap_err();
         assert!(err.to_string().contains("batching.positions.max_items"), "{err}");
+    }
+
+    #[test]
+    fn storage_section_from_file_and_environment() {
+        let env = [
+            ("TERRARIUM_STORAGE__BACKEND".to_string(), "postgres".to_string()),
+            ("TERRARIUM_STORAGE__POSTGRES__URL".to_string(), "postgres://u@127.0.0.1:5432/db".to_string()),
+            ("TERRARIUM_STORAGE__REDIS__HOT_TTL_S".to_string(), "30".to_string()),
+        ];
+        let cfg = Config::from_toml_str("[storage.l1]\ncapacity = 10\n", env).unwrap();
+        assert_eq!(cfg.storage.backend, terrarium_persistence::BackendKind::Postgres);
+        assert_eq!(cfg.storage.postgres.url, "postgres://u@127.0.0.1:5432/db");
+        assert_eq!((cfg.storage.redis.hot_ttl_s, cfg.storage.l1.capacity), (30, 10));
+        let err = Config::from_toml_str("[storage.retry]\nmax_attempts = 0\n", []).unwrap_err();
+        assert!(err.to_string().contains("storage.retry.max_attempts"), "{err}");
+        let err = Config::from_toml_str("[storage.postgres]\nschema = \"x y\"\n", []).unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.schema"), "{err}");
+        assert!(Config::from_toml_str("[storage]\nbakend = \"memory\"\n", []).is_err(), "unknown key");
     }
 }

@@ -52,6 +52,9 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A storage setting is invalid (or needs a feature this build lacks). Not transient.
+    #[error(transparent)]
+    Config(#[from] StorageConfigError),
     /// A bound was reached and the data could not be accepted (for example a full outbox with
     /// no disk to spill to). Not transient for this call; the data was *not* dropped silently:
     /// the caller still holds it.

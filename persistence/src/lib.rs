@@ -12,6 +12,7 @@ mod record;
 #[cfg(feature = "redis")]
 mod redis;
 mod retry;
+mod stack;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -33,4 +34,5 @@ pub use record::{
 #[cfg(feature = "redis")]
 pub use redis::{EventSubscriber, RedisCache, RedisMetrics, Tier};
 pub use retry::{Retry, RetryMetrics};
+pub use stack::{Backend, Layers, RedisLayer, StorageMetrics, StorageStack};
 pub use storage::Storage;
