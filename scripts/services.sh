@@ -8,6 +8,7 @@
 #   scripts/services.sh start-pg | stop-pg | start-redis | stop-redis    one service
 #   scripts/services.sh kill-pg | kill-redis        SIGKILL the server (fault tests)
 #   scripts/services.sh restart-pg | restart-redis  start it again (after kill-*: crash recovery)
+#   scripts/services.sh pause-redis | resume-redis  SIGSTOP / SIGCONT Redis: it hangs, data kept
 #
 # `start`, `env` and `restart-*` print only `export NAME=value` lines on stdout (progress goes to
 # stderr): DATABASE_URL, REDIS_URL, TERRARIUM_TEST_PG_URL, TERRARIUM_TEST_REDIS_URL.
@@ -221,6 +222,7 @@ redis_stop() {
   local pid
   if pid=$(redis_pid); then
     say "stopping redis (pid $pid)"
+    kill -CONT "$pid" 2>/dev/null || true # a paused server would never see the TERM
     kill -TERM "$pid"
     wait_for 100 test ! -d "/proc/$pid" || fail "redis (pid $pid) did not stop"
   else
@@ -234,6 +236,13 @@ redis_kill() {
   say "SIGKILL redis (pid $pid)"
   kill -KILL "$pid"
   wait_for 100 test ! -d "/proc/$pid" || true
+}
+
+redis_signal() {
+  local pid
+  pid=$(redis_pid) || fail "redis not running"
+  say "SIG$1 redis (pid $pid)"
+  kill "-$1" "$pid"
 }
 
 redis_status() {
@@ -267,6 +276,8 @@ case "${1:-start}" in
   restart-pg) pg_stop; pg_start; print_env ;;
   kill-redis) redis_kill ;;
   restart-redis) redis_stop; redis_start; print_env ;;
-  -h | --help | help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' ;;
+  pause-redis) redis_signal STOP ;;
+  resume-redis) redis_signal CONT ;;
+  -h | --help | help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) fail "unknown command '$1' (try: $0 help)" ;;
 esac

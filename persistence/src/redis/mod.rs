@@ -383,7 +383,15 @@ impl<S> RedisCache<S> {
             return true;
         }
         let key = format!("{}epoch", self.cfg.key_prefix);
-        match self.pool.incr::<u64, _>(key).await {
+        let current = self.epoch.load(Ordering::Acquire);
+        let next = match self.pool.incr::<u64, _>(key.clone()).await {
+            // The counter was lost (a restarted or evicting Redis): never reuse an epoch.
+            Ok(e) if e <= current => {
+                self.pool.set::<(), _, _>(key, current + 1, None, None, false).await.map(|()| current + 1)
+            }
+            other => other,
+        };
+        match next {
             Ok(epoch) => {
                 self.epoch.store(epoch, Ordering::Release);
                 self.dirty.store(false, Ordering::Release);
