@@ -80,7 +80,9 @@ struct Figures {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     anyhow::ensure!(args.npcs > 0 && args.rows >= args.npcs, "--rows must be at least --npcs (> 0)");
@@ -121,18 +123,29 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     let rows = ticks * args.npcs;
     let positions = |tick: usize| -> Vec<PositionRow> {
         (1..=args.npcs as u64)
-            .map(|id| PositionRow { npc_id: id, tick: tick as u64, x: id as f32 + tick as f32, y: 64.0, z: 0.5 })
+            .map(|id| PositionRow {
+                npc_id: id,
+                tick: tick as u64,
+                x: id as f32 + tick as f32,
+                y: 64.0,
+                z: 0.5,
+            })
             .collect()
     };
 
     // The current-state upsert first: the batched case moves these NPCs.
     let npcs: Vec<NpcRecord> = (1..=args.npcs as u64).map(npc).collect();
     let t = Instant::now();
-    store.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs: npcs.clone(), ..Default::default() }]).await?;
+    store
+        .write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs: npcs.clone(), ..Default::default() }])
+        .await?;
     let insert = per_s(args.npcs, t.elapsed());
-    let changed: Vec<NpcRecord> = npcs.into_iter().map(|r| NpcRecord { status: "working".into(), ..r }).collect();
+    let changed: Vec<NpcRecord> =
+        npcs.into_iter().map(|r| NpcRecord { status: "working".into(), ..r }).collect();
     let t = Instant::now();
-    store.write(&[WriteBatch { id: BatchId { run: 1, seq: 2 }, npcs: changed, ..Default::default() }]).await?;
+    store
+        .write(&[WriteBatch { id: BatchId { run: 1, seq: 2 }, npcs: changed, ..Default::default() }])
+        .await?;
     let update = per_s(args.npcs, t.elapsed());
     f.upsert_rows_per_s = insert.min(update);
     report("upsert (insert pass)", args.npcs, insert, "NPCs");
@@ -140,7 +153,8 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
 
     // One INSERT per row, each its own transaction.
     sql.batch_execute("TRUNCATE npc_positions").await?;
-    let one = sql.prepare("INSERT INTO npc_positions (npc_id, tick, x, y, z) VALUES ($1, $2, $3, $4, $5)").await?;
+    let one =
+        sql.prepare("INSERT INTO npc_positions (npc_id, tick, x, y, z) VALUES ($1, $2, $3, $4, $5)").await?;
     let sample = positions(0);
     let n = args.naive_sample.min(sample.len());
     let t = Instant::now();
@@ -165,7 +179,15 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 5);
         for (i, p) in chunk.iter().enumerate() {
             let b = i * 5;
-            text += &format!("{}(${}, ${}, ${}, ${}, ${})", if i > 0 { "," } else { "" }, b + 1, b + 2, b + 3, b + 4, b + 5);
+            text += &format!(
+                "{}(${}, ${}, ${}, ${}, ${})",
+                if i > 0 { "," } else { "" },
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            );
             params.extend([&ids[i] as &(dyn ToSql + Sync), &tick, &p.x, &p.y, &p.z]);
         }
         sql.execute(text.as_str(), &params).await?;
@@ -229,12 +251,19 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
 /// key of every NPC in pipelines.
 async fn redis_writes(args: &Args) -> anyhow::Result<f64> {
     let prefix = format!("bench:{:016x}:", fastrand::u64(..));
-    let cfg = RedisConfig { url: args.redis_url.clone(), key_prefix: prefix, warm_on_start: 0, ..Default::default() };
+    let cfg = RedisConfig {
+        url: args.redis_url.clone(),
+        key_prefix: prefix,
+        warm_on_start: 0,
+        ..Default::default()
+    };
     let cache = RedisCache::connect(MemoryStore::default(), &cfg).await?;
     let n = args.redis_keys;
     let batch = WriteBatch {
         id: BatchId { run: 3, seq: 1 },
-        positions: (1..=n as u64).map(|id| PositionRow { npc_id: id, tick: 1, x: 1.0, y: 2.0, z: 3.0 }).collect(),
+        positions: (1..=n as u64)
+            .map(|id| PositionRow { npc_id: id, tick: 1, x: 1.0, y: 2.0, z: 3.0 })
+            .collect(),
         ..Default::default()
     };
     let t = Instant::now();
@@ -262,7 +291,11 @@ async fn l1_hits() -> anyhow::Result<f64> {
         found += usize::from(l1.get_npc(1 + i % 1000).await?.is_some());
     }
     let ns = t.elapsed().as_nanos() as f64 / n as f64;
-    anyhow::ensure!(found as u64 == n && l1.metrics().tier.misses == 1000, "not all hits: {:?}", l1.metrics());
+    anyhow::ensure!(
+        found as u64 == n && l1.metrics().tier.misses == 1000,
+        "not all hits: {:?}",
+        l1.metrics()
+    );
     eprintln!("{:<40} {ns:>12.0} ns per hit", "L1 get_npc hit");
     Ok(ns)
 }

@@ -33,7 +33,9 @@ impl Config {
         let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
         cfg.engine.validate()?;
         cfg.storage.validate().map_err(|e| match e {
-            StorageConfigError::OutOfRange { key, value, allowed } => ConfigError::OutOfRange { key, value, allowed },
+            StorageConfigError::OutOfRange { key, value, allowed } => {
+                ConfigError::OutOfRange { key, value, allowed }
+            }
             StorageConfigError::Invalid { key, reason } => ConfigError::Invalid { key, reason },
             other => ConfigError::Invalid { key: "storage".into(), reason: other.to_string() },
         })?;

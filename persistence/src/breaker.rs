@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{BreakerConfig, Clock, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, TokioClock, WriteBatch};
+use crate::{
+    BreakerConfig, Clock, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, TokioClock, WriteBatch,
+};
 
 /// Where a [`CircuitBreaker`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

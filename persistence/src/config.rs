@@ -221,7 +221,10 @@ impl StorageConfig {
         if !is_identifier(&pg.schema) {
             return Err(StorageConfigError::Invalid {
                 key: "storage.postgres.schema".into(),
-                reason: format!("{:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 63 bytes)", pg.schema),
+                reason: format!(
+                    "{:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 63 bytes)",
+                    pg.schema
+                ),
             });
         }
         range("storage.postgres.max_size", pg.max_size as u64, 1, 1000)?;
@@ -237,7 +240,9 @@ impl StorageConfig {
         range("storage.retention.interval_s", ret.interval_s, 1, 86_400)?;
         let r = &self.redis;
         range("storage.redis.pool_size", r.pool_size as u64, 1, 64)?;
-        if r.key_prefix.is_empty() || r.key_prefix.len() > 64 || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic())
+        if r.key_prefix.is_empty()
+            || r.key_prefix.len() > 64
+            || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(StorageConfigError::Invalid {
                 key: "storage.redis.key_prefix".into(),

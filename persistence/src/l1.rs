@@ -124,7 +124,10 @@ impl<S> L1Cache<S> {
     /// Counters so far.
     pub fn metrics(&self) -> L1Metrics {
         L1Metrics {
-            tier: TierMetrics { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed) },
+            tier: TierMetrics {
+                hits: self.hits.load(Ordering::Relaxed),
+                misses: self.misses.load(Ordering::Relaxed),
+            },
             invalidations: self.invalidations.load(Ordering::Relaxed),
             position_updates: self.position_updates.load(Ordering::Relaxed),
             entries: self.cache.as_ref().map_or(0, moka::sync::Cache::entry_count),

@@ -27,7 +27,9 @@ pub use error::{StorageConfigError, StorageError};
 pub use l1::{L1Cache, L1Metrics, TierMetrics};
 pub use memory::{MemoryStats, MemoryStore};
 #[cfg(feature = "postgres")]
-pub use postgres::{EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics, RetentionReport, RowCounts};
+pub use postgres::{
+    EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics, RetentionReport, RowCounts,
+};
 pub use record::{
     BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, WriteBatch,
 };

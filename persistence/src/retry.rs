@@ -203,7 +203,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_retried_write_is_stored_once() {
         let s = store();
-        let batch = WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs: vec![npc(5, 0)], ..Default::default() };
+        let batch =
+            WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs: vec![npc(5, 0)], ..Default::default() };
         s.inner().fail_next(1, Fault::Timeout);
         s.write(std::slice::from_ref(&batch)).await.unwrap();
         s.write(std::slice::from_ref(&batch)).await.unwrap();
@@ -213,7 +214,10 @@ mod tests {
 
     #[test]
     fn delay_doubles_up_to_the_cap() {
-        let s = Retry::new(MemoryStore::default(), RetryConfig { max_attempts: 20, base_delay_ms: 50, max_delay_ms: 300 });
+        let s = Retry::new(
+            MemoryStore::default(),
+            RetryConfig { max_attempts: 20, base_delay_ms: 50, max_delay_ms: 300 },
+        );
         let caps: Vec<u128> = (1..=6).map(|n| s.max_delay_before(n).as_millis()).collect();
         assert_eq!(caps, [50, 100, 200, 300, 300, 300]);
         assert_eq!(s.max_delay_before(200).as_millis(), 300, "no overflow on huge attempt numbers");

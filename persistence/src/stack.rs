@@ -4,13 +4,18 @@
 //! [`RedisLayer`]): `Storage` returns `impl Future`, which rules out `dyn Storage`.
 
 use crate::{
-    BackendKind, BreakerMetrics, CircuitBreaker, L1Cache, L1Metrics, MemoryStore, NpcFilter, NpcPage, NpcRecord, Page,
-    Retry, RetryMetrics, Storage, StorageConfig, StorageConfigError, StorageError, WriteBatch,
+    BackendKind, BreakerMetrics, CircuitBreaker, L1Cache, L1Metrics, MemoryStore, NpcFilter, NpcPage,
+    NpcRecord, Page, Retry, RetryMetrics, Storage, StorageConfig, StorageConfigError, StorageError,
+    WriteBatch,
 };
 
 /// The store at the bottom of the stack.
 #[derive(Debug)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "postgres",
+    expect(clippy::large_enum_variant, reason = "one per stack; boxing buys nothing")
+)]
 pub enum Backend {
     /// In process; nothing outlives it.
     Memory(MemoryStore),
@@ -64,6 +69,10 @@ impl Storage for Backend {
 /// The Redis layer, or nothing when no Redis URL is configured.
 #[derive(Debug)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "redis",
+    expect(clippy::large_enum_variant, reason = "one per stack; boxing buys nothing")
+)]
 pub enum RedisLayer<S> {
     /// No Redis: calls go straight to `S`.
     Off(S),
@@ -166,7 +175,10 @@ pub struct StorageStack {
 
 impl std::fmt::Debug for StorageStack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StorageStack").field("backend", &self.name()).field("metrics", &self.metrics()).finish()
+        f.debug_struct("StorageStack")
+            .field("backend", &self.name())
+            .field("metrics", &self.metrics())
+            .finish()
     }
 }
 
@@ -358,7 +370,11 @@ mod tests {
         let stack = StorageStack::build(&StorageConfig::default()).await.unwrap();
         assert_eq!(stack.name(), "memory");
         stack
-            .write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs: vec![npc(1, 2)], ..Default::default() }])
+            .write(&[WriteBatch {
+                id: BatchId { run: 1, seq: 1 },
+                npcs: vec![npc(1, 2)],
+                ..Default::default()
+            }])
             .await
             .unwrap();
         assert_eq!(stack.get_npc(1).await.unwrap().map(|r| r.swarm), Some(2));

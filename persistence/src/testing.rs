@@ -129,9 +129,10 @@ impl<S: Storage> FaultyStore<S> {
                 tokio::time::sleep(d).await;
                 return answer;
             }
-            Some(Fault::Unavailable) => {
-                StorageError::unavailable("faulty", std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-            }
+            Some(Fault::Unavailable) => StorageError::unavailable(
+                "faulty",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ),
             Some(Fault::Timeout) => StorageError::Timeout(Duration::from_secs(1)),
             Some(Fault::Rejected) => StorageError::Rejected { backend: "faulty", reason: "injected".into() },
         };

@@ -109,12 +109,20 @@ async fn postgres_killed_mid_stream_loses_and_duplicates_nothing() {
             ..Default::default()
         },
         retention: RetentionConfig { enabled: false, ..Default::default() },
-        breaker: BreakerConfig { failure_threshold: 3, success_threshold: 2, call_timeout_ms: 2000, reset_timeout_ms: 300 },
+        breaker: BreakerConfig {
+            failure_threshold: 3,
+            success_threshold: 2,
+            call_timeout_ms: 2000,
+            reset_timeout_ms: 300,
+        },
         retry: RetryConfig { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 50 },
         ..Default::default()
     };
     let stack = Arc::new(StorageStack::build(&cfg).await.unwrap());
-    stack.write(&[WriteBatch { npcs: (1..=ROWS_PER_BATCH).map(npc).collect(), ..batch(41, 1) }]).await.unwrap();
+    stack
+        .write(&[WriteBatch { npcs: (1..=ROWS_PER_BATCH).map(npc).collect(), ..batch(41, 1) }])
+        .await
+        .unwrap();
 
     // The game side: a batch every 5 ms into a queue, never waiting on storage.
     let queue: Arc<Mutex<VecDeque<WriteBatch>>> = Arc::default();
@@ -156,7 +164,9 @@ async fn postgres_killed_mid_stream_loses_and_duplicates_nothing() {
                     }
                     Err(e) => {
                         let pause = match &e {
-                            StorageError::CircuitOpen { retry_after } => (*retry_after).min(Duration::from_millis(100)),
+                            StorageError::CircuitOpen { retry_after } => {
+                                (*retry_after).min(Duration::from_millis(100))
+                            }
                             _ => Duration::from_millis(20),
                         };
                         errors.lock().unwrap().push(format!("{e:?}"));
@@ -170,7 +180,10 @@ async fn postgres_killed_mid_stream_loses_and_duplicates_nothing() {
     wait_until("the first writes", Duration::from_secs(30), || written.load(Ordering::Acquire) >= 50).await;
     servers.run("kill-pg");
     let killed_at = produced.load(Ordering::Acquire);
-    wait_until("the breaker to open", Duration::from_secs(30), || stack.breaker().state() == BreakerState::Open).await;
+    wait_until("the breaker to open", Duration::from_secs(30), || {
+        stack.breaker().state() == BreakerState::Open
+    })
+    .await;
     // The game side keeps going while PostgreSQL is down.
     wait_until("ticks during the outage", Duration::from_secs(30), || {
         produced.load(Ordering::Acquire) >= killed_at + 200
@@ -197,7 +210,10 @@ async fn postgres_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(counts.events, total);
     let sql = common::sql_client(&servers.url("DATABASE_URL"), pg.schema()).await;
     let dupes: i64 = sql
-        .query_one("SELECT count(*) FROM (SELECT 1 FROM npc_positions GROUP BY npc_id, tick HAVING count(*) > 1) d", &[])
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM npc_positions GROUP BY npc_id, tick HAVING count(*) > 1) d",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -247,7 +263,11 @@ async fn redis_killed_reads_are_served_and_calls_never_fail() {
         let mut changed = npc(seq % 20 + 1);
         changed.status = format!("s{seq}");
         stack
-            .write(&[WriteBatch { npcs: vec![changed.clone()], positions: vec![position(99, seq)], ..batch(1, seq) }])
+            .write(&[WriteBatch {
+                npcs: vec![changed.clone()],
+                positions: vec![position(99, seq)],
+                ..batch(1, seq)
+            }])
             .await
             .unwrap();
         assert_eq!(stack.get_npc(changed.id).await.unwrap(), Some(changed));

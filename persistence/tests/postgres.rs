@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{PgSchema, batch, event, metric, npc, position, service_url, sql_client, unique_name};
 use terrarium_persistence::{
-    BatchId, EntityKind, EventQuery, MemoryStore, NpcFilter, Page, PgStore, PostgresConfig, Storage, StorageError,
-    WriteBatch,
+    BatchId, EntityKind, EventQuery, MemoryStore, NpcFilter, Page, PgStore, PostgresConfig, Storage,
+    StorageError, WriteBatch,
 };
 
 const PG: &str = "TERRARIUM_TEST_PG_URL";
@@ -68,7 +68,8 @@ async fn every_record_type_round_trips() {
     let store = &s.store;
     let npcs: Vec<_> = (1..=20).map(npc).collect();
     let positions: Vec<_> = (1..=20).flat_map(|id| (2..5).map(move |t| position(id, t))).collect();
-    let metrics = vec![metric(1, "distance_travelled", 4), metric(2, "distance_travelled", 4), metric(1, "ore", 4)];
+    let metrics =
+        vec![metric(1, "distance_travelled", 4), metric(2, "distance_travelled", 4), metric(1, "ore", 4)];
     let events = vec![
         event(u64::MAX - 1, "npc_spawned", 3, 77, 2),
         event(11, "task_completed", 3, 77, 3),
@@ -153,7 +154,11 @@ async fn a_failed_batch_leaves_nothing_behind() {
     let Some(url) = service_url(PG) else { return };
     let s = PgSchema::new(&url).await;
     let store = &s.store;
-    let bad = WriteBatch { positions: vec![position(1, 1), position(u64::MAX, 1)], npcs: vec![npc(1)], ..batch(1, 1) };
+    let bad = WriteBatch {
+        positions: vec![position(1, 1), position(u64::MAX, 1)],
+        npcs: vec![npc(1)],
+        ..batch(1, 1)
+    };
     let err = store.write(&[bad]).await.unwrap_err();
     assert!(matches!(err, StorageError::Rejected { .. }) && !err.is_transient(), "{err}");
     assert_eq!(store.row_counts().await.unwrap(), Default::default());
@@ -290,5 +295,7 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(matches!(err, StorageError::Failed { .. }), "{err:?}");
     let lazy = PgStore::connect_lazy(&cfg).unwrap();
     assert!(lazy.get_npc(1).await.unwrap_err().is_transient());
-    assert!(lazy.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, ..Default::default() }]).await.is_err());
+    assert!(
+        lazy.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, ..Default::default() }]).await.is_err()
+    );
 }

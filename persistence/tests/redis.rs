@@ -18,7 +18,8 @@ const REDIS: &str = "TERRARIUM_TEST_REDIS_URL";
 type Cache = RedisCache<FaultyStore<MemoryStore>>;
 
 async fn cache(url: &str) -> Cache {
-    let cfg = RedisConfig { url: url.into(), key_prefix: format!("{}:", unique_name()), ..Default::default() };
+    let cfg =
+        RedisConfig { url: url.into(), key_prefix: format!("{}:", unique_name()), ..Default::default() };
     RedisCache::connect(FaultyStore::new(MemoryStore::default()), &cfg).await.unwrap()
 }
 
@@ -146,7 +147,11 @@ async fn warming_caches_the_first_npcs() {
     let Some(url) = service_url(REDIS) else { return };
     let c = cache(&url).await;
     // Written behind the cache's back, as a previous run would have.
-    c.inner().inner().write(&[WriteBatch { npcs: (1..=250).map(npc).collect(), ..batch(1, 1) }]).await.unwrap();
+    c.inner()
+        .inner()
+        .write(&[WriteBatch { npcs: (1..=250).map(npc).collect(), ..batch(1, 1) }])
+        .await
+        .unwrap();
     assert_eq!(c.warm(180).await.unwrap(), 180);
     for id in 1..=180 {
         assert_eq!(c.get_npc(id).await.unwrap(), Some(npc(id)));
@@ -163,7 +168,11 @@ async fn events_are_published_on_one_channel_per_type() {
     let c = cache(&url).await;
     let mut spawned = c.subscribe(&["npc_spawned"]).await.unwrap();
     let mut both = c.subscribe(&["npc_spawned", "task_completed"]).await.unwrap();
-    let events = vec![event(1, "npc_spawned", 1, 0, 1), event(2, "task_completed", 1, 0, 1), event(3, "npc_spawned", 2, 0, 1)];
+    let events = vec![
+        event(1, "npc_spawned", 1, 0, 1),
+        event(2, "task_completed", 1, 0, 1),
+        event(3, "npc_spawned", 2, 0, 1),
+    ];
     c.write(&[WriteBatch { events: events.clone(), ..batch(1, 1) }]).await.unwrap();
     assert_eq!(next(&mut spawned).await, events[0]);
     assert_eq!(next(&mut spawned).await, events[2]);
@@ -198,7 +207,8 @@ async fn a_corrupt_cached_value_is_a_counted_miss() {
     let c = cache(&url).await;
     c.write(&[WriteBatch { npcs: vec![npc(1)], ..batch(1, 1) }]).await.unwrap();
     let r = raw(&url).await;
-    let _: () = r.set(key(&c, &cache_prefix(&c), "npc", 1), vec![0xffu8; 40], None, None, false).await.unwrap();
+    let _: () =
+        r.set(key(&c, &cache_prefix(&c), "npc", 1), vec![0xffu8; 40], None, None, false).await.unwrap();
     assert_eq!(c.get_npc(1).await.unwrap(), Some(npc(1)));
     assert_eq!((c.metrics().decode_errors, c.inner().calls().gets), (1, 1));
     c.clear_prefix().await.unwrap();

@@ -85,7 +85,9 @@ fn checksum(sql: &str) -> i64 {
 /// Why the recorded migrations can't be brought up to date by this build, if they can't.
 fn refusal(schema: &str, done: &[(i32, i64)], newest: i32) -> Option<String> {
     done.iter().find_map(|&(version, sum)| match MIGRATIONS.iter().find(|m| m.version == version) {
-        None => Some(format!("schema {schema} is at version {version}, newer than this build knows ({newest})")),
+        None => {
+            Some(format!("schema {schema} is at version {version}, newer than this build knows ({newest})"))
+        }
         Some(m) if sum != checksum(m.sql) => {
             Some(format!("migration V{version} ({}) was changed after it was applied", m.name))
         }

@@ -18,7 +18,9 @@ pub use migrate::MigrationReport;
 pub use read::{EventQuery, RowCounts};
 pub use retention::RetentionReport;
 
-use crate::{NpcFilter, NpcPage, NpcRecord, Page, PostgresConfig, Storage, StorageError, WriteBatch, is_identifier};
+use crate::{
+    NpcFilter, NpcPage, NpcRecord, Page, PostgresConfig, Storage, StorageError, WriteBatch, is_identifier,
+};
 
 const BACKEND: &str = "postgres";
 
@@ -112,7 +114,10 @@ struct Counters {
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").field("schema", &self.inner.schema).field("pool", &self.pool_metrics()).finish()
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.schema)
+            .field("pool", &self.pool_metrics())
+            .finish()
     }
 }
 
@@ -150,11 +155,18 @@ impl PgStore {
         let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| StorageError::failed(BACKEND, e))?;
         let statement_timeout = cfg.statement_timeout().unwrap_or(Duration::ZERO);
         // The schema is a checked identifier (no quoting needed); both values are ours.
-        pg.options(format!("-c search_path={} -c statement_timeout={}", cfg.schema, statement_timeout.as_millis()));
+        pg.options(format!(
+            "-c search_path={} -c statement_timeout={}",
+            cfg.schema,
+            statement_timeout.as_millis()
+        ));
         pg.application_name("terrarium");
         pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-        let manager =
-            Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let wait_timeout = Duration::from_millis(cfg.wait_timeout_ms);
         let pool = Pool::builder(manager)
             .max_size(cfg.max_size)
@@ -260,7 +272,11 @@ impl PgStore {
         let start = Instant::now();
         let result = call.await;
         let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.inner.query_us.lock().unwrap_or_else(std::sync::PoisonError::into_inner).saturating_record(us.max(1));
+        self.inner
+            .query_us
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(us.max(1));
         result
     }
 
@@ -277,9 +293,13 @@ impl PgStore {
                 || c.starts_with("53") // insufficient resources (too many connections, disk full)
                 || c.starts_with("57P") // admin/crash shutdown, cannot connect now
                 || matches!(c, "40001" | "40P01" | "55P03" | "58030");
-            return if transient { StorageError::unavailable(BACKEND, e) } else { StorageError::failed(BACKEND, e) };
+            return if transient {
+                StorageError::unavailable(BACKEND, e)
+            } else {
+                StorageError::failed(BACKEND, e)
+            };
         }
-        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let io = std::error::Error::source(&e).is_some_and(<dyn std::error::Error>::is::<std::io::Error>);
         // tokio-postgres's error kinds are private; these messages are its transport failures.
         let transport = matches!(
             e.to_string().as_str(),
@@ -324,8 +344,10 @@ impl Storage for PgStore {
 /// NPC ids and ticks are stored as `bigint`: values above `i64::MAX` are refused, not wrapped
 /// (ordering and pagination depend on them).
 fn to_i64(what: &str, v: u64) -> Result<i64, StorageError> {
-    i64::try_from(v)
-        .map_err(|_| StorageError::Rejected { backend: BACKEND, reason: format!("{what} {v} does not fit a bigint") })
+    i64::try_from(v).map_err(|_| StorageError::Rejected {
+        backend: BACKEND,
+        reason: format!("{what} {v} does not fit a bigint"),
+    })
 }
 
 /// Opaque ids (events, correlations, producer runs) are stored bit for bit.

@@ -9,7 +9,9 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::{BACKEND, PgStore, bits, to_i64, unbits};
-use crate::{EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, StorageError};
+use crate::{
+    EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, StorageError,
+};
 
 /// Largest inventory accepted when decoding a stored row.
 const INVENTORY_LIMIT: usize = 64 * 1024;
@@ -50,7 +52,12 @@ impl PgStore {
             .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE id = $1"))
             .await
             .map_err(|e| self.pg_error(e))?;
-        client.query_opt(&stmt, &[&id]).await.map_err(|e| self.pg_error(e))?.map(|r| npc_from_row(&r)).transpose()
+        client
+            .query_opt(&stmt, &[&id])
+            .await
+            .map_err(|e| self.pg_error(e))?
+            .map(|r| npc_from_row(&r))
+            .transpose()
     }
 
     /// One page by ascending id. The SQL text only varies in which fixed conditions it has;
@@ -99,7 +106,10 @@ impl PgStore {
     pub(super) async fn read_all(&self) -> Result<Vec<NpcRecord>, StorageError> {
         let err = |e| self.pg_error(e);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs ORDER BY id")).await.map_err(err)?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs ORDER BY id"))
+            .await
+            .map_err(err)?;
         let mut rows = pin!(client.query_raw(&stmt, std::iter::empty::<i64>()).await.map_err(err)?);
         let mut out = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(err)? {
@@ -112,7 +122,11 @@ impl PgStore {
     ///
     /// # Errors
     /// When the server can't be reached or a stored row is out of range.
-    pub async fn position_history(&self, npc_id: u64, ticks: Range<u64>) -> Result<Vec<PositionRow>, StorageError> {
+    pub async fn position_history(
+        &self,
+        npc_id: u64,
+        ticks: Range<u64>,
+    ) -> Result<Vec<PositionRow>, StorageError> {
         let (id, from, to) = (to_i64("npc id", npc_id)?, clamp_i64(ticks.start), clamp_i64(ticks.end));
         let client = self.client().await?;
         let rows = self
@@ -256,7 +270,8 @@ fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
         y: r.get(6),
         z: r.get(7),
         health: u16::try_from(r.get::<_, i32>(8)).map_err(|_| corrupt("npcs.health"))?,
-        inventory: terrarium_codec::decode(inventory, INVENTORY_LIMIT).map_err(|_| corrupt("npcs.inventory"))?,
+        inventory: terrarium_codec::decode(inventory, INVENTORY_LIMIT)
+            .map_err(|_| corrupt("npcs.inventory"))?,
         updated_tick: from_i64("npcs.updated_tick", r.get(10))?,
     })
 }

@@ -29,7 +29,11 @@ impl PgStore {
     ///
     /// # Errors
     /// When the server can't be reached; what was deleted before stays deleted.
-    pub async fn purge_older_than(&self, max_age: Duration, chunk_rows: u32) -> Result<RetentionReport, StorageError> {
+    pub async fn purge_older_than(
+        &self,
+        max_age: Duration,
+        chunk_rows: u32,
+    ) -> Result<RetentionReport, StorageError> {
         let age_s = max_age.as_secs_f64();
         let chunk = i64::from(chunk_rows.max(1));
         let mut report = RetentionReport::default();
@@ -43,7 +47,9 @@ impl PgStore {
             loop {
                 let client = self.client().await?;
                 let n = self
-                    .timed(async { client.execute(&sql, &[&age_s, &chunk]).await.map_err(|e| self.pg_error(e)) })
+                    .timed(async {
+                        client.execute(&sql, &[&age_s, &chunk]).await.map_err(|e| self.pg_error(e))
+                    })
                     .await?;
                 drop(client);
                 report.statements += 1;

@@ -56,7 +56,11 @@ impl PgStore {
 
     /// Locks the rows of the batches' runs in `applied_batches` (creating them) and returns the
     /// batches not applied yet, in order.
-    async fn claim<'b>(&self, tx: &Transaction<'_>, batches: &'b [WriteBatch]) -> Result<Vec<&'b WriteBatch>, StorageError> {
+    async fn claim<'b>(
+        &self,
+        tx: &Transaction<'_>,
+        batches: &'b [WriteBatch],
+    ) -> Result<Vec<&'b WriteBatch>, StorageError> {
         let err = |e| self.pg_error(e);
         let mut runs: Vec<i64> = batches.iter().map(|b| bits(b.id.run)).collect();
         runs.sort_unstable();
@@ -71,7 +75,9 @@ impl PgStore {
             .map_err(err)?;
         tx.execute(&create, &[&runs]).await.map_err(err)?;
         let lock = tx
-            .prepare_cached("SELECT run, seq FROM applied_batches WHERE run = ANY($1) ORDER BY run FOR UPDATE")
+            .prepare_cached(
+                "SELECT run, seq FROM applied_batches WHERE run = ANY($1) ORDER BY run FOR UPDATE",
+            )
             .await
             .map_err(err)?;
         let mut done: HashMap<i64, i64> =
@@ -89,7 +95,11 @@ impl PgStore {
     }
 
     /// Raises each run's high-water mark to the last batch applied now.
-    async fn raise_high_water(&self, tx: &Transaction<'_>, fresh: &[&WriteBatch]) -> Result<(), StorageError> {
+    async fn raise_high_water(
+        &self,
+        tx: &Transaction<'_>,
+        fresh: &[&WriteBatch],
+    ) -> Result<(), StorageError> {
         let mut high: BTreeMap<i64, i64> = BTreeMap::new();
         for b in fresh {
             let seq = to_i64("batch seq", b.id.seq)?;
@@ -153,7 +163,11 @@ impl PgStore {
             for m in &b.metrics {
                 let (kind, id, tick, samples) =
                     (m.entity_kind.name(), bits(m.entity_id), to_i64("tick", m.tick)?, i64::from(m.samples));
-                writer.as_mut().write(&[&kind, &id, &m.name, &tick, &m.value, &samples]).await.map_err(err)?;
+                writer
+                    .as_mut()
+                    .write(&[&kind, &id, &m.name, &tick, &m.value, &samples])
+                    .await
+                    .map_err(err)?;
             }
         }
         writer.finish().await.map_err(err)
@@ -194,7 +208,18 @@ impl PgStore {
             .map_err(|e| self.pg_error(e))?;
         tx.execute(
             &stmt,
-            &[&ids, &types, &kinds, &entities, &correlations, &ticks, &times, &payloads, &compressed, &counts],
+            &[
+                &ids,
+                &types,
+                &kinds,
+                &entities,
+                &correlations,
+                &ticks,
+                &times,
+                &payloads,
+                &compressed,
+                &counts,
+            ],
         )
         .await
         .map_err(|e| self.pg_error(e))?;
@@ -260,12 +285,17 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let stmt = tx.prepare_cached("DELETE FROM npcs WHERE id = ANY($1)").await.map_err(|e| self.pg_error(e))?;
+        let stmt =
+            tx.prepare_cached("DELETE FROM npcs WHERE id = ANY($1)").await.map_err(|e| self.pg_error(e))?;
         tx.execute(&stmt, &[&ids]).await.map_err(|e| self.pg_error(e))
     }
 
     /// Inserts or replaces whole rows, one statement for all of them (`unnest` of column arrays).
-    pub(super) async fn upsert_npcs(&self, tx: &Transaction<'_>, rows: &[NpcRecord]) -> Result<u64, StorageError> {
+    pub(super) async fn upsert_npcs(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &[NpcRecord],
+    ) -> Result<u64, StorageError> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -274,7 +304,8 @@ impl PgStore {
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut agents, mut xs, mut ys, mut zs) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut healths, mut inventories, mut ticks) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut healths, mut inventories, mut ticks) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for r in rows {
             ids.push(to_i64("npc id", r.id)?);
             roles.push(r.role.as_str());

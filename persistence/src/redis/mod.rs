@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::clients::Pipeline;
-use fred::types::{ClusterHash, CustomCommand, ExpireOptions};
-use futures_util::StreamExt;
 use fred::prelude::{
     Builder, ClientLike, Config as FredConfig, Expiration, KeysInterface, Options, Pool, PubsubInterface,
     ReconnectPolicy, SetsInterface, Value,
 };
+use fred::types::{ClusterHash, CustomCommand, ExpireOptions};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -151,7 +151,10 @@ pub struct RedisCache<S> {
 
 impl<S> std::fmt::Debug for RedisCache<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCache").field("prefix", &self.cfg.key_prefix).field("metrics", &self.metrics()).finish()
+        f.debug_struct("RedisCache")
+            .field("prefix", &self.cfg.key_prefix)
+            .field("metrics", &self.metrics())
+            .finish()
     }
 }
 
@@ -166,7 +169,9 @@ impl<S: Storage> RedisCache<S> {
         let fred_cfg = FredConfig { fail_fast: true, ..FredConfig::from_url(&cfg.url).map_err(failed)? };
         let mut builder = Builder::from_config(fred_cfg);
         builder
-            .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms))
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms);
+            })
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_millis(cfg.connect_timeout_ms);
                 c.internal_command_timeout = Duration::from_millis(cfg.connect_timeout_ms);
@@ -282,7 +287,9 @@ impl<S> RedisCache<S> {
         let Ok(bytes) = terrarium_codec::encode(value) else { return false };
         let key = self.key("val", name);
         let ttl = self.ttl(tier);
-        self.redis("put_value", self.pool.set::<Value, _, _>(key, bytes, Some(ttl), None, false)).await.is_some()
+        self.redis("put_value", self.pool.set::<Value, _, _>(key, bytes, Some(ttl), None, false))
+            .await
+            .is_some()
     }
 
     /// A value cached with [`RedisCache::put_value`], counted as a hit or miss of `tier`.
@@ -308,7 +315,12 @@ impl<S> RedisCache<S> {
     }
 
     /// EVAL with the pipeline timeout (fred's `eval` would use the short command timeout).
-    async fn eval(&self, script: &'static str, keys: Vec<String>, argv: Vec<Value>) -> Result<u64, fred::error::Error> {
+    async fn eval(
+        &self,
+        script: &'static str,
+        keys: Vec<String>,
+        argv: Vec<Value>,
+    ) -> Result<u64, fred::error::Error> {
         let client = self.pool.next().with_options(&self.long_options());
         let mut args = Vec::with_capacity(keys.len() + argv.len() + 2);
         args.push(Value::from_static_str(script));
@@ -406,7 +418,11 @@ impl<S> RedisCache<S> {
     }
 
     /// Runs one Redis call, unless Redis is being skipped. `None` is a miss (counted).
-    async fn redis<T>(&self, what: &str, call: impl Future<Output = Result<T, fred::error::Error>>) -> Option<T> {
+    async fn redis<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Option<T> {
         if !self.usable() {
             self.counters.bypassed.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -446,16 +462,25 @@ impl<S> RedisCache<S> {
                 // Queuing into a pipeline only fails on argument conversion, which these
                 // types never fail; the real result comes from `all` below.
                 let queued: Result<(), _> = match c {
-                    Command::Set(k, v, ttl) => pipeline.set(k.as_str(), v.clone(), Some(ttl.clone()), None, false).await,
+                    Command::Set(k, v, ttl) => {
+                        pipeline.set(k.as_str(), v.clone(), Some(ttl.clone()), None, false).await
+                    }
                     Command::SetPosition(k, v, record) => {
-                        let _: Result<(), _> =
-                            pipeline.set(k.as_str(), v.clone(), Some(Expiration::EX(hot_s)), None, false).await;
+                        let _: Result<(), _> = pipeline
+                            .set(k.as_str(), v.clone(), Some(Expiration::EX(hot_s)), None, false)
+                            .await;
                         pipeline.expire(record.as_str(), hot_s, Some(ExpireOptions::LT)).await
                     }
                     Command::Del(k) => pipeline.del(k.as_str()).await,
                     Command::Tag(tag, k) => {
                         let _: Result<(), _> = pipeline.sadd(tag.as_str(), k.as_str()).await;
-                        pipeline.expire(tag.as_str(), i64::try_from(self.cfg.cold_ttl_s).unwrap_or(i64::MAX), None).await
+                        pipeline
+                            .expire(
+                                tag.as_str(),
+                                i64::try_from(self.cfg.cold_ttl_s).unwrap_or(i64::MAX),
+                                None,
+                            )
+                            .await
                     }
                     Command::Publish(channel, v) => pipeline.publish(channel.as_str(), v.clone()).await,
                 };
@@ -541,7 +566,8 @@ impl<S> RedisCache<S> {
             return Vec::new();
         }
         let keys: Vec<String> = ids.iter().map(|&id| self.key("pos", id)).collect();
-        let Some(Value::Array(values)) = self.redis("mget", self.pool.mget::<Value, _>(keys.clone())).await else {
+        let Some(Value::Array(values)) = self.redis("mget", self.pool.mget::<Value, _>(keys.clone())).await
+        else {
             return vec![None; ids.len()];
         };
         let mut out = Vec::with_capacity(ids.len());
@@ -563,7 +589,14 @@ impl<S> RedisCache<S> {
         for b in batches {
             stale.extend(b.npcs.iter().map(|r| r.id).chain(b.removed.iter().copied()));
             for p in &b.positions {
-                latest.entry(p.npc_id).and_modify(|q| if p.tick >= q.tick { *q = *p }).or_insert(*p);
+                latest
+                    .entry(p.npc_id)
+                    .and_modify(|q| {
+                        if p.tick >= q.tick {
+                            *q = *p;
+                        }
+                    })
+                    .or_insert(*p);
             }
             for id in &b.removed {
                 latest.remove(id);
@@ -635,13 +668,16 @@ impl<S: Storage> Storage for RedisCache<S> {
 
     async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
         let (npc_key, pos_key) = (self.key("npc", id), self.key("pos", id));
-        if let Some(Value::Array(v)) = self.redis("get_npc", self.pool.mget::<Value, _>(vec![npc_key.clone(), pos_key.clone()])).await
+        if let Some(Value::Array(v)) =
+            self.redis("get_npc", self.pool.mget::<Value, _>(vec![npc_key.clone(), pos_key.clone()])).await
             && v.len() == 2
         {
-            let record: Option<NpcRecord> = if v[0].is_null() { None } else { self.decode(&npc_key, &v[0]).await };
+            let record: Option<NpcRecord> =
+                if v[0].is_null() { None } else { self.decode(&npc_key, &v[0]).await };
             if let Some(mut record) = record {
                 self.count(Tier::Warm, true);
-                let pos: Option<PositionRow> = if v[1].is_null() { None } else { self.decode(&pos_key, &v[1]).await };
+                let pos: Option<PositionRow> =
+                    if v[1].is_null() { None } else { self.decode(&pos_key, &v[1]).await };
                 self.count(Tier::Hot, pos.is_some());
                 if let Some(p) = pos
                     && p.tick >= record.updated_tick
@@ -695,7 +731,9 @@ impl<S: Storage> Storage for RedisCache<S> {
             if let Some(swarm) = filter.swarm {
                 commands.push(Command::Tag(self.tag_key(&format!("swarm:{swarm}")), key.clone()));
             }
-            if self.pipelined("fill_list", commands).await && self.generation.load(Ordering::Acquire) != generation {
+            if self.pipelined("fill_list", commands).await
+                && self.generation.load(Ordering::Acquire) != generation
+            {
                 self.invalidate_keys(vec![key]).await;
             }
         }

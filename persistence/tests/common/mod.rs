@@ -9,7 +9,9 @@ use terrarium_persistence::{BatchId, EntityKind, EventRow, MetricRow, NpcRecord,
 pub fn service_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!("{var} must be set in CI; see README (scripts/services.sh)"),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} must be set in CI; see README (scripts/services.sh)")
+        }
         _ => {
             eprintln!("skipping: set {var} to run this test (eval \"$(scripts/services.sh start)\")");
             None
@@ -30,7 +32,7 @@ pub fn npc(id: u64) -> NpcRecord {
         role: ["miner", "guard", "trader"][(id % 3) as usize].into(),
         status: ["idle", "moving", "working", "fleeing"][(id % 4) as usize].into(),
         swarm: (id % 5) as u32,
-        agent: id % 7 == 0,
+        agent: id.is_multiple_of(7),
         x: id as f32 * 0.5,
         y: 64.0,
         z: -(id as f32),
@@ -45,7 +47,14 @@ pub fn position(npc_id: u64, tick: u64) -> PositionRow {
 }
 
 pub fn metric(entity_id: u64, name: &str, tick: u64) -> MetricRow {
-    MetricRow { entity_kind: EntityKind::Npc, entity_id, name: name.into(), tick, value: tick as f64 * 1.5, samples: 3 }
+    MetricRow {
+        entity_kind: EntityKind::Npc,
+        entity_id,
+        name: name.into(),
+        tick,
+        value: tick as f64 * 1.5,
+        samples: 3,
+    }
 }
 
 pub fn event(event_id: u64, kind: &str, entity_id: u64, correlation_id: u64, tick: u64) -> EventRow {
@@ -58,7 +67,7 @@ pub fn event(event_id: u64, kind: &str, entity_id: u64, correlation_id: u64, tic
         tick,
         time_ms: tick * 50,
         payload: vec![1, 2, 3, (event_id % 256) as u8],
-        compressed: event_id % 2 == 0,
+        compressed: event_id.is_multiple_of(2),
         count: 1,
     }
 }
