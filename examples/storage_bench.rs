@@ -11,7 +11,8 @@
 //! batched path: COPY BINARY + current-state update + exactly-once bookkeeping, one
 //! transaction per call), and raw COPY BINARY (one statement, nothing else); then the
 //! current-state upsert (NPCs per second, insert and update passes), Redis pipelined writes
-//! (keys per second) and L1 hits (ns per hit). Every PostgreSQL case starts from an empty
+//! (keys per second) and L1 hits (ns per hit); it also prints how fast an open circuit breaker
+//! refuses a call. Every PostgreSQL case starts from an empty
 //! `npc_positions` in a schema of its own, dropped at the end. With `--json`, the last line of
 //! stdout is one JSON object.
 
@@ -21,9 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
+use terrarium::persistence::testing::{Fault, FaultyStore};
 use terrarium::persistence::{
-    BatchId, L1Cache, L1Config, MemoryStore, NpcRecord, PgStore, PositionRow, PostgresConfig, RedisCache,
-    RedisConfig, Storage, WriteBatch,
+    BatchId, BreakerConfig, BreakerState, CircuitBreaker, L1Cache, L1Config, MemoryStore, NpcRecord, PgStore,
+    PositionRow, PostgresConfig, RedisCache, RedisConfig, Storage, StorageError, WriteBatch,
 };
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -244,7 +246,25 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
 
     f.redis_keys_per_s = redis_writes(args).await?;
     f.l1_hit_ns = l1_hits().await?;
+    open_breaker_rejects().await?;
     Ok(f)
+}
+
+/// An open circuit breaker refusing calls (printed only; not a JSON key).
+async fn open_breaker_rejects() -> anyhow::Result<()> {
+    let cfg = BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() };
+    let faulty = FaultyStore::new(MemoryStore::default());
+    faulty.fail_always(Fault::Unavailable);
+    let breaker = CircuitBreaker::new(faulty, cfg);
+    anyhow::ensure!(breaker.get_npc(1).await.is_err() && breaker.state() == BreakerState::Open);
+    let n = 1_000_000u64;
+    let t = Instant::now();
+    for i in 0..n {
+        anyhow::ensure!(matches!(breaker.get_npc(i).await, Err(StorageError::CircuitOpen { .. })));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    eprintln!("{:<40} {ns:>12.0} ns per call", "open breaker rejects");
+    Ok(())
 }
 
 /// Redis pipelined writes: `RedisCache::write` of one tick of positions, which SETs the hot tier

@@ -152,12 +152,17 @@ pg_stop() {
   fi
 }
 
+# SIGKILLs a server ($1: name, $2: pid) and waits for it to be gone.
+kill_server() {
+  say "SIGKILL $1 (pid $2)"
+  kill -KILL "$2"
+  wait_for 100 test ! -d "/proc/$2" || true
+}
+
 pg_kill() {
   local pid
   pid=$(pg_pid) || { say "postgres not running"; return 0; }
-  say "SIGKILL postgres (pid $pid)"
-  kill -KILL "$pid"
-  wait_for 100 test ! -d "/proc/$pid" || true
+  kill_server postgres "$pid"
 }
 
 pg_status() {
@@ -233,9 +238,7 @@ redis_stop() {
 redis_kill() {
   local pid
   pid=$(redis_pid) || { say "redis not running"; return 0; }
-  say "SIGKILL redis (pid $pid)"
-  kill -KILL "$pid"
-  wait_for 100 test ! -d "/proc/$pid" || true
+  kill_server redis "$pid"
 }
 
 redis_signal() {
