@@ -217,15 +217,17 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
                 .collect()
         })
         .collect();
+    let groups: Vec<Vec<WriteBatch>> =
+        batches.chunks(args.group.max(1)).map(|ticks| ticks.iter().flatten().cloned().collect()).collect();
+    drop(batches);
     let t = Instant::now();
-    for group in batches.chunks(args.group.max(1)) {
-        let group: Vec<WriteBatch> = group.iter().flatten().cloned().collect();
-        store.write(&group).await?;
+    for group in &groups {
+        store.write(group).await?;
     }
     f.batched_rows_per_s = per_s(rows, t.elapsed());
     let what = format!("PgStore::write ({} ticks per call)", args.group);
     report(&what, rows, f.batched_rows_per_s, "rows");
-    drop(batches);
+    drop(groups);
     let landed = store.row_counts().await?.positions as usize;
     anyhow::ensure!(landed == rows, "batched case stored {landed} rows, not {rows}");
 
