@@ -156,10 +156,12 @@ impl std::fmt::Debug for ParPool {
 }
 
 /// What happened to the NPC population during the current tick, for systems that report it
-/// (events, persistence). Cleared at the start of every tick.
+/// (events, persistence).
 #[derive(Resource, Debug, Default, Clone)]
 pub struct TickLog {
-    /// NPCs despawned since the last tick started, in the order it happened.
+    /// NPCs despawned since the previous tick ended, in the order it happened: direct
+    /// [`crate::Engine::despawn`] calls between two ticks belong to the next tick, so nothing
+    /// is missed. Cleared when a tick ends.
     pub despawned: Vec<NpcId>,
     /// Commands applied at the start of this tick.
     pub commands_applied: u32,
