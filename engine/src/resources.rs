@@ -73,6 +73,7 @@ pub struct NpcIndex {
     dense: Vec<Option<Entity>>,
     sparse: FxHashMap<u64, Entity>,
     len: usize,
+    inserted: u64,
 }
 
 impl NpcIndex {
@@ -100,6 +101,13 @@ impl NpcIndex {
         self.len == 0
     }
 
+    /// NPCs ever added (spawned or restored), counting up: when it has not changed, no NPC
+    /// appeared (so a system can skip looking for new ones).
+    #[must_use]
+    pub fn added_total(&self) -> u64 {
+        self.inserted
+    }
+
     /// Records `id → e`; returns the entity `id` had before, if any.
     pub(crate) fn insert(&mut self, id: NpcId, e: Entity) -> Option<Entity> {
         let old = if id.0 < self.dense.len() as u64 + Self::DENSE_SLACK {
@@ -114,6 +122,7 @@ impl NpcIndex {
         if old.is_none() {
             self.len += 1;
         }
+        self.inserted += 1;
         old
     }
 

@@ -13,8 +13,9 @@ mod write_behind;
 pub use error::{StorageError, WriteBehindError};
 pub use memory::{MemoryStats, MemoryStore};
 pub use record::{
-    BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, WriteBatch,
+    BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionColumns,
+    PositionRow, WriteBatch,
 };
-pub use sink::{BatchSink, SinkHealth};
+pub use sink::{BatchSink, Handoff, SinkHealth};
 pub use storage::Storage;
 pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindConfig, WriteBehindHandle, WriteBehindStats};

@@ -176,20 +176,23 @@ impl Inner {
     }
 }
 
-/// Last position per NPC: a dense array for the low ids the engine hands out, a map above it.
+/// Last position per NPC: a dense array for the low ids the engine hands out (an empty slot
+/// holds [`PositionTable::EMPTY`]), a map above it.
 #[derive(Debug, Default)]
 struct PositionTable {
-    dense: Vec<Option<PositionRow>>,
+    dense: Vec<PositionRow>,
     sparse: FxHashMap<u64, PositionRow>,
 }
 
 impl PositionTable {
     /// How far past the end of the dense array an id may be and still extend it.
     const SLACK: u64 = 1 << 16;
+    /// A free slot (no NPC has id `u64::MAX` in the dense range).
+    const EMPTY: PositionRow = PositionRow { npc_id: u64::MAX, tick: 0, x: 0.0, y: 0.0, z: 0.0 };
 
     fn get(&self, id: u64) -> Option<PositionRow> {
         match usize::try_from(id).ok().and_then(|i| self.dense.get(i)) {
-            Some(slot) => *slot,
+            Some(slot) => (slot.npc_id == id).then_some(*slot),
             None => self.sparse.get(&id).copied(),
         }
     }
@@ -198,9 +201,9 @@ impl PositionTable {
         if row.npc_id < self.dense.len() as u64 + Self::SLACK {
             let i = usize::try_from(row.npc_id).expect("dense ids fit in usize");
             if i >= self.dense.len() {
-                self.dense.resize(i + 1, None);
+                self.dense.resize(i + 1, Self::EMPTY);
             }
-            self.dense[i] = Some(row);
+            self.dense[i] = row;
         } else {
             self.sparse.insert(row.npc_id, row);
         }
@@ -208,7 +211,7 @@ impl PositionTable {
 
     fn remove(&mut self, id: u64) {
         match usize::try_from(id).ok().and_then(|i| self.dense.get_mut(i)) {
-            Some(slot) => *slot = None,
+            Some(slot) => *slot = Self::EMPTY,
             None => {
                 self.sparse.remove(&id);
             }

@@ -1,7 +1,42 @@
 //! `BatchSink`: where a batcher hands its finished batches (the write-behind queue, or a test
 //! recorder). The one call the tick makes towards storage; it never blocks and never does I/O.
 
-use crate::{PositionRow, WriteBatch, WriteBehindError};
+use crate::{PositionColumns, WriteBatch, WriteBehindError};
+
+/// One batch as the tick hands it over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Handoff {
+    /// The batch. Its `id` is set by the sink.
+    pub batch: WriteBatch,
+    /// Position rows in column form; the sink appends them to `batch.positions` (after the
+    /// rows already there) before the batch is written.
+    pub positions: PositionColumns,
+    /// True when the batch's positions hold a row for every NPC alive at `batch.tick`: the
+    /// sink may then drop the position rows of earlier batches that are still waiting (they
+    /// are superseded: latest wins per NPC).
+    pub covers_all_positions: bool,
+}
+
+impl Handoff {
+    /// Rows of every kind, columns included.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.batch.len() + self.positions.len()
+    }
+
+    /// True when there is nothing to write.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batch with the columns turned into rows.
+    #[must_use]
+    pub fn into_batch(mut self) -> WriteBatch {
+        self.positions.append_to(&mut self.batch.positions);
+        self.batch
+    }
+}
 
 /// Takes finished batches from the tick and gets them to storage eventually.
 ///
@@ -15,22 +50,18 @@ use crate::{PositionRow, WriteBatch, WriteBehindError};
 pub trait BatchSink: Send + Sync + 'static {
     /// Hands over one batch.
     ///
-    /// `covers_all_positions` says that `batch.positions` holds a row for every NPC alive at
-    /// `batch.tick`; the sink may then drop the position rows of earlier batches that are
-    /// still waiting (they are superseded: latest wins per NPC).
-    ///
     /// # Errors
     /// [`WriteBehindError::Full`] when taking the batch would exceed the sink's memory bound,
     /// [`WriteBehindError::Closed`] after shutdown. The batch is dropped and counted.
-    fn submit(&self, batch: WriteBatch, covers_all_positions: bool) -> Result<(), WriteBehindError>;
+    fn submit(&self, handoff: Handoff) -> Result<(), WriteBehindError>;
 
     /// The producer instance id used in [`crate::BatchId::run`] (and by batchers to make event
     /// ids unique across process restarts).
     fn run_id(&self) -> u64;
 
-    /// A position buffer to fill again (its length and capacity are kept, so refilling it
-    /// neither allocates nor faults pages in), if the sink has one to give back.
-    fn reuse_positions(&self) -> Option<Vec<PositionRow>> {
+    /// Position columns to fill again (their lengths and capacities are kept, so refilling
+    /// them neither allocates nor faults pages in), if the sink has some to give back.
+    fn reuse_columns(&self) -> Option<PositionColumns> {
         None
     }
 

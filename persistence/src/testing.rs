@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::{
-    BatchId, BatchSink, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, WriteBatch,
+    BatchId, BatchSink, Handoff, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, WriteBatch,
     WriteBehindError,
 };
 
@@ -184,27 +184,32 @@ impl<S: Storage> Storage for FaultyStore<S> {
 #[derive(Debug)]
 pub struct RecordingSink {
     run_id: u64,
-    batches: Mutex<Vec<(WriteBatch, bool)>>,
+    handoffs: Mutex<Vec<Handoff>>,
 }
 
 impl RecordingSink {
     /// An empty recorder for producer `run_id`.
     #[must_use]
     pub fn new(run_id: u64) -> Self {
-        Self { run_id, batches: Mutex::new(Vec::new()) }
+        Self { run_id, handoffs: Mutex::new(Vec::new()) }
     }
 
-    /// Every batch so far, with its `covers_all_positions` flag.
-    pub fn batches(&self) -> Vec<(WriteBatch, bool)> {
-        self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// Every handoff so far, exactly as given (ids assigned).
+    pub fn handoffs(&self) -> Vec<Handoff> {
+        self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Every batch so far as it would be written (columns turned into rows).
+    pub fn batches(&self) -> Vec<WriteBatch> {
+        self.handoffs().into_iter().map(Handoff::into_batch).collect()
     }
 }
 
 impl BatchSink for RecordingSink {
-    fn submit(&self, mut batch: WriteBatch, covers_all_positions: bool) -> Result<(), WriteBehindError> {
-        let mut all = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        batch.id = BatchId { run: self.run_id, seq: all.len() as u64 + 1 };
-        all.push((batch, covers_all_positions));
+    fn submit(&self, mut handoff: Handoff) -> Result<(), WriteBehindError> {
+        let mut all = self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        handoff.batch.id = BatchId { run: self.run_id, seq: all.len() as u64 + 1 };
+        all.push(handoff);
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use terrarium_persistence::testing::FaultyStore;
 use terrarium_persistence::{
-    BatchId, BatchSink, EntityKind, EventRow, MemoryStore, PositionRow, Storage, WriteBatch, WriteBehind,
-    WriteBehindConfig, WriteBehindError,
+    BatchId, BatchSink, EntityKind, EventRow, Handoff, MemoryStore, PositionColumns, PositionRow, Storage,
+    WriteBatch, WriteBehind, WriteBehindConfig, WriteBehindError,
 };
 
 type Store = FaultyStore<MemoryStore>;
@@ -36,6 +36,20 @@ fn batch(tick: u64, ids: std::ops::Range<u64>, x: f32) -> WriteBatch {
         }],
         ..WriteBatch::default()
     }
+}
+
+/// Hands `b` over with its positions moved into columns (as the batcher does) when it covers
+/// every NPC, as rows otherwise, so both paths are exercised.
+fn handoff(mut b: WriteBatch, covers_all_positions: bool) -> Handoff {
+    let mut positions = PositionColumns::default();
+    if covers_all_positions {
+        positions.tick = b.tick;
+        for r in std::mem::take(&mut b.positions) {
+            positions.ids.push(r.npc_id);
+            positions.xyz.push([r.x, r.y, r.z]);
+        }
+    }
+    Handoff { batch: b, positions, covers_all_positions }
 }
 
 fn config(run: u64) -> WriteBehindConfig {
@@ -74,7 +88,7 @@ async fn submit_returns_at_once_while_the_store_is_stalled_and_then_groups_the_b
     // The worker runs on this thread's runtime, and this loop never yields: if `submit` waited
     // for the store it would never return, and the test would hang instead of passing.
     for t in 0..1000 {
-        sink.submit(batch(t, t * 10..t * 10 + 10, 1.0), false).unwrap();
+        sink.submit(handoff(batch(t, t * 10..t * 10 + 10, 1.0), false)).unwrap();
     }
     assert!(wb.stats().queued_batches >= 999);
     s.release();
@@ -94,11 +108,11 @@ async fn position_rows_coalesce_per_npc_while_they_wait() {
     s.stall();
     let wb = start(&s, config(2));
     let sink = wb.handle();
-    sink.submit(batch(1, 0..100, 1.0), false).unwrap(); // taken by the worker, stalled in flight
+    sink.submit(handoff(batch(1, 0..100, 1.0), false)).unwrap(); // taken by the worker, stalled in flight
     until(10, || wb.stats().queued_batches == 0).await;
-    sink.submit(batch(2, 0..100, 2.0), false).unwrap();
-    sink.submit(batch(3, 50..150, 3.0), false).unwrap(); // partial: overlaps ids 50..100
-    sink.submit(batch(4, 0..10, 4.0), false).unwrap();
+    sink.submit(handoff(batch(2, 0..100, 2.0), false)).unwrap();
+    sink.submit(handoff(batch(3, 50..150, 3.0), false)).unwrap(); // partial: overlaps ids 50..100
+    sink.submit(handoff(batch(4, 0..10, 4.0), false)).unwrap();
     s.release();
     wb.flush_async(Duration::from_secs(60)).await.unwrap();
     // Batches 2..4 went in one call; rows of batch 2 for ids 0..10 and 50..100 were overwritten
@@ -110,10 +124,10 @@ async fn position_rows_coalesce_per_npc_while_they_wait() {
     assert_eq!(s.inner().last_position(120).unwrap().x, 3.0);
     // A batch that covers every NPC drops the waiting rows at once, at submit.
     s.stall();
-    sink.submit(batch(5, 0..150, 5.0), false).unwrap();
+    sink.submit(handoff(batch(5, 0..150, 5.0), false)).unwrap();
     until(10, || wb.stats().queued_batches == 0).await;
-    sink.submit(batch(6, 0..150, 6.0), false).unwrap();
-    sink.submit(batch(7, 0..150, 7.0), true).unwrap();
+    sink.submit(handoff(batch(6, 0..150, 6.0), false)).unwrap();
+    sink.submit(handoff(batch(7, 0..150, 7.0), true)).unwrap();
     assert_eq!(wb.stats().queued_rows, 150 + 2, "only the last positions (and both events) wait");
     s.release();
     wb.flush_async(Duration::from_secs(60)).await.unwrap();
@@ -133,7 +147,7 @@ async fn batches_reach_the_store_in_order_through_intermittent_failures() {
         }
         let b = batch(t, t * 3..t * 3 + (t % 4), 1.0);
         rows += b.positions.len() as u64;
-        wb.handle().submit(b, false).unwrap();
+        wb.handle().submit(handoff(b, false)).unwrap();
         if t % 5 == 0 {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
@@ -156,7 +170,7 @@ async fn a_failing_store_spills_to_the_outbox_and_replays_in_order_when_it_recov
     let wb = start(&s, cfg);
     let sink = wb.handle();
     for t in 1..=50 {
-        sink.submit(batch(t, t * 2..t * 2 + 2, t as f32), false).unwrap();
+        sink.submit(handoff(batch(t, t * 2..t * 2 + 2, t as f32), false)).unwrap();
         if t % 10 == 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -187,7 +201,7 @@ async fn the_outbox_survives_a_restart_and_is_replayed_before_new_batches() {
     down.set_failing(true);
     let wb = start(&down, WriteBehindConfig { outbox_path: Some(outbox.clone()), ..config(10) });
     for t in 1..=20 {
-        wb.handle().submit(batch(t, 0..5, t as f32), false).unwrap();
+        wb.handle().submit(handoff(batch(t, 0..5, t as f32), false)).unwrap();
     }
     let report = wb.shutdown_async(Duration::from_secs(2)).await.unwrap();
     assert_eq!(report.left_in_outbox, 20);
@@ -196,7 +210,7 @@ async fn the_outbox_survives_a_restart_and_is_replayed_before_new_batches() {
     // Second process, new run id, store back: the old run's batches go first, with their ids.
     let up = store();
     let wb = start(&up, WriteBehindConfig { outbox_path: Some(outbox.clone()), ..config(11) });
-    wb.handle().submit(batch(100, 0..5, 100.0), false).unwrap();
+    wb.handle().submit(handoff(batch(100, 0..5, 100.0), false)).unwrap();
     wb.flush_async(Duration::from_secs(60)).await.unwrap();
     let ids = up.written_ids();
     let mut expected: Vec<BatchId> = (1..=20).map(|seq| BatchId { run: 10, seq }).collect();
@@ -217,7 +231,7 @@ async fn a_replay_after_a_crash_does_not_duplicate_rows() {
     s.set_failing(true);
     let wb = start(&s, WriteBehindConfig { outbox_path: Some(outbox.clone()), ..config(20) });
     for t in 1..=5 {
-        wb.handle().submit(batch(t, t * 10..t * 10 + 3, 1.0), false).unwrap();
+        wb.handle().submit(handoff(batch(t, t * 10..t * 10 + 3, 1.0), false)).unwrap();
     }
     until(1000, || wb.stats().batches_spilled == 5).await;
     // Keep a copy of the file as a crash just after the replay (before truncation) would leave it.
@@ -246,7 +260,7 @@ async fn too_much_waiting_spills_even_when_the_store_is_healthy() {
     };
     let wb = start(&s, cfg);
     for t in 1..=60 {
-        wb.handle().submit(batch(t, t * 10..t * 10 + 10, 1.0), false).unwrap();
+        wb.handle().submit(handoff(batch(t, t * 10..t * 10 + 10, 1.0), false)).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wb.flush_async(Duration::from_secs(600)).await.unwrap();
@@ -264,18 +278,18 @@ async fn a_full_queue_refuses_and_counts_instead_of_growing() {
     s.stall();
     let wb = start(&s, WriteBehindConfig { max_queued_rows: 50, spill_queued_rows: 50, ..config(5) });
     let sink = wb.handle();
-    sink.submit(batch(1, 0..10, 1.0), false).unwrap();
+    sink.submit(handoff(batch(1, 0..10, 1.0), false)).unwrap();
     until(10, || wb.stats().queued_batches == 0).await; // in flight
     for t in 2..=5 {
-        sink.submit(batch(t, 0..10, 1.0), false).unwrap();
+        sink.submit(handoff(batch(t, 0..10, 1.0), false)).unwrap();
     }
-    let err = sink.submit(batch(6, 0..10, 1.0), false).unwrap_err();
+    let err = sink.submit(handoff(batch(6, 0..10, 1.0), false)).unwrap_err();
     assert!(matches!(err, WriteBehindError::Full { limit: 50, .. }), "{err}");
     let st = wb.stats();
     assert_eq!((st.failed_batches, st.writes_dropped), (1, 11));
     assert_eq!(sink.health().writes_dropped, 11);
     // A batch that covers every NPC frees the waiting position rows, so it fits.
-    sink.submit(batch(7, 0..10, 7.0), true).unwrap();
+    sink.submit(handoff(batch(7, 0..10, 7.0), true)).unwrap();
     s.release();
     wb.flush_async(Duration::from_secs(60)).await.unwrap();
     assert_eq!(s.inner().last_position(0).unwrap().x, 7.0);
@@ -290,10 +304,10 @@ async fn a_batch_the_store_keeps_refusing_is_given_up_and_kept_aside() {
     s.stall();
     let cfg = WriteBehindConfig { outbox_path: Some(outbox.clone()), max_attempts: 3, ..config(6) };
     let wb = start(&s, cfg);
-    wb.handle().submit(batch(1, 10..12, 1.0), false).unwrap();
+    wb.handle().submit(handoff(batch(1, 10..12, 1.0), false)).unwrap();
     until(10, || s.calls() == 1).await;
     for t in 2..=4 {
-        wb.handle().submit(batch(t, t * 10..t * 10 + 2, 1.0), false).unwrap();
+        wb.handle().submit(handoff(batch(t, t * 10..t * 10 + 2, 1.0), false)).unwrap();
     }
     // The first call carries batch 1 alone (it was taken before the others came); refuse it
     // three times, then everything else goes through.
@@ -318,7 +332,7 @@ async fn shutdown_writes_everything_that_waits() {
     for t in 1..=100 {
         let b = batch(t, t * 4..t * 4 + 4, 1.0);
         rows += b.len() as u64;
-        wb.handle().submit(b, false).unwrap();
+        wb.handle().submit(handoff(b, false)).unwrap();
     }
     let report = wb.shutdown_async(Duration::from_secs(60)).await.unwrap();
     assert_eq!(report.left_in_outbox, 0);
@@ -334,7 +348,7 @@ async fn shutdown_with_the_store_down_and_no_outbox_counts_what_is_lost() {
     s.set_failing(true);
     let wb = start(&s, config(8));
     for t in 1..=3 {
-        wb.handle().submit(batch(t, t * 2..t * 2 + 2, 1.0), false).unwrap();
+        wb.handle().submit(handoff(batch(t, t * 2..t * 2 + 2, 1.0), false)).unwrap();
     }
     let report = wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
     assert_eq!(report.stats.failed_batches, 3);
@@ -348,7 +362,7 @@ fn an_owned_runtime_flushes_and_shuts_down_from_plain_threads() {
     let sink = wb.handle();
     let producer = std::thread::spawn(move || {
         for t in 1..=10 {
-            sink.submit(batch(t, 0..3, t as f32), false).unwrap();
+            sink.submit(handoff(batch(t, 0..3, t as f32), false)).unwrap();
         }
     });
     producer.join().unwrap();

@@ -47,10 +47,10 @@ fn an_npc_that_moved_many_times_costs_one_row_with_its_last_position() {
     engine.run_ticks(10);
     assert!(sink.batches().is_empty(), "500 ms have not passed yet");
     engine.tick(); // tick 11: the first change (tick 1) is 500 ms old
-    let batches = sink.batches();
-    assert_eq!(batches.len(), 1);
-    let (b, complete) = &batches[0];
-    assert!(*complete, "the only NPC is in the batch");
+    let handoffs = sink.handoffs();
+    assert_eq!(handoffs.len(), 1);
+    assert!(handoffs[0].covers_all_positions, "the only NPC is in the batch");
+    let b = &sink.batches()[0];
     let p = position(&engine, id);
     assert_eq!(b.positions.len(), 1);
     assert_eq!((b.positions[0].npc_id, b.positions[0].tick), (id.0, 11));
@@ -76,7 +76,7 @@ fn positions_flush_by_size_when_more_npcs_wait_than_a_batch_holds() {
     engine.tick();
     let batches = sink.batches();
     assert_eq!(batches.len(), 1, "the 101st NPC does not fit: flush now");
-    assert_eq!(batches[0].0.positions.len(), 101);
+    assert_eq!(batches[0].positions.len(), 101);
     engine.tick();
     assert_eq!(sink.batches().len(), 2, "101 moving NPCs: every tick");
 }
@@ -101,8 +101,8 @@ fn still_npcs_write_nothing_and_a_lone_move_flushes_by_age() {
     engine.tick();
     let batches = sink.batches();
     assert_eq!(batches.len(), 2);
-    assert_eq!(batches[1].0.positions.iter().map(|r| r.npc_id).collect::<Vec<_>>(), [ids[7].0]);
-    assert!(!batches[1].1, "one row of 50 NPCs does not cover them all");
+    assert_eq!(batches[1].positions.iter().map(|r| r.npc_id).collect::<Vec<_>>(), [ids[7].0]);
+    assert!(!sink.handoffs()[1].covers_all_positions, "one row of 50 NPCs does not cover them all");
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn despawns_status_changes_and_system_events_reach_the_batch() {
         .resource_mut::<DomainEvents>()
         .emit(batching::Subject::Npc(ids[2]), DomainEvent::OreMined { ore: 3, amount: 2, at: [1, 2, 3] });
     engine.run_ticks(11);
-    let all: Vec<WriteBatch> = sink.batches().into_iter().map(|(b, _)| b).collect();
+    let all: Vec<WriteBatch> = sink.batches();
     let last = all.last().unwrap();
     assert_eq!(last.removed, [ids[0].0]);
     let stopped = last.npcs.iter().find(|r| r.id == ids[1].0).expect("status change recorded");
@@ -135,8 +135,8 @@ fn a_bulk_spawn_writes_one_event_for_all_but_the_first_few() {
     let mut engine = engine_with(config(), sink.clone());
     engine.spawn_batch((0..1000).map(|i| walker(i as f32 % 900.0)));
     engine.tick();
-    let (b, complete) = &sink.batches()[0];
-    assert!(*complete);
+    assert!(sink.handoffs()[0].covers_all_positions);
+    let b = &sink.batches()[0];
     assert_eq!((b.positions.len(), b.npcs.len()), (1000, 1000));
     let spawned = b.events.iter().filter(|e| e.event_type == "npc_spawned").count();
     assert_eq!(spawned, DomainEvents::PER_NPC_LIMIT);

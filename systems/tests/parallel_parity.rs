@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use terrarium_engine::{Command, Engine, EngineConfig, NpcId, NpcSpec, Order, Position, Role};
-use terrarium_persistence::WriteBatch;
+use terrarium_persistence::Handoff;
 use terrarium_persistence::testing::RecordingSink;
 use terrarium_systems::batching::{self, BatchingOptions, DomainEvent, DomainEvents, Subject};
 
 /// Runs a world of plain NPCs and agents spread over several table chunks, with commands,
 /// despawns and system events, and returns its hash and every batch it handed over.
-fn run(threads: usize, max_items: usize) -> (u64, Vec<(WriteBatch, bool)>) {
+fn run(threads: usize, max_items: usize) -> (u64, Vec<Handoff>) {
     let mut cfg = EngineConfig { seed: 11, threads, ..EngineConfig::default() };
     cfg.batching.positions.max_items = max_items;
     let sink = Arc::new(RecordingSink::new(77));
@@ -46,7 +46,7 @@ fn run(threads: usize, max_items: usize) -> (u64, Vec<(WriteBatch, bool)>) {
         }
         engine.tick();
     }
-    (engine.world_hash(), sink.batches())
+    (engine.world_hash(), sink.handoffs())
 }
 
 #[test]
@@ -56,9 +56,13 @@ fn batches_are_identical_for_one_and_two_threads() {
         let (hash2, two) = run(2, max_items);
         assert_eq!(hash1, hash2);
         assert!(one.len() >= 3, "{} batches", one.len());
-        let rows: usize = one.iter().map(|(b, _)| b.positions.len()).sum();
+        let rows: usize = one.iter().map(|h| h.positions.len()).sum();
         assert!(rows > 100_000, "enough rows to span chunks: {rows}");
-        assert!(one.iter().any(|(b, _)| !b.removed.is_empty() && !b.events.is_empty() && !b.npcs.is_empty()));
+        assert!(
+            one.iter().any(|h| !h.batch.removed.is_empty()
+                && !h.batch.events.is_empty()
+                && !h.batch.npcs.is_empty())
+        );
         assert_eq!(one.len(), two.len());
         for (i, (a, b)) in one.iter().zip(&two).enumerate() {
             assert!(a == b, "batch {i} differs between 1 and 2 threads");

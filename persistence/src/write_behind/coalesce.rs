@@ -11,7 +11,9 @@ use crate::WriteBatch;
 /// would have been overwritten anyway. Only the position *history* between flushes is lost,
 /// which is what coalescing means.
 pub(crate) fn coalesce_positions(batches: &mut [WriteBatch], seen: &mut IdSet) -> u64 {
-    if batches.len() < 2 {
+    // Nothing to overwrite unless two batches carry positions (the usual case for a group that
+    // follows a batch covering every NPC, whose predecessors were emptied at submit).
+    if batches.iter().filter(|b| !b.positions.is_empty()).count() < 2 {
         return 0;
     }
     let mut dropped = 0u64;

@@ -22,7 +22,7 @@ use tokio::time::Instant as TokioInstant;
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::Outbox;
-use crate::{BatchId, BatchSink, PositionRow, SinkHealth, Storage, WriteBatch, WriteBehindError};
+use crate::{BatchId, BatchSink, Handoff, PositionColumns, SinkHealth, Storage, WriteBehindError};
 
 /// Settings of a [`WriteBehind`]. Every field has a default; sizes are in rows (of any kind).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,7 +77,7 @@ impl Default for WriteBehindConfig {
             max_frame_bytes: 1 << 30,
             max_group_batches: 64,
             max_group_rows: 4_000_000,
-            commit_interval_ms: 50,
+            commit_interval_ms: 100,
             write_timeout_ms: 30_000,
             retry_min_ms: 50,
             retry_max_ms: 5_000,
@@ -180,15 +180,15 @@ pub struct WriteBehindStats {
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use terrarium_persistence::{BatchSink, MemoryStore, PositionRow, WriteBatch, WriteBehind, WriteBehindConfig};
+/// use terrarium_persistence::{BatchSink, Handoff, MemoryStore, PositionColumns, PositionRow, WriteBehind, WriteBehindConfig};
 ///
 /// let store = Arc::new(MemoryStore::default());
 /// let wb = WriteBehind::start(Arc::clone(&store), WriteBehindConfig::default())?;
 /// let sink = wb.handle();
-/// let row = PositionRow { npc_id: 1, tick: 5, x: 1.0, y: 0.0, z: 2.0 };
-/// sink.submit(WriteBatch { tick: 5, positions: vec![row], ..Default::default() }, false)?;
+/// let positions = PositionColumns { tick: 5, ids: vec![1], xyz: vec![[1.0, 0.0, 2.0]] };
+/// sink.submit(Handoff { positions, ..Handoff::default() })?;
 /// wb.shutdown(Duration::from_secs(5))?;
-/// assert_eq!(store.last_position(1), Some(row));
+/// assert_eq!(store.last_position(1), Some(PositionRow { npc_id: 1, tick: 5, x: 1.0, y: 0.0, z: 2.0 }));
 /// # Ok::<(), terrarium_persistence::WriteBehindError>(())
 /// ```
 pub struct WriteBehind<S: Storage> {
@@ -224,11 +224,11 @@ struct Shared {
 /// Batches handed over and not yet taken by the worker, in submit order.
 #[derive(Default)]
 struct Queue {
-    batches: VecDeque<WriteBatch>,
+    batches: VecDeque<Handoff>,
     rows: usize,
     next_seq: u64,
-    /// Position buffers to hand back to the batcher.
-    spare: Vec<Vec<PositionRow>>,
+    /// Position columns to hand back to the batcher.
+    spare: Vec<PositionColumns>,
     /// Set by the worker when it finds nothing to do (memory and outbox empty).
     idle: bool,
     /// Callers waiting in `flush`: the worker skips the commit interval.
@@ -262,10 +262,21 @@ struct Counters {
     outbox_bytes: AtomicU64,
 }
 
-/// Most position buffers kept for reuse.
+/// Most position buffers kept for reuse (each way).
 const MAX_SPARE: usize = 4;
 /// Position buffers smaller than this are not worth keeping.
 const MIN_SPARE_CAPACITY: usize = 1024;
+
+/// Keeps `columns` for the batcher to fill again, if there is room and they are worth it;
+/// otherwise hands them back, to be freed.
+fn keep_spare(spare: &mut Vec<PositionColumns>, columns: PositionColumns) -> Option<PositionColumns> {
+    if spare.len() < MAX_SPARE && columns.ids.capacity() >= MIN_SPARE_CAPACITY {
+        spare.push(columns);
+        None
+    } else {
+        Some(columns)
+    }
+}
 
 /// What [`WriteBehind::shutdown`] left behind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -551,15 +562,20 @@ impl WriteBehindHandle {
 }
 
 impl BatchSink for WriteBehindHandle {
-    fn submit(&self, mut batch: WriteBatch, covers_all_positions: bool) -> Result<(), WriteBehindError> {
-        let rows = batch.len();
-        let mut freed_buffers = Vec::new();
+    fn submit(&self, mut handoff: Handoff) -> Result<(), WriteBehindError> {
+        let rows = handoff.len();
+        // Superseded buffers that are not kept: freed after the lock is released (a big free
+        // may unmap pages).
+        let (mut freed_rows, mut freed_columns) = (Vec::new(), Vec::new());
         let mut q = self.shared.lock();
         let refusal = if q.closed {
             Some(WriteBehindError::Closed)
         } else {
-            let superseded: usize =
-                if covers_all_positions { q.batches.iter().map(|b| b.positions.len()).sum() } else { 0 };
+            let superseded: usize = if handoff.covers_all_positions {
+                q.batches.iter().map(|h| h.batch.positions.len() + h.positions.len()).sum()
+            } else {
+                0
+            };
             let after = q.rows - superseded + rows;
             (after > self.shared.max_queued_rows)
                 .then_some(WriteBehindError::Full { queued_rows: q.rows, limit: self.shared.max_queued_rows })
@@ -572,27 +588,26 @@ impl BatchSink for WriteBehindHandle {
             return Err(err);
         }
         let mut coalesced = 0usize;
-        if covers_all_positions {
+        if handoff.covers_all_positions {
             let Queue { batches, spare, rows: queued, .. } = &mut *q;
-            for b in batches.iter_mut().filter(|b| !b.positions.is_empty()) {
-                coalesced += b.positions.len();
-                let buf = std::mem::take(&mut b.positions);
-                if spare.len() < MAX_SPARE && buf.capacity() >= MIN_SPARE_CAPACITY {
-                    spare.push(buf);
-                } else {
-                    // Freed after the lock is released: a big free may unmap pages.
-                    freed_buffers.push(buf);
+            for h in batches.iter_mut() {
+                let n = h.batch.positions.len() + h.positions.len();
+                if n == 0 {
+                    continue;
                 }
+                coalesced += n;
+                freed_rows.push(std::mem::take(&mut h.batch.positions));
+                freed_columns.extend(keep_spare(spare, std::mem::take(&mut h.positions)));
             }
             *queued -= coalesced;
         }
         q.next_seq += 1;
-        batch.id = BatchId { run: self.shared.run_id, seq: q.next_seq };
+        handoff.batch.id = BatchId { run: self.shared.run_id, seq: q.next_seq };
         q.rows += rows;
-        q.batches.push_back(batch);
+        q.batches.push_back(handoff);
         q.idle = false;
         drop(q);
-        drop(freed_buffers);
+        drop((freed_rows, freed_columns));
         let c = &self.shared.counters;
         c.batches_submitted.fetch_add(1, Ordering::Relaxed);
         c.rows_submitted.fetch_add(rows as u64, Ordering::Relaxed);
@@ -605,7 +620,7 @@ impl BatchSink for WriteBehindHandle {
         self.shared.run_id
     }
 
-    fn reuse_positions(&self) -> Option<Vec<PositionRow>> {
+    fn reuse_columns(&self) -> Option<PositionColumns> {
         self.shared.lock().spare.pop()
     }
 

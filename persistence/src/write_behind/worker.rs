@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::coalesce::{IdSet, coalesce_positions};
-use super::{MAX_SPARE, MIN_SPARE_CAPACITY, Shared, WriteBehindConfig};
+use super::{MAX_SPARE, MIN_SPARE_CAPACITY, Shared, WriteBehindConfig, keep_spare};
 use crate::outbox::{self, Outbox};
-use crate::{Storage, StorageError, WriteBatch};
+use crate::{Handoff, PositionRow, Storage, StorageError, WriteBatch};
 
 /// The settings the task uses, as durations.
 struct Settings {
@@ -48,6 +48,8 @@ pub(super) struct Worker<S> {
     isolate: bool,
     /// No spill attempt before this (after a failed spill: disk full, outbox bound).
     spill_paused_until: Option<Instant>,
+    /// Row buffers of written batches, to turn the next columns into rows without page faults.
+    rows_pool: Vec<Vec<PositionRow>>,
 }
 
 impl<S: Storage> Worker<S> {
@@ -75,6 +77,7 @@ impl<S: Storage> Worker<S> {
             attempts: 0,
             isolate: false,
             spill_paused_until: None,
+            rows_pool: Vec::new(),
         }
     }
 
@@ -180,20 +183,21 @@ impl<S: Storage> Worker<S> {
             self.coalesce(&mut batches);
             return Some(Group { batches, outbox: Some(g) });
         }
-        let mut batches = Vec::new();
+        let mut taken = Vec::new();
         {
             let mut q = self.shared.lock();
             let mut rows = 0usize;
-            while batches.len() < max && (batches.is_empty() || rows < self.s.max_group_rows) {
-                let Some(b) = q.batches.pop_front() else { break };
-                rows += b.len();
-                batches.push(b);
+            while taken.len() < max && (taken.is_empty() || rows < self.s.max_group_rows) {
+                let Some(h) = q.batches.pop_front() else { break };
+                rows += h.len();
+                taken.push(h);
             }
             q.rows -= rows;
         }
-        if batches.is_empty() {
+        if taken.is_empty() {
             return None;
         }
+        let mut batches = self.materialize(taken);
         self.coalesce(&mut batches);
         Some(Group { batches, outbox: None })
     }
@@ -294,11 +298,7 @@ impl<S: Storage> Worker<S> {
                 self.current = None;
             } else {
                 let rest = group.batches.split_off(1);
-                let mut q = self.shared.lock();
-                q.rows += rest.iter().map(WriteBatch::len).sum::<usize>();
-                for b in rest.into_iter().rev() {
-                    q.batches.push_front(b);
-                }
+                self.put_back(rest);
             }
             return;
         }
@@ -356,22 +356,53 @@ impl<S: Storage> Worker<S> {
         {
             return;
         }
-        let mut batches: Vec<WriteBatch> = {
+        let taken: Vec<Handoff> = {
             let mut q = self.shared.lock();
             q.rows = 0;
             q.batches.drain(..).collect()
         };
-        if batches.is_empty() {
+        if taken.is_empty() {
             return;
         }
+        let mut batches = self.materialize(taken);
         self.coalesce(&mut batches);
         if let Err(batches) = self.spill(batches) {
-            let mut q = self.shared.lock();
-            q.rows += batches.iter().map(WriteBatch::len).sum::<usize>();
-            for b in batches.into_iter().rev() {
-                q.batches.push_front(b);
-            }
+            self.put_back(batches);
         }
+    }
+
+    /// Puts batches back at the front of the queue, in order.
+    fn put_back(&self, batches: Vec<WriteBatch>) {
+        let mut q = self.shared.lock();
+        q.rows += batches.iter().map(WriteBatch::len).sum::<usize>();
+        for batch in batches.into_iter().rev() {
+            q.batches.push_front(Handoff { batch, ..Handoff::default() });
+        }
+    }
+
+    /// Turns handed-over columns into rows (into recycled buffers), and gives the columns back
+    /// to the batcher.
+    fn materialize(&mut self, taken: Vec<Handoff>) -> Vec<WriteBatch> {
+        let mut batches = Vec::with_capacity(taken.len());
+        let mut columns = Vec::new();
+        for Handoff { mut batch, positions, .. } in taken {
+            if !positions.is_empty() {
+                if batch.positions.is_empty()
+                    && let Some(mut buf) = self.rows_pool.pop()
+                {
+                    buf.clear();
+                    batch.positions = buf;
+                }
+                positions.append_to(&mut batch.positions);
+            }
+            columns.push(positions);
+            batches.push(batch);
+        }
+        let mut q = self.shared.lock();
+        let surplus: Vec<_> = columns.into_iter().filter_map(|c| keep_spare(&mut q.spare, c)).collect();
+        drop(q);
+        drop(surplus);
+        batches
     }
 
     /// Appends batches to the outbox; gives them back when that fails.
@@ -398,11 +429,12 @@ impl<S: Storage> Worker<S> {
     fn stop_now(&mut self) {
         let mut left: Vec<WriteBatch> =
             self.current.take().filter(|g| g.outbox.is_none()).map(|g| g.batches).unwrap_or_default();
-        {
+        let taken: Vec<Handoff> = {
             let mut q = self.shared.lock();
             q.rows = 0;
-            left.extend(q.batches.drain(..));
-        }
+            q.batches.drain(..).collect()
+        };
+        left.extend(self.materialize(taken));
         if !left.is_empty() {
             self.coalesce(&mut left);
             if let Err(lost) = self.spill(left) {
@@ -433,15 +465,14 @@ impl<S: Storage> Worker<S> {
         self.shared.idle_notify.notify_waiters();
     }
 
-    /// Hands big position buffers back to the batcher.
-    fn recycle(&self, batches: Vec<WriteBatch>) {
-        let mut q = self.shared.lock();
+    /// Keeps the row buffers of written batches for the next columns to fill.
+    fn recycle(&mut self, batches: Vec<WriteBatch>) {
         for b in batches {
-            if q.spare.len() >= MAX_SPARE {
+            if self.rows_pool.len() >= MAX_SPARE {
                 break;
             }
             if b.positions.capacity() >= MIN_SPARE_CAPACITY {
-                q.spare.push(b.positions);
+                self.rows_pool.push(b.positions);
             }
         }
     }

@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::{SystemChangeTick, SystemParam};
-use terrarium_engine::{Engine, EngineConfig, NpcId, ParPool, SimClock, TickLog, TickSet};
-use terrarium_persistence::{BatchSink, NpcRecord, WriteBatch};
+use terrarium_engine::{Engine, EngineConfig, NpcId, NpcIndex, ParPool, SimClock, TickLog, TickSet};
+use terrarium_persistence::{BatchSink, Handoff, NpcRecord, PositionColumns, WriteBatch};
 
 pub use events::{DomainEvent, DomainEvents, EventBatcher, Subject, decode_payload};
 pub use metrics::{Metrics, names as metric_names};
@@ -77,7 +77,7 @@ impl Default for BatchingOptions {
 /// let spec = NpcSpec::new(Role::Scout, Position::new(10.0, 0.0, 10.0)).moving(Velocity::new(1.0, 0.0, 0.0));
 /// let id = engine.spawn_npc(spec);
 /// engine.run_ticks(11); // 500 ms at 20 Hz: the position flush is due
-/// let (batch, _) = &sink.batches()[0];
+/// let batch = &sink.batches()[0];
 /// assert_eq!(batch.npcs[0].id, id.0);
 /// assert_eq!(batch.positions.len(), 1);
 /// ```
@@ -129,6 +129,8 @@ struct PositionBatcher {
     first_pending_tick: Option<u64>,
     /// NPC moves counted since the last flush (one per NPC per tick it moved).
     moves_since_flush: u64,
+    /// `NpcIndex::added_total` at the last position flush: unchanged means no spawn to find.
+    added_at_flush: u64,
 }
 
 /// Registry rows waiting for the next batch.
@@ -141,7 +143,7 @@ struct Registry {
 
 /// The batch cut in `Record`, handed over in `Flush`.
 #[derive(Resource, Debug, Default)]
-struct Outgoing(Option<(WriteBatch, bool)>);
+struct Outgoing(Option<Handoff>);
 
 /// The batchers `cut_batch` drains.
 #[derive(SystemParam)]
@@ -191,6 +193,7 @@ fn cut_batch(
     clock: Res<SimClock>,
     config: Res<EngineConfig>,
     pool: Res<ParPool>,
+    index: Res<NpcIndex>,
     sink: Res<Sink>,
     mut state: ResMut<PositionBatcher>,
     mut b: Batchers,
@@ -230,14 +233,16 @@ fn cut_batch(
 
     let mut cut = p_due || m_size || e_size || (!p_pending && (m_due || e_due || r_due));
     // Without a cut, the registry scan only runs when no position flush is coming to carry it.
-    let want = Want { positions: cut && p_pending, state: state_due && (cut || !p_pending) };
-    let mut buffer = Vec::new();
+    let positions = cut && p_pending;
+    let spawns = positions && index.added_total() != state.added_at_flush;
+    let want = Want { positions, spawns, state: state_due && (cut || !p_pending) };
+    let mut columns = PositionColumns::default();
     let mut collected = positions::Collected::default();
     if want.positions || want.state {
         if want.positions {
-            buffer = sink.0.reuse_positions().unwrap_or_default();
+            columns = sink.0.reuse_columns().unwrap_or_default();
         }
-        collected = positions::collect(&pool, &npcs, m, tick, want, &mut buffer);
+        collected = positions::collect(&pool, &npcs, m, tick, want, &mut columns);
         if want.state {
             state.last_state = m.now;
             state.last_state_tick = Some(tick);
@@ -262,6 +267,7 @@ fn cut_batch(
         state.moves_since_flush = 0;
         state.first_pending_tick = None;
         state.last_flush = m.now;
+        state.added_at_flush = index.added_total();
     }
     let (stats, events) = (&mut *b.stats, &mut *b.events);
     push_notes(&collected.notes, tick, clock.now_ms(), events, stats);
@@ -270,7 +276,6 @@ fn cut_batch(
     registry.first_pending_tick = None;
     let mut batch = WriteBatch {
         tick,
-        positions: buffer,
         npcs: std::mem::take(&mut registry.records),
         removed: std::mem::take(&mut registry.removed),
         ..WriteBatch::default()
@@ -289,9 +294,10 @@ fn cut_batch(
     }
     stats.metrics.pending_items = b.metrics.pending() as u64;
     stats.events.pending_items = 0;
-    if !batch.is_empty() {
+    let handoff = Handoff { batch, positions: columns, covers_all_positions: complete };
+    if !handoff.is_empty() {
         stats.batches_created += 1;
-        b.outgoing.0 = Some((batch, complete));
+        b.outgoing.0 = Some(handoff);
     }
 }
 
@@ -347,9 +353,9 @@ fn per_npc_or_bulk(
 
 /// Hands the batch cut this tick to the sink: one lock and a notify, never I/O.
 fn hand_over(mut outgoing: ResMut<Outgoing>, sink: Res<Sink>, mut stats: ResMut<BatcherStats>) {
-    let Some((batch, complete)) = outgoing.0.take() else { return };
-    let rows = batch.len() as u64;
-    if let Err(e) = sink.0.submit(batch, complete) {
+    let Some(handoff) = outgoing.0.take() else { return };
+    let rows = handoff.len() as u64;
+    if let Err(e) = sink.0.submit(handoff) {
         // The sink counted it too; `mirror_health` turns the count into an event.
         stats.batches_refused += 1;
         stats.writes_dropped += rows;

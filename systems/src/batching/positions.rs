@@ -5,10 +5,10 @@
 //! compares them with the change tick of the previous flush, so an NPC that moved ten times
 //! costs one row (its latest position), and a tick without a flush only counts.
 
-use bevy_ecs::change_detection::Tick;
+use bevy_ecs::change_detection::{MAX_CHANGE_AGE, Tick};
 use bevy_ecs::prelude::*;
 use terrarium_engine::{Agent, Health, Inventory, NpcId, ParPool, Position, Role, Status, Swarm};
-use terrarium_persistence::{NpcRecord, PositionRow};
+use terrarium_persistence::{NpcRecord, PositionColumns};
 
 use crate::par;
 
@@ -98,8 +98,10 @@ pub(crate) enum Note {
 /// Which parts a pass collects.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Want {
-    /// Position rows (and spawns).
+    /// Position rows.
     pub positions: bool,
+    /// Spawns (only looked for with positions, and only when an NPC may have appeared).
+    pub spawns: bool,
     /// State changes (role, status, swarm, health, inventory).
     pub state: bool,
 }
@@ -107,35 +109,46 @@ pub(crate) struct Want {
 /// Collects position rows (NPCs whose position changed since `m.flush`) into `out`, and
 /// registry rows, in table order and chunk order: the same rows for any thread count.
 ///
-/// `out` is resized to the number of NPCs (growing only; a reused buffer keeps its pages),
-/// every chunk writes its rows at its own offset, then the gaps are closed and `out` is cut to
-/// the rows written.
+/// The columns of `out` are resized to the number of NPCs (growing only; reused columns keep
+/// their pages), every chunk writes its rows at its own offset, then the gaps are closed and
+/// the columns are cut to the rows written.
 pub(crate) fn collect(
     pool: &ParPool,
     q: &Query<NpcData>,
     m: Marks,
     tick: u64,
     want: Want,
-    out: &mut Vec<PositionRow>,
+    out: &mut PositionColumns,
 ) -> Collected {
     let tables: Vec<_> = q.contiguous_iter().expect("NPC components are stored in tables").collect();
     let entities: usize = tables.iter().map(|t| t.0.len()).sum();
-    if want.positions && out.len() < entities {
-        out.resize(entities, PositionRow { npc_id: 0, tick: 0, x: 0.0, y: 0.0, z: 0.0 });
+    out.tick = tick;
+    if want.positions {
+        if out.ids.len() < entities {
+            out.ids.resize(entities, 0);
+        }
+        if out.xyz.len() < entities {
+            out.xyz.resize(entities, [0.0; 3]);
+        }
     }
     let mut jobs = Vec::new();
-    let mut rest: &mut [PositionRow] = if want.positions { &mut out[..entities] } else { &mut [] };
+    let (mut rest_ids, mut rest_xyz): (&mut [u64], &mut [[f32; 3]]) = if want.positions {
+        (&mut out.ids[..entities], &mut out.xyz[..entities])
+    } else {
+        (&mut [], &mut [])
+    };
     let mut offset = 0usize;
     for (ids, pos, role, status, swarm, health, inv, agent) in &tables {
         let len = ids.len();
-        let region: &mut [PositionRow] = if want.positions {
-            let (region, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            rest = tail;
-            region
+        let (region_ids, region_xyz): (&mut [u64], &mut [[f32; 3]]) = if want.positions {
+            let (r_ids, t_ids) = std::mem::take(&mut rest_ids).split_at_mut(len);
+            let (r_xyz, t_xyz) = std::mem::take(&mut rest_xyz).split_at_mut(len);
+            (rest_ids, rest_xyz) = (t_ids, t_xyz);
+            (r_ids, r_xyz)
         } else {
-            &mut []
+            (&mut [], &mut [])
         };
-        let mut region_chunks = region.chunks_mut(par::CHUNK);
+        let mut region_chunks = region_ids.chunks_mut(par::CHUNK).zip(region_xyz.chunks_mut(par::CHUNK));
         for start in (0..len).step_by(par::CHUNK) {
             let r = start..(start + par::CHUNK).min(len);
             jobs.push(Job {
@@ -167,7 +180,8 @@ pub(crate) fn collect(
     for part in parts {
         if want.positions {
             if part.offset != c.rows {
-                out.copy_within(part.offset..part.offset + part.rows, c.rows);
+                out.ids.copy_within(part.offset..part.offset + part.rows, c.rows);
+                out.xyz.copy_within(part.offset..part.offset + part.rows, c.rows);
             }
             c.rows += part.rows;
             c.moved_now += part.moved_now;
@@ -176,7 +190,8 @@ pub(crate) fn collect(
         c.notes.extend(part.notes);
     }
     if want.positions {
-        out.truncate(c.rows);
+        out.ids.truncate(c.rows);
+        out.xyz.truncate(c.rows);
     }
     c
 }
@@ -197,7 +212,8 @@ struct Job<'a> {
     health: &'a [Health],
     inv: &'a [Inventory],
     agent: bool,
-    out: &'a mut [PositionRow],
+    /// Where this chunk's rows go (ids, positions), as long as the chunk.
+    out: (&'a mut [u64], &'a mut [[f32; 3]]),
 }
 
 /// What one chunk produced.
@@ -214,33 +230,55 @@ impl Job<'_> {
         let mut p =
             Part { offset: self.offset, rows: 0, moved_now: 0, records: Vec::new(), notes: Vec::new() };
         let n = self.ids.len();
+        let now = m.now.get();
+        // `Tick::is_newer_than`, with the parts that do not depend on the element hoisted:
+        // a tick is newer than `mark` when fewer ticks have passed since it than since `mark`.
+        let age = |t: &Tick| now.wrapping_sub(t.get()).min(MAX_CHANGE_AGE);
+        let (flush_age, run_age, state_age) = (age(&m.flush), age(&m.run), age(&m.state));
+        let count =
+            |ticks: &[Tick], mark: u32| ticks.iter().map(|t| u32::from(age(t) < mark)).sum::<u32>() as usize;
         if want.positions {
-            let out = &mut self.out[..n];
-            for i in 0..n {
-                let t = self.moved[i];
-                if t.is_newer_than(m.flush, m.now) {
-                    let Position { x, y, z } = self.pos[i];
-                    out[p.rows] = PositionRow { npc_id: self.ids[i].0, tick, x, y, z };
-                    p.rows += 1;
-                    p.moved_now += u64::from(t.is_newer_than(m.run, m.now));
+            let (out_ids, out_xyz) = (&mut self.out.0[..n], &mut self.out.1[..n]);
+            let xyz: &[[f32; 3]] = bytemuck::cast_slice(self.pos);
+            // One pass over the chunk's position ticks counts both marks (the run mark is the
+            // newer one, so a tick newer than it is newer than the flush mark too).
+            let (pending, moved_now) = self.moved.iter().fold((0u32, 0u32), |(p, r), t| {
+                let a = age(t);
+                (p + u32::from(a < flush_age), r + u32::from(a < run_age))
+            });
+            p.moved_now = u64::from(moved_now);
+            if pending as usize == n {
+                // Every NPC of the chunk moved (the common case when many walk): two block copies.
+                for (o, id) in out_ids.iter_mut().zip(self.ids) {
+                    *o = id.0;
+                }
+                out_xyz.copy_from_slice(xyz);
+                p.rows = n;
+            } else {
+                for ((id, pos), t) in self.ids.iter().zip(xyz).zip(self.moved) {
+                    if age(t) < flush_age {
+                        out_ids[p.rows] = id.0;
+                        out_xyz[p.rows] = *pos;
+                        p.rows += 1;
+                    }
                 }
             }
             // Spawns are a subset of position changes (a new NPC's position is new), so they
-            // are only looked for when positions are.
-            for i in 0..n {
-                if self.added[i].is_newer_than(m.flush, m.now) {
+            // are only looked for when positions are; most chunks have none.
+            if want.spawns && count(self.added, flush_age) > 0 {
+                for i in (0..n).filter(|&i| age(&self.added[i]) < flush_age) {
                     p.records.push(self.record(i, tick));
                     let (id, role, position, agent) = (self.ids[i], self.role[i], self.pos[i], self.agent);
                     p.notes.push(Note::Spawned { id, role, position, agent });
                 }
             }
         }
-        if want.state {
+        if want.state && self.state.iter().any(|ticks| count(ticks, state_age) > 0) {
             for i in 0..n {
-                let spawned = want.positions && self.added[i].is_newer_than(m.flush, m.now);
-                if !spawned && self.state.iter().any(|ticks| ticks[i].is_newer_than(m.state, m.now)) {
+                let spawned = want.spawns && age(&self.added[i]) < flush_age;
+                if !spawned && self.state.iter().any(|ticks| age(&ticks[i]) < state_age) {
                     p.records.push(self.record(i, tick));
-                    if self.state[1][i].is_newer_than(m.state, m.now) {
+                    if age(&self.state[1][i]) < state_age {
                         p.notes.push(Note::Status { id: self.ids[i], status: self.status[i] });
                     }
                 }
