@@ -255,8 +255,10 @@ fn run(args: &Args) -> Result<()> {
         snapshot_save_ms = Some(ms(t.elapsed()));
     }
 
-    // Drain the write-behind: everything batched reaches the store before the figures are read.
+    // Drain: what changed since the last flush is cut into a last batch, then the write-behind
+    // writes everything before the figures are read.
     let drain_started = Instant::now();
+    batching::flush_now(&mut engine);
     let written = match storage {
         Some((store, wb)) => {
             let report = wb.shutdown(Duration::from_secs(600)).context("write-behind did not drain")?;

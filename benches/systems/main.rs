@@ -24,7 +24,7 @@ fn tick(c: &mut Criterion) {
         let mut e = populated_with_batching(n, 2, sink.clone());
         let before = sink.batches();
         g.bench_function(format!("tick_with_position_batching/{}", label(n)), |b| {
-            b.iter(|| black_box(e.tick()))
+            b.iter(|| black_box(e.tick()));
         });
         assert!(sink.batches() > before, "the position flush ran every tick");
     }

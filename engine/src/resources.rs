@@ -177,3 +177,29 @@ pub struct TickLog {
     /// Commands refused at the start of this tick (unknown id, duplicate spawn).
     pub commands_rejected: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, EngineConfig, NpcSpec, Position, Role, TickLog};
+
+    #[test]
+    fn despawns_between_ticks_are_in_the_next_ticks_log_and_additions_are_counted() {
+        let mut engine = Engine::builder(EngineConfig::default()).build().unwrap();
+        let spec = NpcSpec::new(Role::Guard, Position::new(1.0, 0.0, 1.0));
+        let ids: Vec<_> = engine.spawn_batch([spec, spec, spec]).collect();
+        assert_eq!(engine.world().resource::<super::NpcIndex>().added_total(), 3);
+        engine.tick();
+        assert!(engine.despawn(ids[0]));
+        // Still there when the next tick's systems run; gone once that tick ends.
+        assert_eq!(engine.world().resource::<TickLog>().despawned, [ids[0]]);
+        engine.tick();
+        assert!(engine.world().resource::<TickLog>().despawned.is_empty());
+        engine.spawn_npc(spec);
+        let index = engine.world().resource::<super::NpcIndex>();
+        assert_eq!(
+            (index.added_total(), index.len()),
+            (4, 3),
+            "a despawn does not lower the count of additions"
+        );
+    }
+}

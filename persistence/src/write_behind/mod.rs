@@ -226,6 +226,10 @@ struct Shared {
 struct Queue {
     batches: VecDeque<Handoff>,
     rows: usize,
+    /// Batches before this index hold no position rows (a batch covering every NPC emptied
+    /// them), so superseding starts here: a submit stays O(1) however long the queue grows
+    /// while the store is stalled.
+    positions_from: usize,
     next_seq: u64,
     /// Position columns to hand back to the batcher.
     spare: Vec<PositionColumns>,
@@ -260,6 +264,13 @@ struct Counters {
     writes_dropped: AtomicU64,
     outbox_batches: AtomicU64,
     outbox_bytes: AtomicU64,
+}
+
+impl Queue {
+    /// Nothing waits in memory or the outbox (the worker said so), or the worker stopped.
+    fn drained(&self) -> bool {
+        (self.idle && self.batches.is_empty()) || self.stopped
+    }
 }
 
 /// Most position buffers kept for reuse (each way).
@@ -394,7 +405,7 @@ impl<S: Storage> WriteBehind<S> {
         let mut q = self.shared.lock();
         q.flushers += 1;
         self.shared.wake.notify_one();
-        while !(q.idle && q.batches.is_empty()) && !q.stopped {
+        while !q.drained() {
             let now = Instant::now();
             if now >= deadline {
                 q.flushers -= 1;
@@ -423,11 +434,8 @@ impl<S: Storage> WriteBehind<S> {
         let wait = async {
             loop {
                 let notified = self.shared.idle_notify.notified();
-                {
-                    let q = self.shared.lock();
-                    if (q.idle && q.batches.is_empty()) || q.stopped {
-                        return;
-                    }
+                if self.shared.lock().drained() {
+                    return;
                 }
                 notified.await;
             }
@@ -572,7 +580,7 @@ impl BatchSink for WriteBehindHandle {
             Some(WriteBehindError::Closed)
         } else {
             let superseded: usize = if handoff.covers_all_positions {
-                q.batches.iter().map(|h| h.batch.positions.len() + h.positions.len()).sum()
+                q.batches.range(q.positions_from..).map(|h| h.batch.positions.len() + h.positions.len()).sum()
             } else {
                 0
             };
@@ -589,8 +597,8 @@ impl BatchSink for WriteBehindHandle {
         }
         let mut coalesced = 0usize;
         if handoff.covers_all_positions {
-            let Queue { batches, spare, rows: queued, .. } = &mut *q;
-            for h in batches.iter_mut() {
+            let Queue { batches, spare, rows: queued, positions_from, .. } = &mut *q;
+            for h in batches.range_mut(*positions_from..) {
                 let n = h.batch.positions.len() + h.positions.len();
                 if n == 0 {
                     continue;
@@ -600,6 +608,7 @@ impl BatchSink for WriteBehindHandle {
                 freed_columns.extend(keep_spare(spare, std::mem::take(&mut h.positions)));
             }
             *queued -= coalesced;
+            *positions_from = batches.len();
         }
         q.next_seq += 1;
         handoff.batch.id = BatchId { run: self.shared.run_id, seq: q.next_seq };

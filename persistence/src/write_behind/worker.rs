@@ -193,6 +193,7 @@ impl<S: Storage> Worker<S> {
                 taken.push(h);
             }
             q.rows -= rows;
+            q.positions_from = q.positions_from.saturating_sub(taken.len());
         }
         if taken.is_empty() {
             return None;
@@ -359,6 +360,7 @@ impl<S: Storage> Worker<S> {
         let taken: Vec<Handoff> = {
             let mut q = self.shared.lock();
             q.rows = 0;
+            q.positions_from = 0;
             q.batches.drain(..).collect()
         };
         if taken.is_empty() {
@@ -375,6 +377,7 @@ impl<S: Storage> Worker<S> {
     fn put_back(&self, batches: Vec<WriteBatch>) {
         let mut q = self.shared.lock();
         q.rows += batches.iter().map(WriteBatch::len).sum::<usize>();
+        q.positions_from = 0;
         for batch in batches.into_iter().rev() {
             q.batches.push_front(Handoff { batch, ..Handoff::default() });
         }
@@ -432,6 +435,7 @@ impl<S: Storage> Worker<S> {
         let taken: Vec<Handoff> = {
             let mut q = self.shared.lock();
             q.rows = 0;
+            q.positions_from = 0;
             q.batches.drain(..).collect()
         };
         left.extend(self.materialize(taken));

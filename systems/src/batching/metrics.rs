@@ -100,6 +100,9 @@ impl Metrics {
 #[derive(Resource, Debug, Clone, Copy)]
 pub(crate) struct SampleStageTimes(pub bool);
 
+/// NPCs whose distance is tracked: agents and NPCs walking to an ordered target.
+type Walking = Or<(With<Agent>, With<MoveTarget>)>;
+
 /// Samples the metrics the batching owns: stage times of the previous tick, commands, and the
 /// distance walked this tick by agents and NPCs with a move order (plain wanderers are not
 /// tracked one by one: a million rows every flush would say little the positions do not).
@@ -109,7 +112,7 @@ pub(crate) fn sample_metrics(
     timings: Res<StageTimings>,
     stage_times: Res<SampleStageTimes>,
     log: Res<TickLog>,
-    walkers: Query<(&NpcId, &Velocity), Or<(With<Agent>, With<MoveTarget>)>>,
+    walkers: Query<(&NpcId, &Velocity), Walking>,
 ) {
     let tick = clock.tick;
     if stage_times.0 && timings.ticks > 0 {

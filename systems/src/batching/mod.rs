@@ -112,6 +112,46 @@ pub fn register(engine: &mut Engine, sink: Arc<dyn BatchSink>, options: Batching
     engine.add_systems(TickSet::Flush, (hand_over, mirror_health).chain());
 }
 
+/// Cuts a batch now with everything that waits (positions, registry rows, metrics, events),
+/// whatever the limits say, and hands it to the sink. Call it between ticks before shutting the
+/// sink down, so that what changed since the last flush is written too. Returns false when the
+/// engine has no batching.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use terrarium_engine::{Engine, EngineConfig, NpcSpec, Position, Role};
+/// use terrarium_persistence::testing::RecordingSink;
+/// use terrarium_systems::batching;
+///
+/// let sink = Arc::new(RecordingSink::new(1));
+/// let mut engine = Engine::builder(EngineConfig::default()).add_plugin(batching::plugin(sink.clone())).build().unwrap();
+/// engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(1.0, 0.0, 1.0)));
+/// engine.tick();
+/// assert!(sink.batches().is_empty(), "not due yet");
+/// assert!(batching::flush_now(&mut engine));
+/// assert_eq!(sink.batches()[0].npcs.len(), 1);
+/// ```
+pub fn flush_now(engine: &mut Engine) -> bool {
+    let world = engine.world_mut();
+    if !world.contains_resource::<Sink>() {
+        return false;
+    }
+    world.resource_mut::<PositionBatcher>().force = true;
+    let ran = [
+        world.run_system_cached(record_despawns),
+        world.run_system_cached(record_events),
+        world.run_system_cached(cut_batch),
+        world.run_system_cached(hand_over),
+    ];
+    for r in ran {
+        r.expect("batching systems take no input and their resources are installed");
+    }
+    // Reported now; the next tick must not report them again.
+    world.resource_mut::<TickLog>().despawned.clear();
+    true
+}
+
 /// The sink batches go to.
 #[derive(Resource, Clone)]
 pub struct Sink(pub Arc<dyn BatchSink>);
@@ -131,6 +171,8 @@ struct PositionBatcher {
     moves_since_flush: u64,
     /// `NpcIndex::added_total` at the last position flush: unchanged means no spawn to find.
     added_at_flush: u64,
+    /// Cut a batch at the next run whatever the limits say ([`flush_now`]).
+    force: bool,
 }
 
 /// Registry rows waiting for the next batch.
@@ -144,6 +186,16 @@ struct Registry {
 /// The batch cut in `Record`, handed over in `Flush`.
 #[derive(Resource, Debug, Default)]
 struct Outgoing(Option<Handoff>);
+
+/// What `cut_batch` reads.
+#[derive(SystemParam)]
+struct Env<'w> {
+    clock: Res<'w, SimClock>,
+    config: Res<'w, EngineConfig>,
+    pool: Res<'w, ParPool>,
+    index: Res<'w, NpcIndex>,
+    sink: Res<'w, Sink>,
+}
 
 /// The batchers `cut_batch` drains.
 #[derive(SystemParam)]
@@ -190,14 +242,11 @@ fn record_events(
 fn cut_batch(
     npcs: Query<NpcData>,
     ticks: SystemChangeTick,
-    clock: Res<SimClock>,
-    config: Res<EngineConfig>,
-    pool: Res<ParPool>,
-    index: Res<NpcIndex>,
-    sink: Res<Sink>,
+    env: Env,
     mut state: ResMut<PositionBatcher>,
     mut b: Batchers,
 ) {
+    let Env { clock, config, pool, index, sink } = env;
     let cfg = &config.batching;
     let tick = clock.tick;
     let aged =
@@ -209,6 +258,7 @@ fn cut_batch(
         now: ticks.this_run(),
     };
     state.last_run = m.now;
+    let force = std::mem::take(&mut state.force);
 
     let count = positions::count_pending(&npcs, m, cfg.positions.max_items);
     if count.pending == 0 {
@@ -223,7 +273,7 @@ fn cut_batch(
     let p_pending = count.pending > 0;
     let p_due = count.capped || aged(state.first_pending_tick, cfg.positions.max_age_ms);
     let m_size = b.metrics.pending() > cfg.metrics.max_items;
-    let m_due = m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
+    let m_due = force || m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
     let e_size = b.events.pending() > cfg.events.max_items;
     let e_due = e_size || aged(b.events.first_pending_tick(), cfg.events.max_age_ms);
     let r_due = aged(b.registry.first_pending_tick, cfg.positions.max_age_ms);
@@ -231,7 +281,12 @@ fn cut_batch(
         .last_state_tick
         .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.max_age_ms));
 
-    let mut cut = p_due || m_size || e_size || (!p_pending && (m_due || e_due || r_due));
+    let anything = p_pending
+        || b.metrics.pending() > 0
+        || b.events.pending() > 0
+        || b.registry.first_pending_tick.is_some();
+    let mut cut =
+        (force && anything) || p_due || m_size || e_size || (!p_pending && (m_due || e_due || r_due));
     // Without a cut, the registry scan only runs when no position flush is coming to carry it.
     let positions = cut && p_pending;
     let spawns = positions && index.added_total() != state.added_at_flush;
