@@ -22,7 +22,7 @@ use tokio::time::Instant as TokioInstant;
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::Outbox;
-use crate::{BatchId, BatchSink, Handoff, PositionColumns, SinkHealth, Storage, WriteBehindError};
+use crate::{BatchId, BatchSink, Handoff, PositionColumns, PositionRow, SinkHealth, Storage, WriteBehindError};
 
 /// Settings of a [`WriteBehind`]. Every field has a default; sizes are in rows (of any kind).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,6 +233,9 @@ struct Queue {
     next_seq: u64,
     /// Position columns to hand back to the batcher.
     spare: Vec<PositionColumns>,
+    /// Superseded buffers the pool had no room for; the worker frees them (a big free may
+    /// unmap pages, which the tick must not pay for).
+    garbage: Vec<(Vec<PositionRow>, PositionColumns)>,
     /// Set by the worker when it finds nothing to do (memory and outbox empty).
     idle: bool,
     /// Callers waiting in `flush`: the worker skips the commit interval.
@@ -273,15 +276,18 @@ impl Queue {
     }
 }
 
-/// Most position buffers kept for reuse (each way).
-const MAX_SPARE: usize = 4;
+/// Most column buffers kept for the batcher: one being filled, one waiting, one being turned
+/// into rows circulate in steady state.
+const MAX_SPARE_COLUMNS: usize = 3;
+/// Most row buffers the worker keeps (one group is materialised at a time).
+const MAX_SPARE_ROWS: usize = 2;
 /// Position buffers smaller than this are not worth keeping.
 const MIN_SPARE_CAPACITY: usize = 1024;
 
 /// Keeps `columns` for the batcher to fill again, if there is room and they are worth it;
 /// otherwise hands them back, to be freed.
 fn keep_spare(spare: &mut Vec<PositionColumns>, columns: PositionColumns) -> Option<PositionColumns> {
-    if spare.len() < MAX_SPARE && columns.ids.capacity() >= MIN_SPARE_CAPACITY {
+    if spare.len() < MAX_SPARE_COLUMNS && columns.ids.capacity() >= MIN_SPARE_CAPACITY {
         spare.push(columns);
         None
     } else {
@@ -572,9 +578,6 @@ impl WriteBehindHandle {
 impl BatchSink for WriteBehindHandle {
     fn submit(&self, mut handoff: Handoff) -> Result<(), WriteBehindError> {
         let rows = handoff.len();
-        // Superseded buffers that are not kept: freed after the lock is released (a big free
-        // may unmap pages).
-        let (mut freed_rows, mut freed_columns) = (Vec::new(), Vec::new());
         let mut q = self.shared.lock();
         let refusal = if q.closed {
             Some(WriteBehindError::Closed)
@@ -597,15 +600,18 @@ impl BatchSink for WriteBehindHandle {
         }
         let mut coalesced = 0usize;
         if handoff.covers_all_positions {
-            let Queue { batches, spare, rows: queued, positions_from, .. } = &mut *q;
+            let Queue { batches, spare, garbage, rows: queued, positions_from, .. } = &mut *q;
             for h in batches.range_mut(*positions_from..) {
                 let n = h.batch.positions.len() + h.positions.len();
                 if n == 0 {
                     continue;
                 }
                 coalesced += n;
-                freed_rows.push(std::mem::take(&mut h.batch.positions));
-                freed_columns.extend(keep_spare(spare, std::mem::take(&mut h.positions)));
+                let rows = std::mem::take(&mut h.batch.positions);
+                let columns = keep_spare(spare, std::mem::take(&mut h.positions)).unwrap_or_default();
+                if rows.capacity() > 0 || columns.ids.capacity() > 0 {
+                    garbage.push((rows, columns));
+                }
             }
             *queued -= coalesced;
             *positions_from = batches.len();
@@ -616,7 +622,6 @@ impl BatchSink for WriteBehindHandle {
         q.batches.push_back(handoff);
         q.idle = false;
         drop(q);
-        drop((freed_rows, freed_columns));
         let c = &self.shared.counters;
         c.batches_submitted.fetch_add(1, Ordering::Relaxed);
         c.rows_submitted.fetch_add(rows as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::coalesce::{IdSet, coalesce_positions};
-use super::{MAX_SPARE, MIN_SPARE_CAPACITY, Shared, WriteBehindConfig, keep_spare};
+use super::{MAX_SPARE_ROWS, MIN_SPARE_CAPACITY, Shared, WriteBehindConfig, keep_spare};
 use crate::outbox::{self, Outbox};
 use crate::{Handoff, PositionRow, Storage, StorageError, WriteBatch};
 
@@ -83,6 +83,7 @@ impl<S: Storage> Worker<S> {
 
     pub async fn run(mut self) {
         loop {
+            self.free_garbage();
             let (closing, deadline) = {
                 let q = self.shared.lock();
                 (q.closed, q.deadline)
@@ -340,6 +341,7 @@ impl<S: Storage> Worker<S> {
             tokio::select! {
                 () = tokio::time::sleep_until(end) => return,
                 () = self.shared.wake.notified() => {
+                    self.free_garbage();
                     let q = self.shared.lock();
                     if let (true, Some(d)) = (q.closed, q.deadline) {
                         end = end.min(d);
@@ -472,13 +474,19 @@ impl<S: Storage> Worker<S> {
     /// Keeps the row buffers of written batches for the next columns to fill.
     fn recycle(&mut self, batches: Vec<WriteBatch>) {
         for b in batches {
-            if self.rows_pool.len() >= MAX_SPARE {
+            if self.rows_pool.len() >= MAX_SPARE_ROWS {
                 break;
             }
             if b.positions.capacity() >= MIN_SPARE_CAPACITY {
                 self.rows_pool.push(b.positions);
             }
         }
+    }
+
+    /// Frees buffers the tick superseded but the pool had no room for.
+    fn free_garbage(&self) {
+        let garbage = std::mem::take(&mut self.shared.lock().garbage);
+        drop(garbage);
     }
 
     fn update_outbox_gauges(&self) {
