@@ -90,7 +90,7 @@ impl EngineBuilder {
 /// engine.run_ticks(10);
 /// assert_eq!(engine.clock().tick, 10);
 /// let before = engine.world_hash();
-/// assert!(engine.despawn(ids[0]));
+/// assert!(engine.despawn(ids.get(0).unwrap()));
 /// assert_ne!(engine.world_hash(), before);
 /// ```
 pub struct Engine {
