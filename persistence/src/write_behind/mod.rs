@@ -22,7 +22,9 @@ use tokio::time::Instant as TokioInstant;
 use serde::{Deserialize, Serialize};
 
 use crate::outbox::Outbox;
-use crate::{BatchId, BatchSink, Handoff, PositionColumns, PositionRow, SinkHealth, Storage, WriteBehindError};
+use crate::{
+    BatchId, BatchSink, Handoff, PositionColumns, PositionRow, SinkHealth, Storage, WriteBehindError,
+};
 
 /// Settings of a [`WriteBehind`]. Every field has a default; sizes are in rows (of any kind).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
