@@ -161,7 +161,10 @@ fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
     assert_eq!(written + coalesced, mem["position_rows_batched"].as_u64().unwrap());
     let emitted = mem["events_emitted"].as_u64().unwrap();
     assert!(emitted > 0);
-    assert_eq!(mem["events_written"].as_u64().unwrap() + mem["events_deduplicated"].as_u64().unwrap(), emitted);
+    assert_eq!(
+        mem["events_written"].as_u64().unwrap() + mem["events_deduplicated"].as_u64().unwrap(),
+        emitted
+    );
     let out = run(&[&common[..], &["--storage", "none"]].concat());
     assert!(out.status.success());
     let none = last_json(&out);

@@ -23,6 +23,15 @@ fn columns(n: u64, tick: u64) -> PositionColumns {
     }
 }
 
+/// The next covering handoff of `n` rows: columns come back from the sink (as in the engine),
+/// or are built once.
+fn next_handoff(sink: &impl BatchSink, n: u64, tick: &mut u64) -> Handoff {
+    *tick += 1;
+    let mut cols = sink.reuse_columns().unwrap_or_else(|| columns(n, *tick));
+    cols.tick = *tick;
+    Handoff { positions: cols, covers_all_positions: true, ..Handoff::default() }
+}
+
 fn handoff(c: &mut Criterion) {
     let mut g = c.benchmark_group("persistence/write_behind");
     for n in [100, 1_000_000] {
@@ -37,13 +46,7 @@ fn handoff(c: &mut Criterion) {
         let mut tick = 1;
         g.bench_function(format!("handoff/batch_{}", label(n)), |b| {
             b.iter_batched(
-                || {
-                    tick += 1;
-                    // Columns come back from the sink (as in the engine) or are built once.
-                    let mut cols = sink.reuse_columns().unwrap_or_else(|| columns(n, tick));
-                    cols.tick = tick;
-                    Handoff { positions: cols, covers_all_positions: true, ..Handoff::default() }
-                },
+                || next_handoff(&sink, n, &mut tick),
                 |h| sink.submit(h).expect("accepted"),
                 BatchSize::SmallInput,
             );
@@ -60,12 +63,7 @@ fn handoff(c: &mut Criterion) {
         g.sample_size(20);
         g.bench_function(format!("memory/batch_{}", label(n)), |b| {
             b.iter_batched(
-                || {
-                    tick += 1;
-                    let mut cols = sink.reuse_columns().unwrap_or_else(|| columns(n, tick));
-                    cols.tick = tick;
-                    Handoff { positions: cols, covers_all_positions: true, ..Handoff::default() }
-                },
+                || next_handoff(&sink, n, &mut tick),
                 |h| {
                     sink.submit(h).expect("accepted");
                     wb.flush(Duration::from_secs(60)).expect("flushed");

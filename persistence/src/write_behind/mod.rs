@@ -409,27 +409,16 @@ impl<S: Storage> WriteBehind<S> {
     /// [`WriteBehindError::Timeout`] when that takes longer than `timeout` (the store is slow or
     /// failing; nothing is lost, the batches keep waiting).
     pub fn flush(&self, timeout: Duration) -> Result<(), WriteBehindError> {
-        let deadline = Instant::now() + timeout;
         let mut q = self.shared.lock();
         q.flushers += 1;
         self.shared.wake.notify_one();
-        while !q.drained() {
-            let now = Instant::now();
-            if now >= deadline {
-                q.flushers -= 1;
-                let pending =
-                    q.batches.len() as u64 + self.shared.counters.outbox_batches.load(Ordering::Relaxed);
-                return Err(WriteBehindError::Timeout { timeout, pending_batches: pending });
-            }
-            q = self
-                .shared
-                .changed
-                .wait_timeout(q, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        let mut q = self.shared.wait_until(q, Instant::now() + timeout, Queue::drained);
         q.flushers -= 1;
-        Ok(())
+        if q.drained() {
+            Ok(())
+        } else {
+            Err(WriteBehindError::Timeout { timeout, pending_batches: self.shared.pending_batches(&q) })
+        }
     }
 
     /// [`WriteBehind::flush`] for async hosts: waits without blocking the thread.
@@ -451,8 +440,10 @@ impl<S: Storage> WriteBehind<S> {
         let result = tokio::time::timeout(timeout, wait).await;
         let mut q = self.shared.lock();
         q.flushers -= 1;
-        let pending = q.batches.len() as u64 + self.shared.counters.outbox_batches.load(Ordering::Relaxed);
-        result.map_err(|_| WriteBehindError::Timeout { timeout, pending_batches: pending })
+        result.map_err(|_| WriteBehindError::Timeout {
+            timeout,
+            pending_batches: self.shared.pending_batches(&q),
+        })
     }
 
     /// Stops taking batches, writes everything that waits, then stops the task (and the
@@ -504,20 +495,8 @@ impl<S: Storage> WriteBehind<S> {
         self.close(timeout);
         // The worker stops at the deadline; a call in flight then is cut at the deadline too,
         // so a little grace is enough.
-        let hard = Instant::now() + timeout + GRACE;
-        let mut q = self.shared.lock();
-        while !q.stopped {
-            let now = Instant::now();
-            if now >= hard {
-                break;
-            }
-            q = self
-                .shared
-                .changed
-                .wait_timeout(q, hard - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        let q = self.shared.lock();
+        let q = self.shared.wait_until(q, Instant::now() + timeout + GRACE, |q| q.stopped);
         let stopped = q.stopped;
         drop(q);
         if let Some(rt) = self.runtime.take() {
@@ -659,6 +638,32 @@ impl Shared {
         // Nothing panics while holding this lock except a bug; the queue is still consistent
         // (every update is a single push/pop), so recover rather than poison the tick.
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits on `changed` until `done` holds or `deadline` passes; returns the guard either way.
+    fn wait_until<'a>(
+        &self,
+        mut q: MutexGuard<'a, Queue>,
+        deadline: Instant,
+        done: impl Fn(&Queue) -> bool,
+    ) -> MutexGuard<'a, Queue> {
+        while !done(&q) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q = self
+                .changed
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        q
+    }
+
+    /// Batches not yet in the store: waiting in memory or in the outbox.
+    fn pending_batches(&self, q: &Queue) -> u64 {
+        q.batches.len() as u64 + self.counters.outbox_batches.load(Ordering::Relaxed)
     }
 
     fn lock_error(&self) -> MutexGuard<'_, Option<String>> {
