@@ -311,6 +311,42 @@ mod tests {
     }
 
     #[test]
+    fn reads_show_the_last_stored_position_over_the_upserted_record() {
+        rt().block_on(async {
+            let s = MemoryStore::default();
+            let far = PositionTable::SLACK * 10; // beyond the dense table
+            let upsert = WriteBatch {
+                id: BatchId { run: 1, seq: 1 },
+                npcs: vec![npc(3, "idle", 0), npc(far, "idle", 0)],
+                ..Default::default()
+            };
+            let moved = |seq, tick| WriteBatch {
+                id: BatchId { run: 1, seq },
+                tick,
+                positions: [3, far]
+                    .map(|npc_id| PositionRow { npc_id, tick, x: tick as f32, y: 0.0, z: 0.0 })
+                    .to_vec(),
+                ..Default::default()
+            };
+            s.write(&[upsert, moved(2, 5), moved(3, 9)]).await.unwrap();
+            for id in [3, far] {
+                let r = s.get_npc(id).await.unwrap().unwrap();
+                assert_eq!((r.x, r.updated_tick), (9.0, 9), "npc {id}");
+            }
+            assert_eq!(s.load_npcs().await.unwrap()[0].x, 9.0);
+            s.write(&[WriteBatch {
+                id: BatchId { run: 1, seq: 4 },
+                removed: vec![3, far],
+                ..Default::default()
+            }])
+            .await
+            .unwrap();
+            assert!(s.last_position(3).is_none() && s.last_position(far).is_none());
+            assert!(s.get_npc(3).await.unwrap().is_none());
+        });
+    }
+
+    #[test]
     fn listing_filters_and_pages_by_id() {
         rt().block_on(async {
             let s = MemoryStore::default();
