@@ -500,7 +500,12 @@ impl<S: Storage> WriteBehind<S> {
         let stopped = q.stopped;
         drop(q);
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Blocking on a runtime's shutdown is not allowed inside another runtime.
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(Duration::from_secs(1));
+            }
         }
         self.report(stopped, timeout)
     }
@@ -523,10 +528,20 @@ impl<S: Storage> WriteBehind<S> {
 const GRACE: Duration = Duration::from_secs(2);
 
 impl<S: Storage> Drop for WriteBehind<S> {
+    /// Shuts down if `shutdown` was not called: waits up to 5 s for the store. Inside the host's
+    /// runtime (started with `start_on`) it must not block the thread the task may need, so it
+    /// only asks the task to stop now: what waits goes to the outbox, or is counted as dropped.
     fn drop(&mut self) {
-        if !self.done
-            && let Err(e) = self.stop(Duration::from_secs(5))
-        {
+        if self.done {
+            return;
+        }
+        if self.runtime.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            self.done = true;
+            self.close(Duration::ZERO);
+            tracing::warn!("write-behind dropped inside its runtime; use shutdown_async to drain it");
+            return;
+        }
+        if let Err(e) = self.stop(Duration::from_secs(5)) {
             tracing::error!(error = %e, "write-behind dropped without a clean shutdown");
         }
     }
