@@ -84,6 +84,7 @@ impl Space {
     /// `p` moved into the space: in a periodic space, into `[min, min + size)` on each axis; a
     /// bounded space returns it unchanged.
     #[must_use]
+    #[inline(always)]
     pub fn wrap(&self, p: [f64; 2]) -> [f64; 2] {
         if !self.periodic {
             return p;
@@ -94,7 +95,7 @@ impl Space {
 
 /// `d` folded into `[-len/2, len/2]` for `d` within one period of it: the nearest image. The
 /// SIMD kernels of `flocking.rs` use the same expression, lane by lane.
-#[inline]
+#[inline(always)]
 pub(crate) fn fold(d: f64, len: f64) -> f64 {
     if d > 0.5 * len {
         d - len
@@ -106,7 +107,7 @@ pub(crate) fn fold(d: f64, len: f64) -> f64 {
 }
 
 /// `v` wrapped into `[0, len)`.
-#[inline]
+#[inline(always)]
 fn wrap_len(v: f64, len: f64) -> f64 {
     if (0.0..len).contains(&v) {
         return v;
@@ -114,6 +115,20 @@ fn wrap_len(v: f64, len: f64) -> f64 {
     let r = v.rem_euclid(len);
     // A tiny negative `v` rounds up to `len` itself.
     if r >= len { 0.0 } else { r }
+}
+
+/// `⌊v⌋` as an integer, saturating (NaN gives 0). `f64::floor` is a libm call on baseline
+/// x86-64, and this runs several times per query.
+#[inline(always)]
+fn floor_i(v: f64) -> i64 {
+    let t = v as i64;
+    t - i64::from((t as f64) > v)
+}
+
+/// Number of cells from `lo` to `hi` inclusive, saturating.
+#[inline]
+fn span(lo: i64, hi: i64) -> i64 {
+    hi.saturating_sub(lo).saturating_add(1)
 }
 
 /// A contiguous run of grid slots that may hold neighbours of a query point.
@@ -132,9 +147,13 @@ pub struct Run {
     pub fold: bool,
 }
 
-/// Extra slots after the last point: NaN positions, so SIMD kernels may read four slots from
-/// any slot without bounds checks, and NaN never passes a distance test.
+/// Extra slots after the last point, at [`FAR`], so SIMD kernels may read four slots from any
+/// slot without bounds checks.
 pub const PAD: usize = 3;
+
+/// Where padding slots and points with a non-finite coordinate are stored: finite (so a kernel
+/// may multiply it by zero), and so far away that no query within the space reaches it.
+pub const FAR: f64 = 1e300;
 
 /// A uniform grid of square-ish cells over a [`Space`], rebuilt from scratch whenever the
 /// points move (a counting sort: O(points + cells)).
@@ -181,8 +200,8 @@ impl Grid {
             cell: [1.0; 2],
             inv_cell: [1.0; 2],
             starts: vec![0, 0],
-            xs: vec![f64::NAN; PAD],
-            ys: vec![f64::NAN; PAD],
+            xs: vec![FAR; PAD],
+            ys: vec![FAR; PAD],
             order: Vec::new(),
             cells: Vec::new(),
         }
@@ -217,7 +236,8 @@ impl Grid {
     /// positions are wrapped into it.
     ///
     /// Points are stable-sorted: within a cell they keep their input order, so the same input
-    /// gives the same grid. Non-finite coordinates land in the first cell and never match a query.
+    /// gives the same grid. A point with a non-finite coordinate lands in the first cell, stored
+    /// at ([`FAR`], [`FAR`]), and never matches a query.
     ///
     /// # Panics
     /// When `xs` and `ys` differ in length, or there are `u32::MAX` points or more.
@@ -244,9 +264,9 @@ impl Grid {
         // Each point goes to `starts[c + 1]`, which then moves on; afterwards `starts[c]` is the
         // start of cell `c` and `starts[c + 1]` its end.
         self.xs.clear();
-        self.xs.resize(n + PAD, f64::NAN);
+        self.xs.resize(n + PAD, FAR);
         self.ys.clear();
-        self.ys.resize(n + PAD, f64::NAN);
+        self.ys.resize(n + PAD, FAR);
         self.order.clear();
         self.order.resize(n, 0);
         for (i, (&x, &y)) in xs.iter().zip(ys).enumerate() {
@@ -254,8 +274,9 @@ impl Grid {
             let s = self.starts[c + 1] as usize;
             self.starts[c + 1] += 1;
             let [x, y] = self.space.wrap([x, y]);
-            self.xs[s] = x;
-            self.ys[s] = y;
+            let far = !(x.is_finite() && y.is_finite());
+            self.xs[s] = if far { FAR } else { x };
+            self.ys[s] = if far { FAR } else { y };
             self.order[s] = i as u32;
         }
         self.starts.pop();
@@ -299,19 +320,19 @@ impl Grid {
     #[inline]
     fn cell_of(&self, x: f64, y: f64) -> usize {
         let [cols, rows] = self.dims;
-        // `as` saturates (and maps NaN to 0); the clamp keeps rounding at the far edge inside.
-        let col = (((x - self.origin[0]) * self.inv_cell[0]).floor() as i64).clamp(0, cols as i64 - 1);
-        let row = (((y - self.origin[1]) * self.inv_cell[1]).floor() as i64).clamp(0, rows as i64 - 1);
+        // The clamp keeps rounding at the far edge (and non-finite coordinates) inside.
+        let col = floor_i((x - self.origin[0]) * self.inv_cell[0]).clamp(0, cols as i64 - 1);
+        let row = floor_i((y - self.origin[1]) * self.inv_cell[1]).clamp(0, rows as i64 - 1);
         row as usize * cols + col as usize
     }
 
-    /// X coordinates in grid order, followed by [`PAD`] NaNs.
+    /// X coordinates in grid order, followed by [`PAD`] slots at [`FAR`].
     #[must_use]
     pub fn xs(&self) -> &[f64] {
         &self.xs
     }
 
-    /// Y coordinates in grid order, followed by [`PAD`] NaNs.
+    /// Y coordinates in grid order, followed by [`PAD`] slots at [`FAR`].
     #[must_use]
     pub fn ys(&self) -> &[f64] {
         &self.ys
@@ -336,72 +357,143 @@ impl Grid {
     /// Calls `visit` with every run of slots that may hold a point within `radius` of `p`; each
     /// slot comes at most once. Within each row the column span is cut to the disc, so the runs
     /// cover little more than the disc itself.
+    #[inline(always)]
     pub fn for_each_run(&self, p: [f64; 2], radius: f64, mut visit: impl FnMut(Run)) {
         if self.order.is_empty() || !(p[0].is_finite() && p[1].is_finite()) || radius.is_nan() {
             return;
         }
-        let [cols, rows] = self.dims;
-        let periodic = self.space.periodic;
         let p = self.space.wrap(p);
         let q = [p[0] - self.origin[0], p[1] - self.origin[1]];
         // A little slack, so rounding in `cell_of` can never hide a point on the rim.
         let r = radius.max(0.0) * (1.0 + 1e-12) + 1e-9 * (self.cell[0] + self.cell[1]);
-        let (lo, hi) = (((q[1] - r) * self.inv_cell[1]).floor(), ((q[1] + r) * self.inv_cell[1]).floor());
-        let fold_y = periodic && hi - lo + 1.0 >= rows as f64;
-        let (lo, hi) = if fold_y {
-            (0, rows as i64 - 1)
-        } else if periodic {
-            (lo as i64, hi as i64)
+        let [cols, rows] = self.dims.map(|d| d as i64);
+        if r <= self.cell[0].min(self.cell[1]) && (!self.space.periodic || cols.min(rows) >= 3) {
+            self.block_runs(q, &mut visit);
         } else {
-            (lo.max(0.0) as i64, hi.min(rows as f64 - 1.0) as i64)
+            self.disc_runs(q, r, &mut visit);
+        }
+    }
+
+    /// The runs of the 3 × 3 cells around `q`, for a radius within one cell: a few integer
+    /// operations per row, where cutting rows to the disc would cost more than it saves.
+    #[inline(always)]
+    fn block_runs(&self, q: [f64; 2], visit: &mut impl FnMut(Run)) {
+        let [cols, rows] = self.dims.map(|d| d as i64);
+        let size_y = self.space.size[1];
+        let col = floor_i(q[0] * self.inv_cell[0]).clamp(0, cols - 1);
+        let row = floor_i(q[1] * self.inv_cell[1]).clamp(0, rows - 1);
+        let (pieces, _) = self.pieces((col - 1, col + 1), false);
+        let (lo, hi) = if self.space.periodic {
+            (row - 1, row + 1)
+        } else {
+            ((row - 1).max(0), (row + 1).min(rows - 1))
         };
-        for row in lo..=hi {
-            let (wrapped, ky) = (row.rem_euclid(rows as i64) as usize, row.div_euclid(rows as i64));
-            let shift_y = ky as f64 * self.space.size[1];
-            // The part of the disc in this row is at most 2h wide.
-            let h = if fold_y {
-                r
+        for r in lo..hi + 1 {
+            let (wrapped, shift_y) = if r < 0 {
+                (r + rows, -size_y)
+            } else if r >= rows {
+                (r - rows, size_y)
             } else {
-                // The edge rows of a bounded grid hold everything beyond the edge too.
-                let top = if !periodic && row == 0 { f64::NEG_INFINITY } else { row as f64 * self.cell[1] };
-                let bottom = if !periodic && row == rows as i64 - 1 {
-                    f64::INFINITY
+                (r, 0.0)
+            };
+            self.emit(wrapped, &pieces, shift_y, false, visit);
+        }
+    }
+
+    /// The runs of the cells each row of the disc of radius `r` around `q` touches.
+    #[inline(always)]
+    fn disc_runs(&self, q: [f64; 2], r: f64, visit: &mut impl FnMut(Run)) {
+        let periodic = self.space.periodic;
+        let rows = self.dims[1] as i64;
+        let [_, size_y] = self.space.size;
+        let ch = self.cell[1];
+        let (lo, hi) = (floor_i((q[1] - r) * self.inv_cell[1]), floor_i((q[1] + r) * self.inv_cell[1]));
+        let fold_y = periodic && span(lo, hi) >= rows;
+        let (lo, hi) = if fold_y {
+            (0, rows - 1)
+        } else if periodic {
+            (lo, hi)
+        } else {
+            (lo.max(0), hi.min(rows - 1))
+        };
+        // The row holding `q` (the edge row, for a point beyond the edge of a bounded grid, since
+        // edge cells hold everything beyond the edge).
+        let home = floor_i(q[1] * self.inv_cell[1]);
+        let home = if periodic { home } else { home.clamp(0, rows - 1) };
+        let r2 = r * r;
+        let full = (floor_i((q[0] - r) * self.inv_cell[0]), floor_i((q[0] + r) * self.inv_cell[0]));
+        for row in lo..hi + 1 {
+            // A periodic span is shorter than the grid, so it wraps at most once at each end.
+            let (wrapped, shift_y) = if row < 0 {
+                (row + rows, -size_y)
+            } else if row >= rows {
+                (row - rows, size_y)
+            } else {
+                (row, 0.0)
+            };
+            // The part of the disc in this row.
+            let span = if fold_y {
+                full
+            } else {
+                let dy = if row == home {
+                    0.0
+                } else if row < home {
+                    q[1] - (row + 1) as f64 * ch
                 } else {
-                    (row + 1) as f64 * self.cell[1]
+                    row as f64 * ch - q[1]
                 };
-                let dy = (top - q[1]).max(q[1] - bottom).max(0.0);
-                if dy > r {
+                let dy2 = dy.max(0.0) * dy.max(0.0);
+                if dy2 > r2 {
                     continue;
                 }
-                (r * r - dy * dy).sqrt()
+                let h = (r2 - dy2).sqrt();
+                (floor_i((q[0] - h) * self.inv_cell[0]), floor_i((q[0] + h) * self.inv_cell[0]))
             };
-            let (c0, c1) = (((q[0] - h) * self.inv_cell[0]).floor(), ((q[0] + h) * self.inv_cell[0]).floor());
-            let base = wrapped * cols;
-            let mut emit = |a: usize, b: usize, shift_x: f64, fold: bool| {
-                let slots = self.starts[base + a] as usize..self.starts[base + b + 1] as usize;
+            let (pieces, fold) = self.pieces(span, fold_y);
+            self.emit(wrapped, &pieces, shift_y, fold, visit);
+        }
+    }
+
+    /// Visits the pieces of row `row` that hold points.
+    #[inline(always)]
+    fn emit(
+        &self,
+        row: i64,
+        pieces: &[(i64, i64, f64); 2],
+        shift_y: f64,
+        fold: bool,
+        visit: &mut impl FnMut(Run),
+    ) {
+        let base = row as usize * self.dims[0];
+        for &(a, b, shift_x) in pieces {
+            if a <= b {
+                let slots =
+                    self.starts[base + a as usize] as usize..self.starts[base + b as usize + 1] as usize;
                 if !slots.is_empty() {
                     visit(Run { slots, shift: [shift_x, shift_y], fold });
                 }
-            };
-            if !periodic {
-                let (a, b) = (c0.max(0.0), c1.min(cols as f64 - 1.0));
-                if a <= b {
-                    emit(a as usize, b as usize, 0.0, false);
-                }
-            } else if c1 - c0 + 1.0 >= cols as f64 {
-                emit(0, cols - 1, 0.0, true);
-            } else {
-                // Split the span where it wraps around; each piece has its own image shift.
-                let (mut c, end) = (c0 as i64, c1 as i64);
-                while c <= end {
-                    let kx = c.div_euclid(cols as i64);
-                    let piece_end = end.min((kx + 1) * cols as i64 - 1);
-                    let a = (c - kx * cols as i64) as usize;
-                    let b = (piece_end - kx * cols as i64) as usize;
-                    emit(a, b, kx as f64 * self.space.size[0], fold_y);
-                    c = piece_end + 1;
-                }
             }
+        }
+    }
+
+    /// The column span `c0..=c1` of a query as up to two pieces `(first, last, x shift)` of
+    /// real columns (a periodic span is split where it wraps around, and each piece has its
+    /// own image shift; empty pieces have first > last), and whether offsets must be folded.
+    #[inline(always)]
+    fn pieces(&self, (c0, c1): (i64, i64), fold_y: bool) -> ([(i64, i64, f64); 2], bool) {
+        let cols = self.dims[0] as i64;
+        let size_x = self.space.size[0];
+        let none = (0, -1, 0.0);
+        if !self.space.periodic {
+            ([(c0.max(0), c1.min(cols - 1), 0.0), none], false)
+        } else if span(c0, c1) >= cols {
+            ([(0, cols - 1, 0.0), none], true)
+        } else if c0 < 0 {
+            ([(c0 + cols, cols - 1, -size_x), (0, c1, 0.0)], fold_y)
+        } else if c1 >= cols {
+            ([(c0, cols - 1, 0.0), (0, c1 - cols, size_x)], fold_y)
+        } else {
+            ([(c0, c1, 0.0), none], fold_y)
         }
     }
 
@@ -504,7 +596,7 @@ mod tests {
         assert_eq!(grid.dims(), [2, 2]);
         assert_eq!(grid.order(), &[1, 3, 0, 2]);
         assert_eq!(grid.xs()[1], 2.0, "wrapped into the space");
-        assert!(grid.xs()[4].is_nan() && grid.xs().len() == 4 + PAD);
+        assert!(grid.xs()[4] == FAR && grid.xs().len() == 4 + PAD);
     }
 
     #[test]

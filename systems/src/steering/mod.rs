@@ -6,10 +6,11 @@
 
 mod flocking;
 mod grid;
+mod kernel;
 mod swarms;
 
 pub use flocking::{Boid, Flock, FlockParams, Neighbourhood, rule};
-pub use grid::{Grid, PAD, Run, Space};
+pub use grid::{FAR, Grid, PAD, Run, Space};
 pub use swarms::{Flocking, register};
 
 /// A steering value out of range.
