@@ -558,7 +558,7 @@ impl<'a> View<'a> {
             |run| {
                 let offsets = if run.fold {
                     Offsets::Folded
-                } else if run.shift == [0.0, 0.0] {
+                } else if run.shift[0] == 0.0 && run.shift[1] == 0.0 {
                     Offsets::Plain
                 } else {
                     Offsets::Shifted(run.shift)
