@@ -33,7 +33,7 @@ use terrarium::systems::steering::{Boid, Flock, FlockParams, Space};
 
 /// Runs the Flocking benchmark and reports the loop time.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, allow_negative_numbers = true)]
 struct Args {
     /// Number of boids.
     #[arg(long, default_value_t = 200)]

@@ -151,13 +151,21 @@ struct Slope {
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             print!("{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
             let msg = e.to_string();
-            eprintln!("scaling: {}", msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: "));
+            eprintln!(
+                "scaling: {}",
+                msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };
@@ -173,12 +181,18 @@ fn main() -> ExitCode {
 
 /// The parent: runs every point in a child, then writes the CSV, the summary and the charts.
 fn sweep(args: &Args) -> Result<()> {
-    ensure!(args.min_npcs >= 1 && args.min_npcs <= args.max_npcs, "--min-npcs must be between 1 and --max-npcs");
+    ensure!(
+        args.min_npcs >= 1 && args.min_npcs <= args.max_npcs,
+        "--min-npcs must be between 1 and --max-npcs"
+    );
     ensure!(args.ticks >= 1, "--ticks must be at least 1");
     let counts = npc_counts(args.min_npcs, args.max_npcs);
     let threads = match &args.threads_list {
         Some(list) => {
-            ensure!(!list.is_empty() && list.iter().all(|&t| t >= 1), "--threads-list needs counts of at least 1");
+            ensure!(
+                !list.is_empty() && list.iter().all(|&t| t >= 1),
+                "--threads-list needs counts of at least 1"
+            );
             list.clone()
         }
         None => default_threads(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
@@ -198,13 +212,17 @@ fn sweep(args: &Args) -> Result<()> {
         bar.finish_and_clear();
     }
     let csv_path = args.out.join("scaling.csv");
-    let mut csv = csv::Writer::from_path(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
+    let mut csv =
+        csv::Writer::from_path(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
     for run in &runs {
         csv.serialize(run)?;
     }
     csv.flush()?;
     let slopes = slopes(&runs);
-    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&serde_json::json!({ "slopes": slopes }))?)?;
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "slopes": slopes }))?,
+    )?;
     charts::draw_all(&runs, &args.out)?;
     print_table(&runs);
     for s in &slopes {
@@ -327,9 +345,11 @@ fn slopes(runs: &[Run]) -> Vec<Slope> {
         .into_iter()
         .filter(|(_, g)| g.len() >= 2)
         .map(|((workload, threads), g)| {
-            let pts: Vec<(f64, f64)> = g.iter().map(|r| ((r.npcs as f64).log10(), r.tick_ms_mean.log10())).collect();
+            let pts: Vec<(f64, f64)> =
+                g.iter().map(|r| ((r.npcs as f64).log10(), r.tick_ms_mean.log10())).collect();
             let n = pts.len() as f64;
-            let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+            let (mx, my) =
+                (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
             let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
             let sxx: f64 = pts.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
             Slope {
@@ -404,17 +424,27 @@ mod charts {
         let per_thread: Vec<Series> = keys
             .iter()
             .map(|&(w, t)| {
-                let pts = runs.iter().filter(|r| (r.workload, r.threads) == (w, t)).map(|r| (r.npcs as f64, r.tick_ms_mean));
+                let pts = runs
+                    .iter()
+                    .filter(|r| (r.workload, r.threads) == (w, t))
+                    .map(|r| (r.npcs as f64, r.tick_ms_mean));
                 (format!("{}, {t} threads", w.name()), pts.collect())
             })
             .collect();
-        log_log(&out.join("tick_ms_vs_npcs.png"), "Tick time against NPCs", "NPCs", "tick ms (mean)", &per_thread)?;
+        log_log(
+            &out.join("tick_ms_vs_npcs.png"),
+            "Tick time against NPCs",
+            "NPCs",
+            "tick ms (mean)",
+            &per_thread,
+        )?;
 
         // Throughput against threads, at 10k, 100k and 1M NPCs (or the largest count swept).
         let mut counts: Vec<u64> = runs.iter().map(|r| r.npcs).collect();
         counts.sort_unstable();
         counts.dedup();
-        let mut shown: Vec<u64> = counts.iter().copied().filter(|n| [10_000, 100_000, 1_000_000].contains(n)).collect();
+        let mut shown: Vec<u64> =
+            counts.iter().copied().filter(|n| [10_000, 100_000, 1_000_000].contains(n)).collect();
         if shown.is_empty() {
             shown.extend(counts.last());
         }
@@ -441,7 +471,10 @@ mod charts {
             .iter()
             .map(|&w| {
                 let t = runs.iter().filter(|r| r.workload == w).map(|r| r.threads).max().unwrap_or(1);
-                let pts = runs.iter().filter(|r| r.workload == w && r.threads == t).map(|r| (r.npcs as f64, r.bytes_per_npc));
+                let pts = runs
+                    .iter()
+                    .filter(|r| r.workload == w && r.threads == t)
+                    .map(|r| (r.npcs as f64, r.bytes_per_npc));
                 (format!("{}, {t} threads", w.name()), pts.collect())
             })
             .collect();
@@ -486,7 +519,9 @@ mod charts {
             .x_desc("worker threads")
             .y_desc("ticks per second")
             .x_labels((x1 - x0).ceil() as usize + 1)
-            .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-6 { format!("{v:.0}") } else { String::new() })
+            .x_label_formatter(&|v| {
+                if (v - v.round()).abs() < 1e-6 { format!("{v:.0}") } else { String::new() }
+            })
             .y_label_formatter(&|v| number(*v))
             .label_style(("sans-serif", 15))
             .draw()
@@ -525,7 +560,10 @@ mod charts {
     }
 
     /// Draws each series as a line with dots, and the legend.
-    fn lines<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, series: &[Series]) -> Result<()>
+    fn lines<'a, DB, X, Y>(
+        chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+        series: &[Series],
+    ) -> Result<()>
     where
         DB: DrawingBackend + 'a,
         X: Ranged<ValueType = f64>,
@@ -552,7 +590,8 @@ mod charts {
 
     /// The span of one coordinate over all series, padded; for a log axis, kept positive.
     fn range(series: &[Series], f: impl Fn(&(f64, f64)) -> f64, log: bool) -> (f64, f64) {
-        let vals = series.iter().flat_map(|s| s.1.iter().map(&f)).filter(|v| v.is_finite() && (!log || *v > 0.0));
+        let vals =
+            series.iter().flat_map(|s| s.1.iter().map(&f)).filter(|v| v.is_finite() && (!log || *v > 0.0));
         let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
         if lo > hi {
             return (1.0, 10.0);
@@ -590,4 +629,3 @@ mod charts {
         anyhow!("drawing a chart failed: {e}")
     }
 }
-
