@@ -173,7 +173,7 @@ fn run(args: &Args) -> Result<()> {
     for _ in 0..args.repeat.max(1) {
         let mut flock = Flock::new(params, space).context("flocking parameters")?;
         flock.load(start.iter().copied());
-        let mut order = StreamRng::new(hash3(args.seed, 0, 0x4F52_4445_52)); // "ORDER"
+        let mut order = StreamRng::new(hash3(args.seed, 0, 0x004F_5244_4552)); // "ORDER"
         let t = Instant::now();
         for _ in 0..args.steps {
             match args.mode {

@@ -86,7 +86,7 @@ impl Workload {
         let (min, max) = (cfg.world.min, cfg.world.max);
         let builder = Engine::builder(cfg).add_plugin(terrarium::systems::core_plugin);
         let scattered = move |i: u64| {
-            let mut r = StreamRng::new(hash3(seed, i, 0x5343_414C_45)); // "SCALE"
+            let mut r = StreamRng::new(hash3(seed, i, 0x0053_4341_4C45)); // "SCALE"
             let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
             NpcSpec::new(Role::BUILT_IN[(i % 5) as usize], pos)
         };
@@ -307,17 +307,15 @@ fn child(args: &Args) -> Result<()> {
 
 /// `min`, then ×√10 at a time (rounded), up to `max`.
 fn npc_counts(min: u64, max: u64) -> Vec<u64> {
-    let mut counts = Vec::new();
-    let mut k = 0;
-    loop {
-        let n = (min as f64 * 10f64.powf(f64::from(k) / 2.0)).round() as u64;
-        if n > max {
-            break;
-        }
-        counts.push(n);
-        k += 1;
-    }
-    counts
+    (0u32..)
+        .map(|k| {
+            // min · 10^(k/2), exact for even k.
+            let tens = 10f64.powi((k / 2) as i32);
+            let odd = if k % 2 == 1 { 10f64.sqrt() } else { 1.0 };
+            (min as f64 * tens * odd).round() as u64
+        })
+        .take_while(|&n| n <= max)
+        .collect()
 }
 
 /// 1, 2, … up to `cores` (powers of two past four), always ending with `cores`.

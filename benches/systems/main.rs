@@ -40,7 +40,7 @@ fn steering(c: &mut Criterion) {
     let (xs, ys): (Vec<f64>, Vec<f64>) = points.iter().map(|p| (p[0], p[1])).unzip();
     let mut grid = Grid::new(Space::periodic([100.0, 100.0]).expect("valid extent"));
     g.bench_function(format!("grid_rebuild/{}", label(n)), |b| {
-        b.iter(|| grid.rebuild(black_box(&xs), &ys, 5.0))
+        b.iter(|| grid.rebuild(black_box(&xs), &ys, 5.0));
     });
     let mut out = Vec::with_capacity(256);
     let mut k = 0;

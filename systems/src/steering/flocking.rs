@@ -776,11 +776,12 @@ mod tests {
                 let d2 = d[0] * d[0] + d[1] * d[1];
                 if i != j && d2 <= p.vision * p.vision {
                     nb.count += 1.0;
-                    for k in 0..2 {
-                        nb.offsets[k] += d[k];
+                    let close = d2 < p.separation * p.separation;
+                    for (k, dk) in d.into_iter().enumerate() {
+                        nb.offsets[k] += dk;
                         nb.velocities[k] += o.velocity[k];
-                        if d2 < p.separation * p.separation {
-                            nb.close_offsets[k] += d[k];
+                        if close {
+                            nb.close_offsets[k] += dk;
                         }
                     }
                 }

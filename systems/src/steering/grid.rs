@@ -422,6 +422,30 @@ impl Grid {
         let home = if periodic { home } else { home.clamp(0, rows - 1) };
         let r2 = r * r;
         let full = (floor_i((q[0] - r) * self.inv_cell[0]), floor_i((q[0] + r) * self.inv_cell[0]));
+        let cols = self.dims[0] as i64;
+        if !fold_y && lo >= 0 && hi < rows && full.0 >= 0 && full.1 < cols {
+            // Away from the edges (most queries): no wrapping, no shifts, one run per row.
+            for row in lo..hi + 1 {
+                let dy = if row == home {
+                    0.0
+                } else if row < home {
+                    q[1] - (row + 1) as f64 * ch
+                } else {
+                    row as f64 * ch - q[1]
+                };
+                let dy2 = dy.max(0.0) * dy.max(0.0);
+                let h = (r2 - dy2).max(0.0).sqrt();
+                let c0 = floor_i((q[0] - h) * self.inv_cell[0]).max(full.0);
+                let c1 = floor_i((q[0] + h) * self.inv_cell[0]).min(full.1);
+                let base = row as usize * self.dims[0];
+                let slots =
+                    self.starts[base + c0 as usize] as usize..self.starts[base + c1 as usize + 1] as usize;
+                if !slots.is_empty() {
+                    visit(Run { slots, shift: [0.0; 2], fold: false });
+                }
+            }
+            return;
+        }
         for row in lo..hi + 1 {
             // A periodic span is shorter than the grid, so it wraps at most once at each end.
             let (wrapped, shift_y) = if row < 0 {
