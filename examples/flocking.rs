@@ -31,6 +31,8 @@ use terrarium::engine::ParPool;
 use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::systems::steering::{Boid, Flock, FlockParams, Space};
 
+mod common;
+
 /// Runs the Flocking benchmark and reports the loop time.
 #[derive(Parser, Debug)]
 #[command(version, about, allow_negative_numbers = true)]
@@ -110,33 +112,7 @@ struct Summary {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            print!("{e}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            eprintln!(
-                "flocking: {}",
-                msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flocking: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with("flocking", run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::{Engine, EngineConfig, NpcSpec, Position, Role};
 
+mod common;
+
 /// Sweeps NPC counts and thread counts and charts how the tick scales.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -149,34 +151,7 @@ struct Slope {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            print!("{e}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            eprintln!(
-                "scaling: {}",
-                msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let result = if args.child { child(&args) } else { sweep(&args) };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("scaling: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with("scaling", |args: &Args| if args.child { child(args) } else { sweep(args) })
 }
 
 /// The parent: runs every point in a child, then writes the CSV, the summary and the charts.
@@ -403,6 +378,7 @@ mod charts {
 
     use anyhow::{Result, anyhow};
     use plotters::coord::Shift;
+    use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
     use plotters::prelude::*;
 
     use super::{Run, Workload};
@@ -479,71 +455,70 @@ mod charts {
         log_x(&out.join("bytes_per_npc.png"), "Memory per NPC (RSS growth / NPCs)", &memory)
     }
 
+    /// An axis: its description, how its tick labels read, and how many of them at most.
+    struct Axis<'a> {
+        desc: &'a str,
+        label: &'a dyn Fn(&f64) -> String,
+        ticks: usize,
+    }
+
     fn log_log(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> Result<()> {
-        let root = canvas(path)?;
         let ((x0, x1), (y0, y1)) = (range(series, |p| p.0, true), range(series, |p| p.1, true));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 26))
-            .margin(20)
-            .x_label_area_size(50)
-            .y_label_area_size(80)
-            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x)
-            .y_desc(y)
-            .x_label_formatter(&|v| npc_label(*v))
-            .y_label_formatter(&|v| number(*v))
-            .label_style(("sans-serif", 15))
-            .draw()
-            .map_err(plot_err)?;
-        lines(&mut chart, series)?;
-        root.present().map_err(plot_err)
+        let (xa, ya) = (
+            Axis { desc: x, label: &|v| npc_label(*v), ticks: 10 },
+            Axis { desc: y, label: &|v| number(*v), ticks: 10 },
+        );
+        draw(path, title, (x0..x1).log_scale(), (y0..y1).log_scale(), &xa, &ya, series)
     }
 
     fn linear_x(path: &Path, title: &str, series: &[Series]) -> Result<()> {
-        let root = canvas(path)?;
         let ((x0, x1), (_, y1)) = (range(series, |p| p.0, false), range(series, |p| p.1, false));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 26))
-            .margin(20)
-            .x_label_area_size(50)
-            .y_label_area_size(80)
-            .build_cartesian_2d(x0..x1, 0.0..y1)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("worker threads")
-            .y_desc("ticks per second")
-            .x_labels((x1 - x0).ceil() as usize + 1)
-            .x_label_formatter(&|v| {
-                if (v - v.round()).abs() < 1e-6 { format!("{v:.0}") } else { String::new() }
-            })
-            .y_label_formatter(&|v| number(*v))
-            .label_style(("sans-serif", 15))
-            .draw()
-            .map_err(plot_err)?;
-        lines(&mut chart, series)?;
-        root.present().map_err(plot_err)
+        // Whole thread counts only.
+        let whole = |v: &f64| if (v - v.round()).abs() < 1e-6 { format!("{v:.0}") } else { String::new() };
+        let xa = Axis { desc: "worker threads", label: &whole, ticks: (x1 - x0).ceil() as usize + 1 };
+        let ya = Axis { desc: "ticks per second", label: &|v| number(*v), ticks: 10 };
+        draw(path, title, x0..x1, 0.0..y1, &xa, &ya, series)
     }
 
     fn log_x(path: &Path, title: &str, series: &[Series]) -> Result<()> {
-        let root = canvas(path)?;
         let ((x0, x1), (_, y1)) = (range(series, |p| p.0, true), range(series, |p| p.1, false));
+        let xa = Axis { desc: "NPCs", label: &|v| npc_label(*v), ticks: 10 };
+        let ya = Axis { desc: "bytes per NPC", label: &|v| number(*v), ticks: 10 };
+        draw(path, title, (x0..x1).log_scale(), 0.0..y1, &xa, &ya, series)
+    }
+
+    /// One chart: title, axes, a line with dots per series, and the legend.
+    fn draw<X, Y>(
+        path: &Path,
+        title: &str,
+        x: X,
+        y: Y,
+        xa: &Axis<'_>,
+        ya: &Axis<'_>,
+        series: &[Series],
+    ) -> Result<()>
+    where
+        X: AsRangedCoord<Value = f64>,
+        Y: AsRangedCoord<Value = f64>,
+        X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+        Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let root = canvas(path)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 26))
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(80)
-            .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)
+            .build_cartesian_2d(x, y)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
-            .x_desc("NPCs")
-            .y_desc("bytes per NPC")
-            .x_label_formatter(&|v| npc_label(*v))
-            .y_label_formatter(&|v| number(*v))
+            .x_desc(xa.desc)
+            .y_desc(ya.desc)
+            .x_labels(xa.ticks)
+            .y_labels(ya.ticks)
+            .x_label_formatter(xa.label)
+            .y_label_formatter(ya.label)
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(plot_err)?;

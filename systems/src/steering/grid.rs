@@ -379,7 +379,6 @@ impl Grid {
     #[inline(always)]
     fn block_runs(&self, q: [f64; 2], visit: &mut impl FnMut(Run)) {
         let [cols, rows] = self.dims.map(|d| d as i64);
-        let size_y = self.space.size[1];
         let col = floor_i(q[0] * self.inv_cell[0]).clamp(0, cols - 1);
         let row = floor_i(q[1] * self.inv_cell[1]).clamp(0, rows - 1);
         let (pieces, _) = self.pieces((col - 1, col + 1), false);
@@ -389,13 +388,7 @@ impl Grid {
             ((row - 1).max(0), (row + 1).min(rows - 1))
         };
         for r in lo..hi + 1 {
-            let (wrapped, shift_y) = if r < 0 {
-                (r + rows, -size_y)
-            } else if r >= rows {
-                (r - rows, size_y)
-            } else {
-                (r, 0.0)
-            };
+            let (wrapped, shift_y) = self.wrap_row(r);
             self.emit(wrapped, &pieces, shift_y, false, visit);
         }
     }
@@ -405,7 +398,7 @@ impl Grid {
     fn disc_runs(&self, q: [f64; 2], r: f64, visit: &mut impl FnMut(Run)) {
         let periodic = self.space.periodic;
         let rows = self.dims[1] as i64;
-        let [_, size_y] = self.space.size;
+
         let ch = self.cell[1];
         let (lo, hi) = (floor_i((q[1] - r) * self.inv_cell[1]), floor_i((q[1] + r) * self.inv_cell[1]));
         let fold_y = periodic && span(lo, hi) >= rows;
@@ -423,18 +416,21 @@ impl Grid {
         let r2 = r * r;
         let full = (floor_i((q[0] - r) * self.inv_cell[0]), floor_i((q[0] + r) * self.inv_cell[0]));
         let cols = self.dims[0] as i64;
+        // Squared distance from `q` to the strip of row `row` (unwrapped).
+        let dy2 = |row: i64| {
+            let dy = if row == home {
+                0.0
+            } else if row < home {
+                q[1] - (row + 1) as f64 * ch
+            } else {
+                row as f64 * ch - q[1]
+            };
+            dy.max(0.0) * dy.max(0.0)
+        };
         if !fold_y && lo >= 0 && hi < rows && full.0 >= 0 && full.1 < cols {
             // Away from the edges (most queries): no wrapping, no shifts, one run per row.
             for row in lo..hi + 1 {
-                let dy = if row == home {
-                    0.0
-                } else if row < home {
-                    q[1] - (row + 1) as f64 * ch
-                } else {
-                    row as f64 * ch - q[1]
-                };
-                let dy2 = dy.max(0.0) * dy.max(0.0);
-                let h = (r2 - dy2).max(0.0).sqrt();
+                let h = (r2 - dy2(row)).max(0.0).sqrt();
                 let c0 = floor_i((q[0] - h) * self.inv_cell[0]).max(full.0);
                 let c1 = floor_i((q[0] + h) * self.inv_cell[0]).min(full.1);
                 let base = row as usize * self.dims[0];
@@ -447,26 +443,12 @@ impl Grid {
             return;
         }
         for row in lo..hi + 1 {
-            // A periodic span is shorter than the grid, so it wraps at most once at each end.
-            let (wrapped, shift_y) = if row < 0 {
-                (row + rows, -size_y)
-            } else if row >= rows {
-                (row - rows, size_y)
-            } else {
-                (row, 0.0)
-            };
+            let (wrapped, shift_y) = self.wrap_row(row);
             // The part of the disc in this row.
             let span = if fold_y {
                 full
             } else {
-                let dy = if row == home {
-                    0.0
-                } else if row < home {
-                    q[1] - (row + 1) as f64 * ch
-                } else {
-                    row as f64 * ch - q[1]
-                };
-                let dy2 = dy.max(0.0) * dy.max(0.0);
+                let dy2 = dy2(row);
                 if dy2 > r2 {
                     continue;
                 }
@@ -475,6 +457,20 @@ impl Grid {
             };
             let (pieces, fold) = self.pieces(span, fold_y);
             self.emit(wrapped, &pieces, shift_y, fold, visit);
+        }
+    }
+
+    /// The real row of unwrapped row `row` and the y shift of its image. A periodic query spans
+    /// fewer rows than the grid has, so it wraps at most once at each end.
+    #[inline(always)]
+    fn wrap_row(&self, row: i64) -> (i64, f64) {
+        let rows = self.dims[1] as i64;
+        if row < 0 {
+            (row + rows, -self.space.size[1])
+        } else if row >= rows {
+            (row - rows, self.space.size[1])
+        } else {
+            (row, 0.0)
         }
     }
 
