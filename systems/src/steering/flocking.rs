@@ -291,10 +291,7 @@ impl Flock {
     /// others (some already moved this step) and then moving `speed` along its new velocity.
     pub fn step_faithful(&mut self, rng: &mut StreamRng) {
         let n = self.len();
-        let vision = self.params.vision;
-        // Moved boids keep their cell until the next rebuild, so query a little wider than the
-        // vision (by one move) and let the exact distance test decide.
-        let reach = vision + self.params.speed * (1.0 + 1e-9);
+        let reach = self.faithful_reach();
         self.sort(reach);
         let mut order = std::mem::take(&mut self.scratch_u);
         order.clear();
@@ -303,24 +300,48 @@ impl Flock {
             let j = rng.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
+        self.faithful_moves(&order, reach);
+        self.scratch_u = order;
+    }
+
+    /// Moved boids keep their cell until the next rebuild, so a faithful step queries a little
+    /// wider than the vision (by one move) and lets the exact distance test decide.
+    fn faithful_reach(&self) -> f64 {
+        self.params.vision + self.params.speed * (1.0 + 1e-9)
+    }
+
+    /// Moves the boids in the grid slots of `order`, one at a time, then wraps the positions.
+    fn faithful_moves(&mut self, order: &[u32], reach: f64) {
         match self.isa {
-            Isa::Base => self.faithful_pass(&order, reach),
+            Isa::Base => self.faithful_pass(order, reach),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx => {
                 #[expect(unsafe_code, reason = "a call into an AVX clone, after feature detection")]
                 // SAFETY: `Isa::Avx` is only made by `Isa::detect`, after the CPU reported AVX.
                 unsafe {
-                    self.faithful_pass_avx(&order, reach);
+                    self.faithful_pass_avx(order, reach);
                 }
             }
         }
-        self.scratch_u = order;
         let space = *self.grid.space();
-        for s in 0..n {
+        for s in 0..self.len() {
             let p = space.wrap([self.grid.xs()[s], self.grid.ys()[s]]);
             self.px[s] = p[0];
             self.py[s] = p[1];
         }
+    }
+
+    /// A faithful step with the boids taken in the order of `ids`, for tests.
+    #[cfg(test)]
+    fn step_faithful_in_order(&mut self, ids: &[u32]) {
+        let reach = self.faithful_reach();
+        self.sort(reach);
+        let mut slot_of = vec![0u32; self.len()];
+        for (s, &id) in self.id.iter().enumerate() {
+            slot_of[id as usize] = s as u32;
+        }
+        let order: Vec<u32> = ids.iter().map(|&id| slot_of[id as usize]).collect();
+        self.faithful_moves(&order, reach);
     }
 
     /// Moves every boid once, in `order` (slots), each seeing the current state.
@@ -758,6 +779,50 @@ mod tests {
         c.steer(&p, &mut hc);
         d.steer(&p, &mut hd);
         assert_eq!(hc, hd);
+    }
+
+    /// Faithful steps against a direct O(n²) evaluation, boid by boid in the same random order,
+    /// on a small torus where boids often cross the edge and their cells during a step.
+    #[test]
+    fn faithful_steps_equal_a_brute_force_run_in_the_same_order() {
+        let (n, extent) = (400, 30.0);
+        let mut flock = random_flock(n, extent, 21);
+        let mut boids = flock.boids();
+        let space = Space::periodic([extent, extent]).unwrap();
+        let p = FlockParams::default();
+        let mut r = StreamRng::new(8);
+        for _ in 0..3 {
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, r.below(i as u64 + 1) as usize);
+            }
+            flock.step_faithful_in_order(&order);
+            for &i in &order {
+                let b = boids[i as usize];
+                let mut nb = Neighbourhood::default();
+                for (j, o) in boids.iter().enumerate() {
+                    let d = space.offset(b.position, o.position);
+                    let d2 = d[0] * d[0] + d[1] * d[1];
+                    if j != i as usize && d2 <= p.vision * p.vision {
+                        nb.count += 1.0;
+                        let close = d2 < p.separation * p.separation;
+                        for (k, dk) in d.into_iter().enumerate() {
+                            nb.offsets[k] += dk;
+                            nb.velocities[k] += o.velocity[k];
+                            nb.close_offsets[k] += if close { dk } else { 0.0 };
+                        }
+                    }
+                }
+                let v = rule(&p, b.velocity, &nb);
+                let moved = [b.position[0] + p.speed * v[0], b.position[1] + p.speed * v[1]];
+                boids[i as usize] = Boid { position: space.wrap(moved), velocity: v };
+            }
+        }
+        for (i, (got, want)) in flock.boids().iter().zip(&boids).enumerate() {
+            let d = space.offset(got.position, want.position);
+            assert!(d[0].abs() < 1e-9 && d[1].abs() < 1e-9, "boid {i}: {got:?} vs {want:?}");
+            assert!((got.velocity[0] - want.velocity[0]).abs() < 1e-9, "boid {i}");
+        }
     }
 
     /// The grid-based kernel against a direct O(n²) evaluation of the rule.
