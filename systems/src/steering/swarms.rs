@@ -227,28 +227,6 @@ mod tests {
     }
 
     #[test]
-    fn same_world_for_one_and_two_threads_and_after_a_snapshot() {
-        let mut one = engine(1);
-        let mut two = engine(2);
-        populate(&mut one);
-        populate(&mut two);
-        one.run_ticks(20);
-        two.run_ticks(20);
-        assert_eq!(one.world_hash(), two.world_hash());
-        let mut bytes = Vec::new();
-        two.save_snapshot(&mut bytes).unwrap();
-        let cfg = two.config().clone();
-        let mut loaded = Engine::builder(cfg)
-            .add_plugin(crate::core_plugin)
-            .add_plugin(register)
-            .build_from_snapshot(&mut bytes.as_slice())
-            .unwrap();
-        two.run_ticks(20);
-        loaded.run_ticks(20);
-        assert_eq!(two.world_hash(), loaded.world_hash());
-    }
-
-    #[test]
     fn a_still_lonely_boid_gets_moving() {
         let mut engine = engine(1);
         let id = engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(30.0, 0.0, 30.0)).in_swarm(4));
