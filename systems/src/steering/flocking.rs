@@ -234,13 +234,18 @@ impl Flock {
     }
 
     /// Replaces the boids; all of them flock together. Their index in `boids` is their id.
+    ///
+    /// # Panics
+    /// With 2³² boids or more.
     pub fn load(&mut self, boids: impl IntoIterator<Item = Boid>) {
         self.load_grouped(boids.into_iter().map(|b| (b, None)));
     }
 
-    /// Replaces the boids; a boid with group `Some(g)` sees only boids of group `g`, and a
-    /// boid without group sees all other ungrouped boids... and only those. Their index is
-    /// their id.
+    /// Replaces the boids; a boid with group `Some(g)` sees only boids of group `g`, and the
+    /// boids without a group see only each other. Their index in `boids` is their id.
+    ///
+    /// # Panics
+    /// With 2³² boids or more.
     pub fn load_grouped(&mut self, boids: impl IntoIterator<Item = (Boid, Option<u32>)>) {
         for v in [&mut self.px, &mut self.py, &mut self.vx, &mut self.vy, &mut self.group] {
             v.clear();

@@ -36,6 +36,20 @@ pub fn register(engine: &mut Engine) {
 
 /// How swarms flock: the rule's parameters, distances in blocks and `speed` in blocks per
 /// second. Always valid (checked by [`Flocking::new`]).
+///
+/// # Examples
+/// ```
+/// use terrarium_engine::{Engine, EngineConfig};
+/// use terrarium_systems::steering::{FlockParams, Flocking};
+/// let mut engine = Engine::builder(EngineConfig::default())
+///     .add_plugin(terrarium_systems::steering::register)
+///     .build()
+///     .unwrap();
+/// // Faster, tighter swarms from the next tick on.
+/// let params = FlockParams { speed: 3.0, cohere: 0.1, ..*Flocking::default().params() };
+/// engine.world_mut().insert_resource(Flocking::new(params).unwrap());
+/// assert!(Flocking::new(FlockParams { vision: 0.0, ..params }).is_err());
+/// ```
 #[derive(Resource, Debug, Clone, Copy, PartialEq)]
 pub struct Flocking {
     params: FlockParams,
