@@ -2,6 +2,7 @@
 
 pub mod movement;
 pub mod par;
+pub mod steering;
 pub mod wander;
 
 use terrarium_engine::Engine;
