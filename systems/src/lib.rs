@@ -3,6 +3,7 @@
 pub mod batching;
 pub mod movement;
 pub mod par;
+pub mod steering;
 pub mod wander;
 
 use terrarium_engine::Engine;
