@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod batching;
 pub mod movement;
 pub mod par;
 pub mod steering;
