@@ -256,7 +256,7 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
 async fn open_breaker_rejects() -> anyhow::Result<()> {
     let cfg = BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() };
     let faulty = FaultyStore::new(MemoryStore::default());
-    faulty.fail_always(Fault::Unavailable);
+    faulty.inject_always(Fault::Unavailable);
     let breaker = CircuitBreaker::new(faulty, cfg);
     anyhow::ensure!(breaker.get_npc(1).await.is_err() && breaker.state() == BreakerState::Open);
     let n = 1_000_000u64;

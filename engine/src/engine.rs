@@ -90,7 +90,7 @@ impl EngineBuilder {
 /// engine.run_ticks(10);
 /// assert_eq!(engine.clock().tick, 10);
 /// let before = engine.world_hash();
-/// assert!(engine.despawn(ids[0]));
+/// assert!(engine.despawn(ids.get(0).unwrap()));
 /// assert_ne!(engine.world_hash(), before);
 /// ```
 pub struct Engine {
@@ -246,7 +246,7 @@ impl Engine {
         // One pass: plain NPCs go straight into their table (the iterator's upper bound lets bevy
         // reserve it exactly); the few agents wait in a side list.
         let mut agents: Vec<(NpcId, NpcSpec)> = Vec::new();
-        let mut plain_ids: Vec<NpcId> = Vec::new();
+        let mut plain_ids: Vec<NpcId> = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
         let plain = specs.zip((first..first + n).map(NpcId)).filter_map(|(spec, id)| {
             if spec.agent {
                 agents.push((id, spec));
@@ -308,8 +308,9 @@ impl Engine {
     pub fn tick(&mut self) -> u64 {
         let started = Instant::now();
         {
+            // `despawned` is not cleared here: despawns made between two ticks (direct
+            // `despawn` calls) belong to the coming tick. It is cleared when the tick ends.
             let mut log = self.world.resource_mut::<TickLog>();
-            log.despawned.clear();
             log.commands_applied = 0;
             log.commands_rejected = 0;
         }
@@ -327,6 +328,7 @@ impl Engine {
             last[i] = t.elapsed();
         }
         self.world.clear_trackers();
+        self.world.resource_mut::<TickLog>().despawned.clear();
         let mut timings = self.world.resource_mut::<StageTimings>();
         for (total, l) in timings.total.iter_mut().zip(last) {
             *total += l;

@@ -73,13 +73,13 @@ struct Machine {
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let cfg = BreakerConfig { failure_threshold: 2, ..BreakerConfig::default() };
 /// let store = CircuitBreaker::new(FaultyStore::new(MemoryStore::default()), cfg);
-/// store.inner().fail_always(Fault::Unavailable);
+/// store.inner().inject_always(Fault::Unavailable);
 /// for _ in 0..2 {
 ///     assert!(store.get_npc(1).await.is_err());
 /// }
 /// assert_eq!(store.metrics().state, BreakerState::Open);
 /// assert!(matches!(store.get_npc(1).await, Err(StorageError::CircuitOpen { .. })));
-/// assert_eq!(store.inner().calls().gets, 2, "the open circuit did not call the store");
+/// assert_eq!(store.inner().reads().gets, 2, "the open circuit did not call the store");
 /// # });
 /// ```
 pub struct CircuitBreaker<S> {
@@ -303,7 +303,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_five_consecutive_failures_and_rejects_without_calling() {
         let s = store();
-        s.inner().fail_always(Fault::Unavailable);
+        s.inner().inject_always(Fault::Unavailable);
         fail_n(&s, 4).await;
         assert_eq!(s.state(), BreakerState::Closed);
         fail_n(&s, 1).await;
@@ -314,16 +314,16 @@ mod tests {
         assert!(!StorageError::CircuitOpen { retry_after }.is_transient());
         let m = s.metrics();
         assert_eq!((m.calls, m.failures, m.rejected, m.opened), (5, 5, 1, 1));
-        assert_eq!(s.inner().calls().writes, 0);
+        assert_eq!(s.inner().calls(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_success_resets_the_failure_count() {
         let s = store();
-        s.inner().fail_next(4, Fault::Timeout);
+        s.inner().inject(4, Fault::Timeout);
         fail_n(&s, 4).await;
         s.get_npc(1).await.unwrap();
-        s.inner().fail_next(4, Fault::Timeout);
+        s.inner().inject(4, Fault::Timeout);
         fail_n(&s, 4).await;
         assert_eq!(s.state(), BreakerState::Closed);
     }
@@ -331,7 +331,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn half_open_after_reset_timeout_then_closes_after_two_successes() {
         let s = store();
-        s.inner().fail_always(Fault::Unavailable);
+        s.inner().inject_always(Fault::Unavailable);
         fail_n(&s, 5).await;
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(s.get_npc(1).await, Err(StorageError::CircuitOpen { .. })));
@@ -347,7 +347,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_trial_opens_it_again() {
         let s = store();
-        s.inner().fail_always(Fault::Unavailable);
+        s.inner().inject_always(Fault::Unavailable);
         fail_n(&s, 5).await;
         tokio::time::advance(Duration::from_secs(60)).await;
         fail_n(&s, 1).await;
@@ -360,10 +360,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn half_open_lets_only_a_few_trials_through_at_once() {
         let s = Arc::new(store());
-        s.inner().fail_always(Fault::Unavailable);
+        s.inner().inject_always(Fault::Unavailable);
         fail_n(&s, 5).await;
         tokio::time::advance(Duration::from_secs(60)).await;
-        s.inner().fail_always(Fault::Stall(Duration::from_secs(1)));
+        s.inner().inject_always(Fault::SlowReply(Duration::from_secs(1)));
         let trials: Vec<_> = (0..2)
             .map(|_| {
                 let s = Arc::clone(&s);
@@ -381,7 +381,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_call_times_out_and_counts_as_a_failure() {
         let s = store();
-        s.inner().fail_next(1, Fault::Stall(Duration::from_secs(10)));
+        s.inner().inject(1, Fault::SlowReply(Duration::from_secs(10)));
         let err = s.get_npc(1).await.unwrap_err();
         assert!(matches!(err, StorageError::Timeout(d) if d == Duration::from_secs(5)), "{err}");
         let m = s.metrics();
@@ -391,7 +391,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn errors_that_are_not_transient_do_not_open_it() {
         let s = store();
-        s.inner().fail_always(Fault::Rejected);
+        s.inner().inject_always(Fault::Rejected);
         for _ in 0..10 {
             assert!(matches!(s.get_npc(1).await, Err(StorageError::Rejected { .. })));
         }
@@ -403,7 +403,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new());
         let cfg = BreakerConfig { failure_threshold: 1, reset_timeout_ms: 1000, ..BreakerConfig::default() };
         let s = CircuitBreaker::with_clock(FaultyStore::new(MemoryStore::default()), cfg, clock.clone());
-        s.inner().fail_next(1, Fault::Unavailable);
+        s.inner().inject(1, Fault::Unavailable);
         fail_n(&s, 1).await;
         assert!(matches!(s.get_npc(1).await, Err(StorageError::CircuitOpen { .. })));
         clock.advance(Duration::from_millis(1000));

@@ -263,10 +263,10 @@ mod tests {
         seed(&s, [1]).await;
         assert_eq!(s.get_npc(1).await.unwrap().unwrap().id, 1);
         assert_eq!(s.get_npc(1).await.unwrap().unwrap().id, 1);
-        assert_eq!(s.inner().calls().gets, 1);
+        assert_eq!(s.inner().reads().gets, 1);
         tokio::time::advance(Duration::from_millis(1000)).await;
         s.get_npc(1).await.unwrap();
-        assert_eq!(s.inner().calls().gets, 2, "expired record read again");
+        assert_eq!(s.inner().reads().gets, 2, "expired record read again");
         assert_eq!(s.metrics().tier, TierMetrics { hits: 1, misses: 2 });
     }
 
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(s.get_npc(2).await.unwrap(), None);
         let three = s.get_npc(3).await.unwrap().unwrap();
         assert_eq!((three.x, three.updated_tick), (9.0, 5));
-        assert_eq!(s.inner().calls().gets, 3 + 2, "1 and 2 were read again, 3 was updated in place");
+        assert_eq!(s.inner().reads().gets, 3 + 2, "1 and 2 were read again, 3 was updated in place");
         assert_eq!(s.metrics().position_updates, 1);
     }
 
@@ -296,18 +296,18 @@ mod tests {
         let s = store(100);
         seed(&s, [1]).await;
         s.get_npc(1).await.unwrap();
-        s.inner().fail_next(1, Fault::Timeout);
+        s.inner().inject(1, Fault::Timeout);
         let pos = PositionRow { npc_id: 1, tick: 5, x: 9.0, y: 1.0, z: 2.0 };
         assert!(s.write(&[WriteBatch { positions: vec![pos], ..batch(2) }]).await.is_err());
         s.get_npc(1).await.unwrap();
-        assert_eq!(s.inner().calls().gets, 2);
+        assert_eq!(s.inner().reads().gets, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_that_overlaps_a_write_is_not_kept() {
         let s = Arc::new(store(100));
         seed(&s, [1]).await;
-        s.inner().fail_next(1, Fault::Stall(Duration::from_millis(10)));
+        s.inner().inject(1, Fault::SlowReply(Duration::from_millis(10)));
         let reader = {
             let s = Arc::clone(&s);
             tokio::spawn(async move { s.get_npc(1).await })
@@ -326,7 +326,7 @@ mod tests {
         seed(&s, [1]).await;
         s.get_npc(1).await.unwrap();
         s.get_npc(1).await.unwrap();
-        assert_eq!(s.inner().calls().gets, 2);
+        assert_eq!(s.inner().reads().gets, 2);
         assert_eq!(s.metrics().tier, TierMetrics::default());
     }
 

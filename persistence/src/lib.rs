@@ -6,16 +6,19 @@ mod config;
 mod error;
 mod l1;
 mod memory;
+mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 mod retry;
+mod sink;
 mod stack;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod write_behind;
 
 pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
 pub use clock::{Clock, ManualClock, TokioClock};
@@ -23,7 +26,7 @@ pub use config::{
     BackendKind, BreakerConfig, L1Config, PostgresConfig, RedisConfig, RetentionConfig, RetryConfig,
     StorageConfig, is_identifier,
 };
-pub use error::{StorageConfigError, StorageError};
+pub use error::{StorageConfigError, StorageError, WriteBehindError};
 pub use l1::{L1Cache, L1Metrics, TierMetrics};
 pub use memory::{MemoryStats, MemoryStore};
 #[cfg(feature = "postgres")]
@@ -31,10 +34,13 @@ pub use postgres::{
     EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics, RetentionReport, RowCounts,
 };
 pub use record::{
-    BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, WriteBatch,
+    BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionColumns,
+    PositionRow, WriteBatch,
 };
 #[cfg(feature = "redis")]
 pub use redis::{EventSubscriber, RedisCache, RedisMetrics, Tier};
 pub use retry::{Retry, RetryMetrics};
+pub use sink::{BatchSink, Handoff, SinkHealth};
 pub use stack::{Backend, Layers, RedisLayer, StorageMetrics, StorageStack};
 pub use storage::Storage;
+pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindConfig, WriteBehindHandle, WriteBehindStats};

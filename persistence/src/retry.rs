@@ -36,7 +36,7 @@ pub struct RetryMetrics {
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 /// let cfg = RetryConfig { base_delay_ms: 1, ..RetryConfig::default() };
 /// let store = Retry::new(FaultyStore::new(MemoryStore::default()), cfg);
-/// store.inner().fail_next(2, Fault::Unavailable);
+/// store.inner().inject(2, Fault::Unavailable);
 /// assert_eq!(store.get_npc(7).await?, None); // third try succeeds
 /// assert_eq!(store.metrics().retries, 2);
 /// # Ok::<(), terrarium_persistence::StorageError>(()) }).unwrap();
@@ -168,13 +168,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_with_growing_jittered_delays() {
         let s = store();
-        s.inner().fail_next(2, Fault::Unavailable);
+        s.inner().inject(2, Fault::Unavailable);
         let t0 = Instant::now();
         assert_eq!(s.get_npc(1).await.unwrap(), None);
         // Two retries: 25..=50 ms, then 50..=100 ms.
         let waited = t0.elapsed();
         assert!(waited >= Duration::from_millis(75) && waited <= Duration::from_millis(150), "{waited:?}");
-        assert_eq!(s.inner().calls().gets, 3);
+        assert_eq!(s.inner().reads().gets, 3);
         let m = s.metrics();
         assert_eq!((m.calls, m.retries, m.recovered, m.exhausted), (1, 2, 1, 0));
     }
@@ -182,21 +182,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gives_up_after_max_attempts_with_the_last_error() {
         let s = store();
-        s.inner().fail_always(Fault::Timeout);
+        s.inner().inject_always(Fault::Timeout);
         let err = s.write(&[WriteBatch::default()]).await.unwrap_err();
         assert!(matches!(err, StorageError::Timeout(_)), "{err}");
-        assert_eq!(s.inner().calls().writes, 3);
+        assert_eq!(s.inner().calls(), 3);
         assert_eq!(s.metrics().exhausted, 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn non_transient_errors_are_returned_at_once() {
         let s = store();
-        s.inner().fail_next(1, Fault::Rejected);
+        s.inner().inject(1, Fault::Rejected);
         let t0 = Instant::now();
         assert!(matches!(s.load_npcs().await, Err(StorageError::Rejected { .. })));
         assert_eq!(t0.elapsed(), Duration::ZERO);
-        assert_eq!(s.inner().calls().loads, 1);
+        assert_eq!(s.inner().reads().loads, 1);
         assert_eq!(s.metrics().not_retried, 1);
     }
 
@@ -205,7 +205,7 @@ mod tests {
         let s = store();
         let batch =
             WriteBatch { id: BatchId { run: 1, seq: 1 }, npcs: vec![npc(5, 0)], ..Default::default() };
-        s.inner().fail_next(1, Fault::Timeout);
+        s.inner().inject(1, Fault::Timeout);
         s.write(std::slice::from_ref(&batch)).await.unwrap();
         s.write(std::slice::from_ref(&batch)).await.unwrap();
         assert_eq!(s.inner().inner().stats().npc_upserts, 1);

@@ -1,14 +1,57 @@
-//! `FaultyStore<S>`: a test double that fails, stalls and counts calls on demand, so every wrapper
-//! can be tested over [`crate::MemoryStore`] without stopping a server.
+//! Test helpers (feature `testing`): [`FaultyStore`], a store wrapper that fails, refuses,
+//! slows down or stalls on command, [`RecordingSink`], a [`BatchSink`] that keeps what it
+//! is given, and [`npc`], a plain record.
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::{NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, WriteBatch};
+use crate::{
+    BatchId, BatchSink, Handoff, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, WriteBatch,
+    WriteBehindError,
+};
 
-/// What a failing call does.
+/// Wraps a store and injects faults.
+///
+/// Into `write`, checked in this order on every call: a stall (the call waits until
+/// [`FaultyStore::release`]), a delay, the next `n` calls refused as non-transient
+/// ([`StorageError::Rejected`]), the next `n` calls failing as transient
+/// ([`StorageError::Unavailable`]), and a standing failure ([`FaultyStore::set_failing`]).
+/// Into calls of every kind, reads included: a planned [`Fault`] for the next `n` calls
+/// ([`FaultyStore::inject`]) or all of them ([`FaultyStore::inject_always`]). Reads are counted
+/// ([`FaultyStore::reads`]).
+///
+/// # Examples
+/// ```
+/// use terrarium_persistence::testing::FaultyStore;
+/// use terrarium_persistence::{MemoryStore, Storage, WriteBatch};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = FaultyStore::new(MemoryStore::default());
+/// store.fail_next(1);
+/// assert!(store.write(&[WriteBatch::default()]).await.unwrap_err().is_transient());
+/// assert!(store.write(&[WriteBatch::default()]).await.is_ok());
+/// assert_eq!((store.calls(), store.failures()), (2, 1));
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    fail_next: AtomicU32,
+    reject_next: AtomicU32,
+    failing: std::sync::atomic::AtomicBool,
+    delay_us: AtomicU64,
+    stalled: tokio::sync::watch::Sender<bool>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    log: Mutex<Vec<Call>>,
+    plan: Mutex<(u64, Option<Fault>)>,
+    gets: AtomicU64,
+    lists: AtomicU64,
+    loads: AtomicU64,
+}
+
+/// A fault [`FaultyStore::inject`] plans for calls of any kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Fails with [`StorageError::Unavailable`] (transient).
@@ -19,102 +62,80 @@ pub enum Fault {
     Rejected,
     /// Makes the call normally, then holds the answer back this long (tokio time): a slow
     /// server, or a reply that arrives after the caller gave up.
-    Stall(Duration),
+    SlowReply(Duration),
 }
 
-/// How many calls of each kind reached a [`FaultyStore`].
+/// Read calls that reached a [`FaultyStore`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultyCalls {
-    /// `write` calls.
-    pub writes: u64,
+pub struct ReadCalls {
     /// `get_npc` calls.
     pub gets: u64,
     /// `list_npcs` calls.
     pub lists: u64,
     /// `load_npcs` calls.
     pub loads: u64,
-    /// Calls that were failed on purpose.
-    pub failed: u64,
 }
 
-/// Wraps a store; the next `n` calls (or all, until [`FaultyStore::heal`]) get a [`Fault`].
-///
-/// # Examples
-/// ```
-/// use terrarium_persistence::testing::{Fault, FaultyStore};
-/// use terrarium_persistence::{MemoryStore, Storage};
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let store = FaultyStore::new(MemoryStore::default());
-/// store.fail_next(1, Fault::Unavailable);
-/// assert!(store.get_npc(1).await.unwrap_err().is_transient());
-/// assert_eq!(store.get_npc(1).await.unwrap(), None);
-/// assert_eq!(store.calls().gets, 2);
-/// # });
-/// ```
-#[derive(Debug)]
-pub struct FaultyStore<S> {
-    inner: S,
-    plan: Mutex<(u64, Option<Fault>)>,
-    writes: AtomicU64,
-    gets: AtomicU64,
-    lists: AtomicU64,
-    loads: AtomicU64,
-    failed: AtomicU64,
+/// One `write` call as a [`FaultyStore`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Ids of the batches in the call, in order.
+    pub ids: Vec<BatchId>,
+    /// True when the call was passed on to the inner store and succeeded.
+    pub ok: bool,
 }
 
-impl<S: Storage> FaultyStore<S> {
-    /// A store that passes every call through until told otherwise.
+impl<S> FaultyStore<S> {
+    /// A wrapper that injects nothing until told to.
     pub fn new(inner: S) -> Self {
         Self {
             inner,
+            fail_next: AtomicU32::new(0),
+            reject_next: AtomicU32::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            delay_us: AtomicU64::new(0),
+            stalled: tokio::sync::watch::Sender::new(false),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
             plan: Mutex::new((0, None)),
-            writes: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             lists: AtomicU64::new(0),
             loads: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
         }
     }
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
-    /// The next `n` calls get `fault`.
-    pub fn fail_next(&self, n: u64, fault: Fault) {
-        *self.lock() = (n, Some(fault));
+    /// The next `n` calls of any kind get `fault`.
+    pub fn inject(&self, n: u64, fault: Fault) {
+        *self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (n, Some(fault));
     }
 
     /// Every call gets `fault` until [`FaultyStore::heal`].
-    pub fn fail_always(&self, fault: Fault) {
-        self.fail_next(u64::MAX, fault);
+    pub fn inject_always(&self, fault: Fault) {
+        self.inject(u64::MAX, fault);
     }
 
-    /// Calls pass through again.
+    /// Ends what [`FaultyStore::inject`] planned.
     pub fn heal(&self) {
-        *self.lock() = (0, None);
+        self.inject(0, Fault::Unavailable);
     }
 
-    /// Calls so far.
-    pub fn calls(&self) -> FaultyCalls {
-        FaultyCalls {
-            writes: self.writes.load(Ordering::Relaxed),
-            gets: self.gets.load(Ordering::Relaxed),
-            lists: self.lists.load(Ordering::Relaxed),
-            loads: self.loads.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+    /// Read calls so far.
+    pub fn reads(&self) -> ReadCalls {
+        ReadCalls {
+            gets: self.gets.load(Ordering::SeqCst),
+            lists: self.lists.load(Ordering::SeqCst),
+            loads: self.loads.load(Ordering::SeqCst),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Option<Fault>)> {
-        self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Makes one call according to the plan.
-    async fn call<T>(&self, call: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
+    /// Makes one call according to the plan of [`FaultyStore::inject`].
+    async fn planned<T>(
+        &self,
+        call: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
         let fault = {
-            let mut plan = self.lock();
+            let mut plan = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if plan.0 == 0 {
                 None
             } else {
@@ -124,7 +145,7 @@ impl<S: Storage> FaultyStore<S> {
         };
         let err = match fault {
             None => return call.await,
-            Some(Fault::Stall(d)) => {
+            Some(Fault::SlowReply(d)) => {
                 let answer = call.await;
                 tokio::time::sleep(d).await;
                 return answer;
@@ -136,34 +157,121 @@ impl<S: Storage> FaultyStore<S> {
             Some(Fault::Timeout) => StorageError::Timeout(Duration::from_secs(1)),
             Some(Fault::Rejected) => StorageError::Rejected { backend: "faulty", reason: "injected".into() },
         };
-        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::SeqCst);
         Err(err)
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The next `n` writes fail with a transient error.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes are refused with a non-transient error.
+    pub fn reject_next(&self, n: u32) {
+        self.reject_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every write fails (transient) while `on`.
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// Every write waits `delay` (asynchronously) before it runs.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Writes wait, without finishing, until [`FaultyStore::release`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets stalled writes go on.
+    pub fn release(&self) {
+        self.stalled.send_replace(false);
+    }
+
+    /// `write` calls so far (stalled ones included).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `write` calls that failed because of an injected fault.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Every finished `write` call, in order.
+    pub fn log(&self) -> Vec<Call> {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Ids of the batches in successful calls, in the order the inner store got them.
+    pub fn written_ids(&self) -> Vec<BatchId> {
+        self.log().into_iter().filter(|c| c.ok).flat_map(|c| c.ids).collect()
+    }
+
+    fn record(&self, batches: &[WriteBatch], ok: bool) {
+        let ids = batches.iter().map(|b| b.id).collect();
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Call { ids, ok });
+    }
+
+    fn injected(&self) -> Option<StorageError> {
+        let take =
+            |n: &AtomicU32| n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok();
+        if take(&self.reject_next) {
+            return Some(StorageError::Rejected { backend: "faulty", reason: "injected rejection".into() });
+        }
+        if take(&self.fail_next) || self.failing.load(Ordering::SeqCst) {
+            let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "injected failure");
+            return Some(StorageError::unavailable("faulty", cause));
+        }
+        None
     }
 }
 
 impl<S: Storage> Storage for FaultyStore<S> {
     fn name(&self) -> &'static str {
-        self.inner.name()
+        "faulty"
     }
 
     async fn write(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.call(self.inner.write(batches)).await
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut stalled = self.stalled.subscribe();
+        // Only fails when the sender is gone, which `self` keeps alive.
+        let _ = stalled.wait_for(|s| !*s).await;
+        let delay = Duration::from_micros(self.delay_us.load(Ordering::SeqCst));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(e) = self.injected() {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            self.record(batches, false);
+            return Err(e);
+        }
+        let result = self.planned(self.inner.write(batches)).await;
+        self.record(batches, result.is_ok());
+        result
     }
 
     async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        self.call(self.inner.get_npc(id)).await
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.planned(self.inner.get_npc(id)).await
     }
 
     async fn list_npcs(&self, filter: &NpcFilter, page: Page) -> Result<NpcPage, StorageError> {
-        self.lists.fetch_add(1, Ordering::Relaxed);
-        self.call(self.inner.list_npcs(filter, page)).await
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.planned(self.inner.list_npcs(filter, page)).await
     }
 
     async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        self.call(self.inner.load_npcs()).await
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.planned(self.inner.load_npcs()).await
     }
 }
 
@@ -182,5 +290,44 @@ pub fn npc(id: u64, swarm: u32) -> NpcRecord {
         health: 100,
         inventory: vec![(1, 3)],
         updated_tick: 0,
+    }
+}
+
+/// A [`BatchSink`] that keeps every batch it is given, with ids assigned like the
+/// write-behind assigns them (`run` as given, `seq` from 1).
+#[derive(Debug)]
+pub struct RecordingSink {
+    run_id: u64,
+    handoffs: Mutex<Vec<Handoff>>,
+}
+
+impl RecordingSink {
+    /// An empty recorder for producer `run_id`.
+    #[must_use]
+    pub fn new(run_id: u64) -> Self {
+        Self { run_id, handoffs: Mutex::new(Vec::new()) }
+    }
+
+    /// Every handoff so far, exactly as given (ids assigned).
+    pub fn handoffs(&self) -> Vec<Handoff> {
+        self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Every batch so far as it would be written (columns turned into rows).
+    pub fn batches(&self) -> Vec<WriteBatch> {
+        self.handoffs().into_iter().map(Handoff::into_batch).collect()
+    }
+}
+
+impl BatchSink for RecordingSink {
+    fn submit(&self, mut handoff: Handoff) -> Result<(), WriteBehindError> {
+        let mut all = self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        handoff.batch.id = BatchId { run: self.run_id, seq: all.len() as u64 + 1 };
+        all.push(handoff);
+        Ok(())
+    }
+
+    fn run_id(&self) -> u64 {
+        self.run_id
     }
 }

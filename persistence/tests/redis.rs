@@ -42,9 +42,9 @@ async fn reads_are_cache_aside() {
     assert_eq!(c.get_npc(1).await.unwrap(), Some(npc(1)));
     assert_eq!(c.get_npc(1).await.unwrap(), Some(npc(1)));
     assert_eq!(c.get_npc(1).await.unwrap(), Some(npc(1)));
-    assert_eq!(c.inner().calls().gets, 1, "one miss, then hits");
+    assert_eq!(c.inner().reads().gets, 1, "one miss, then hits");
     assert_eq!(c.get_npc(99).await.unwrap(), None);
-    assert_eq!(c.inner().calls().gets, 2, "absent NPCs are not cached");
+    assert_eq!(c.inner().reads().gets, 2, "absent NPCs are not cached");
     let m = c.metrics();
     assert_eq!(m.warm, TierMetrics { hits: 2, misses: 2 });
     assert_eq!(m.errors, 0);
@@ -73,7 +73,7 @@ async fn writes_invalidate_by_key_and_positions_are_written_through() {
     assert_eq!(c.get_npc(2).await.unwrap(), None, "removal invalidated its key");
     let three = c.get_npc(3).await.unwrap().unwrap();
     assert_eq!((three.x, three.updated_tick), (position(3, 5).x, 5), "newest position overlaid");
-    assert_eq!(c.inner().calls().gets, 3 + 2, "3 was served from Redis");
+    assert_eq!(c.inner().reads().gets, 3 + 2, "3 was served from Redis");
     assert_eq!(c.metrics().hot.hits, 1);
 
     // Writing a position cut the cached record's TTL to the hot tier's.
@@ -97,7 +97,7 @@ async fn swarm_tag_invalidation_drops_records_and_pages_of_that_swarm() {
     let page = c.list_npcs(&swarm1, Page::first(10)).await.unwrap();
     assert_eq!(page.npcs.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 6]);
     c.list_npcs(&swarm1, Page::first(10)).await.unwrap();
-    let before = c.inner().calls();
+    let before = c.inner().reads();
     assert_eq!(before.lists, 1, "second listing was a hit");
 
     assert!(c.invalidate_swarm(1).await);
@@ -105,7 +105,7 @@ async fn swarm_tag_invalidation_drops_records_and_pages_of_that_swarm() {
         c.get_npc(id).await.unwrap();
     }
     c.list_npcs(&swarm1, Page::first(10)).await.unwrap();
-    let after = c.inner().calls();
+    let after = c.inner().reads();
     assert_eq!(after.gets - before.gets, 2, "only swarm 1 (NPCs 1 and 6) was read again");
     assert_eq!(after.lists, 2, "the swarm's page was dropped too");
     assert!(c.metrics().invalidated >= 3);
@@ -120,15 +120,15 @@ async fn listing_pages_are_cached_and_dropped_when_npcs_change() {
     let idle = NpcFilter { status: Some("idle".into()), ..Default::default() };
     let first = c.list_npcs(&idle, Page::first(5)).await.unwrap();
     assert_eq!(c.list_npcs(&idle, Page::first(5)).await.unwrap(), first);
-    assert_eq!(c.inner().calls().lists, 1);
+    assert_eq!(c.inner().reads().lists, 1);
     // A different page or filter is a different key.
     c.list_npcs(&idle, Page { after: first.next, limit: 5 }).await.unwrap();
-    assert_eq!(c.inner().calls().lists, 2);
+    assert_eq!(c.inner().reads().lists, 2);
 
     // Positions alone leave pages cached, and show through them.
     c.write(&[WriteBatch { positions: vec![position(4, 9)], ..batch(1, 2) }]).await.unwrap();
     let moved = c.list_npcs(&idle, Page::first(5)).await.unwrap();
-    assert_eq!(c.inner().calls().lists, 2);
+    assert_eq!(c.inner().reads().lists, 2);
     assert_eq!(moved.npcs[0].id, 4);
     assert_eq!((moved.npcs[0].x, moved.npcs[0].updated_tick), (position(4, 9).x, 9));
 
@@ -137,7 +137,7 @@ async fn listing_pages_are_cached_and_dropped_when_npcs_change() {
     busy.status = "working".into();
     c.write(&[WriteBatch { npcs: vec![busy], ..batch(1, 3) }]).await.unwrap();
     let now = c.list_npcs(&idle, Page::first(5)).await.unwrap();
-    assert_eq!(c.inner().calls().lists, 3);
+    assert_eq!(c.inner().reads().lists, 3);
     assert!(now.npcs.iter().all(|r| r.id != 4));
     c.clear_prefix().await.unwrap();
 }
@@ -156,9 +156,9 @@ async fn warming_caches_the_first_npcs() {
     for id in 1..=180 {
         assert_eq!(c.get_npc(id).await.unwrap(), Some(npc(id)));
     }
-    assert_eq!(c.inner().calls().gets, 0);
+    assert_eq!(c.inner().reads().gets, 0);
     c.get_npc(181).await.unwrap();
-    assert_eq!(c.inner().calls().gets, 1);
+    assert_eq!(c.inner().reads().gets, 1);
     c.clear_prefix().await.unwrap();
 }
 
@@ -210,7 +210,7 @@ async fn a_corrupt_cached_value_is_a_counted_miss() {
     let _: () =
         r.set(key(&c, &cache_prefix(&c), "npc", 1), vec![0xffu8; 40], None, None, false).await.unwrap();
     assert_eq!(c.get_npc(1).await.unwrap(), Some(npc(1)));
-    assert_eq!((c.metrics().decode_errors, c.inner().calls().gets), (1, 1));
+    assert_eq!((c.metrics().decode_errors, c.inner().reads().gets), (1, 1));
     c.clear_prefix().await.unwrap();
 }
 
@@ -230,7 +230,7 @@ async fn without_a_server_every_call_goes_to_the_store() {
         .unwrap();
     assert_eq!(c.get_npc(1).await.unwrap(), Some(npc(1)));
     assert_eq!(c.list_npcs(&NpcFilter::default(), Page::first(10)).await.unwrap().npcs.len(), 1);
-    assert_eq!(c.inner().calls().gets, 1);
+    assert_eq!(c.inner().reads().gets, 1);
     assert!(c.metrics().errors >= 1, "{:?}", c.metrics());
     assert!(!c.put_value(Tier::Cold, "x", &1u8).await);
 }

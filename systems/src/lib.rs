@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+pub mod batching;
 pub mod movement;
 pub mod par;
+pub mod steering;
 pub mod wander;
 
 use terrarium_engine::Engine;
