@@ -24,6 +24,10 @@ impl Config {
     /// Environment prefix: `TERRARIUM_ENGINE__TICK_HZ=30` overrides `engine.tick_hz`.
     pub const ENV_PREFIX: &'static str = "TERRARIUM_";
 
+    /// Variables under this prefix belong to the test suite (`TERRARIUM_TEST_PG_URL`, …), not
+    /// to the configuration: [`Config::load`] and [`Config::from_env`] ignore them.
+    pub const TEST_ENV_PREFIX: &'static str = "TERRARIUM_TEST_";
+
     /// Parses TOML text, applies `env` overrides and validates every section.
     ///
     /// # Errors
@@ -57,7 +61,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Invalid { key: path.display().to_string(), reason: e.to_string() })?;
-        Self::from_toml_str(&text, std::env::vars())
+        Self::from_toml_str(&text, config_env(std::env::vars()))
     }
 
     /// The defaults with the process environment applied (no file).
@@ -65,8 +69,13 @@ impl Config {
     /// # Errors
     /// As [`Config::from_toml_str`].
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_toml_str("", std::env::vars())
+        Self::from_toml_str("", config_env(std::env::vars()))
     }
+}
+
+/// Environment variables without the test suite's.
+fn config_env(vars: impl IntoIterator<Item = (String, String)>) -> impl Iterator<Item = (String, String)> {
+    vars.into_iter().filter(|(k, _)| !k.starts_with(Config::TEST_ENV_PREFIX))
 }
 
 #[cfg(test)]
@@ -96,6 +105,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.write_behind.outbox_path.unwrap().to_str(), Some("/var/lib/terrarium/outbox"));
+    }
+
+    #[test]
+    fn the_test_suites_variables_are_not_configuration() {
+        let env = vec![
+            ("TERRARIUM_TEST_PG_URL".to_string(), "postgres://x".to_string()),
+            ("TERRARIUM_ENGINE__SEED".to_string(), "5".to_string()),
+        ];
+        assert!(Config::from_toml_str("", env.clone()).is_err(), "an unknown top-level key");
+        assert_eq!(Config::from_toml_str("", config_env(env)).unwrap().engine.seed, 5);
     }
 
     #[test]
