@@ -90,7 +90,7 @@ impl EngineBuilder {
 /// engine.run_ticks(10);
 /// assert_eq!(engine.clock().tick, 10);
 /// let before = engine.world_hash();
-/// assert!(engine.despawn(ids[0]));
+/// assert!(engine.despawn(ids.get(0).unwrap()));
 /// assert_ne!(engine.world_hash(), before);
 /// ```
 pub struct Engine {
@@ -261,10 +261,9 @@ impl Engine {
         let plain_entities: Vec<Entity> = self.world.spawn_batch(plain).collect();
         let agent_entities: Vec<Entity> = self
             .world
-            .spawn_batch(agents.iter().map(|(id, s)| AgentBundle {
-                npc: NpcBundle::new(*id, &clamped(s, &bounds)),
-                agent: crate::Agent,
-            }))
+            .spawn_batch(
+                agents.iter().map(|(id, s)| AgentBundle::new(NpcBundle::new(*id, &clamped(s, &bounds)))),
+            )
             .collect();
         let mut index = self.world.resource_mut::<NpcIndex>();
         index.reserve_to(first + n);
@@ -283,7 +282,7 @@ impl Engine {
         let bounds = *self.world.resource::<WorldBounds>();
         let npc = NpcBundle::new(id, &clamped(spec, &bounds));
         let e = if spec.agent {
-            self.world.spawn(AgentBundle { npc, agent: crate::Agent }).id()
+            self.world.spawn(AgentBundle::new(npc)).id()
         } else {
             let wander = Wander::new(id, self.clock().tick + 1);
             self.world.spawn(PlainNpcBundle { npc, wander }).id()
