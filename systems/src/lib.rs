@@ -1,8 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+pub mod error;
 pub mod movement;
 pub mod par;
+pub mod pathfinding;
 pub mod wander;
+
+pub use error::MapError;
 
 use terrarium_engine::Engine;
 

@@ -1,0 +1,12 @@
+//! Pathfinding: exact 2D search on Moving AI octile grids (jump point search, with plain A* as
+//! the baseline) and 3D walking in the voxel world for agents.
+
+mod baseline;
+mod grid;
+mod jps;
+mod movingai;
+
+pub use baseline::astar_baseline;
+pub use grid::{Cell, Grid2d, GridPath, octile};
+pub use jps::{JpsSearch, jps_length, jps_path};
+pub use movingai::{Scenario, check_scenarios, load_map, load_scenarios, parse_map, parse_scenarios};
