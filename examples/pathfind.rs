@@ -92,7 +92,8 @@ fn run(args: &Args) -> Result<()> {
     let step = usize::try_from(args.every).unwrap_or(usize::MAX);
     let scenarios: Vec<Scenario> = all.into_iter().step_by(step).collect();
     let pool = ParPool::new(args.threads).context("cannot start the worker threads")?;
-    let name = args.map.file_name().map_or_else(|| args.map.display().to_string(), |n| n.to_string_lossy().into());
+    let name =
+        args.map.file_name().map_or_else(|| args.map.display().to_string(), |n| n.to_string_lossy().into());
 
     let summary = measure(&pool, &grid, &scenarios, args.method, &name);
     println!(

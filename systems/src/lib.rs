@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod ai;
 pub mod error;
+pub mod mining;
 pub mod movement;
 pub mod par;
 pub mod pathfinding;

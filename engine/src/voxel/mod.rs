@@ -105,6 +105,24 @@ impl Chunk {
         self.version
     }
 
+    /// The blocks, when they are not all of one kind (index: x fastest, then z, then y).
+    #[must_use]
+    pub fn dense(&self) -> Option<&[Block; CHUNK_VOLUME]> {
+        match &self.blocks {
+            ChunkBlocks::Dense(blocks) => Some(blocks),
+            ChunkBlocks::Uniform(_) => None,
+        }
+    }
+
+    /// The one kind every block is, for a uniform chunk.
+    #[must_use]
+    pub fn uniform(&self) -> Option<Block> {
+        match self.blocks {
+            ChunkBlocks::Uniform(b) => Some(b),
+            ChunkBlocks::Dense(_) => None,
+        }
+    }
+
     #[inline]
     fn get(&self, i: usize) -> Block {
         match &self.blocks {
@@ -231,6 +249,51 @@ impl VoxelWorld {
         }
     }
 
+    /// The blocks at `p.x − 1`, `p.x` and `p.x + 1` (same `y` and `z`): one chunk lookup for
+    /// the three when they share a chunk. Searches read neighbourhoods this way.
+    #[inline]
+    #[must_use]
+    pub fn row3(&self, p: BlockPos) -> [Block; 3] {
+        let lx = p.x & (CHUNK - 1);
+        if (1..CHUNK - 1).contains(&lx)
+            && let Some(c) = self.chunk_index(p)
+        {
+            return match &self.chunks[c].blocks {
+                ChunkBlocks::Uniform(b) => [*b; 3],
+                ChunkBlocks::Dense(blocks) => {
+                    let i = local_index(lx, p.y & (CHUNK - 1), p.z & (CHUNK - 1));
+                    [blocks[i - 1], blocks[i], blocks[i + 1]]
+                }
+            };
+        }
+        [self.get(p.offset(-1, 0, 0)), self.get(p), self.get(p.offset(1, 0, 0))]
+    }
+
+    /// Fills `out` with the blocks from `start` eastwards (`start.x`, `start.x + 1`, …), one
+    /// chunk lookup per chunk crossed.
+    pub fn read_row(&self, start: BlockPos, out: &mut [Block]) {
+        let mut i = 0;
+        while i < out.len() {
+            let p = start.offset(i as i32, 0, 0);
+            let lx = (p.x & (CHUNK - 1)) as usize;
+            let run = (CHUNK as usize - lx).min(out.len() - i);
+            match self.chunk_index(p).map(|c| &self.chunks[c].blocks) {
+                Some(ChunkBlocks::Dense(blocks)) => {
+                    let at = local_index(lx as i32, p.y & (CHUNK - 1), p.z & (CHUNK - 1));
+                    out[i..i + run].copy_from_slice(&blocks[at..at + run]);
+                }
+                Some(ChunkBlocks::Uniform(b)) => out[i..i + run].fill(*b),
+                None => {
+                    // Outside: block by block (the row may come back inside further east).
+                    out[i] = self.get(p);
+                    i += 1;
+                    continue;
+                }
+            }
+            i += run;
+        }
+    }
+
     /// Replaces the block at `p` and returns the old one; `None` (and no change) outside the
     /// world. A real change bumps the chunk's version and the edit count.
     pub fn set(&mut self, p: BlockPos, block: Block) -> Option<Block> {
@@ -252,6 +315,14 @@ impl VoxelWorld {
         }
         let [nx, _, nz] = self.chunk_dims;
         Some((((p.y >> 4) * nz + (p.z >> 4)) * nx + (p.x >> 4)) as usize)
+    }
+
+    /// The block with the lowest coordinates in chunk `index`.
+    #[must_use]
+    pub fn chunk_origin(&self, index: usize) -> BlockPos {
+        let [nx, _, nz] = self.chunk_dims.map(|c| c as usize);
+        let (cx, cz, cy) = (index % nx, (index / nx) % nz, index / (nx * nz));
+        BlockPos::new(cx as i32 * CHUNK, cy as i32 * CHUNK, cz as i32 * CHUNK)
     }
 
     /// Chunks along each axis `[x, y, z]`.
@@ -472,6 +543,22 @@ mod tests {
         }
         assert_eq!(w.edits(), 1);
         assert_eq!(w.set(BlockPos::new(0, 48, 0), Block::Stone), None, "outside the world");
+        for p in [
+            sky,
+            sky.offset(14, 0, 0),
+            BlockPos::new(0, 5, 3),
+            BlockPos::new(15, 9, 3),
+            BlockPos::new(63, 2, 0),
+        ] {
+            assert_eq!(w.row3(p), [w.get(p.offset(-1, 0, 0)), w.get(p), w.get(p.offset(1, 0, 0))], "{p}");
+        }
+        let mut row = [Block::Air; 40];
+        for start in [BlockPos::new(-5, 3, 2), BlockPos::new(30, 46, 9), sky.offset(-10, 0, 0)] {
+            w.read_row(start, &mut row);
+            for (i, b) in row.iter().enumerate() {
+                assert_eq!(*b, w.get(start.offset(i as i32, 0, 0)), "{start} + {i}");
+            }
+        }
     }
 
     #[test]
