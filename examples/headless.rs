@@ -19,7 +19,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use terrarium::Config;
 use terrarium::engine::rng::{StreamRng, hash3};
+use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, NpcSpec, Position, Role};
+use terrarium::systems::mining::MiningStats;
+use terrarium::systems::pathfinding::PathStats;
 
 /// Runs a headless Terrarium world and reports how fast it ticks.
 #[derive(Parser, Debug)]
@@ -28,7 +31,7 @@ struct Args {
     /// Plain (wandering) NPCs to spawn.
     #[arg(long, default_value_t = 100_000)]
     npcs: u64,
-    /// Agents (NPCs with a brain) to spawn.
+    /// Mining agents to spawn, in a voxel world generated for them (see `mining_colony`).
     #[arg(long, default_value_t = 0)]
     agents: u64,
     /// Ticks to run.
@@ -101,6 +104,14 @@ struct Summary {
     snapshot_bytes: Option<u64>,
     /// Mean wall-clock milliseconds per tick spent in each stage.
     stage_ms: std::collections::BTreeMap<&'static str, f64>,
+    /// Items the agents mined, per ore kind (empty without agents).
+    ore_mined: std::collections::BTreeMap<&'static str, u64>,
+    /// Agents' path requests answered with a path.
+    paths_solved: u64,
+    /// Agents' path requests with no path.
+    path_failures: u64,
+    /// Agents' paths replanned after a blocked step.
+    replans: u64,
 }
 
 fn main() -> ExitCode {
@@ -149,7 +160,10 @@ fn run(args: &Args) -> Result<()> {
         cfg.engine.tick_hz = hz;
     }
     cfg.engine.validate()?;
-    let builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
+    let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
+    if args.agents > 0 || args.snapshot_in.is_some() {
+        builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
+    }
 
     let spawn_started = Instant::now();
     let mut snapshot_load_ms = None;
@@ -162,7 +176,7 @@ fn run(args: &Args) -> Result<()> {
         engine
     } else {
         let mut engine = builder.build()?;
-        spawn_population(&mut engine, args.npcs, args.agents);
+        spawn_population(&mut engine, args.npcs, args.agents)?;
         engine
     };
     let spawn_ms = ms(spawn_started.elapsed());
@@ -232,6 +246,14 @@ fn run(args: &Args) -> Result<()> {
         snapshot_save_ms,
         snapshot_bytes,
         stage_ms,
+        ore_mined: engine
+            .world()
+            .get_resource::<MiningStats>()
+            .map(|m| Ore::ALL.iter().map(|o| (o.name(), m.ore_mined[o.index()])).collect())
+            .unwrap_or_default(),
+        paths_solved: engine.world().get_resource::<PathStats>().map_or(0, |p| p.solved),
+        path_failures: engine.world().get_resource::<PathStats>().map_or(0, |p| p.failures),
+        replans: engine.world().get_resource::<PathStats>().map_or(0, |p| p.replans),
     };
     if !args.quiet {
         print_human(&summary);
@@ -242,18 +264,21 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Spawns plain NPCs spread over the ground and agents, all derived from the world seed.
-fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) {
+/// Spawns plain NPCs spread over the ground, then mining agents in a voxel world generated for
+/// them; everything derives from the world seed.
+fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
     let seed = engine.config().seed;
     let (min, max) = (engine.config().world.min, engine.config().world.max);
-    let spec = |i: u64, agent: bool| {
+    engine.spawn_batch((0..npcs).map(|i| {
         let mut r = StreamRng::new(hash3(seed, i, 0x0053_5041_574E)); // "SPAWN"
         let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
-        let role = Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize];
-        let spec = NpcSpec::new(if agent { Role::Miner } else { role }, pos);
-        if agent { spec.as_agent() } else { spec }
-    };
-    engine.spawn_batch((0..npcs).map(|i| spec(i, false)).chain((npcs..npcs + agents).map(|i| spec(i, true))));
+        NpcSpec::new(Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize], pos)
+    }));
+    if agents > 0 {
+        terrarium::systems::mining::spawn_colony(engine, agents, seed)
+            .context("cannot set up the mining agents")?;
+    }
+    Ok(())
 }
 
 fn progress_bar(ticks: u64) -> ProgressBar {

@@ -379,6 +379,21 @@ mod tests {
     }
 
     #[test]
+    fn the_learning_profile_steers_the_choice() {
+        let at = |x: i32, ore: Ore| Deposit { pos: BlockPos::new(x, 20, 0), ore, depth: 0, claimed: false };
+        let index = DepositIndex::from_deposits([32, 8], [at(5, Ore::Gold), at(15, Ore::Iron)]);
+        let fresh = miner(1, 10, 0);
+        let pick =
+            |m: Miner| assign(&ParPool::new(1).unwrap(), &index, &[m], &AssignParams::default()).choice[0];
+        assert_eq!(pick(fresh), Some(BlockPos::new(5, 20, 0)), "gold is worth more");
+        let mut burnt = fresh;
+        for _ in 0..10 {
+            burnt.profile.record_failure(Ore::Gold);
+        }
+        assert_eq!(pick(burnt), Some(BlockPos::new(15, 20, 0)), "after ten failed gold tasks, iron");
+    }
+
+    #[test]
     fn full_inventories_and_avoided_deposits_are_skipped() {
         let index = field(4, 3);
         let mut m = miner(1, 3, 3);
