@@ -97,33 +97,27 @@ pub fn score(miner: &Miner, n: &Nearby, walk_speed: f32) -> i64 {
 #[must_use]
 pub fn assign(pool: &ParPool, index: &DepositIndex, miners: &[Miner], params: &AssignParams) -> Assignment {
     // 1. Candidates, scored (parallel; each miner's list is sorted by position).
-    let lists: Vec<Vec<(BlockPos, i64)>> = par::map_with(pool, miners, Vec::new, |near, m| {
+    let edges: Vec<Vec<Edge>> = par::map_with(pool, miners, Vec::new, |near, m| {
         let keep = |d: &Deposit| Some(d.pos) != m.avoid && (d.pos.y - m.cell.y).abs() <= params.reach_y;
         index.nearest(m.cell, params.candidates, params.radius, keep, near);
-        let mut list: Vec<(BlockPos, i64)> = near
+        let mut list: Vec<Edge> = near
             .iter()
-            .map(|n| (n.deposit.pos, score(m, n, params.walk_speed)))
-            .filter(|&(_, s)| s > 0)
+            .map(|n| Edge { slot: n.slot, pos: n.deposit.pos, score: score(m, n, params.walk_speed) })
+            .filter(|e| e.score > 0)
             .collect();
-        list.sort_unstable_by_key(|&(p, _)| p);
+        list.sort_unstable_by_key(|e| e.pos);
         list
     });
-    // 2. Deposits get dense ids by position.
-    let mut keys: Vec<BlockPos> = lists.iter().flatten().map(|&(p, _)| p).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let id_of = |p: BlockPos| keys.binary_search(&p).expect("every candidate has an id");
-    let edges: Vec<Vec<(usize, i64)>> =
-        lists.iter().map(|l| l.iter().map(|&(p, s)| (id_of(p), s)).collect()).collect();
-    // 3. Groups: miners joined through shared deposits (union-find).
+    // 2. Groups: miners joined through shared deposits (union-find; roots are the lowest index).
     let mut parent: Vec<usize> = (0..miners.len()).collect();
-    let mut first_miner = vec![usize::MAX; keys.len()];
+    let mut first_miner = vec![usize::MAX; index.slots()];
     for (m, list) in edges.iter().enumerate() {
-        for &(d, _) in list {
-            if first_miner[d] == usize::MAX {
-                first_miner[d] = m;
+        for e in list {
+            let first = &mut first_miner[e.slot as usize];
+            if *first == usize::MAX {
+                *first = m;
             } else {
-                union(&mut parent, m, first_miner[d]);
+                union(&mut parent, m, *first);
             }
         }
     }
@@ -140,12 +134,12 @@ pub fn assign(pool: &ParPool, index: &DepositIndex, miners: &[Miner], params: &A
         }
         groups[group_of_root[r]].push(m);
     }
-    // 4. Solve the groups in parallel.
+    // 3. Solve the groups in parallel.
     let solved = par::map(pool, groups, |g| {
         if g.len() == 1 {
             // One miner alone: its best candidate (ties to the lower position) is optimal.
-            let best = edges[g[0]].iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
-            (true, best.map(|&(d, s)| (g[0], d, s)).into_iter().collect())
+            let best = edges[g[0]].iter().max_by(|a, b| a.score.cmp(&b.score).then(b.pos.cmp(&a.pos)));
+            (true, best.map(|e| (g[0], e.pos, e.score)).into_iter().collect())
         } else if g.len() <= params.exact_group {
             (true, solve_exact(&g, &edges))
         } else {
@@ -163,12 +157,28 @@ pub fn assign(pool: &ParPool, index: &DepositIndex, miners: &[Miner], params: &A
         } else {
             out.auction_groups += 1;
         }
-        for (m, d, s) in pairs {
-            out.choice[m] = Some(keys[d]);
+        for (m, pos, s) in pairs {
+            out.choice[m] = Some(pos);
             out.total_score += s;
         }
     }
     out
+}
+
+/// A scored candidate.
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    slot: u32,
+    pos: BlockPos,
+    score: i64,
+}
+
+/// The deposits of a group, by position.
+fn group_deposits(group: &[usize], edges: &[Vec<Edge>]) -> Vec<BlockPos> {
+    let mut cols: Vec<BlockPos> = group.iter().flat_map(|&m| edges[m].iter().map(|e| e.pos)).collect();
+    cols.sort_unstable();
+    cols.dedup();
+    cols
 }
 
 fn find(parent: &mut [usize], mut x: usize) -> usize {
@@ -189,14 +199,12 @@ fn union(parent: &mut [usize], a: usize, b: usize) {
 }
 
 /// Kuhn–Munkres on the group's miners × (its deposits + one "nothing" column per miner).
-fn solve_exact(group: &[usize], edges: &[Vec<(usize, i64)>]) -> Vec<(usize, usize, i64)> {
-    let mut cols: Vec<usize> = group.iter().flat_map(|&m| edges[m].iter().map(|&(d, _)| d)).collect();
-    cols.sort_unstable();
-    cols.dedup();
+fn solve_exact(group: &[usize], edges: &[Vec<Edge>]) -> Vec<(usize, BlockPos, i64)> {
+    let cols = group_deposits(group, edges);
     let mut w = Matrix::new(group.len(), cols.len() + group.len(), 0i64);
     for (r, &m) in group.iter().enumerate() {
-        for &(d, s) in &edges[m] {
-            w[(r, cols.binary_search(&d).expect("a column per deposit"))] = s;
+        for e in &edges[m] {
+            w[(r, cols.binary_search(&e.pos).expect("a column per deposit"))] = e.score;
         }
     }
     let (_, col_of_row) = kuhn_munkres(&w);
@@ -214,27 +222,30 @@ fn solve_exact(group: &[usize], edges: &[Vec<(usize, i64)>]) -> Vec<(usize, usiz
 /// deposit at the current prices, raising the price by its margin over the second best (or over
 /// taking nothing) plus ε; an outbid miner bids again. Prices only rise, so it ends; the total
 /// is within `miners × ε` of the best.
-fn solve_auction(group: &[usize], edges: &[Vec<(usize, i64)>]) -> Vec<(usize, usize, i64)> {
-    let mut deposits: Vec<usize> = group.iter().flat_map(|&m| edges[m].iter().map(|&(d, _)| d)).collect();
-    deposits.sort_unstable();
-    deposits.dedup();
-    let local = |d: usize| deposits.binary_search(&d).expect("a slot per deposit");
-    let max_score = group.iter().flat_map(|&m| edges[m].iter().map(|&(_, s)| s)).max().unwrap_or(1);
+fn solve_auction(group: &[usize], edges: &[Vec<Edge>]) -> Vec<(usize, BlockPos, i64)> {
+    let deposits = group_deposits(group, edges);
+    // Each miner's candidates as (deposit column, score).
+    let bids: Vec<Vec<(usize, i64)>> = group
+        .iter()
+        .map(|&m| {
+            edges[m].iter().map(|e| (deposits.binary_search(&e.pos).expect("listed"), e.score)).collect()
+        })
+        .collect();
+    let max_score = bids.iter().flatten().map(|&(_, s)| s).max().unwrap_or(1);
     let eps = (max_score / 1000).max(1);
     let mut price = vec![0i64; deposits.len()];
     let mut owner: Vec<Option<usize>> = vec![None; deposits.len()];
     let mut queue: std::collections::VecDeque<usize> = (0..group.len()).collect();
     // A safety net: a hostile input can't keep the auction going forever.
-    let mut bids_left = 64 * edges.iter().map(Vec::len).sum::<usize>().max(1);
+    let mut bids_left = 64 * bids.iter().map(Vec::len).sum::<usize>().max(1);
     while let Some(r) = queue.pop_front() {
         if bids_left == 0 {
             break;
         }
         bids_left -= 1;
-        let m = group[r];
         let (mut best, mut best_v, mut second_v) = (usize::MAX, 0i64, 0i64);
-        for &(d, s) in &edges[m] {
-            let v = s - price[local(d)];
+        for &(d, s) in &bids[r] {
+            let v = s - price[d];
             if v > best_v {
                 (second_v, best_v, best) = (best_v, v, d);
             } else if v > second_v {
@@ -244,21 +255,18 @@ fn solve_auction(group: &[usize], edges: &[Vec<(usize, i64)>]) -> Vec<(usize, us
         if best == usize::MAX {
             continue; // nothing is worth its price: this miner takes nothing
         }
-        let slot = local(best);
-        price[slot] += best_v - second_v + eps;
-        if let Some(prev) = owner[slot].replace(r) {
+        price[best] += best_v - second_v + eps;
+        if let Some(prev) = owner[best].replace(r) {
             queue.push_back(prev);
         }
     }
     owner
         .iter()
         .enumerate()
-        .filter_map(|(slot, o)| o.map(|r| (r, slot)))
-        .map(|(r, slot)| {
-            let m = group[r];
-            let d = deposits[slot];
-            let s = edges[m].iter().find(|&&(e, _)| e == d).map_or(0, |&(_, s)| s);
-            (m, d, s)
+        .filter_map(|(d, o)| o.map(|r| (r, d)))
+        .map(|(r, d)| {
+            let s = bids[r].iter().find(|&&(c, _)| c == d).map_or(0, |&(_, s)| s);
+            (group[r], deposits[d], s)
         })
         .collect()
 }

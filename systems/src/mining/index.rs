@@ -29,10 +29,15 @@ pub struct Deposit {
 }
 
 /// Deposits bucketed by ground position (a resource).
+///
+/// Every deposit also has a slot number, fixed when the index is built, so a mining round can
+/// keep per-deposit scratch in flat arrays. Slot numbers never decide anything: results are
+/// ordered by position.
 #[derive(Resource, Debug, Default, Clone)]
 pub struct DepositIndex {
     dims: [i32; 2],
-    buckets: Vec<Vec<Deposit>>,
+    buckets: Vec<Vec<(u32, Deposit)>>,
+    slots: usize,
     len: usize,
     claimed: usize,
 }
@@ -42,6 +47,8 @@ pub struct DepositIndex {
 pub struct Nearby {
     /// Estimated distance (octile on the ground plus half a block per level), blocks.
     pub distance: f32,
+    /// The deposit's slot (below [`DepositIndex::slots`]).
+    pub slot: u32,
     /// The deposit.
     pub deposit: Deposit,
 }
@@ -86,16 +93,28 @@ impl DepositIndex {
     #[must_use]
     pub fn from_deposits(size: [i32; 2], deposits: impl IntoIterator<Item = Deposit>) -> Self {
         let dims = size.map(|s| (s.max(1) + BUCKET - 1) / BUCKET);
-        let mut index =
-            Self { dims, buckets: vec![Vec::new(); (dims[0] * dims[1]) as usize], len: 0, claimed: 0 };
+        let mut index = Self {
+            dims,
+            buckets: vec![Vec::new(); (dims[0] * dims[1]) as usize],
+            slots: 0,
+            len: 0,
+            claimed: 0,
+        };
         for d in deposits {
             if let Some(b) = index.bucket_of(d.pos) {
                 index.claimed += usize::from(d.claimed);
-                index.buckets[b].push(d);
+                index.buckets[b].push((u32::try_from(index.slots).expect("under 2³² deposits"), d));
+                index.slots += 1;
                 index.len += 1;
             }
         }
         index
+    }
+
+    /// One more than the highest slot number.
+    #[must_use]
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     /// Number of deposits.
@@ -119,7 +138,7 @@ impl DepositIndex {
     /// The deposit at `pos`, if there is one.
     #[must_use]
     pub fn get(&self, pos: BlockPos) -> Option<&Deposit> {
-        self.buckets.get(self.bucket_of(pos)?)?.iter().find(|d| d.pos == pos)
+        self.buckets.get(self.bucket_of(pos)?)?.iter().map(|(_, d)| d).find(|d| d.pos == pos)
     }
 
     /// Claims the deposit at `pos`; false when there is none or it is claimed already.
@@ -150,8 +169,8 @@ impl DepositIndex {
     pub fn remove(&mut self, pos: BlockPos) -> Option<Deposit> {
         let b = self.bucket_of(pos)?;
         let bucket = &mut self.buckets[b];
-        let i = bucket.iter().position(|d| d.pos == pos)?;
-        let d = bucket.swap_remove(i);
+        let i = bucket.iter().position(|(_, d)| d.pos == pos)?;
+        let (_, d) = bucket.swap_remove(i);
         self.len -= 1;
         self.claimed -= usize::from(d.claimed);
         Some(d)
@@ -182,18 +201,18 @@ impl DepositIndex {
                 let mut x = bx - r;
                 while x <= bx + r {
                     if x >= 0 && x < self.dims[0] {
-                        for d in &self.buckets[(z * self.dims[0] + x) as usize] {
+                        for (slot, d) in &self.buckets[(z * self.dims[0] + x) as usize] {
                             if d.claimed || !keep(d) {
                                 continue;
                             }
-                            let (dx, dz) =
-                                ((d.pos.x - from.x).unsigned_abs(), (d.pos.z - from.z).unsigned_abs());
-                            if dx.max(dz) > radius.max(0) as u32 {
+                            if (d.pos.x - from.x).abs().max((d.pos.z - from.z).abs()) > radius {
                                 continue;
                             }
-                            let distance = crate::pathfinding::octile(dx, dz) as f32
-                                + 0.5 * (d.pos.y - from.y).unsigned_abs() as f32;
-                            insert_best(out, k, Nearby { distance, deposit: *d });
+                            let distance = ground_distance(from, d.pos);
+                            if out.len() == k && distance > out[k - 1].distance {
+                                continue;
+                            }
+                            insert_best(out, k, Nearby { distance, slot: *slot, deposit: *d });
                         }
                     }
                     x += step;
@@ -214,8 +233,18 @@ impl DepositIndex {
 
     fn get_mut(&mut self, pos: BlockPos) -> Option<&mut Deposit> {
         let b = self.bucket_of(pos)?;
-        self.buckets[b].iter_mut().find(|d| d.pos == pos)
+        self.buckets[b].iter_mut().map(|(_, d)| d).find(|d| d.pos == pos)
     }
+}
+
+/// The distance [`DepositIndex::nearest`] ranks by: octile on the ground plus half a block per
+/// level, blocks.
+#[inline]
+#[must_use]
+pub fn ground_distance(from: BlockPos, to: BlockPos) -> f32 {
+    let (dx, dz) = ((to.x - from.x).unsigned_abs(), (to.z - from.z).unsigned_abs());
+    let (lo, hi) = if dx < dz { (dx, dz) } else { (dz, dx) };
+    (hi - lo) as f32 + lo as f32 * std::f32::consts::SQRT_2 + 0.5 * (to.y - from.y).unsigned_abs() as f32
 }
 
 /// Keeps `out` the `k` best by (distance, position).
@@ -252,11 +281,8 @@ mod tests {
                 .filter(|d| d.pos != all[5].pos)
                 .filter(|d| (d.pos.x - from.x).abs().max((d.pos.z - from.z).abs()) <= 30)
                 .map(|d| Nearby {
-                    distance: crate::pathfinding::octile(
-                        (d.pos.x - from.x).unsigned_abs(),
-                        (d.pos.z - from.z).unsigned_abs(),
-                    ) as f32
-                        + 0.5 * (d.pos.y - from.y).unsigned_abs() as f32,
+                    slot: all.iter().position(|a| a.pos == d.pos).unwrap() as u32,
+                    distance: ground_distance(from, d.pos),
                     deposit: *d,
                 })
                 .collect();

@@ -14,7 +14,7 @@ use terrarium_engine::{
 
 pub use assign::{AssignParams, Assignment, Miner, assign, score};
 pub use colony::{COLUMNS_PER_AGENT, colony_world, mining_plugin, spawn_colony};
-pub use index::{Deposit, DepositIndex, Nearby};
+pub use index::{Deposit, DepositIndex, Nearby, ground_distance};
 
 use crate::ai::{self, AgentEvents, Cause};
 use crate::pathfinding::SearchLimits;
@@ -65,7 +65,7 @@ impl Default for MiningConfig {
             radius: 16,
             reach_y: 10,
             exact_group: 24,
-            search: SearchLimits { weight: 5.0, max_expanded: 6_000, ..SearchLimits::default() },
+            search: SearchLimits { weight: 5.0, max_expanded: 2_000, ..SearchLimits::default() },
             max_paths_per_tick: 4096,
             max_replans: 3,
             retry_ticks: 20,

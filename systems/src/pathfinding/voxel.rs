@@ -241,7 +241,9 @@ impl Estimate {
         let Some(dig) = rules.dig_cost else { return none };
         let a = target.anchor();
         let start_ring = (a.x - start.x).abs().max((a.y - start.y).abs()).max((a.z - start.z).abs());
-        let max_ring = Self::MAX_RING.min(start_ring + 1);
+        // Standing in air, the start itself bounds the first open ring.
+        let past_start = if world.get(start).is_open() { 0 } else { 1 };
+        let max_ring = Self::MAX_RING.min(start_ring + past_start);
         // Hardness of the softest block of each ring (huge when nothing in it can be dug).
         let mut softest: Vec<f32> = Vec::new();
         let mut open_ring = max_ring + 1;
@@ -279,10 +281,10 @@ impl Estimate {
         let ring = |k: usize| softest.get(k).copied().unwrap_or(0.0);
         let mut bound = vec![0.0f32; r.max(1)];
         let mut sum = 0.0;
-        for j in 2..r {
+        for (j, b) in bound.iter_mut().enumerate().skip(2) {
             let head = if j + 1 < r { ring(j - 1).min(ring(j)).min(ring(j + 1)) } else { 0.0 };
             sum += (ring(j) + head) * dig;
-            bound[j] = sum;
+            *b = sum;
         }
         Self { target, scanned, open_ring, bound }
     }
