@@ -7,6 +7,7 @@ mod grid;
 mod jps;
 mod movingai;
 mod plan;
+mod radix;
 mod voxel;
 
 pub use baseline::astar_baseline;
