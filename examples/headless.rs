@@ -24,6 +24,8 @@ use terrarium::engine::{Engine, NpcSpec, Position, Role};
 use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
 
+mod common;
+
 /// Runs a headless Terrarium world and reports how fast it ticks.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -115,33 +117,7 @@ struct Summary {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            print!("{e}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            eprintln!(
-                "headless: {}",
-                msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("headless: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with("headless", run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -22,6 +22,8 @@ use terrarium::engine::{Engine, EngineConfig, TickSet};
 use terrarium::systems::mining::{MiningStats, spawn_colony};
 use terrarium::systems::pathfinding::PathStats;
 
+mod common;
+
 /// Runs a mining colony and reports what it mined and how fast it ticked.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -87,14 +89,7 @@ struct Summary {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mining_colony: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with::<Args>("mining_colony", run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -23,6 +23,8 @@ use terrarium::systems::pathfinding::{
     Grid2d, GridPath, Scenario, astar_baseline, check_scenarios, jps_path, load_map, load_scenarios,
 };
 
+mod common;
+
 /// Largest difference from a scenario's optimal length that still counts as optimal.
 const TOLERANCE: f64 = 1e-3;
 
@@ -74,14 +76,7 @@ struct Summary {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pathfind: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with::<Args>("pathfind", run)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -242,7 +242,7 @@ impl Engine {
         // One pass: plain NPCs go straight into their table (the iterator's upper bound lets bevy
         // reserve it exactly); the few agents wait in a side list.
         let mut agents: Vec<(NpcId, NpcSpec)> = Vec::new();
-        let mut plain_ids: Vec<NpcId> = Vec::new();
+        let mut plain_ids: Vec<NpcId> = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
         let plain = specs.zip((first..first + n).map(NpcId)).filter_map(|(spec, id)| {
             if spec.agent {
                 agents.push((id, spec));

@@ -6,6 +6,7 @@ pub mod mining;
 pub mod movement;
 pub mod par;
 pub mod pathfinding;
+pub mod steering;
 pub mod wander;
 
 pub use error::MapError;

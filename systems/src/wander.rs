@@ -60,7 +60,7 @@ impl WanderRule {
 
 /// A uniformly random unit vector in the ground plane, without trigonometry: rejection-sample
 /// the unit disc, then normalise (sqrt is exact in IEEE 754, so every platform agrees).
-fn heading(r: &mut StreamRng) -> (f32, f32) {
+pub(crate) fn heading(r: &mut StreamRng) -> (f32, f32) {
     loop {
         let (x, z) = (r.range_f32(-1.0, 1.0), r.range_f32(-1.0, 1.0));
         let n2 = x * x + z * z;

@@ -1,0 +1,145 @@
+//! The benchmark examples as their users run them: `flocking` (JSON contract, thread-count
+//! independence of `--mode parallel`) and `scaling` (a tiny sweep writes the CSV and the charts).
+//!
+//! Each test first brings the example up to date (`cargo build --example`, the same profile
+//! and features as the test; a no-op after a full `cargo test`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The path of example `name`, built (or brought up to date) for this test's profile and
+/// features: a filtered `cargo test --test examples` does not build examples, and a stale
+/// binary would test old code.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<this test> → target/<profile>/examples/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary sits in target/<profile>/deps");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let features: Vec<&str> = [
+        ("parallel", cfg!(feature = "parallel")),
+        ("file-store", cfg!(feature = "file-store")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("redis", cfg!(feature = "redis")),
+    ]
+    .into_iter()
+    .filter_map(|(f, on)| on.then_some(f))
+    .collect();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--profile", profile, "--example", name, "--no-default-features"])
+        .args(["--features", &features.join(",")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building example {name} failed");
+    profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Runs an example and returns its stdout; fails the test on a non-zero exit.
+fn run(name: &str, args: &[&str]) -> String {
+    let out = Command::new(example(name)).args(args).output().expect("example starts");
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn last_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+}
+
+#[test]
+fn flocking_prints_the_json_contract_and_parallel_mode_ignores_the_thread_count() {
+    let args = ["--boids", "300", "--steps", "20", "--seed", "9", "--mode", "parallel", "--json"];
+    let one = last_json(&run("flocking", &[&args[..], &["--threads", "1"]].concat()));
+    let two = last_json(&run("flocking", &[&args[..], &["--threads", "2"]].concat()));
+    for key in ["boids", "steps", "mode", "threads", "loop_s", "checksum"] {
+        assert!(one.get(key).is_some(), "missing key {key} in {one}");
+    }
+    assert_eq!(one["boids"], 300);
+    assert_eq!(one["mode"], "parallel");
+    assert_eq!((one["threads"].as_u64(), two["threads"].as_u64()), (Some(1), Some(2)));
+    assert!(one["loop_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(one["checksum"], two["checksum"], "parallel mode depends on the thread count");
+
+    let faithful = last_json(&run("flocking", &["--boids", "300", "--steps", "20", "--seed", "9", "--json"]));
+    assert_eq!(faithful["mode"], "faithful");
+    assert_eq!(faithful["threads"], 1);
+    assert_ne!(faithful["checksum"], one["checksum"], "the two modes update boids differently");
+    let again = last_json(&run("flocking", &["--boids", "300", "--steps", "20", "--seed", "9", "--json"]));
+    assert_eq!(faithful["checksum"], again["checksum"], "the same seed gives the same flock");
+}
+
+#[test]
+fn flocking_refuses_bad_parameters() {
+    let out = Command::new(example("flocking")).args(["--vision", "-1"]).output().expect("example starts");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vision"), "{err}");
+}
+
+#[test]
+fn a_tiny_scaling_sweep_writes_the_csv_and_the_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let stdout = run(
+        "scaling",
+        &[
+            "--min-npcs",
+            "1000",
+            "--max-npcs",
+            "3200",
+            "--threads-list",
+            "1,2",
+            "--ticks",
+            "3",
+            "--warmup",
+            "1",
+            "--workloads",
+            "movement,flocking",
+            "--out",
+            out,
+        ],
+    );
+    assert!(stdout.contains("wrote"), "{stdout}");
+
+    let mut csv = csv::Reader::from_path(dir.path().join("scaling.csv")).unwrap();
+    let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
+    for key in ["workload", "npcs", "threads", "tick_ms_mean", "ticks_per_sec", "bytes_per_npc"] {
+        assert!(header.iter().any(|h| h == key), "missing column {key}: {header:?}");
+    }
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    // 2 workloads × 2 counts (1000, 3162) × 2 thread counts, each in its own process.
+    assert_eq!(rows.len(), 8);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let npcs: Vec<&str> = rows.iter().map(|r| &r[col("npcs")]).collect();
+    assert_eq!(npcs, ["1000", "1000", "3162", "3162", "1000", "1000", "3162", "3162"]);
+    for r in &rows {
+        assert!(r[col("tick_ms_mean")].parse::<f64>().unwrap() > 0.0);
+        assert!(r[col("bytes_per_npc")].parse::<f64>().unwrap() > 0.0);
+    }
+
+    for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png"] {
+        let bytes = std::fs::read(dir.path().join(chart)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{chart} is not a PNG");
+        assert!(bytes.len() > 10_000, "{chart} is suspiciously small ({} bytes)", bytes.len());
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert!(summary["slopes"].is_array());
+}
+
+#[test]
+fn scaling_refuses_an_empty_sweep() {
+    let out = Command::new(example("scaling"))
+        .args(["--min-npcs", "5000", "--max-npcs", "1000"])
+        .output()
+        .expect("example starts");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--min-npcs"));
+}

@@ -1,0 +1,133 @@
+//! The headless example as other tools drive it: flags, exit codes, and the JSON contract.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The example binary cargo built next to this test (`target/<profile>/examples/headless`).
+fn headless() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join(format!("headless{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "build the examples first (cargo test builds them): {}", bin.display());
+    bin
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(headless()).args(args).output().unwrap()
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+}
+
+#[test]
+fn json_summary_has_the_contract_keys() {
+    let out = run(&[
+        "--npcs",
+        "2000",
+        "--ticks",
+        "30",
+        "--seed",
+        "9",
+        "--threads",
+        "2",
+        "--storage",
+        "none",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json(&out);
+    for key in [
+        "npcs",
+        "agents",
+        "ticks",
+        "threads",
+        "seed",
+        "tick_ms_p50",
+        "tick_ms_p95",
+        "tick_ms_p99",
+        "tick_ms_max",
+        "ticks_per_sec",
+        "rss_bytes",
+        "bytes_per_npc",
+        "world_hash",
+        "wall_s",
+    ] {
+        assert!(v.get(key).is_some(), "missing key {key} in {v}");
+    }
+    assert_eq!(v["npcs"], 2000);
+    assert_eq!(v["ticks"], 30);
+    assert_eq!(v["threads"], 2);
+    assert_eq!(v["seed"], 9);
+    assert_eq!(v["world_hash"].as_str().unwrap().len(), 16);
+}
+
+#[test]
+fn same_seed_same_hash_whatever_the_threads() {
+    let hash = |threads: &str| {
+        let out = run(&[
+            "--npcs",
+            "5000",
+            "--ticks",
+            "50",
+            "--seed",
+            "3",
+            "--threads",
+            threads,
+            "--quiet",
+            "--json",
+        ]);
+        assert!(out.status.success());
+        last_json(&out)["world_hash"].as_str().unwrap().to_string()
+    };
+    assert_eq!(hash("1"), hash("2"));
+}
+
+#[test]
+fn snapshot_out_then_in_continues_the_same_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("w.snap");
+    let snap = snap.to_str().unwrap();
+    let a =
+        run(&["--npcs", "3000", "--ticks", "20", "--seed", "4", "--quiet", "--json", "--snapshot-out", snap]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = run(&["--snapshot-in", snap, "--ticks", "0", "--quiet", "--json"]);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let (a, b) = (last_json(&a), last_json(&b));
+    assert_eq!(a["world_hash"], b["world_hash"]);
+    assert_eq!(b["npcs"], 3000, "--npcs is ignored with --snapshot-in");
+    assert_eq!(b["seed"], 4, "the seed comes from the snapshot");
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_a_non_zero_exit() {
+    for (args, needle) in [
+        (vec!["--npcs", "lots"], "invalid value"),
+        (vec!["--no-such-flag"], "unexpected argument"),
+        (vec!["--snapshot-in", "/nonexistent/x.snap"], "cannot open snapshot"),
+        (vec!["--tick-hz", "0", "--npcs", "1"], "tick_hz"),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.snap");
+    std::fs::write(&junk, b"definitely not a snapshot, but long enough to have a header").unwrap();
+    let out = run(&["--snapshot-in", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("not a terrarium snapshot"), "{stderr}");
+}
+
+#[test]
+fn realtime_paces_ticks_instead_of_spinning() {
+    let out = run(&["--npcs", "100", "--ticks", "10", "--tick-hz", "50", "--realtime", "--quiet", "--json"]);
+    assert!(out.status.success());
+    let v = last_json(&out);
+    // 10 ticks at 50 Hz take at least 0.2 s of wall time; back to back they'd take microseconds.
+    assert!(v["ticks_per_sec"].as_f64().unwrap() <= 55.0, "{v}");
+}
