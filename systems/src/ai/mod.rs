@@ -242,112 +242,129 @@ fn decide(
             transition(&mut events, tick, id, brain, status, BrainState::Idle, cause);
             continue;
         }
-        match brain.state {
-            BrainState::Idle => {
-                if full(inv, &config) {
-                    head_home(brain, status, cell, tick, &world, &mut events, id, Cause::InventoryFull);
-                } else {
-                    transition(&mut events, tick, id, brain, status, BrainState::Choosing, Cause::Woke);
+        // Each step either succeeds or ends the task for a reason, handled once below.
+        let outcome: Result<(), Cause> = 'agent: {
+            match brain.state {
+                BrainState::Idle => {
+                    if full(inv, &config) {
+                        head_home(brain, status, cell, tick, &world, &mut events, id, Cause::InventoryFull);
+                    } else {
+                        transition(&mut events, tick, id, brain, status, BrainState::Choosing, Cause::Woke);
+                    }
                 }
-            }
-            BrainState::Travelling => {
-                let Goal::Deposit(p) = brain.goal else {
+                BrainState::Travelling => {
+                    let Goal::Deposit(p) = brain.goal else {
+                        brain.goal = Goal::None;
+                        transition(&mut events, tick, id, brain, status, BrainState::Idle, Cause::Arrived);
+                        break 'agent Ok(());
+                    };
+                    let Some(ore) = world.get(p).ore() else {
+                        break 'agent Err(Cause::DepositGone);
+                    };
+                    if !Target::Reach(p).is_met(cell) {
+                        brain.wake_at = tick;
+                        transition(
+                            &mut events,
+                            tick,
+                            id,
+                            brain,
+                            status,
+                            BrainState::Planning,
+                            Cause::Blocked,
+                        );
+                        break 'agent Ok(());
+                    }
+                    let hardness = ore.block().hardness().expect("ores break");
+                    brain.wake_at = tick + secs_to_ticks(hardness / f32::from(brain.tool.max(1)), hz);
+                    transition(&mut events, tick, id, brain, status, BrainState::Mining, Cause::Arrived);
+                }
+                BrainState::Mining => {
+                    let Goal::Deposit(p) = brain.goal else {
+                        transition(
+                            &mut events,
+                            tick,
+                            id,
+                            brain,
+                            status,
+                            BrainState::Idle,
+                            Cause::DepositGone,
+                        );
+                        break 'agent Ok(());
+                    };
+                    let (Some(ore), true) = (world.get(p).ore(), Target::Reach(p).is_met(cell)) else {
+                        break 'agent Err(Cause::DepositGone);
+                    };
+                    let (lo, hi) = ore.yield_range();
+                    let roll = hash3(rng.seed() ^ 0x4D49_4E45, id.0, tick) % u64::from(hi - lo + 1);
+                    let items =
+                        (lo + roll as u16).min(u16::try_from(inv.room_for(ore.item())).unwrap_or(u16::MAX));
+                    inv.add(ore.item(), items);
+                    world.set(p, Block::Air);
+                    index.remove(p);
+                    profile.record_success(ore, items);
+                    stats.ore_mined[ore.index()] += u64::from(items);
+                    stats.blocks_mined += 1;
+                    brain.failures = 0;
                     brain.goal = Goal::None;
-                    transition(&mut events, tick, id, brain, status, BrainState::Idle, Cause::Arrived);
-                    continue;
-                };
-                let Some(ore) = world.get(p).ore() else {
-                    let mut task = Task { brain, path, profile, status };
-                    fail_task(
-                        &mut task,
-                        id,
-                        Cause::DepositGone,
-                        tick,
-                        &world,
-                        &mut index,
-                        &mut events,
-                        &mut stats,
-                        &config,
-                    );
-                    continue;
-                };
-                if !Target::Reach(p).is_met(cell) {
-                    brain.wake_at = tick;
-                    transition(&mut events, tick, id, brain, status, BrainState::Planning, Cause::Blocked);
-                    continue;
+                    path.clear();
+                    if full(inv, &config) {
+                        head_home(
+                            brain,
+                            status,
+                            cell,
+                            tick,
+                            &world,
+                            &mut events,
+                            id,
+                            Cause::Mined(ore, items),
+                        );
+                    } else {
+                        transition(
+                            &mut events,
+                            tick,
+                            id,
+                            brain,
+                            status,
+                            BrainState::Choosing,
+                            Cause::Mined(ore, items),
+                        );
+                    }
                 }
-                let hardness = ore.block().hardness().expect("ores break");
-                brain.wake_at = tick + secs_to_ticks(hardness / f32::from(brain.tool.max(1)), hz);
-                transition(&mut events, tick, id, brain, status, BrainState::Mining, Cause::Arrived);
-            }
-            BrainState::Mining => {
-                let Goal::Deposit(p) = brain.goal else {
-                    transition(&mut events, tick, id, brain, status, BrainState::Idle, Cause::DepositGone);
-                    continue;
-                };
-                let (Some(ore), true) = (world.get(p).ore(), Target::Reach(p).is_met(cell)) else {
-                    let mut task = Task { brain, path, profile, status };
-                    fail_task(
-                        &mut task,
-                        id,
-                        Cause::DepositGone,
-                        tick,
-                        &world,
-                        &mut index,
-                        &mut events,
-                        &mut stats,
-                        &config,
-                    );
-                    continue;
-                };
-                let (lo, hi) = ore.yield_range();
-                let roll = hash3(rng.seed() ^ 0x4D49_4E45, id.0, tick) % u64::from(hi - lo + 1);
-                let items =
-                    (lo + roll as u16).min(u16::try_from(inv.room_for(ore.item())).unwrap_or(u16::MAX));
-                inv.add(ore.item(), items);
-                world.set(p, Block::Air);
-                index.remove(p);
-                profile.record_success(ore, items);
-                stats.ore_mined[ore.index()] += u64::from(items);
-                stats.blocks_mined += 1;
-                brain.failures = 0;
-                brain.goal = Goal::None;
-                path.clear();
-                if full(inv, &config) {
-                    head_home(brain, status, cell, tick, &world, &mut events, id, Cause::Mined(ore, items));
-                } else {
+                BrainState::Returning => {
+                    brain.wake_at = tick + config.deposit_ticks;
+                    transition(&mut events, tick, id, brain, status, BrainState::Depositing, Cause::Arrived);
+                }
+                BrainState::Depositing => {
+                    let mut total = 0u32;
+                    let depot = if let Goal::Depot(i) = brain.goal { Some(i as usize) } else { None };
+                    for s in inv.take_all() {
+                        let Some(ore) = Ore::from_item(s.kind) else { continue };
+                        total += u32::from(s.count);
+                        stats.ore_deposited[ore.index()] += u64::from(s.count);
+                        if let Some(d) = depot.and_then(|i| world.depots_mut().get_mut(i)) {
+                            d.stock[ore.index()] += u64::from(s.count);
+                        }
+                    }
+                    brain.goal = Goal::None;
+                    brain.wake_at = tick + 1;
+                    path.clear();
                     transition(
                         &mut events,
                         tick,
                         id,
                         brain,
                         status,
-                        BrainState::Choosing,
-                        Cause::Mined(ore, items),
+                        BrainState::Idle,
+                        Cause::Deposited(total),
                     );
                 }
+                BrainState::Choosing | BrainState::Planning => {}
             }
-            BrainState::Returning => {
-                brain.wake_at = tick + config.deposit_ticks;
-                transition(&mut events, tick, id, brain, status, BrainState::Depositing, Cause::Arrived);
-            }
-            BrainState::Depositing => {
-                let mut total = 0u32;
-                let depot = if let Goal::Depot(i) = brain.goal { Some(i as usize) } else { None };
-                for s in inv.take_all() {
-                    let Some(ore) = Ore::from_item(s.kind) else { continue };
-                    total += u32::from(s.count);
-                    stats.ore_deposited[ore.index()] += u64::from(s.count);
-                    if let Some(d) = depot.and_then(|i| world.depots_mut().get_mut(i)) {
-                        d.stock[ore.index()] += u64::from(s.count);
-                    }
-                }
-                brain.goal = Goal::None;
-                brain.wake_at = tick + 1;
-                path.clear();
-                transition(&mut events, tick, id, brain, status, BrainState::Idle, Cause::Deposited(total));
-            }
-            BrainState::Choosing | BrainState::Planning => {}
+            Ok(())
+        };
+        if let Err(cause) = outcome {
+            let mut task = Task { brain, path, profile, status };
+            fail_task(&mut task, id, cause, tick, &world, &mut index, &mut events, &mut stats, &config);
         }
     }
 }

@@ -143,7 +143,7 @@ pub fn plan_paths(
         } else {
             cache.insert(r.key, outcome.clone(), &world, tick);
         }
-        let Ok((_, id, _, mut brain, mut path, mut profile, mut status)) = agents.get_mut(r.entity) else {
+        let Ok((_, id, _, mut brain, mut path, _, mut status)) = agents.get_mut(r.entity) else {
             continue;
         };
         match outcome.result {
@@ -161,26 +161,11 @@ pub fn plan_paths(
             }
             Err(_) => {
                 stats.failures += 1;
-                let mut task = ai::Task {
-                    brain: &mut brain,
-                    path: &mut path,
-                    profile: &mut profile,
-                    status: &mut status,
-                };
-                ai::fail_task(
-                    &mut task,
-                    *id,
-                    Cause::Unreachable,
-                    tick,
-                    &world,
-                    &mut index,
-                    &mut events,
-                    &mut mining,
-                    &config,
-                );
+                lost.push((*id, r.entity));
             }
         }
     }
+    // Goals with no target and requests with no path: the task fails, in NpcId order.
     lost.sort_unstable_by_key(|l| l.0);
     for (id, e) in lost {
         let Ok((.., mut brain, mut path, mut profile, mut status)) = agents.get_mut(e) else { continue };
