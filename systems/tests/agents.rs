@@ -114,7 +114,7 @@ fn a_blocked_path_is_replanned_and_its_cache_entry_invalidated() {
     let brain = *e.world().get::<Brain>(entity).unwrap();
     assert_eq!((brain.state, brain.goal), (BrainState::Travelling, Goal::Point(goal)));
     let rules = WalkRules::miner(brain.tool, e.world().resource::<MiningConfig>().walk_speed);
-    let key = (start, Target::Cell(goal), rules.dig_cost.map_or(u32::MAX, f32::to_bits));
+    let key = (start, Target::Cell(goal), rules.dig_cost.map_or(u32::MAX, f32::to_bits), 0);
     let tick = e.clock().tick;
     {
         let world = e.world_mut();

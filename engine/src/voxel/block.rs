@@ -29,11 +29,13 @@ pub enum Block {
     Gold = 8,
     /// Diamond ore.
     Diamond = 9,
+    /// The floor of a depot: solid, never dug, so a depot stays reachable.
+    Depot = 10,
 }
 
 impl Block {
     /// Every kind, in code order.
-    pub const ALL: [Block; 10] = [
+    pub const ALL: [Block; 11] = [
         Block::Air,
         Block::Stone,
         Block::Dirt,
@@ -44,6 +46,7 @@ impl Block {
         Block::Iron,
         Block::Gold,
         Block::Diamond,
+        Block::Depot,
     ];
 
     /// The kind stored as `byte`, or `None` for a byte no kind uses.
@@ -74,7 +77,7 @@ impl Block {
             Block::Stone => Some(1.5),
             Block::Coal | Block::Iron | Block::Gold => Some(3.0),
             Block::Diamond => Some(5.0),
-            Block::Air | Block::Water | Block::Bedrock => None,
+            Block::Air | Block::Water | Block::Bedrock | Block::Depot => None,
         }
     }
 
@@ -114,6 +117,7 @@ impl Block {
             Block::Iron => "iron",
             Block::Gold => "gold",
             Block::Diamond => "diamond",
+            Block::Depot => "depot",
         }
     }
 }
@@ -212,7 +216,7 @@ mod tests {
         for b in Block::ALL {
             assert_eq!(Block::from_u8(b as u8), Some(b));
         }
-        assert_eq!(Block::from_u8(10), None);
+        assert_eq!(Block::from_u8(11), None);
         assert_eq!(Block::from_u8(255), None);
         for ore in Ore::ALL {
             assert_eq!(ore.block().ore(), Some(ore));
@@ -228,6 +232,7 @@ mod tests {
         assert!(!Block::Water.is_solid() && !Block::Water.is_open(), "water is neither floor nor room");
         assert!(Block::Air.is_open());
         assert_eq!(Block::Bedrock.hardness(), None);
+        assert!(Block::Depot.is_solid() && Block::Depot.dig_hardness().is_none());
         assert_eq!(Block::Gold.dig_hardness(), None, "ores are mined, not dug through");
         assert!(Block::Diamond.hardness() > Block::Coal.hardness());
         assert!(Ore::ALL.windows(2).all(|w| w[0].value() < w[1].value()));

@@ -149,7 +149,8 @@ impl Chunk {
     }
 }
 
-/// A depot: where agents hand in what they mined, and what it holds.
+/// A depot: where agents hand in what they mined, and what it holds. It stands on a
+/// [`Block::Depot`] floor, which nothing digs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Depot {
     /// The cell an agent stands in to use the depot.
@@ -208,7 +209,19 @@ impl VoxelWorld {
             });
         }
         let depots = params.depots().into_iter().map(|cell| Depot { cell, stock: [0; Ore::COUNT] }).collect();
-        Ok(Self::assemble(params, chunks, depots, 0))
+        let mut world = Self::assemble(params, chunks, depots, 0);
+        // Depot floors are part of the generated world: not edits, no version bump.
+        for i in 0..world.depots.len() {
+            let floor = world.depots[i].cell.offset(0, -1, 0);
+            if let Some(c) = world.chunk_index(floor) {
+                world.chunks[c].set(
+                    local_index(floor.x & (CHUNK - 1), floor.y & (CHUNK - 1), floor.z & (CHUNK - 1)),
+                    Block::Depot,
+                );
+                world.chunks[c].version = 0;
+            }
+        }
+        Ok(world)
     }
 
     fn assemble(params: WorldGen, chunks: Vec<Chunk>, depots: Vec<Depot>, edits: u64) -> Self {

@@ -141,7 +141,8 @@ impl WorldGen {
         Chunk::from_blocks(blocks, 0)
     }
 
-    /// The depot cells: one near every node of a grid with `depot_spacing` between nodes, on
+    /// The depot cells (where an agent stands; the block below becomes the depot's floor): one
+    /// near every node of a grid with `depot_spacing` between nodes, on
     /// dry land (a node under water looks for the nearest dry column within a quarter spacing).
     #[must_use]
     pub fn depots(&self) -> Vec<BlockPos> {

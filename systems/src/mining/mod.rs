@@ -37,8 +37,11 @@ pub struct MiningConfig {
     pub reach_y: i32,
     /// Largest group of competing miners solved exactly (Kuhn–Munkres); larger ones use the auction.
     pub exact_group: usize,
-    /// Limits of every path search.
+    /// Limits of the searches towards deposits and ordered points.
     pub search: SearchLimits,
+    /// Limits of the searches back to a depot: from deep tunnels towards a target in open air
+    /// no digging bound applies, so these are greedier (miners dig their way home).
+    pub home_search: SearchLimits,
     /// Most path searches per tick; the oldest requests go first, the rest wait a tick.
     pub max_paths_per_tick: usize,
     /// Replans of one goal before the agent gives the task up.
@@ -66,13 +69,14 @@ impl Default for MiningConfig {
             reach_y: 10,
             exact_group: 24,
             search: SearchLimits { weight: 5.0, max_expanded: 2_000, ..SearchLimits::default() },
+            home_search: SearchLimits { weight: 20.0, max_expanded: 4_000, ..SearchLimits::default() },
             max_paths_per_tick: 4096,
             max_replans: 3,
             retry_ticks: 20,
             wait_ticks: 5,
             avoid_ticks: 600,
             deposit_ticks: 10,
-            return_at: 0.75,
+            return_at: 0.1,
             cache_capacity: 16_384,
         }
     }

@@ -13,8 +13,9 @@ use terrarium_engine::voxel::{BlockPos, CHUNK, VoxelWorld};
 
 use super::voxel::{Region, SearchOutcome, Target};
 
-/// What a search is keyed by: start, target and the rules' dig cost (bits, `u32::MAX` for none).
-pub type CacheKey = (BlockPos, Target, u32);
+/// What a search is keyed by: start, target, the rules' dig cost (bits, `u32::MAX` for none) and
+/// which limits it ran under (a caller's own numbering).
+pub type CacheKey = (BlockPos, Target, u32, u8);
 
 /// Finished searches (a resource). Capacity-bounded: when full, the least recently used half
 /// is dropped.
@@ -103,12 +104,12 @@ impl PathCache {
     }
 }
 
-fn key_order(k: &CacheKey) -> (BlockPos, u8, BlockPos, u32) {
+fn key_order(k: &CacheKey) -> (BlockPos, u8, BlockPos, u32, u8) {
     let (tag, p) = match k.1 {
         Target::Cell(p) => (0, p),
         Target::Reach(p) => (1, p),
     };
-    (k.0, tag, p, k.2)
+    (k.0, tag, p, k.2, k.3)
 }
 
 /// `(index, version)` of every chunk that touches `region` (clamped to the world).
@@ -145,7 +146,7 @@ mod tests {
         let target = Target::Cell(d.offset(4, 0, 0));
         let rules = WalkRules::miner(2, 4.0);
         let out = find_path(&world, d, target, &rules, &SearchLimits::default());
-        let key = (d, target, rules.dig_cost.map_or(u32::MAX, f32::to_bits));
+        let key = (d, target, rules.dig_cost.map_or(u32::MAX, f32::to_bits), 0);
         let mut cache = PathCache::with_capacity(8);
         cache.insert(key, out.clone(), &world, 1);
         assert_eq!(cache.get(&key, &world, 2), Some(&out));
@@ -172,10 +173,10 @@ mod tests {
         let mut cache = PathCache::with_capacity(4);
         let outcome = find_path(&world, d, Target::Cell(d), &WalkRules::WALKER, &SearchLimits::default());
         for i in 0..5 {
-            cache.insert((d.offset(i, 0, 0), Target::Cell(d), 0), outcome.clone(), &world, i as u64);
+            cache.insert((d.offset(i, 0, 0), Target::Cell(d), 0, 0), outcome.clone(), &world, i as u64);
         }
         assert_eq!(cache.len(), 2, "4 full, 3 dropped, then the fifth inserted");
-        assert!(cache.get(&(d.offset(4, 0, 0), Target::Cell(d), 0), &world, 9).is_some());
-        assert!(cache.get(&(d.offset(0, 0, 0), Target::Cell(d), 0), &world, 9).is_none());
+        assert!(cache.get(&(d.offset(4, 0, 0), Target::Cell(d), 0, 0), &world, 9).is_some());
+        assert!(cache.get(&(d.offset(0, 0, 0), Target::Cell(d), 0, 0), &world, 9).is_none());
     }
 }

@@ -45,7 +45,8 @@ pub fn target_of(goal: Goal, world: &VoxelWorld) -> Option<Target> {
     match goal {
         Goal::None => None,
         Goal::Deposit(p) => Some(Target::Reach(p)),
-        Goal::Depot(i) => world.depots().get(i as usize).map(|d| Target::Cell(d.cell)),
+        // Anywhere within reach of the depot's floor block (standing on it, or beside it).
+        Goal::Depot(i) => world.depots().get(i as usize).map(|d| Target::Reach(d.cell.offset(0, -1, 0))),
         Goal::Point(p) => Some(Target::Cell(p)),
     }
 }
@@ -102,7 +103,8 @@ pub fn plan_paths(
             continue;
         };
         let rules = rules_of(brain, &config);
-        let key = (BlockPos::containing(*pos), target, rules.dig_cost.map_or(u32::MAX, f32::to_bits));
+        let home = u8::from(matches!(brain.goal, Goal::Depot(_)));
+        let key = (BlockPos::containing(*pos), target, rules.dig_cost.map_or(u32::MAX, f32::to_bits), home);
         requests.push(Request {
             order: (brain.wake_at, *id),
             entity: e,
@@ -125,10 +127,10 @@ pub fn plan_paths(
         }
     }
     let misses: Vec<usize> = (0..requests.len()).filter(|&i| requests[i].outcome.is_none()).collect();
-    let limits = config.search;
     let solved = par::map(&pool, misses.clone(), |i| {
         let r = &requests[i];
-        find_path(&world, r.key.0, r.key.1, &r.rules, &limits)
+        let limits = if r.key.3 == 1 { &config.home_search } else { &config.search };
+        find_path(&world, r.key.0, r.key.1, &r.rules, limits)
     });
     for (i, outcome) in misses.into_iter().zip(solved) {
         stats.searches += 1;
