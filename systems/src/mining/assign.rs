@@ -50,7 +50,7 @@ pub struct AssignParams {
 
 impl Default for AssignParams {
     fn default() -> Self {
-        Self { candidates: 8, radius: 16, reach_y: 10, exact_group: 24, walk_speed: 4.0 }
+        Self { candidates: 8, radius: 16, reach_y: 10, exact_group: 12, walk_speed: 4.0 }
     }
 }
 
@@ -198,10 +198,11 @@ fn union(parent: &mut [usize], a: usize, b: usize) {
     }
 }
 
-/// Kuhn–Munkres on the group's miners × (its deposits + one "nothing" column per miner).
+/// Kuhn–Munkres on the group's miners × its deposits, padded with "nothing" columns when there
+/// are fewer deposits than miners (a miner matched to a zero weight gets nothing).
 fn solve_exact(group: &[usize], edges: &[Vec<Edge>]) -> Vec<(usize, BlockPos, i64)> {
     let cols = group_deposits(group, edges);
-    let mut w = Matrix::new(group.len(), cols.len() + group.len(), 0i64);
+    let mut w = Matrix::new(group.len(), cols.len().max(group.len()), 0i64);
     for (r, &m) in group.iter().enumerate() {
         for e in &edges[m] {
             w[(r, cols.binary_search(&e.pos).expect("a column per deposit"))] = e.score;

@@ -12,7 +12,7 @@ use terrarium_engine::voxel::{Block, BlockPos, CHUNK, CHUNK_VOLUME, Ore, VoxelWo
 use crate::par;
 
 /// Blocks per side of a bucket.
-const BUCKET: i32 = 8;
+const BUCKET: i32 = 4;
 
 /// One ore block.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,6 +192,9 @@ impl DepositIndex {
         }
         let (bx, bz) = (from.x.div_euclid(BUCKET), from.z.div_euclid(BUCKET));
         let rings = radius.max(0) / BUCKET + 1;
+        // Blocks from `from` to the nearest side of its own bucket, plus one.
+        let (fx, fz) = (from.x.rem_euclid(BUCKET), from.z.rem_euclid(BUCKET));
+        let edge = fx.min(BUCKET - 1 - fx).min(fz).min(BUCKET - 1 - fz) + 1;
         for r in 0..=rings {
             for z in bz - r..=bz + r {
                 if z < 0 || z >= self.dims[1] {
@@ -218,8 +221,8 @@ impl DepositIndex {
                     x += step;
                 }
             }
-            // Every deposit in a farther ring is at least r buckets away on the ground.
-            if out.len() == k && out[k - 1].distance <= (r * BUCKET) as f32 {
+            // Every deposit in a farther ring is farther on the ground than the edge of ring r.
+            if out.len() == k && out[k - 1].distance <= (r * BUCKET + edge) as f32 {
                 break;
             }
         }

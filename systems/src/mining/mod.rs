@@ -67,7 +67,7 @@ impl Default for MiningConfig {
             candidates: 8,
             radius: 16,
             reach_y: 10,
-            exact_group: 24,
+            exact_group: 12,
             search: SearchLimits { weight: 5.0, max_expanded: 2_000, ..SearchLimits::default() },
             home_search: SearchLimits { weight: 20.0, max_expanded: 4_000, ..SearchLimits::default() },
             max_paths_per_tick: 4096,
