@@ -50,7 +50,7 @@ pub struct AssignParams {
 
 impl Default for AssignParams {
     fn default() -> Self {
-        Self { candidates: 8, radius: 16, reach_y: 10, exact_group: 12, walk_speed: 4.0 }
+        Self { candidates: 6, radius: 16, reach_y: 10, exact_group: 12, walk_speed: 4.0 }
     }
 }
 

@@ -252,8 +252,9 @@ pub fn ground_distance(from: BlockPos, to: BlockPos) -> f32 {
 
 /// Keeps `out` the `k` best by (distance, position).
 fn insert_best(out: &mut Vec<Nearby>, k: usize, n: Nearby) {
-    let key = |a: &Nearby| (a.distance, a.deposit.pos);
-    let before = |a: &Nearby, b: &Nearby| key(a).partial_cmp(&key(b)) == Some(std::cmp::Ordering::Less);
+    let before = |a: &Nearby, b: &Nearby| {
+        a.distance < b.distance || (a.distance == b.distance && a.deposit.pos < b.deposit.pos)
+    };
     if out.len() == k && !before(&n, &out[k - 1]) {
         return;
     }

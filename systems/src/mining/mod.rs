@@ -64,7 +64,7 @@ impl Default for MiningConfig {
     fn default() -> Self {
         Self {
             walk_speed: 4.0,
-            candidates: 8,
+            candidates: 6,
             radius: 16,
             reach_y: 10,
             exact_group: 12,
