@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -20,7 +21,9 @@ use serde::Serialize;
 use terrarium::Config;
 use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::voxel::Ore;
-use terrarium::engine::{Engine, NpcSpec, Position, Role};
+use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet};
+use terrarium::persistence::{MemoryStore, WriteBehind};
+use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
 
@@ -51,6 +54,10 @@ struct Args {
     /// Where batched updates go.
     #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
     storage: StorageKind,
+    /// Spill file of the write-behind (used when the store fails or too much waits; replayed
+    /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
+    #[arg(long)]
+    outbox: Option<PathBuf>,
     /// Configuration file (TOML); flags override it, the environment overrides the file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -106,6 +113,34 @@ struct Summary {
     snapshot_bytes: Option<u64>,
     /// Mean wall-clock milliseconds per tick spent in each stage.
     stage_ms: std::collections::BTreeMap<&'static str, f64>,
+    /// Position rows in the store at the end (after the final drain).
+    position_rows_written: u64,
+    /// Metric rows in the store.
+    metric_rows_written: u64,
+    /// Domain events recorded by the batcher (before deduplication).
+    events_emitted: u64,
+    /// Event rows in the store.
+    events_written: u64,
+    /// Events folded into an identical one within the dedup window.
+    events_deduplicated: u64,
+    /// Calls to the store (`Storage::write`), successful or not.
+    store_calls: u64,
+    /// Rows that never reached the store (must be 0).
+    writes_dropped: u64,
+    /// Batches written to the outbox file.
+    outbox_spilled: u64,
+    /// Batches the batcher handed to the write-behind.
+    batches: u64,
+    /// Position rows the batcher produced.
+    position_rows_batched: u64,
+    /// Position rows overwritten by a later batch before they were written (latest wins).
+    position_rows_coalesced: u64,
+    /// Wall-clock microseconds of the `Flush` stage (handing a batch to the write-behind):
+    /// median and maximum over the ticks that handed one over.
+    handoff_us_p50: f64,
+    handoff_us_max: f64,
+    /// Milliseconds the final drain (`WriteBehind::shutdown`) took.
+    drain_ms: f64,
     /// Items the agents mined, per ore kind (empty without agents).
     ore_mined: std::collections::BTreeMap<&'static str, u64>,
     /// Agents' path requests answered with a path.
@@ -135,8 +170,21 @@ fn run(args: &Args) -> Result<()> {
     if let Some(hz) = args.tick_hz {
         cfg.engine.tick_hz = hz;
     }
+    if let Some(path) = &args.outbox {
+        cfg.write_behind.outbox_path = Some(path.clone());
+    }
     cfg.engine.validate()?;
     let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
+    let storage = match args.storage {
+        StorageKind::None => None,
+        StorageKind::Memory => {
+            let store = Arc::new(MemoryStore::default());
+            let wb = WriteBehind::start(Arc::clone(&store), cfg.write_behind.clone())
+                .context("cannot start the write-behind")?;
+            builder = builder.add_plugin(batching::plugin(Arc::new(wb.handle())));
+            Some((store, wb))
+        }
+    };
     if args.agents > 0 || args.snapshot_in.is_some() {
         builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
     }
@@ -162,12 +210,20 @@ fn run(args: &Args) -> Result<()> {
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
     let bar = if show_progress { progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut handed = batches_created(&engine);
     let dt = cfg.engine.dt();
     let loop_started = Instant::now();
     for k in 0..args.ticks {
         let t = Instant::now();
         engine.tick();
         hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+        let now_handed = batches_created(&engine);
+        if now_handed > handed {
+            let flush = engine.stage_timings().last[TickSet::Flush.index()];
+            handoff.saturating_record(u64::try_from(flush.as_nanos()).unwrap_or(u64::MAX).max(1));
+            handed = now_handed;
+        }
         bar.inc(1);
         if args.realtime {
             let next = loop_started + dt * u32::try_from(k + 1).unwrap_or(u32::MAX);
@@ -188,6 +244,20 @@ fn run(args: &Args) -> Result<()> {
         w.flush()?;
         snapshot_save_ms = Some(ms(t.elapsed()));
     }
+
+    // Drain: what changed since the last flush is cut into a last batch, then the write-behind
+    // writes everything before the figures are read.
+    let drain_started = Instant::now();
+    batching::flush_now(&mut engine);
+    let written = match storage {
+        Some((store, wb)) => {
+            let report = wb.shutdown(Duration::from_secs(600)).context("write-behind did not drain")?;
+            Some((store.stats(), report.stats))
+        }
+        None => None,
+    };
+    let drain_ms = ms(drain_started.elapsed());
+    let batcher = engine.world().get_resource::<BatcherStats>().cloned().unwrap_or_default();
 
     let timings = engine.stage_timings();
     let stage_ms = terrarium::engine::TickSet::ALL
@@ -222,6 +292,20 @@ fn run(args: &Args) -> Result<()> {
         snapshot_save_ms,
         snapshot_bytes,
         stage_ms,
+        position_rows_written: written.map_or(0, |(s, _)| s.position_rows),
+        metric_rows_written: written.map_or(0, |(s, _)| s.metric_rows),
+        events_emitted: batcher.events_emitted,
+        events_written: written.map_or(0, |(s, _)| s.event_rows),
+        events_deduplicated: batcher.events_deduplicated,
+        store_calls: written.map_or(0, |(_, w)| w.store_calls),
+        writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
+        outbox_spilled: written.map_or(0, |(_, w)| w.batches_spilled),
+        batches: batcher.batches_created,
+        position_rows_batched: batcher.positions.items_batched,
+        position_rows_coalesced: written.map_or(0, |(_, w)| w.rows_coalesced),
+        handoff_us_p50: if handoff.is_empty() { 0.0 } else { handoff.value_at_quantile(0.5) as f64 / 1e3 },
+        handoff_us_max: if handoff.is_empty() { 0.0 } else { handoff.max() as f64 / 1e3 },
+        drain_ms,
         ore_mined: engine
             .world()
             .get_resource::<MiningStats>()
@@ -257,6 +341,11 @@ fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
     Ok(())
 }
 
+/// Batches the batcher has handed over so far (0 without batching).
+fn batches_created(engine: &Engine) -> u64 {
+    engine.world().get_resource::<BatcherStats>().map_or(0, |s| s.batches_created)
+}
+
 fn progress_bar(ticks: u64) -> ProgressBar {
     let bar = ProgressBar::new(ticks);
     bar.set_style(
@@ -285,6 +374,22 @@ fn print_human(s: &Summary) {
     );
     let stages: Vec<String> = s.stage_ms.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
     println!("mean ms per stage: {}", stages.join(", "));
+    if s.storage == StorageKind::Memory {
+        println!(
+            "storage: {} batches, {} position / {} metric / {} event rows written in {} store calls, \
+             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms",
+            s.batches,
+            s.position_rows_written,
+            s.metric_rows_written,
+            s.events_written,
+            s.store_calls,
+            s.writes_dropped,
+            s.outbox_spilled,
+            s.handoff_us_p50,
+            s.handoff_us_max,
+            s.drain_ms
+        );
+    }
     if let (Some(ms), Some(bytes)) = (s.snapshot_save_ms, s.snapshot_bytes) {
         println!("snapshot saved: {bytes} bytes in {ms:.0} ms");
     }

@@ -1,11 +1,12 @@
-//! The whole configuration file: `[engine]` (and, with the storage issue, `[storage]`), loaded
-//! from TOML with `TERRARIUM_…` environment overrides. `assets/config/default.toml` lists every
-//! key with its default.
+//! The whole configuration file: `[engine]`, `[write_behind]` (and, with the storage issue,
+//! `[storage]`), loaded from TOML with `TERRARIUM_…` environment overrides.
+//! `assets/config/default.toml` lists every key with its default.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use terrarium_engine::{ConfigError, EngineConfig, load_layered};
+use terrarium_persistence::WriteBehindConfig;
 
 /// Every setting, by section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -13,6 +14,8 @@ use terrarium_engine::{ConfigError, EngineConfig, load_layered};
 pub struct Config {
     /// The simulation.
     pub engine: EngineConfig,
+    /// The write-behind queue between the tick and the store.
+    pub write_behind: WriteBehindConfig,
 }
 
 impl Config {
@@ -29,6 +32,12 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
         cfg.engine.validate()?;
+        cfg.write_behind.validate().map_err(|e| match e {
+            terrarium_persistence::WriteBehindError::Config { key, reason } => {
+                ConfigError::Invalid { key: format!("write_behind.{key}"), reason }
+            }
+            other => ConfigError::Invalid { key: "write_behind".into(), reason: other.to_string() },
+        })?;
         Ok(cfg)
     }
 
@@ -69,5 +78,14 @@ mod tests {
         let err = Config::from_toml_str("[engine.batching.positions]\nmax_items = 0\nmax_age_ms = 500\n", [])
             .unwrap_err();
         assert!(err.to_string().contains("batching.positions.max_items"), "{err}");
+        let err =
+            Config::from_toml_str("[write_behind]\nretry_min_ms = 10\nretry_max_ms = 5\n", []).unwrap_err();
+        assert!(err.to_string().contains("write_behind.retry_max_ms"), "{err}");
+        let cfg = Config::from_toml_str(
+            "",
+            [("TERRARIUM_WRITE_BEHIND__OUTBOX_PATH".to_string(), "/var/lib/terrarium/outbox".to_string())],
+        )
+        .unwrap();
+        assert_eq!(cfg.write_behind.outbox_path.unwrap().to_str(), Some("/var/lib/terrarium/outbox"));
     }
 }

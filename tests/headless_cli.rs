@@ -154,3 +154,45 @@ fn agents_are_mining_agents_and_a_snapshot_keeps_their_world() {
     assert_eq!(v["agents"].as_u64(), Some(150));
     assert!(v["paths_solved"].as_u64().unwrap() > 0, "{v}");
 }
+
+#[test]
+fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
+    let keys = [
+        "position_rows_written",
+        "metric_rows_written",
+        "events_emitted",
+        "events_written",
+        "events_deduplicated",
+        "store_calls",
+        "writes_dropped",
+        "outbox_spilled",
+    ];
+    let common = ["--npcs", "3000", "--agents", "10", "--ticks", "60", "--seed", "5", "--quiet", "--json"];
+    let out = run(&[&common[..], &["--storage", "memory"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mem = last_json(&out);
+    for key in keys {
+        assert!(mem[key].is_u64(), "missing key {key} in {mem}");
+    }
+    assert_eq!(mem["storage"], "memory");
+    assert_eq!(mem["writes_dropped"], 0);
+    assert!(mem["store_calls"].as_u64().unwrap() > 0);
+    // Every row batched was written, or overwritten by a later row for the same NPC.
+    let written = mem["position_rows_written"].as_u64().unwrap();
+    let coalesced = mem["position_rows_coalesced"].as_u64().unwrap();
+    assert!(written >= 3010, "every NPC has a row: {mem}");
+    assert_eq!(written + coalesced, mem["position_rows_batched"].as_u64().unwrap());
+    let emitted = mem["events_emitted"].as_u64().unwrap();
+    assert!(emitted > 0);
+    assert_eq!(
+        mem["events_written"].as_u64().unwrap() + mem["events_deduplicated"].as_u64().unwrap(),
+        emitted
+    );
+    let out = run(&[&common[..], &["--storage", "none"]].concat());
+    assert!(out.status.success());
+    let none = last_json(&out);
+    assert_eq!(none["world_hash"], mem["world_hash"], "persistence never changes the world");
+    for key in keys {
+        assert_eq!(none[key], 0, "{key} with --storage none");
+    }
+}

@@ -99,3 +99,57 @@ pub fn mining_round(
         .collect();
     (index, miners)
 }
+
+/// A sink as fast as can be: takes every batch and hands its position buffer straight back for
+/// reuse, so a benchmark measures the batcher alone.
+#[derive(Debug, Default)]
+pub struct RecycleSink {
+    spare: std::sync::Mutex<Vec<terrarium::persistence::PositionColumns>>,
+    batches: std::sync::atomic::AtomicU64,
+}
+
+impl RecycleSink {
+    /// Batches taken so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl terrarium::persistence::BatchSink for RecycleSink {
+    fn submit(
+        &self,
+        handoff: terrarium::persistence::Handoff,
+    ) -> Result<(), terrarium::persistence::WriteBehindError> {
+        self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut spare = self.spare.lock().expect("no panics while holding it");
+        if spare.len() < 2 {
+            spare.push(handoff.positions);
+        }
+        Ok(())
+    }
+
+    fn run_id(&self) -> u64 {
+        1
+    }
+
+    fn reuse_columns(&self) -> Option<terrarium::persistence::PositionColumns> {
+        self.spare.lock().expect("no panics while holding it").pop()
+    }
+}
+
+/// An engine with `n` NPCs, the core systems and batching into `sink` (positions flushed every
+/// tick once more than 100 NPCs move), that has run a few ticks so every NPC is moving.
+pub fn populated_with_batching(
+    n: u64,
+    threads: usize,
+    sink: std::sync::Arc<dyn terrarium::persistence::BatchSink>,
+) -> Engine {
+    let mut e = Engine::builder(EngineConfig { seed: 42, threads, ..EngineConfig::default() })
+        .add_plugin(terrarium::systems::core_plugin)
+        .add_plugin(terrarium::systems::batching::plugin(sink))
+        .build()
+        .expect("default config is valid");
+    e.spawn_batch(specs(n, 42));
+    e.run_ticks(16);
+    e
+}

@@ -2,6 +2,8 @@
 //!
 //! - `systems/steering`: the spatial grid (rebuild, radius query) and one flocking step,
 //!   faithful (one thread) and parallel (two threads).
+//! - `systems/batching`: the 1M-NPC tick with and without position batching, the event
+//!   batcher (dedup and compression) and metric aggregation.
 //! - `systems/pathfinding`: plain A* (the `pathfinding` crate) next to jump point search on the
 //!   same Moving AI grids and queries, and the agents' voxel search (exact and as agents run it).
 //! - `systems/mining`: the mining round (candidates, scores, assignment) at 1k miners × 1k
@@ -14,16 +16,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use terrarium::engine::ParPool;
 use terrarium::engine::rng::StreamRng;
 use terrarium::engine::voxel::{BlockPos, VoxelWorld, WorldGen};
+use terrarium::engine::{NpcId, ParPool};
+use terrarium::persistence::EntityKind;
+use terrarium::systems::batching::{BatcherStats, DomainEvent, EventBatcher, Metrics, Subject, metric_names};
 use terrarium::systems::mining::{AssignParams, assign};
 use terrarium::systems::pathfinding::{
     Scenario, SearchLimits, Target, WalkRules, astar_baseline, find_path, jps_length, load_map,
     load_scenarios,
 };
 use terrarium::systems::steering::{Boid, Flock, FlockParams, Grid, Space};
-use terrarium_benches::{label, mining_round, movingai_maps};
+use terrarium_benches::{
+    RecycleSink, label, mining_round, movingai_maps, populated, populated_with_batching,
+};
 
 /// `n` boids in a periodic square of side `extent`, uniform positions and unit headings.
 fn flock(n: u64, extent: f64) -> Flock {
@@ -79,6 +85,60 @@ fn steering(c: &mut Criterion) {
     (0..50).for_each(|_| sparse.step_parallel(&two));
     g.bench_function(format!("flocking_parallel_step/{}", label(big)), |b| {
         b.iter_batched(|| sparse.clone(), |mut f| f.step_parallel(&two), BatchSize::LargeInput);
+    });
+    g.finish();
+}
+
+fn batching_tick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("systems/batching");
+    g.sample_size(30).measurement_time(Duration::from_secs(10));
+    for n in [100_000, 1_000_000] {
+        let mut e = populated(n, 2);
+        g.bench_function(format!("tick_movement_only/{}", label(n)), |b| b.iter(|| black_box(e.tick())));
+        drop(e);
+        let sink = Arc::new(RecycleSink::default());
+        let mut e = populated_with_batching(n, 2, sink.clone());
+        let before = sink.batches();
+        g.bench_function(format!("tick_with_position_batching/{}", label(n)), |b| {
+            b.iter(|| black_box(e.tick()));
+        });
+        assert!(sink.batches() > before, "the position flush ran every tick");
+    }
+    g.finish();
+}
+
+fn batching_events(c: &mut Criterion) {
+    let mut g = c.benchmark_group("systems/batching");
+    let small = DomainEvent::TaskCompleted { task: "mine".into() };
+    let big = DomainEvent::TaskFailed { task: "haul".into(), reason: "path blocked ".repeat(200) };
+    g.bench_function("events_dedup/10k", |b| {
+        b.iter(|| {
+            let (mut batcher, mut stats) = (EventBatcher::new(1, 1000, 1024), BatcherStats::default());
+            // Every event twice within the window: half are folded.
+            for i in 0..10_000u64 {
+                let subject = Subject::Npc(NpcId(i / 2));
+                batcher.push(i / 100, i / 2, subject, 0, &small, &mut stats);
+            }
+            black_box(batcher.take().len())
+        });
+    });
+    g.bench_function("events_compress/1k", |b| {
+        b.iter(|| {
+            let (mut batcher, mut stats) = (EventBatcher::new(1, 0, 1024), BatcherStats::default());
+            for i in 0..1000u64 {
+                batcher.push(i, i * 50, Subject::Npc(NpcId(i)), 0, &big, &mut stats);
+            }
+            black_box(batcher.take().len())
+        });
+    });
+    g.bench_function("metrics_aggregate/100k", |b| {
+        b.iter(|| {
+            let mut m = Metrics::default();
+            for i in 0..100_000u64 {
+                m.add(EntityKind::Npc, i % 1000, metric_names::BLOCKS_MINED, 1.0, i / 1000);
+            }
+            black_box(m.take(100).len())
+        });
     });
     g.finish();
 }
@@ -170,5 +230,5 @@ fn mining(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, steering, pathfinding, mining);
+criterion_group!(benches, steering, batching_tick, batching_events, pathfinding, mining);
 criterion_main!(benches);

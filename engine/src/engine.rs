@@ -303,8 +303,9 @@ impl Engine {
     pub fn tick(&mut self) -> u64 {
         let started = Instant::now();
         {
+            // `despawned` is not cleared here: despawns made between two ticks (direct
+            // `despawn` calls) belong to the coming tick. It is cleared when the tick ends.
             let mut log = self.world.resource_mut::<TickLog>();
-            log.despawned.clear();
             log.commands_applied = 0;
             log.commands_rejected = 0;
         }
@@ -322,6 +323,7 @@ impl Engine {
             last[i] = t.elapsed();
         }
         self.world.clear_trackers();
+        self.world.resource_mut::<TickLog>().despawned.clear();
         let mut timings = self.world.resource_mut::<StageTimings>();
         for (total, l) in timings.total.iter_mut().zip(last) {
             *total += l;

@@ -73,6 +73,7 @@ pub struct NpcIndex {
     dense: Vec<Option<Entity>>,
     sparse: FxHashMap<u64, Entity>,
     len: usize,
+    inserted: u64,
 }
 
 impl NpcIndex {
@@ -100,6 +101,13 @@ impl NpcIndex {
         self.len == 0
     }
 
+    /// NPCs ever added (spawned or restored), counting up: when it has not changed, no NPC
+    /// appeared (so a system can skip looking for new ones).
+    #[must_use]
+    pub fn added_total(&self) -> u64 {
+        self.inserted
+    }
+
     /// Records `id → e`; returns the entity `id` had before, if any.
     pub(crate) fn insert(&mut self, id: NpcId, e: Entity) -> Option<Entity> {
         let old = if id.0 < self.dense.len() as u64 + Self::DENSE_SLACK {
@@ -114,6 +122,7 @@ impl NpcIndex {
         if old.is_none() {
             self.len += 1;
         }
+        self.inserted += 1;
         old
     }
 
@@ -169,13 +178,41 @@ impl std::fmt::Debug for ParPool {
 }
 
 /// What happened to the NPC population during the current tick, for systems that report it
-/// (events, persistence). Cleared at the start of every tick.
+/// (events, persistence).
 #[derive(Resource, Debug, Default, Clone)]
 pub struct TickLog {
-    /// NPCs despawned since the last tick started, in the order it happened.
+    /// NPCs despawned since the previous tick ended, in the order it happened: direct
+    /// [`crate::Engine::despawn`] calls between two ticks belong to the next tick, so nothing
+    /// is missed. Cleared when a tick ends.
     pub despawned: Vec<NpcId>,
     /// Commands applied at the start of this tick.
     pub commands_applied: u32,
     /// Commands refused at the start of this tick (unknown id, duplicate spawn).
     pub commands_rejected: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, EngineConfig, NpcSpec, Position, Role, TickLog};
+
+    #[test]
+    fn despawns_between_ticks_are_in_the_next_ticks_log_and_additions_are_counted() {
+        let mut engine = Engine::builder(EngineConfig::default()).build().unwrap();
+        let spec = NpcSpec::new(Role::Guard, Position::new(1.0, 0.0, 1.0));
+        let ids: Vec<_> = engine.spawn_batch([spec, spec, spec]).collect();
+        assert_eq!(engine.world().resource::<super::NpcIndex>().added_total(), 3);
+        engine.tick();
+        assert!(engine.despawn(ids[0]));
+        // Still there when the next tick's systems run; gone once that tick ends.
+        assert_eq!(engine.world().resource::<TickLog>().despawned, [ids[0]]);
+        engine.tick();
+        assert!(engine.world().resource::<TickLog>().despawned.is_empty());
+        engine.spawn_npc(spec);
+        let index = engine.world().resource::<super::NpcIndex>();
+        assert_eq!(
+            (index.added_total(), index.len()),
+            (4, 3),
+            "a despawn does not lower the count of additions"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! `StorageError`: what can go wrong at the storage boundary, and whether trying again may help.
+//! `WriteBehindError`: what the write-behind queue tells the tick and the host.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A storage call failed.
@@ -66,4 +68,53 @@ impl StorageError {
     ) -> Self {
         Self::Unavailable { backend, source: Box::new(source) }
     }
+}
+
+/// The write-behind queue refused a call (the tick's side of it, or the host's).
+///
+/// Store failures are not returned here: the write-behind retries, spills and counts them
+/// (see [`crate::WriteBehindStats`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteBehindError {
+    /// Taking the batch would exceed the memory bound; the batch was dropped and counted.
+    #[error("write-behind queue full: {queued_rows} rows waiting, limit {limit}")]
+    Full {
+        /// Rows waiting in memory when the batch came.
+        queued_rows: usize,
+        /// The configured bound (`max_queued_rows`).
+        limit: usize,
+    },
+    /// The queue was shut down; the batch was dropped and counted.
+    #[error("write-behind queue is shut down")]
+    Closed,
+    /// The outbox file could not be opened, read or written.
+    #[error("outbox file {path} could not be used")]
+    Outbox {
+        /// The outbox file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime for the write-behind task could not be started.
+    #[error("could not start the write-behind runtime")]
+    Runtime(#[source] std::io::Error),
+    /// `flush` or `shutdown` ran out of time with batches still waiting (the store is slow or
+    /// failing). Nothing is lost: they stay queued, or in the outbox after `shutdown`.
+    #[error("write-behind not drained after {timeout:?}: {pending_batches} batches still pending")]
+    Timeout {
+        /// How long the call waited.
+        timeout: Duration,
+        /// Batches not yet in the store (in memory or in the outbox).
+        pending_batches: u64,
+    },
+    /// A setting is out of range.
+    #[error("invalid write-behind setting {key}: {reason}")]
+    Config {
+        /// The setting.
+        key: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
 }

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
+use rustc_hash::FxHashMap;
+
 use crate::{
     BatchId, EntityKind, EventRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, Storage, StorageError,
     WriteBatch,
@@ -12,8 +14,10 @@ use crate::{
 /// What a [`MemoryStore`] keeps and counts.
 #[derive(Debug, Default)]
 struct Inner {
+    /// Current state as upserted; the position in it may be older than `last_position`'s,
+    /// which reads lay over it (so a position row costs one array store, not a tree lookup).
     npcs: BTreeMap<u64, NpcRecord>,
-    last_position: HashMap<u64, PositionRow>,
+    last_position: PositionTable,
     metrics: HashMap<(EntityKind, u64, String), (f64, u64)>,
     events: VecDeque<EventRow>,
     event_ids: HashMap<u64, ()>,
@@ -95,7 +99,7 @@ impl MemoryStore {
     /// The last position stored for an NPC.
     #[must_use]
     pub fn last_position(&self, npc_id: u64) -> Option<PositionRow> {
-        self.lock().last_position.get(&npc_id).copied()
+        self.lock().last_position.get(npc_id)
     }
 
     /// Running total and sample count of a metric.
@@ -129,12 +133,7 @@ impl MemoryStore {
             inner.stats.npc_upserts += 1;
         }
         for p in &b.positions {
-            inner.last_position.insert(p.npc_id, *p);
-            if let Some(n) = inner.npcs.get_mut(&p.npc_id)
-                && p.tick >= n.updated_tick
-            {
-                (n.x, n.y, n.z, n.updated_tick) = (p.x, p.y, p.z, p.tick);
-            }
+            inner.last_position.insert(*p);
         }
         inner.stats.position_rows += b.positions.len() as u64;
         for m in &b.metrics {
@@ -159,7 +158,63 @@ impl MemoryStore {
             if inner.npcs.remove(id).is_some() {
                 inner.stats.npc_removals += 1;
             }
-            inner.last_position.remove(id);
+            inner.last_position.remove(*id);
+        }
+    }
+}
+
+impl Inner {
+    /// The stored record with the last stored position laid over it.
+    fn current(&self, r: &NpcRecord) -> NpcRecord {
+        let mut r = r.clone();
+        if let Some(p) = self.last_position.get(r.id)
+            && p.tick >= r.updated_tick
+        {
+            (r.x, r.y, r.z, r.updated_tick) = (p.x, p.y, p.z, p.tick);
+        }
+        r
+    }
+}
+
+/// Last position per NPC: a dense array for the low ids the engine hands out (an empty slot
+/// holds [`PositionTable::EMPTY`]), a map above it.
+#[derive(Debug, Default)]
+struct PositionTable {
+    dense: Vec<PositionRow>,
+    sparse: FxHashMap<u64, PositionRow>,
+}
+
+impl PositionTable {
+    /// How far past the end of the dense array an id may be and still extend it.
+    const SLACK: u64 = 1 << 16;
+    /// A free slot (no NPC has id `u64::MAX` in the dense range).
+    const EMPTY: PositionRow = PositionRow { npc_id: u64::MAX, tick: 0, x: 0.0, y: 0.0, z: 0.0 };
+
+    fn get(&self, id: u64) -> Option<PositionRow> {
+        match usize::try_from(id).ok().and_then(|i| self.dense.get(i)) {
+            Some(slot) => (slot.npc_id == id).then_some(*slot),
+            None => self.sparse.get(&id).copied(),
+        }
+    }
+
+    fn insert(&mut self, row: PositionRow) {
+        if row.npc_id < self.dense.len() as u64 + Self::SLACK {
+            let i = usize::try_from(row.npc_id).expect("dense ids fit in usize");
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, Self::EMPTY);
+            }
+            self.dense[i] = row;
+        } else {
+            self.sparse.insert(row.npc_id, row);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        match usize::try_from(id).ok().and_then(|i| self.dense.get_mut(i)) {
+            Some(slot) => *slot = Self::EMPTY,
+            None => {
+                self.sparse.remove(&id);
+            }
         }
     }
 }
@@ -179,7 +234,8 @@ impl Storage for MemoryStore {
     }
 
     async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
-        Ok(self.lock().npcs.get(&id).cloned())
+        let inner = self.lock();
+        Ok(inner.npcs.get(&id).map(|r| inner.current(r)))
     }
 
     async fn list_npcs(&self, filter: &NpcFilter, page: Page) -> Result<NpcPage, StorageError> {
@@ -198,14 +254,15 @@ impl Storage for MemoryStore {
                 more = true;
                 break;
             }
-            npcs.push(r.clone());
+            npcs.push(inner.current(r));
         }
         let next = if more { npcs.last().map(|r| r.id) } else { None };
         Ok(NpcPage { npcs, next })
     }
 
     async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
-        Ok(self.lock().npcs.values().cloned().collect())
+        let inner = self.lock();
+        Ok(inner.npcs.values().map(|r| inner.current(r)).collect())
     }
 }
 
@@ -250,6 +307,42 @@ mod tests {
             assert_eq!((st.batches, st.duplicate_batches, st.position_rows), (3, 2, 3));
             assert_eq!(s.last_position(1).unwrap().x, 3.0);
             assert_eq!(s.applied_seq(9), Some(3));
+        });
+    }
+
+    #[test]
+    fn reads_show_the_last_stored_position_over_the_upserted_record() {
+        rt().block_on(async {
+            let s = MemoryStore::default();
+            let far = PositionTable::SLACK * 10; // beyond the dense table
+            let upsert = WriteBatch {
+                id: BatchId { run: 1, seq: 1 },
+                npcs: vec![npc(3, "idle", 0), npc(far, "idle", 0)],
+                ..Default::default()
+            };
+            let moved = |seq, tick| WriteBatch {
+                id: BatchId { run: 1, seq },
+                tick,
+                positions: [3, far]
+                    .map(|npc_id| PositionRow { npc_id, tick, x: tick as f32, y: 0.0, z: 0.0 })
+                    .to_vec(),
+                ..Default::default()
+            };
+            s.write(&[upsert, moved(2, 5), moved(3, 9)]).await.unwrap();
+            for id in [3, far] {
+                let r = s.get_npc(id).await.unwrap().unwrap();
+                assert_eq!((r.x, r.updated_tick), (9.0, 9), "npc {id}");
+            }
+            assert_eq!(s.load_npcs().await.unwrap()[0].x, 9.0);
+            s.write(&[WriteBatch {
+                id: BatchId { run: 1, seq: 4 },
+                removed: vec![3, far],
+                ..Default::default()
+            }])
+            .await
+            .unwrap();
+            assert!(s.last_position(3).is_none() && s.last_position(far).is_none());
+            assert!(s.get_npc(3).await.unwrap().is_none());
         });
     }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod ai;
+pub mod batching;
 pub mod error;
 pub mod mining;
 pub mod movement;

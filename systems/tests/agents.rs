@@ -235,3 +235,23 @@ fn an_unreachable_deposit_fails_is_avoided_and_lowers_the_success_rate() {
     assert_eq!(again.failed_tasks, 1, "{again:?}");
     assert!(again.no_deposit >= 1);
 }
+
+#[test]
+fn mined_ore_and_deposits_reach_storage_as_domain_events() {
+    let sink = std::sync::Arc::new(terrarium_persistence::testing::RecordingSink::new(1));
+    let mut e = Engine::builder(EngineConfig { seed: 6, threads: 2, ..EngineConfig::default() })
+        .add_plugin(terrarium_systems::core_plugin)
+        .add_plugin(terrarium_systems::batching::plugin(sink.clone()))
+        .build()
+        .unwrap();
+    e.world_mut().insert_resource(MiningConfig { return_at: 0.02, ..MiningConfig::default() });
+    spawn_colony(&mut e, 40, 6).unwrap();
+    e.run_ticks(1_200);
+    terrarium_systems::batching::flush_now(&mut e);
+    let rows: Vec<_> = sink.batches().into_iter().flat_map(|b| b.events).collect();
+    let count =
+        |kind: &str| rows.iter().filter(|r| r.event_type == kind).map(|r| u64::from(r.count)).sum::<u64>();
+    let stats = e.world().resource::<MiningStats>();
+    assert_eq!(count("ore_mined"), stats.blocks_mined, "one ore_mined event per block mined");
+    assert!(count("task_completed") > 0, "deposits are completed tasks");
+}

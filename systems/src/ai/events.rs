@@ -1,13 +1,16 @@
 //! [`AgentEvents`]: every transition of every agent's decision loop during the current tick.
 //!
-//! A plain per-tick queue for now: the batching systems turn it into persisted events. It is
-//! cleared when the next tick's `Decide` stage starts, so during `Record` and `Flush` it holds
-//! exactly this tick's transitions, in the order they happened (stage by stage, `NpcId` order
-//! within a stage).
+//! A plain per-tick queue, cleared when the next tick's `Decide` stage starts, so during `Record`
+//! and `Flush` it holds exactly this tick's transitions, in the order they happened (stage by
+//! stage, `NpcId` order within a stage). At the end of `Act`, the outcomes that matter to
+//! storage (ore mined, loads handed in, tasks given up) are forwarded to the batching systems'
+//! [`DomainEvents`] when they are present; state changes reach storage through `Status`.
 
 use bevy_ecs::prelude::*;
 use terrarium_engine::voxel::{BlockPos, Ore};
 use terrarium_engine::{BrainState, NpcId};
+
+use crate::batching::{DomainEvent, DomainEvents, Subject};
 
 /// Why an agent changed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,8 +36,8 @@ pub enum Cause {
     GaveUp,
     /// It reached the end of its path.
     Arrived,
-    /// It broke the deposit's block and got this many items of this ore.
-    Mined(Ore, u16),
+    /// It broke the deposit's block at this position and got this many items of this ore.
+    Mined(Ore, u16, BlockPos),
     /// The deposit was gone (mined or changed) when it got there.
     DepositGone,
     /// It handed this many items in at a depot.
@@ -79,5 +82,57 @@ impl AgentEvents {
     /// Forgets everything (done at the start of each tick).
     pub fn clear(&mut self) {
         self.events.clear();
+    }
+}
+
+impl Cause {
+    /// Lower-case name, for logs and stored events.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Woke => "woke",
+            Cause::Assigned(_) => "assigned",
+            Cause::NoDeposit => "no_deposit",
+            Cause::Outbid => "outbid",
+            Cause::InventoryFull => "inventory_full",
+            Cause::PathFound => "path_found",
+            Cause::Unreachable => "unreachable",
+            Cause::Blocked => "blocked",
+            Cause::GaveUp => "gave_up",
+            Cause::Arrived => "arrived",
+            Cause::Mined(..) => "mined",
+            Cause::DepositGone => "deposit_gone",
+            Cause::Deposited(_) => "deposited",
+            Cause::Ordered => "ordered",
+        }
+    }
+}
+
+/// The stored form of a transition, if storage cares: ore mined, a load handed in, a task
+/// given up. Other transitions show up as `Status` changes.
+#[must_use]
+pub fn domain_event(event: &AgentEvent) -> Option<DomainEvent> {
+    let task = |from: BrainState| if from == BrainState::Returning { "return" } else { "mine" };
+    match event.cause {
+        Cause::Mined(ore, items, at) => Some(DomainEvent::OreMined {
+            ore: ore.item().0,
+            amount: u32::from(items),
+            at: [at.x, at.y, at.z],
+        }),
+        Cause::Deposited(_) => Some(DomainEvent::TaskCompleted { task: "deposit".into() }),
+        Cause::Unreachable | Cause::GaveUp | Cause::DepositGone if event.to == BrainState::Idle => {
+            Some(DomainEvent::TaskFailed { task: task(event.from).into(), reason: event.cause.name().into() })
+        }
+        _ => None,
+    }
+}
+
+/// Hands this tick's outcomes to the batching systems (when they run in this engine).
+pub(crate) fn forward_to_storage(events: Res<AgentEvents>, queue: Option<ResMut<DomainEvents>>) {
+    let Some(mut queue) = queue else { return };
+    for e in &events.events {
+        if let Some(d) = domain_event(e) {
+            queue.emit(Subject::Npc(e.npc), d);
+        }
     }
 }

@@ -27,7 +27,7 @@ use terrarium_engine::{
     Position, SimClock, SimRng, Status, TickSet,
 };
 
-pub use events::{AgentEvent, AgentEvents, Cause};
+pub use events::{AgentEvent, AgentEvents, Cause, domain_event};
 
 use crate::mining::{DepositIndex, MiningConfig, MiningStats};
 use crate::pathfinding::{PathStats, Target, step};
@@ -35,7 +35,7 @@ use crate::pathfinding::{PathStats, Target, step};
 /// Adds the decision loop's `Decide` and `Act` systems.
 pub fn register(engine: &mut Engine) {
     engine.add_systems(TickSet::Decide, (sync_deposits, take_orders, decide).chain());
-    engine.add_systems(TickSet::Act, walk);
+    engine.add_systems(TickSet::Act, (walk, events::forward_to_storage).chain());
 }
 
 /// The status observers see for a decision state.
@@ -316,7 +316,7 @@ fn decide(
                             &world,
                             &mut events,
                             id,
-                            Cause::Mined(ore, items),
+                            Cause::Mined(ore, items, p),
                         );
                     } else {
                         transition(
@@ -326,7 +326,7 @@ fn decide(
                             brain,
                             status,
                             BrainState::Choosing,
-                            Cause::Mined(ore, items),
+                            Cause::Mined(ore, items, p),
                         );
                     }
                 }

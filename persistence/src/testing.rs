@@ -1,0 +1,219 @@
+//! Test helpers (feature `testing`): [`FaultyStore`], a store wrapper that fails, refuses,
+//! slows down or stalls on command, and [`RecordingSink`], a [`BatchSink`] that keeps what it
+//! is given.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::{
+    BatchId, BatchSink, Handoff, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, WriteBatch,
+    WriteBehindError,
+};
+
+/// Wraps a store and injects faults into `write` (reads pass through).
+///
+/// Faults, checked in this order on every `write` call: a stall (the call waits until
+/// [`FaultyStore::release`]), a delay, the next `n` calls refused as non-transient
+/// ([`StorageError::Rejected`]), the next `n` calls failing as transient
+/// ([`StorageError::Unavailable`]), and a standing failure ([`FaultyStore::set_failing`]).
+///
+/// # Examples
+/// ```
+/// use terrarium_persistence::testing::FaultyStore;
+/// use terrarium_persistence::{MemoryStore, Storage, WriteBatch};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = FaultyStore::new(MemoryStore::default());
+/// store.fail_next(1);
+/// assert!(store.write(&[WriteBatch::default()]).await.unwrap_err().is_transient());
+/// assert!(store.write(&[WriteBatch::default()]).await.is_ok());
+/// assert_eq!((store.calls(), store.failures()), (2, 1));
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    fail_next: AtomicU32,
+    reject_next: AtomicU32,
+    failing: std::sync::atomic::AtomicBool,
+    delay_us: AtomicU64,
+    stalled: tokio::sync::watch::Sender<bool>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    log: Mutex<Vec<Call>>,
+}
+
+/// One `write` call as a [`FaultyStore`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Ids of the batches in the call, in order.
+    pub ids: Vec<BatchId>,
+    /// True when the call was passed on to the inner store and succeeded.
+    pub ok: bool,
+}
+
+impl<S> FaultyStore<S> {
+    /// A wrapper that injects nothing until told to.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            fail_next: AtomicU32::new(0),
+            reject_next: AtomicU32::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            delay_us: AtomicU64::new(0),
+            stalled: tokio::sync::watch::Sender::new(false),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The next `n` writes fail with a transient error.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes are refused with a non-transient error.
+    pub fn reject_next(&self, n: u32) {
+        self.reject_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every write fails (transient) while `on`.
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// Every write waits `delay` (asynchronously) before it runs.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Writes wait, without finishing, until [`FaultyStore::release`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets stalled writes go on.
+    pub fn release(&self) {
+        self.stalled.send_replace(false);
+    }
+
+    /// `write` calls so far (stalled ones included).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `write` calls that failed because of an injected fault.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Every finished `write` call, in order.
+    pub fn log(&self) -> Vec<Call> {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Ids of the batches in successful calls, in the order the inner store got them.
+    pub fn written_ids(&self) -> Vec<BatchId> {
+        self.log().into_iter().filter(|c| c.ok).flat_map(|c| c.ids).collect()
+    }
+
+    fn record(&self, batches: &[WriteBatch], ok: bool) {
+        let ids = batches.iter().map(|b| b.id).collect();
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Call { ids, ok });
+    }
+
+    fn injected(&self) -> Option<StorageError> {
+        let take =
+            |n: &AtomicU32| n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_ok();
+        if take(&self.reject_next) {
+            return Some(StorageError::Rejected { backend: "faulty", reason: "injected rejection".into() });
+        }
+        if take(&self.fail_next) || self.failing.load(Ordering::SeqCst) {
+            let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "injected failure");
+            return Some(StorageError::unavailable("faulty", cause));
+        }
+        None
+    }
+}
+
+impl<S: Storage> Storage for FaultyStore<S> {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+
+    async fn write(&self, batches: &[WriteBatch]) -> Result<(), StorageError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut stalled = self.stalled.subscribe();
+        // Only fails when the sender is gone, which `self` keeps alive.
+        let _ = stalled.wait_for(|s| !*s).await;
+        let delay = Duration::from_micros(self.delay_us.load(Ordering::SeqCst));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(e) = self.injected() {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            self.record(batches, false);
+            return Err(e);
+        }
+        let result = self.inner.write(batches).await;
+        self.record(batches, result.is_ok());
+        result
+    }
+
+    async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
+        self.inner.get_npc(id).await
+    }
+
+    async fn list_npcs(&self, filter: &NpcFilter, page: Page) -> Result<NpcPage, StorageError> {
+        self.inner.list_npcs(filter, page).await
+    }
+
+    async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
+        self.inner.load_npcs().await
+    }
+}
+
+/// A [`BatchSink`] that keeps every batch it is given, with ids assigned like the
+/// write-behind assigns them (`run` as given, `seq` from 1).
+#[derive(Debug)]
+pub struct RecordingSink {
+    run_id: u64,
+    handoffs: Mutex<Vec<Handoff>>,
+}
+
+impl RecordingSink {
+    /// An empty recorder for producer `run_id`.
+    #[must_use]
+    pub fn new(run_id: u64) -> Self {
+        Self { run_id, handoffs: Mutex::new(Vec::new()) }
+    }
+
+    /// Every handoff so far, exactly as given (ids assigned).
+    pub fn handoffs(&self) -> Vec<Handoff> {
+        self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Every batch so far as it would be written (columns turned into rows).
+    pub fn batches(&self) -> Vec<WriteBatch> {
+        self.handoffs().into_iter().map(Handoff::into_batch).collect()
+    }
+}
+
+impl BatchSink for RecordingSink {
+    fn submit(&self, mut handoff: Handoff) -> Result<(), WriteBehindError> {
+        let mut all = self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        handoff.batch.id = BatchId { run: self.run_id, seq: all.len() as u64 + 1 };
+        all.push(handoff);
+        Ok(())
+    }
+
+    fn run_id(&self) -> u64 {
+        self.run_id
+    }
+}

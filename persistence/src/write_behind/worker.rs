@@ -1,0 +1,513 @@
+//! The write-behind task: takes batches in order (outbox first, then memory), coalesces,
+//! writes them in groups, and spills, retries or gives up when the store fails.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+// tokio's clock, so tests can pause it.
+use tokio::time::Instant;
+
+use super::coalesce::{IdSet, coalesce_positions};
+use super::{MAX_SPARE_ROWS, MIN_SPARE_CAPACITY, Shared, WriteBehindConfig, keep_spare};
+use crate::outbox::{self, Outbox};
+use crate::{Handoff, PositionRow, Storage, StorageError, WriteBatch};
+
+/// The settings the task uses, as durations.
+struct Settings {
+    spill_rows: usize,
+    max_outbox_bytes: u64,
+    max_group_batches: usize,
+    max_group_rows: usize,
+    commit_interval: Duration,
+    write_timeout: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+    max_attempts: u32,
+}
+
+/// Batches being written (or retried) in one store call.
+struct Group {
+    batches: Vec<WriteBatch>,
+    /// Where they came from: memory, or the outbox (with the frames to consume on success).
+    outbox: Option<outbox::Group>,
+}
+
+pub(super) struct Worker<S> {
+    shared: Arc<Shared>,
+    store: Arc<S>,
+    outbox: Option<Outbox>,
+    s: Settings,
+    seen: IdSet,
+    current: Option<Group>,
+    last_call: Option<Instant>,
+    backoff: Duration,
+    /// Non-transient failures of the batch at the head.
+    attempts: u32,
+    /// Take one batch only next time (to find which batch of a group the store refuses).
+    isolate: bool,
+    /// No spill attempt before this (after a failed spill: disk full, outbox bound).
+    spill_paused_until: Option<Instant>,
+    /// Row buffers of written batches, to turn the next columns into rows without page faults.
+    rows_pool: Vec<Vec<PositionRow>>,
+}
+
+impl<S: Storage> Worker<S> {
+    pub fn new(shared: Arc<Shared>, store: Arc<S>, c: &WriteBehindConfig, outbox: Option<Outbox>) -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            shared,
+            store,
+            outbox,
+            s: Settings {
+                spill_rows: c.spill_queued_rows,
+                max_outbox_bytes: c.max_outbox_bytes,
+                max_group_batches: c.max_group_batches,
+                max_group_rows: c.max_group_rows,
+                commit_interval: ms(c.commit_interval_ms),
+                write_timeout: ms(c.write_timeout_ms),
+                retry_min: ms(c.retry_min_ms),
+                retry_max: ms(c.retry_max_ms),
+                max_attempts: c.max_attempts,
+            },
+            seen: IdSet::default(),
+            current: None,
+            last_call: None,
+            backoff: ms(c.retry_min_ms),
+            attempts: 0,
+            isolate: false,
+            spill_paused_until: None,
+            rows_pool: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            self.free_garbage();
+            let (closing, deadline) = {
+                let q = self.shared.lock();
+                (q.closed, q.deadline)
+            };
+            if closing && deadline.is_some_and(|d| Instant::now() >= d) {
+                self.stop_now();
+                return;
+            }
+            let degraded = self.shared.degraded.load(Ordering::Relaxed);
+            if degraded || self.shared.lock().rows > self.s.spill_rows {
+                self.spill_queue();
+            }
+            if self.current.is_none() {
+                if !self.has_work() {
+                    if closing {
+                        self.finish(0);
+                        return;
+                    }
+                    self.shared.wake.notified().await;
+                    continue;
+                }
+                if !closing && !self.urgent() && self.pace().await {
+                    continue;
+                }
+                self.current = self.next_group().await;
+                if self.current.is_none() {
+                    continue;
+                }
+            }
+            self.write_current(closing.then_some(deadline).flatten()).await;
+        }
+    }
+
+    /// True when memory or the outbox holds batches; otherwise marks the queue idle (under the
+    /// same lock, so a batch submitted meanwhile is never missed) and wakes flushers.
+    fn has_work(&self) -> bool {
+        let pending_outbox = self.outbox.as_ref().is_some_and(|o| o.pending() > 0);
+        let mut q = self.shared.lock();
+        if pending_outbox || !q.batches.is_empty() {
+            return true;
+        }
+        if !q.idle {
+            q.idle = true;
+            drop(q);
+            self.shared.changed.notify_all();
+            self.shared.idle_notify.notify_waiters();
+        }
+        false
+    }
+
+    fn urgent(&self) -> bool {
+        self.shared.lock().flushers > 0
+    }
+
+    /// Waits for the commit interval since the last call; true when it waited (or was woken),
+    /// so the caller re-checks everything before taking a group.
+    async fn pace(&self) -> bool {
+        let Some(next) = self.last_call.map(|t| t + self.s.commit_interval) else {
+            return false;
+        };
+        if Instant::now() >= next {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = self.shared.wake.notified() => {}
+        }
+        true
+    }
+
+    /// The next batches to write: from the outbox while it holds any (they are older), else
+    /// from memory; position rows that a later batch of the group overwrites are dropped.
+    async fn next_group(&mut self) -> Option<Group> {
+        let max = if self.isolate { 1 } else { self.s.max_group_batches };
+        if let Some(ob) = self.outbox.as_mut().filter(|o| o.pending() > 0) {
+            let mut g = match ob.read_group(max, self.s.max_group_rows) {
+                Ok(g) => g,
+                Err(e) => {
+                    let text = format!("cannot read outbox {}: {e}", ob.path().display());
+                    tracing::error!(error = %text, "retrying");
+                    self.set_error(&text);
+                    self.wait_backoff(None, None).await;
+                    return None;
+                }
+            };
+            for size in &g.skipped {
+                tracing::error!(path = %ob.path().display(), bytes = size, "damaged outbox frame skipped");
+                self.shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut batches = std::mem::take(&mut g.batches);
+            if batches.is_empty() {
+                if let Err(e) = ob.consume(&g) {
+                    tracing::error!(error = %e, "cannot advance the outbox");
+                }
+                self.update_outbox_gauges();
+                return None;
+            }
+            self.coalesce(&mut batches);
+            return Some(Group { batches, outbox: Some(g) });
+        }
+        let mut taken = Vec::new();
+        {
+            let mut q = self.shared.lock();
+            let mut rows = 0usize;
+            while taken.len() < max && (taken.is_empty() || rows < self.s.max_group_rows) {
+                let Some(h) = q.batches.pop_front() else { break };
+                rows += h.len();
+                taken.push(h);
+            }
+            q.rows -= rows;
+            q.positions_from = q.positions_from.saturating_sub(taken.len());
+        }
+        if taken.is_empty() {
+            return None;
+        }
+        let mut batches = self.materialize(taken);
+        self.coalesce(&mut batches);
+        Some(Group { batches, outbox: None })
+    }
+
+    fn coalesce(&mut self, batches: &mut [WriteBatch]) {
+        let n = coalesce_positions(batches, &mut self.seen);
+        self.shared.counters.rows_coalesced.fetch_add(n, Ordering::Relaxed);
+    }
+
+    async fn write_current(&mut self, deadline: Option<Instant>) {
+        let group = self.current.as_ref().expect("called with a group");
+        // While shutting down, a call may not outlive the deadline (what it held then goes to
+        // the outbox instead).
+        let limit = match deadline {
+            Some(d) => self
+                .s
+                .write_timeout
+                .min(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))),
+            None => self.s.write_timeout,
+        };
+        let result = tokio::time::timeout(limit, self.store.write(&group.batches)).await;
+        self.shared.counters.store_calls.fetch_add(1, Ordering::Relaxed);
+        self.last_call = Some(Instant::now());
+        match result {
+            Ok(Ok(())) => self.on_success(),
+            Ok(Err(e)) => self.on_failure(e, deadline).await,
+            Err(_) => self.on_failure(StorageError::Timeout(limit), deadline).await,
+        }
+    }
+
+    fn on_success(&mut self) {
+        let group = self.current.take().expect("called with a group");
+        let c = &self.shared.counters;
+        let add = |a: &std::sync::atomic::AtomicU64, n: usize| a.fetch_add(n as u64, Ordering::Relaxed);
+        for b in &group.batches {
+            add(&c.position_rows_written, b.positions.len());
+            add(&c.metric_rows_written, b.metrics.len());
+            add(&c.event_rows_written, b.events.len());
+            add(&c.npc_rows_written, b.npcs.len() + b.removed.len());
+        }
+        add(&c.batches_written, group.batches.len());
+        if let Some(g) = &group.outbox {
+            add(&c.batches_replayed, group.batches.len());
+            if let Some(ob) = self.outbox.as_mut()
+                && let Err(e) = ob.consume(g)
+            {
+                // The frames stay; a later replay sends them again, and the store skips them.
+                tracing::error!(error = %e, "cannot advance the outbox after a replay");
+            }
+            self.update_outbox_gauges();
+        } else {
+            self.recycle(group.batches);
+        }
+        if self.shared.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(store = self.store.name(), "storage recovered");
+        }
+        self.shared.breaker_open.store(false, Ordering::Relaxed);
+        self.backoff = self.s.retry_min;
+        self.attempts = 0;
+        self.isolate = false;
+    }
+
+    async fn on_failure(&mut self, e: StorageError, deadline: Option<Instant>) {
+        self.shared.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        let text = error_chain(&e);
+        self.set_error(&text);
+        if !self.shared.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(store = self.store.name(), error = %text, "storage failing; batches will wait (and spill to the outbox)");
+        }
+        let retry_after = match &e {
+            StorageError::CircuitOpen { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        self.shared.breaker_open.store(retry_after.is_some(), Ordering::Relaxed);
+        if !e.is_transient() && retry_after.is_none() {
+            self.refused(&text);
+        }
+        // Keep what failed on disk while the store is down (the outbox is empty whenever the
+        // group came from memory, so order is kept).
+        if self.current.as_ref().is_some_and(|g| g.outbox.is_none()) && self.outbox.is_some() {
+            let group = self.current.take().expect("checked above");
+            if let Err(batches) = self.spill(group.batches) {
+                self.current = Some(Group { batches, outbox: None });
+            }
+        }
+        self.wait_backoff(retry_after, deadline).await;
+    }
+
+    /// The store refused the group with a non-transient error: narrow it down to one batch,
+    /// and give that batch up after `max_attempts`.
+    fn refused(&mut self, text: &str) {
+        let Some(group) = self.current.as_mut() else { return };
+        // Until this is settled, one batch per call, so attempts count against one batch.
+        self.isolate = true;
+        if group.batches.len() > 1 {
+            if group.outbox.is_some() {
+                // Read again from the same place, one batch at a time.
+                self.current = None;
+            } else {
+                let rest = group.batches.split_off(1);
+                self.put_back(rest);
+            }
+            return;
+        }
+        self.attempts += 1;
+        if self.attempts < self.s.max_attempts {
+            return;
+        }
+        self.attempts = 0;
+        self.isolate = false;
+        let group = self.current.take().expect("checked above");
+        for b in &group.batches {
+            tracing::error!(batch = %b.id, rows = b.len(), error = text, "store refused the batch {} times; giving up (kept in <outbox>.dead)", self.s.max_attempts);
+            self.shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.writes_dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
+            if let Some(ob) = self.outbox.as_mut()
+                && let Err(e) = ob.dead_letter(b)
+            {
+                tracing::error!(error = %e, "cannot write the dead-letter file");
+            }
+        }
+        if let (Some(g), Some(ob)) = (&group.outbox, self.outbox.as_mut())
+            && let Err(e) = ob.consume(g)
+        {
+            tracing::error!(error = %e, "cannot advance the outbox");
+        }
+        self.update_outbox_gauges();
+    }
+
+    /// Sleeps before the next try; only the shutdown deadline cuts it short.
+    async fn wait_backoff(&mut self, at_least: Option<Duration>, deadline: Option<Instant>) {
+        let delay = at_least.map_or(self.backoff, |d| d.max(self.backoff));
+        self.backoff = (self.backoff * 2).min(self.s.retry_max);
+        let mut end = Instant::now() + delay;
+        if let Some(d) = deadline {
+            end = end.min(d);
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(end) => return,
+                () = self.shared.wake.notified() => {
+                    self.free_garbage();
+                    let q = self.shared.lock();
+                    if let (true, Some(d)) = (q.closed, q.deadline) {
+                        end = end.min(d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every batch waiting in memory to the outbox (store failing, or too much waiting).
+    fn spill_queue(&mut self) {
+        if self.outbox.is_none()
+            || self.current.as_ref().is_some_and(|g| g.outbox.is_none())
+            || self.spill_paused_until.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        let taken: Vec<Handoff> = {
+            let mut q = self.shared.lock();
+            q.rows = 0;
+            q.positions_from = 0;
+            q.batches.drain(..).collect()
+        };
+        if taken.is_empty() {
+            return;
+        }
+        let mut batches = self.materialize(taken);
+        self.coalesce(&mut batches);
+        if let Err(batches) = self.spill(batches) {
+            self.put_back(batches);
+        }
+    }
+
+    /// Puts batches back at the front of the queue, in order.
+    fn put_back(&self, batches: Vec<WriteBatch>) {
+        let mut q = self.shared.lock();
+        q.rows += batches.iter().map(WriteBatch::len).sum::<usize>();
+        q.positions_from = 0;
+        for batch in batches.into_iter().rev() {
+            q.batches.push_front(Handoff { batch, ..Handoff::default() });
+        }
+    }
+
+    /// Turns handed-over columns into rows (into recycled buffers), and gives the columns back
+    /// to the batcher.
+    fn materialize(&mut self, taken: Vec<Handoff>) -> Vec<WriteBatch> {
+        let mut batches = Vec::with_capacity(taken.len());
+        let mut columns = Vec::new();
+        for Handoff { mut batch, positions, .. } in taken {
+            if !positions.is_empty() {
+                if batch.positions.is_empty()
+                    && let Some(mut buf) = self.rows_pool.pop()
+                {
+                    buf.clear();
+                    batch.positions = buf;
+                }
+                positions.append_to(&mut batch.positions);
+            }
+            columns.push(positions);
+            batches.push(batch);
+        }
+        let mut q = self.shared.lock();
+        let surplus: Vec<_> = columns.into_iter().filter_map(|c| keep_spare(&mut q.spare, c)).collect();
+        drop(q);
+        drop(surplus);
+        batches
+    }
+
+    /// Appends batches to the outbox; gives them back when that fails.
+    fn spill(&mut self, batches: Vec<WriteBatch>) -> Result<(), Vec<WriteBatch>> {
+        let Some(ob) = self.outbox.as_mut() else { return Err(batches) };
+        match ob.append(&batches, self.s.max_outbox_bytes) {
+            Ok(_) => {
+                self.shared.counters.batches_spilled.fetch_add(batches.len() as u64, Ordering::Relaxed);
+                self.spill_paused_until = None;
+                self.update_outbox_gauges();
+                self.recycle(batches);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(path = %ob.path().display(), error = %e, "cannot spill to the outbox; batches stay in memory");
+                self.spill_paused_until = Some(Instant::now() + self.s.retry_max);
+                Err(batches)
+            }
+        }
+    }
+
+    /// Shutdown deadline passed: everything still in memory goes to the outbox, or is counted
+    /// as dropped when there is none (or it fails).
+    fn stop_now(&mut self) {
+        let mut left: Vec<WriteBatch> =
+            self.current.take().filter(|g| g.outbox.is_none()).map(|g| g.batches).unwrap_or_default();
+        let taken: Vec<Handoff> = {
+            let mut q = self.shared.lock();
+            q.rows = 0;
+            q.positions_from = 0;
+            q.batches.drain(..).collect()
+        };
+        left.extend(self.materialize(taken));
+        if !left.is_empty() {
+            self.coalesce(&mut left);
+            if let Err(lost) = self.spill(left) {
+                let rows: usize = lost.iter().map(WriteBatch::len).sum();
+                tracing::error!(
+                    batches = lost.len(),
+                    rows,
+                    "shutdown: store unavailable and no outbox; batches dropped"
+                );
+                self.shared.counters.failed_batches.fetch_add(lost.len() as u64, Ordering::Relaxed);
+                self.shared.counters.writes_dropped.fetch_add(rows as u64, Ordering::Relaxed);
+            }
+        }
+        let pending = self.outbox.as_ref().map_or(0, Outbox::pending);
+        if pending > 0 {
+            tracing::warn!(batches = pending, "shutdown: batches left in the outbox for the next start");
+        }
+        self.finish(pending);
+    }
+
+    fn finish(&self, left_in_outbox: u64) {
+        let mut q = self.shared.lock();
+        q.stopped = true;
+        q.idle = true;
+        q.left_in_outbox = left_in_outbox;
+        drop(q);
+        self.shared.changed.notify_all();
+        self.shared.idle_notify.notify_waiters();
+    }
+
+    /// Keeps the row buffers of written batches for the next columns to fill.
+    fn recycle(&mut self, batches: Vec<WriteBatch>) {
+        for b in batches {
+            if self.rows_pool.len() >= MAX_SPARE_ROWS {
+                break;
+            }
+            if b.positions.capacity() >= MIN_SPARE_CAPACITY {
+                self.rows_pool.push(b.positions);
+            }
+        }
+    }
+
+    /// Frees buffers the tick superseded but the pool had no room for.
+    fn free_garbage(&self) {
+        let garbage = std::mem::take(&mut self.shared.lock().garbage);
+        drop(garbage);
+    }
+
+    fn update_outbox_gauges(&self) {
+        let (pending, bytes) = self.outbox.as_ref().map_or((0, 0), |o| (o.pending(), o.bytes()));
+        self.shared.counters.outbox_batches.store(pending, Ordering::Relaxed);
+        self.shared.counters.outbox_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    fn set_error(&self, text: &str) {
+        *self.shared.lock_error() = Some(text.to_string());
+    }
+}
+
+/// An error and its sources, `outer: inner: …`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,439 @@
+//! Batching of position, metric and event updates: the `Record` stage builds at most one
+//! [`WriteBatch`] per tick, the `Flush` stage hands it to a [`BatchSink`] (normally the
+//! write-behind queue).
+//!
+//! # Streams and when they flush
+//! All limits come from `EngineConfig::batching`; ages are simulated time (ticks), so the
+//! batches a run produces depend only on its seed and inputs.
+//!
+//! - **Positions**: one row per NPC whose `Position` changed since the last position flush,
+//!   with its latest position (latest wins). Due when *more than* `max_items` NPCs wait (the
+//!   batch is full and a new NPC would not fit: NPCs already waiting add no row when they move
+//!   again), or when the oldest change is `max_age_ms` old. So 100 NPCs walking with the
+//!   default 100 rows / 500 ms flush by age, twice a second; a million flush every tick.
+//! - **Registry**: an `NpcRecord` for each NPC spawned since the last position flush (found in
+//!   the same pass), and for each NPC whose role, status, swarm, health or inventory changed
+//!   (looked for at most once per positions `max_age_ms`, so a big world does not scan five
+//!   columns every tick); removals from `TickLog::despawned`.
+//! - **Metrics** ([`Metrics`]): one row per (entity, metric) per flush. Due at more than
+//!   `max_items` rows or `max_age_ms` after the first sample.
+//! - **Events** ([`DomainEvents`] → [`EventBatcher`]): due at more than `max_items` or
+//!   `max_age_ms`; identical events within `dedup_window_ms` become one row with a count;
+//!   payloads over `compress_threshold_bytes` are compressed.
+//!
+//! A batch is cut when positions are due, when metrics or events pass their size limit, or
+//! when any stream is due by age while no position row waits. Otherwise a stream that is due
+//! waits for the next position flush (at most the positions' `max_age_ms` later), so every
+//! stream shares one store call. A cut batch carries every waiting position, event and
+//! registry row, and the metrics only when they are due (their interval is what aggregates).
+
+mod events;
+mod metrics;
+mod positions;
+mod stats;
+
+use std::sync::Arc;
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::system::{SystemChangeTick, SystemParam};
+use terrarium_engine::{Engine, EngineConfig, NpcId, NpcIndex, ParPool, SimClock, TickLog, TickSet};
+use terrarium_persistence::{BatchSink, Handoff, NpcRecord, PositionColumns, WriteBatch};
+
+pub use events::{DomainEvent, DomainEvents, EventBatcher, Subject, decode_payload};
+pub use metrics::{Metrics, names as metric_names};
+pub use stats::{BatcherStats, PersistenceHealth, StreamStats};
+
+use positions::{Marks, Note, NpcData, Want};
+
+/// Options of the batching plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchingOptions {
+    /// Record the wall-clock time of each stage as a metric (`stage_us`). The only
+    /// non-reproducible content of a batch; turn it off to compare batches between runs.
+    pub stage_times: bool,
+}
+
+impl Default for BatchingOptions {
+    fn default() -> Self {
+        Self { stage_times: true }
+    }
+}
+
+/// The batching plugin, handing batches to `sink`.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use terrarium_engine::{Engine, EngineConfig, NpcSpec, Position, Role, Velocity};
+/// use terrarium_persistence::testing::RecordingSink;
+/// use terrarium_systems::batching;
+///
+/// let sink = Arc::new(RecordingSink::new(1));
+/// let mut engine = Engine::builder(EngineConfig::default())
+///     .add_plugin(terrarium_systems::core_plugin)
+///     .add_plugin(batching::plugin(sink.clone()))
+///     .build()
+///     .unwrap();
+/// let spec = NpcSpec::new(Role::Scout, Position::new(10.0, 0.0, 10.0)).moving(Velocity::new(1.0, 0.0, 0.0));
+/// let id = engine.spawn_npc(spec);
+/// engine.run_ticks(11); // 500 ms at 20 Hz: the position flush is due
+/// let batch = &sink.batches()[0];
+/// assert_eq!(batch.npcs[0].id, id.0);
+/// assert_eq!(batch.positions.len(), 1);
+/// ```
+pub fn plugin(sink: Arc<dyn BatchSink>) -> impl Fn(&mut Engine) + 'static {
+    plugin_with(sink, BatchingOptions::default())
+}
+
+/// [`plugin`] with options.
+pub fn plugin_with(sink: Arc<dyn BatchSink>, options: BatchingOptions) -> impl Fn(&mut Engine) + 'static {
+    move |engine: &mut Engine| register(engine, Arc::clone(&sink), options)
+}
+
+/// Adds the batching resources and systems: `Record` samples metrics, takes despawns and
+/// events, and cuts the batch; `Flush` hands it over and mirrors the sink's health.
+pub fn register(engine: &mut Engine, sink: Arc<dyn BatchSink>, options: BatchingOptions) {
+    let ev = engine.config().batching.events.clone();
+    let world = engine.world_mut();
+    world.insert_resource(EventBatcher::new(sink.run_id(), ev.dedup_window_ms, ev.compress_threshold_bytes));
+    world.insert_resource(Sink(sink));
+    world.insert_resource(PositionBatcher::default());
+    world.insert_resource(Metrics::default());
+    world.insert_resource(DomainEvents::default());
+    world.insert_resource(Registry::default());
+    world.insert_resource(Outgoing::default());
+    world.insert_resource(BatcherStats::default());
+    world.insert_resource(PersistenceHealth::default());
+    world.insert_resource(metrics::SampleStageTimes(options.stage_times));
+    engine.add_systems(
+        TickSet::Record,
+        (metrics::sample_metrics, record_despawns, record_events, cut_batch).chain(),
+    );
+    engine.add_systems(TickSet::Flush, (hand_over, mirror_health).chain());
+}
+
+/// Cuts a batch now with everything that waits (positions, registry rows, metrics, events),
+/// whatever the limits say, and hands it to the sink. Call it between ticks before shutting the
+/// sink down, so that what changed since the last flush is written too. Returns false when the
+/// engine has no batching.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use terrarium_engine::{Engine, EngineConfig, NpcSpec, Position, Role};
+/// use terrarium_persistence::testing::RecordingSink;
+/// use terrarium_systems::batching;
+///
+/// let sink = Arc::new(RecordingSink::new(1));
+/// let mut engine = Engine::builder(EngineConfig::default()).add_plugin(batching::plugin(sink.clone())).build().unwrap();
+/// engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(1.0, 0.0, 1.0)));
+/// engine.tick();
+/// assert!(sink.batches().is_empty(), "not due yet");
+/// assert!(batching::flush_now(&mut engine));
+/// assert_eq!(sink.batches()[0].npcs.len(), 1);
+/// ```
+pub fn flush_now(engine: &mut Engine) -> bool {
+    let world = engine.world_mut();
+    if !world.contains_resource::<Sink>() {
+        return false;
+    }
+    world.resource_mut::<PositionBatcher>().force = true;
+    let ran = [
+        world.run_system_cached(record_despawns),
+        world.run_system_cached(record_events),
+        world.run_system_cached(cut_batch),
+        world.run_system_cached(hand_over),
+    ];
+    for r in ran {
+        r.expect("batching systems take no input and their resources are installed");
+    }
+    // Reported now; the next tick must not report them again.
+    world.resource_mut::<TickLog>().despawned.clear();
+    true
+}
+
+/// The sink batches go to.
+#[derive(Resource, Clone)]
+pub struct Sink(pub Arc<dyn BatchSink>);
+
+/// Position batching state kept between ticks.
+#[derive(Resource, Debug, Default)]
+struct PositionBatcher {
+    /// Change ticks of the last position flush, the last run, the last registry scan.
+    last_flush: bevy_ecs::change_detection::Tick,
+    last_run: bevy_ecs::change_detection::Tick,
+    last_state: bevy_ecs::change_detection::Tick,
+    /// Simulated tick of the last registry scan.
+    last_state_tick: Option<u64>,
+    /// Tick the oldest waiting change was first counted.
+    first_pending_tick: Option<u64>,
+    /// NPC moves counted since the last flush (one per NPC per tick it moved).
+    moves_since_flush: u64,
+    /// `NpcIndex::added_total` at the last position flush: unchanged means no spawn to find.
+    added_at_flush: u64,
+    /// Cut a batch at the next run whatever the limits say ([`flush_now`]).
+    force: bool,
+}
+
+/// Registry rows waiting for the next batch.
+#[derive(Resource, Debug, Default)]
+struct Registry {
+    records: Vec<NpcRecord>,
+    removed: Vec<u64>,
+    first_pending_tick: Option<u64>,
+}
+
+/// The batch cut in `Record`, handed over in `Flush`.
+#[derive(Resource, Debug, Default)]
+struct Outgoing(Option<Handoff>);
+
+/// What `cut_batch` reads.
+#[derive(SystemParam)]
+struct Env<'w> {
+    clock: Res<'w, SimClock>,
+    config: Res<'w, EngineConfig>,
+    pool: Res<'w, ParPool>,
+    index: Res<'w, NpcIndex>,
+    sink: Res<'w, Sink>,
+}
+
+/// The batchers `cut_batch` drains.
+#[derive(SystemParam)]
+struct Batchers<'w> {
+    metrics: ResMut<'w, Metrics>,
+    events: ResMut<'w, EventBatcher>,
+    registry: ResMut<'w, Registry>,
+    outgoing: ResMut<'w, Outgoing>,
+    stats: ResMut<'w, BatcherStats>,
+}
+
+/// Despawns since the last tick become removals and events.
+fn record_despawns(
+    log: Res<TickLog>,
+    clock: Res<SimClock>,
+    mut registry: ResMut<Registry>,
+    mut events: ResMut<EventBatcher>,
+    mut stats: ResMut<BatcherStats>,
+) {
+    if log.despawned.is_empty() {
+        return;
+    }
+    registry.removed.extend(log.despawned.iter().map(|id| id.0));
+    registry.first_pending_tick.get_or_insert(clock.tick);
+    let list = log.despawned.iter().map(|&id| (id, DomainEvent::NpcDespawned)).collect();
+    let bulk = |count, first_id, last_id| DomainEvent::NpcsDespawned { count, first_id, last_id };
+    per_npc_or_bulk(list, bulk, (clock.tick, clock.now_ms()), &mut events, &mut stats);
+}
+
+/// Events emitted by systems this tick go to the event batcher.
+fn record_events(
+    mut queue: ResMut<DomainEvents>,
+    clock: Res<SimClock>,
+    mut events: ResMut<EventBatcher>,
+    mut stats: ResMut<BatcherStats>,
+) {
+    let (tick, ms) = (clock.tick, clock.now_ms());
+    for (subject, correlation, e) in queue.drain() {
+        events.push(tick, ms, subject, correlation, &e, &mut stats);
+    }
+}
+
+/// Decides whether a batch is due (see the module docs) and builds it.
+fn cut_batch(
+    npcs: Query<NpcData>,
+    ticks: SystemChangeTick,
+    env: Env,
+    mut state: ResMut<PositionBatcher>,
+    mut b: Batchers,
+) {
+    let Env { clock, config, pool, index, sink } = env;
+    let cfg = &config.batching;
+    let tick = clock.tick;
+    let aged =
+        |first: Option<u64>, ms: u64| first.is_some_and(|f| tick.saturating_sub(f) >= clock.ticks_in_ms(ms));
+    let m = Marks {
+        flush: state.last_flush,
+        run: state.last_run,
+        state: state.last_state,
+        now: ticks.this_run(),
+    };
+    state.last_run = m.now;
+    let force = std::mem::take(&mut state.force);
+
+    let count = positions::count_pending(&npcs, m, cfg.positions.max_items);
+    if count.pending == 0 {
+        // Nothing waits (the NPCs that moved may have been despawned since).
+        state.first_pending_tick = None;
+    } else {
+        state.first_pending_tick.get_or_insert(tick);
+    }
+    if !count.capped {
+        state.moves_since_flush += count.moved_now;
+    }
+    let p_pending = count.pending > 0;
+    let p_due = count.capped || aged(state.first_pending_tick, cfg.positions.max_age_ms);
+    let m_size = b.metrics.pending() > cfg.metrics.max_items;
+    let m_due = force || m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
+    let e_size = b.events.pending() > cfg.events.max_items;
+    let e_due = e_size || aged(b.events.first_pending_tick(), cfg.events.max_age_ms);
+    let r_due = aged(b.registry.first_pending_tick, cfg.positions.max_age_ms);
+    let state_due = state
+        .last_state_tick
+        .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.max_age_ms));
+
+    let anything = p_pending
+        || b.metrics.pending() > 0
+        || b.events.pending() > 0
+        || b.registry.first_pending_tick.is_some();
+    let mut cut =
+        (force && anything) || p_due || m_size || e_size || (!p_pending && (m_due || e_due || r_due));
+    // Without a cut, the registry scan only runs when no position flush is coming to carry it.
+    let positions = cut && p_pending;
+    let spawns = positions && index.added_total() != state.added_at_flush;
+    let want = Want { positions, spawns, state: state_due && (cut || !p_pending) };
+    let mut columns = PositionColumns::default();
+    let mut collected = positions::Collected::default();
+    if want.positions || want.state {
+        if want.positions {
+            columns = sink.0.reuse_columns().unwrap_or_default();
+        }
+        collected = positions::collect(&pool, &npcs, m, tick, want, &mut columns);
+        if want.state {
+            state.last_state = m.now;
+            state.last_state_tick = Some(tick);
+        }
+        // State changes found without a position flush coming have waited long enough.
+        cut |= !collected.records.is_empty();
+    }
+    b.stats.positions.pending_items = count.pending as u64;
+    b.stats.metrics.pending_items = b.metrics.pending() as u64;
+    if !cut {
+        b.stats.events.pending_items = b.events.pending() as u64;
+        return;
+    }
+
+    let complete = want.positions && collected.rows == collected.entities;
+    if want.positions {
+        if count.capped {
+            state.moves_since_flush += collected.moved_now;
+        }
+        let rows = collected.rows as u64;
+        b.stats.positions.flushed(rows, state.moves_since_flush.saturating_sub(rows));
+        state.moves_since_flush = 0;
+        state.first_pending_tick = None;
+        state.last_flush = m.now;
+        state.added_at_flush = index.added_total();
+    }
+    let (stats, events) = (&mut *b.stats, &mut *b.events);
+    push_notes(&collected.notes, tick, clock.now_ms(), events, stats);
+    let registry = &mut *b.registry;
+    registry.records.append(&mut collected.records);
+    registry.first_pending_tick = None;
+    let mut batch = WriteBatch {
+        tick,
+        npcs: std::mem::take(&mut registry.records),
+        removed: std::mem::take(&mut registry.removed),
+        ..WriteBatch::default()
+    };
+    stats.registry_rows += (batch.npcs.len() + batch.removed.len()) as u64;
+    if m_due && b.metrics.pending() > 0 {
+        let samples = b.metrics.samples();
+        batch.metrics = b.metrics.take(tick);
+        let rows = batch.metrics.len() as u64;
+        stats.metrics.flushed(rows, samples.saturating_sub(rows));
+    }
+    if events.pending() > 0 {
+        let folded = stats.events_deduplicated - stats.events.items_coalesced;
+        batch.events = events.take();
+        stats.events.flushed(batch.events.len() as u64, folded);
+    }
+    stats.metrics.pending_items = b.metrics.pending() as u64;
+    stats.events.pending_items = 0;
+    let handoff = Handoff { batch, positions: columns, covers_all_positions: complete };
+    if !handoff.is_empty() {
+        stats.batches_created += 1;
+        b.outgoing.0 = Some(handoff);
+    }
+}
+
+/// Spawn and status notes become events.
+fn push_notes(notes: &[Note], tick: u64, ms: u64, events: &mut EventBatcher, stats: &mut BatcherStats) {
+    let (mut spawned, mut statuses) = (Vec::new(), Vec::new());
+    for n in notes {
+        match *n {
+            Note::Spawned { id, role, position, agent } => {
+                spawned.push((id, DomainEvent::NpcSpawned { role, position, agent }));
+            }
+            Note::Status { id, status } => statuses.push((id, DomainEvent::StatusChanged { status })),
+        }
+    }
+    let at = (tick, ms);
+    per_npc_or_bulk(
+        spawned,
+        |count, first_id, last_id| DomainEvent::NpcsSpawned { count, first_id, last_id },
+        at,
+        events,
+        stats,
+    );
+    per_npc_or_bulk(
+        statuses,
+        |count, first_id, last_id| DomainEvent::StatusesChanged { count, first_id, last_id },
+        at,
+        events,
+        stats,
+    );
+}
+
+/// Pushes one event per NPC for the first [`DomainEvents::PER_NPC_LIMIT`], then one bulk
+/// event (about the world) for the rest.
+fn per_npc_or_bulk(
+    list: Vec<(NpcId, DomainEvent)>,
+    bulk: fn(u64, u64, u64) -> DomainEvent,
+    (tick, ms): (u64, u64),
+    events: &mut EventBatcher,
+    stats: &mut BatcherStats,
+) {
+    let (mut count, mut first, mut last) = (0u64, u64::MAX, 0u64);
+    for (i, (id, e)) in list.into_iter().enumerate() {
+        if i < DomainEvents::PER_NPC_LIMIT {
+            events.push(tick, ms, Subject::Npc(id), 0, &e, stats);
+        } else {
+            (count, first, last) = (count + 1, first.min(id.0), last.max(id.0));
+        }
+    }
+    if count > 0 {
+        events.push(tick, ms, Subject::World, 0, &bulk(count, first, last), stats);
+    }
+}
+
+/// Hands the batch cut this tick to the sink: one lock and a notify, never I/O.
+fn hand_over(mut outgoing: ResMut<Outgoing>, sink: Res<Sink>, mut stats: ResMut<BatcherStats>) {
+    let Some(handoff) = outgoing.0.take() else { return };
+    let rows = handoff.len() as u64;
+    if let Err(e) = sink.0.submit(handoff) {
+        // The sink counted it too; `mirror_health` turns the count into an event.
+        stats.batches_refused += 1;
+        stats.writes_dropped += rows;
+        tracing::error!(error = %e, rows, "batch refused by the sink");
+    }
+}
+
+/// Mirrors the sink's health into [`PersistenceHealth`]; transitions become events.
+fn mirror_health(sink: Res<Sink>, mut health: ResMut<PersistenceHealth>, mut queue: ResMut<DomainEvents>) {
+    let now = PersistenceHealth::from(sink.0.health());
+    if now == *health {
+        return;
+    }
+    if now.degraded && !health.degraded {
+        let error = now.last_error.clone().unwrap_or_default();
+        queue.emit(Subject::Storage, DomainEvent::StorageDegraded { error });
+    } else if !now.degraded && health.degraded {
+        queue.emit(Subject::Storage, DomainEvent::StorageRecovered);
+    }
+    if now.writes_dropped > health.writes_dropped {
+        let rows = now.writes_dropped - health.writes_dropped;
+        let reason = now.last_error.clone().unwrap_or_else(|| "refused by the write-behind".into());
+        queue.emit(Subject::Storage, DomainEvent::WritesDropped { rows, reason });
+    }
+    *health = now;
+}

@@ -1,0 +1,311 @@
+//! Position and registry collection from change detection: one pass over contiguous table
+//! columns, in fixed-size chunks on the worker pool, straight into a reused buffer.
+//!
+//! Nothing is recorded per tick: the `Position` change ticks *are* the pending set. A flush
+//! compares them with the change tick of the previous flush, so an NPC that moved ten times
+//! costs one row (its latest position), and a tick without a flush only counts.
+
+use bevy_ecs::change_detection::{MAX_CHANGE_AGE, Tick};
+use bevy_ecs::prelude::*;
+use terrarium_engine::{Agent, Health, Inventory, NpcId, ParPool, Position, Role, Status, Swarm};
+use terrarium_persistence::{NpcRecord, PositionColumns};
+
+use crate::par;
+
+/// What the collection reads of every NPC.
+pub(crate) type NpcData = (
+    Ref<'static, NpcId>,
+    Ref<'static, Position>,
+    Ref<'static, Role>,
+    Ref<'static, Status>,
+    Ref<'static, Swarm>,
+    Ref<'static, Health>,
+    Ref<'static, Inventory>,
+    Has<Agent>,
+);
+
+/// Change ticks to compare with, all relative to the running system's `this_run`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Marks {
+    /// `this_run` of the last position flush: newer position ticks are pending rows, newer
+    /// `NpcId` added ticks are spawns not yet written.
+    pub flush: Tick,
+    /// `this_run` of the previous batching run: newer position ticks moved this tick.
+    pub run: Tick,
+    /// `this_run` of the last registry scan: newer state ticks are changes not yet written.
+    pub state: Tick,
+    /// `this_run` now.
+    pub now: Tick,
+}
+
+/// Result of the cheap per-tick count.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Count {
+    /// NPCs with a position change since the last flush, counted up to `cap + 1`.
+    pub pending: usize,
+    /// Of those, moved this tick; only exact when `!capped`.
+    pub moved_now: u64,
+    /// The count stopped at `cap + 1`.
+    pub capped: bool,
+}
+
+/// Counts pending position rows, stopping as soon as there are more than `cap`: deciding
+/// whether a flush is due costs a few hundred ticks' reads when many NPCs move, one column
+/// scan when few do.
+pub(crate) fn count_pending(q: &Query<NpcData>, m: Marks, cap: usize) -> Count {
+    let mut c = Count::default();
+    for (_, pos, ..) in q.contiguous_iter().expect("NPC components are stored in tables") {
+        for t in pos.changed_ticks_slice() {
+            if t.is_newer_than(m.flush, m.now) {
+                c.pending += 1;
+                if t.is_newer_than(m.run, m.now) {
+                    c.moved_now += 1;
+                }
+                if c.pending > cap {
+                    c.capped = true;
+                    return c;
+                }
+            }
+        }
+    }
+    c
+}
+
+/// What one collection pass produced.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    /// Position rows written to the front of the buffer.
+    pub rows: usize,
+    /// Rows whose NPC moved this tick.
+    pub moved_now: u64,
+    /// NPCs matched by the query (the buffer covers all of them when `rows == entities`).
+    pub entities: usize,
+    /// Registry rows: spawns (full records) and state changes.
+    pub records: Vec<NpcRecord>,
+    /// Spawns and status changes, for events.
+    pub notes: Vec<Note>,
+}
+
+/// A lifecycle fact found by the pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Note {
+    /// The NPC appeared since the last flush.
+    Spawned { id: NpcId, role: Role, position: Position, agent: bool },
+    /// The NPC's status changed since the last registry scan.
+    Status { id: NpcId, status: Status },
+}
+
+/// Which parts a pass collects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want {
+    /// Position rows.
+    pub positions: bool,
+    /// Spawns (only looked for with positions, and only when an NPC may have appeared).
+    pub spawns: bool,
+    /// State changes (role, status, swarm, health, inventory).
+    pub state: bool,
+}
+
+/// Collects position rows (NPCs whose position changed since `m.flush`) into `out`, and
+/// registry rows, in table order and chunk order: the same rows for any thread count.
+///
+/// The columns of `out` are resized to the number of NPCs (growing only; reused columns keep
+/// their pages), every chunk writes its rows at its own offset, then the gaps are closed and
+/// the columns are cut to the rows written.
+pub(crate) fn collect(
+    pool: &ParPool,
+    q: &Query<NpcData>,
+    m: Marks,
+    tick: u64,
+    want: Want,
+    out: &mut PositionColumns,
+) -> Collected {
+    let tables: Vec<_> = q.contiguous_iter().expect("NPC components are stored in tables").collect();
+    let entities: usize = tables.iter().map(|t| t.0.len()).sum();
+    out.tick = tick;
+    if want.positions {
+        if out.ids.len() < entities {
+            out.ids.resize(entities, 0);
+        }
+        if out.xyz.len() < entities {
+            out.xyz.resize(entities, [0.0; 3]);
+        }
+    }
+    let mut jobs = Vec::new();
+    let (mut rest_ids, mut rest_xyz): (&mut [u64], &mut [[f32; 3]]) = if want.positions {
+        (&mut out.ids[..entities], &mut out.xyz[..entities])
+    } else {
+        (&mut [], &mut [])
+    };
+    let mut offset = 0usize;
+    for (ids, pos, role, status, swarm, health, inv, agent) in &tables {
+        let len = ids.len();
+        let (region_ids, region_xyz): (&mut [u64], &mut [[f32; 3]]) = if want.positions {
+            let (r_ids, t_ids) = std::mem::take(&mut rest_ids).split_at_mut(len);
+            let (r_xyz, t_xyz) = std::mem::take(&mut rest_xyz).split_at_mut(len);
+            (rest_ids, rest_xyz) = (t_ids, t_xyz);
+            (r_ids, r_xyz)
+        } else {
+            (&mut [], &mut [])
+        };
+        let mut region_chunks = region_ids.chunks_mut(par::CHUNK).zip(region_xyz.chunks_mut(par::CHUNK));
+        for start in (0..len).step_by(par::CHUNK) {
+            let r = start..(start + par::CHUNK).min(len);
+            jobs.push(Job {
+                offset: offset + start,
+                ids: &ids[r.clone()],
+                added: &ids.added_ticks_slice()[r.clone()],
+                pos: &pos[r.clone()],
+                moved: &pos.changed_ticks_slice()[r.clone()],
+                state: [
+                    &role.changed_ticks_slice()[r.clone()],
+                    &status.changed_ticks_slice()[r.clone()],
+                    &swarm.changed_ticks_slice()[r.clone()],
+                    &health.changed_ticks_slice()[r.clone()],
+                    &inv.changed_ticks_slice()[r.clone()],
+                ],
+                role: &role[r.clone()],
+                status: &status[r.clone()],
+                swarm: &swarm[r.clone()],
+                health: &health[r.clone()],
+                inv: &inv[r.clone()],
+                agent: *agent,
+                out: region_chunks.next().unwrap_or_default(),
+            });
+        }
+        offset += len;
+    }
+    let parts = par::map(pool, jobs, |job| job.run(m, tick, want));
+    let mut c = Collected { entities, ..Collected::default() };
+    for part in parts {
+        if want.positions {
+            if part.offset != c.rows {
+                out.ids.copy_within(part.offset..part.offset + part.rows, c.rows);
+                out.xyz.copy_within(part.offset..part.offset + part.rows, c.rows);
+            }
+            c.rows += part.rows;
+            c.moved_now += part.moved_now;
+        }
+        c.records.extend(part.records);
+        c.notes.extend(part.notes);
+    }
+    if want.positions {
+        out.ids.truncate(c.rows);
+        out.xyz.truncate(c.rows);
+    }
+    c
+}
+
+/// One chunk of one table.
+struct Job<'a> {
+    /// Index of the chunk's first NPC among all NPCs of the query (its place in the buffer).
+    offset: usize,
+    ids: &'a [NpcId],
+    added: &'a [Tick],
+    pos: &'a [Position],
+    moved: &'a [Tick],
+    /// Changed ticks of role, status, swarm, health, inventory.
+    state: [&'a [Tick]; 5],
+    role: &'a [Role],
+    status: &'a [Status],
+    swarm: &'a [Swarm],
+    health: &'a [Health],
+    inv: &'a [Inventory],
+    agent: bool,
+    /// Where this chunk's rows go (ids, positions), as long as the chunk.
+    out: (&'a mut [u64], &'a mut [[f32; 3]]),
+}
+
+/// What one chunk produced.
+struct Part {
+    offset: usize,
+    rows: usize,
+    moved_now: u64,
+    records: Vec<NpcRecord>,
+    notes: Vec<Note>,
+}
+
+impl Job<'_> {
+    fn run(self, m: Marks, tick: u64, want: Want) -> Part {
+        let mut p =
+            Part { offset: self.offset, rows: 0, moved_now: 0, records: Vec::new(), notes: Vec::new() };
+        let n = self.ids.len();
+        let now = m.now.get();
+        // `Tick::is_newer_than`, with the parts that do not depend on the element hoisted:
+        // a tick is newer than `mark` when fewer ticks have passed since it than since `mark`.
+        let age = |t: &Tick| now.wrapping_sub(t.get()).min(MAX_CHANGE_AGE);
+        let (flush_age, run_age, state_age) = (age(&m.flush), age(&m.run), age(&m.state));
+        let count =
+            |ticks: &[Tick], mark: u32| ticks.iter().map(|t| u32::from(age(t) < mark)).sum::<u32>() as usize;
+        if want.positions {
+            let (out_ids, out_xyz) = (&mut self.out.0[..n], &mut self.out.1[..n]);
+            let xyz: &[[f32; 3]] = bytemuck::cast_slice(self.pos);
+            // One pass over the chunk's position ticks counts both marks (the run mark is the
+            // newer one, so a tick newer than it is newer than the flush mark too).
+            let (pending, moved_now) = self.moved.iter().fold((0u32, 0u32), |(p, r), t| {
+                let a = age(t);
+                (p + u32::from(a < flush_age), r + u32::from(a < run_age))
+            });
+            p.moved_now = u64::from(moved_now);
+            if pending as usize == n {
+                // Every NPC of the chunk moved (the common case when many walk): two block copies.
+                for (o, id) in out_ids.iter_mut().zip(self.ids) {
+                    *o = id.0;
+                }
+                out_xyz.copy_from_slice(xyz);
+                p.rows = n;
+            } else {
+                for ((id, pos), t) in self.ids.iter().zip(xyz).zip(self.moved) {
+                    if age(t) < flush_age {
+                        out_ids[p.rows] = id.0;
+                        out_xyz[p.rows] = *pos;
+                        p.rows += 1;
+                    }
+                }
+            }
+            // Spawns are a subset of position changes (a new NPC's position is new), so they
+            // are only looked for when positions are; most chunks have none.
+            if want.spawns && count(self.added, flush_age) > 0 {
+                for i in (0..n).filter(|&i| age(&self.added[i]) < flush_age) {
+                    p.records.push(self.record(i, tick));
+                    let (id, role, position, agent) = (self.ids[i], self.role[i], self.pos[i], self.agent);
+                    p.notes.push(Note::Spawned { id, role, position, agent });
+                }
+            }
+        }
+        if want.state && self.state.iter().any(|ticks| count(ticks, state_age) > 0) {
+            for i in 0..n {
+                let spawned = want.spawns && age(&self.added[i]) < flush_age;
+                if !spawned && self.state.iter().any(|ticks| age(&ticks[i]) < state_age) {
+                    p.records.push(self.record(i, tick));
+                    if age(&self.state[1][i]) < state_age {
+                        p.notes.push(Note::Status { id: self.ids[i], status: self.status[i] });
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    fn record(&self, i: usize, tick: u64) -> NpcRecord {
+        let Position { x, y, z } = self.pos[i];
+        NpcRecord {
+            id: self.ids[i].0,
+            role: self.role[i].name(),
+            status: self.status[i].name().to_string(),
+            swarm: self.swarm[i].0,
+            agent: self.agent,
+            x,
+            y,
+            z,
+            health: self.health[i].current,
+            inventory: self.inv[i]
+                .stacks
+                .iter()
+                .filter(|s| s.count > 0)
+                .map(|s| (s.kind.0, s.count))
+                .collect(),
+            updated_tick: tick,
+        }
+    }
+}
