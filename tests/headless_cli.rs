@@ -133,6 +133,29 @@ fn realtime_paces_ticks_instead_of_spinning() {
 }
 
 #[test]
+fn agents_are_mining_agents_and_a_snapshot_keeps_their_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("w.snap");
+    let snap = snap.to_str().unwrap();
+    let common = ["--npcs", "500", "--seed", "4", "--threads", "2", "--storage", "none", "--quiet", "--json"];
+    let out = run(&[&common[..], &["--agents", "150", "--ticks", "150", "--snapshot-out", snap]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json(&out);
+    assert_eq!((v["npcs"].as_u64(), v["agents"].as_u64()), (Some(500), Some(150)));
+    assert!(v["paths_solved"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["ore_mined"].as_object().is_some_and(|m| m.len() == 4), "{v}");
+    for key in ["path_failures", "replans"] {
+        assert!(v[key].as_u64().is_some(), "missing {key} in {v}");
+    }
+    // The loaded world has the voxels and the miners' state: the agents carry on.
+    let out = run(&[&common[..], &["--snapshot-in", snap, "--ticks", "50"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json(&out);
+    assert_eq!(v["agents"].as_u64(), Some(150));
+    assert!(v["paths_solved"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
 fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
     let keys = [
         "position_rows_written",
