@@ -21,7 +21,7 @@ use serde::Serialize;
 use terrarium::Config;
 use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::voxel::Ore;
-use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet};
+use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet, Velocity, math};
 use terrarium::persistence::{MemoryStore, WriteBehind};
 use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
@@ -329,10 +329,17 @@ fn run(args: &Args) -> Result<()> {
 fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
     let seed = engine.config().seed;
     let (min, max) = (engine.config().world.min, engine.config().world.max);
+    let speed = engine.config().npc.wander_speed;
     engine.spawn_batch((0..npcs).map(|i| {
         let mut r = StreamRng::new(hash3(seed, i, 0x0053_5041_574E)); // "SPAWN"
         let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
-        NpcSpec::new(Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize], pos)
+        let role = Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize];
+        // Walking from the start, like the wanderers they are (status `moving`), so the world
+        // does not begin with a million status changes.
+        let pace = speed * r.range_f32(0.5, 1.0);
+        let (vx, vz) =
+            math::with_length_2d(r.range_f32(-1.0, 1.0), r.range_f32(-1.0, 1.0), pace).unwrap_or((pace, 0.0));
+        NpcSpec::new(role, pos).moving(Velocity::new(vx, 0.0, vz))
     }));
     if agents > 0 {
         terrarium::systems::mining::spawn_colony(engine, agents, seed)

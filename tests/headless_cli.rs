@@ -1,24 +1,15 @@
 //! The headless example as other tools drive it: flags, exit codes, and the JSON contract.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-/// The example binary cargo built next to this test (`target/<profile>/examples/headless`).
-fn headless() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join(format!("headless{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "build the examples first (cargo test builds them): {}", bin.display());
-    bin
-}
+use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(headless()).args(args).output().unwrap()
+    common::output("headless", args)
 }
 
 fn last_json(out: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+    common::last_json(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
