@@ -20,9 +20,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use terrarium::Config;
 use terrarium::engine::rng::{StreamRng, hash3};
-use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet};
+use terrarium::engine::voxel::Ore;
+use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet, Velocity, math};
 use terrarium::persistence::{MemoryStore, WriteBehind};
 use terrarium::systems::batching::{self, BatcherStats};
+use terrarium::systems::mining::MiningStats;
+use terrarium::systems::pathfinding::PathStats;
 
 mod common;
 
@@ -33,7 +36,7 @@ struct Args {
     /// Plain (wandering) NPCs to spawn.
     #[arg(long, default_value_t = 100_000)]
     npcs: u64,
-    /// Agents (NPCs with a brain) to spawn.
+    /// Mining agents to spawn, in a voxel world generated for them (see `mining_colony`).
     #[arg(long, default_value_t = 0)]
     agents: u64,
     /// Ticks to run.
@@ -138,6 +141,14 @@ struct Summary {
     handoff_us_max: f64,
     /// Milliseconds the final drain (`WriteBehind::shutdown`) took.
     drain_ms: f64,
+    /// Items the agents mined, per ore kind (empty without agents).
+    ore_mined: std::collections::BTreeMap<&'static str, u64>,
+    /// Agents' path requests answered with a path.
+    paths_solved: u64,
+    /// Agents' path requests with no path.
+    path_failures: u64,
+    /// Agents' paths replanned after a blocked step.
+    replans: u64,
 }
 
 fn main() -> ExitCode {
@@ -174,6 +185,9 @@ fn run(args: &Args) -> Result<()> {
             Some((store, wb))
         }
     };
+    if args.agents > 0 || args.snapshot_in.is_some() {
+        builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
+    }
 
     let spawn_started = Instant::now();
     let mut snapshot_load_ms = None;
@@ -186,7 +200,7 @@ fn run(args: &Args) -> Result<()> {
         engine
     } else {
         let mut engine = builder.build()?;
-        spawn_population(&mut engine, args.npcs, args.agents);
+        spawn_population(&mut engine, args.npcs, args.agents)?;
         engine
     };
     let spawn_ms = ms(spawn_started.elapsed());
@@ -292,6 +306,14 @@ fn run(args: &Args) -> Result<()> {
         handoff_us_p50: if handoff.is_empty() { 0.0 } else { handoff.value_at_quantile(0.5) as f64 / 1e3 },
         handoff_us_max: if handoff.is_empty() { 0.0 } else { handoff.max() as f64 / 1e3 },
         drain_ms,
+        ore_mined: engine
+            .world()
+            .get_resource::<MiningStats>()
+            .map(|m| Ore::ALL.iter().map(|o| (o.name(), m.ore_mined[o.index()])).collect())
+            .unwrap_or_default(),
+        paths_solved: engine.world().get_resource::<PathStats>().map_or(0, |p| p.solved),
+        path_failures: engine.world().get_resource::<PathStats>().map_or(0, |p| p.failures),
+        replans: engine.world().get_resource::<PathStats>().map_or(0, |p| p.replans),
     };
     if !args.quiet {
         print_human(&summary);
@@ -302,18 +324,28 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Spawns plain NPCs spread over the ground and agents, all derived from the world seed.
-fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) {
+/// Spawns plain NPCs spread over the ground, then mining agents in a voxel world generated for
+/// them; everything derives from the world seed.
+fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
     let seed = engine.config().seed;
     let (min, max) = (engine.config().world.min, engine.config().world.max);
-    let spec = |i: u64, agent: bool| {
+    let speed = engine.config().npc.wander_speed;
+    engine.spawn_batch((0..npcs).map(|i| {
         let mut r = StreamRng::new(hash3(seed, i, 0x0053_5041_574E)); // "SPAWN"
         let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
         let role = Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize];
-        let spec = NpcSpec::new(if agent { Role::Miner } else { role }, pos);
-        if agent { spec.as_agent() } else { spec }
-    };
-    engine.spawn_batch((0..npcs).map(|i| spec(i, false)).chain((npcs..npcs + agents).map(|i| spec(i, true))));
+        // Walking from the start, like the wanderers they are (status `moving`), so the world
+        // does not begin with a million status changes.
+        let pace = speed * r.range_f32(0.5, 1.0);
+        let (vx, vz) =
+            math::with_length_2d(r.range_f32(-1.0, 1.0), r.range_f32(-1.0, 1.0), pace).unwrap_or((pace, 0.0));
+        NpcSpec::new(role, pos).moving(Velocity::new(vx, 0.0, vz))
+    }));
+    if agents > 0 {
+        terrarium::systems::mining::spawn_colony(engine, agents, seed)
+            .context("cannot set up the mining agents")?;
+    }
+    Ok(())
 }
 
 /// Batches the batcher has handed over so far (0 without batching).

@@ -4,54 +4,11 @@
 //! Each test first brings the example up to date (`cargo build --example`, the same profile
 //! and features as the test; a no-op after a full `cargo test`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
-/// The path of example `name`, built (or brought up to date) for this test's profile and
-/// features: a filtered `cargo test --test examples` does not build examples, and a stale
-/// binary would test old code.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<this test> → target/<profile>/examples/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary sits in target/<profile>/deps");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    let features: Vec<&str> = [
-        ("parallel", cfg!(feature = "parallel")),
-        ("file-store", cfg!(feature = "file-store")),
-        ("postgres", cfg!(feature = "postgres")),
-        ("redis", cfg!(feature = "redis")),
-    ]
-    .into_iter()
-    .filter_map(|(f, on)| on.then_some(f))
-    .collect();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--profile", profile, "--example", name, "--no-default-features"])
-        .args(["--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building example {name} failed");
-    profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-}
-
-/// Runs an example and returns its stdout; fails the test on a non-zero exit.
-fn run(name: &str, args: &[&str]) -> String {
-    let out = Command::new(example(name)).args(args).output().expect("example starts");
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn last_json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
-}
+use common::{example, last_json, run};
 
 #[test]
 fn flocking_prints_the_json_contract_and_parallel_mode_ignores_the_thread_count() {
@@ -142,4 +99,72 @@ fn scaling_refuses_an_empty_sweep() {
         .expect("example starts");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--min-npcs"));
+}
+
+#[test]
+fn pathfind_prints_the_json_contract_and_every_path_is_optimal() {
+    let map = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/maps/arena2.map");
+    let scen = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/maps/arena2.map.scen");
+    for threads in ["1", "2"] {
+        let v = last_json(&run(
+            "pathfind",
+            &["--map", map, "--scen", scen, "--every", "9", "--threads", threads, "--json"],
+        ));
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = ["map", "scenarios", "optimal", "scen_per_s", "mean_us", "p99_us", "threads"];
+        want.sort_unstable();
+        assert_eq!(keys, want, "exactly the contract's keys");
+        assert_eq!(v["map"], "arena2.map");
+        assert_eq!(v["scenarios"], 104, "every 9th of 929, counting from the first");
+        assert_eq!(v["optimal"], v["scenarios"]);
+        assert!(v["scen_per_s"].as_f64().unwrap() > 0.0 && v["p99_us"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["threads"].as_u64(), threads.parse().ok());
+    }
+    let baseline = last_json(&run(
+        "pathfind",
+        &["--map", map, "--scen", scen, "--every", "50", "--method", "astar", "--json"],
+    ));
+    assert_eq!(baseline["optimal"], baseline["scenarios"], "the A* baseline is exact too");
+}
+
+#[test]
+fn pathfind_names_the_line_of_a_malformed_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("bad.map");
+    std::fs::write(&map, "type octile\nheight 2\nwidth 3\nmap\n...\n.x.\n").unwrap();
+    let scen = dir.path().join("bad.map.scen");
+    std::fs::write(&scen, "version 1\n").unwrap();
+    let out = Command::new(example("pathfind"))
+        .args(["--map", map.to_str().unwrap(), "--scen", scen.to_str().unwrap()])
+        .output()
+        .expect("example starts");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 6, column 2"), "{err}");
+}
+
+#[test]
+fn mining_colony_prints_its_summary_and_the_world_does_not_depend_on_threads() {
+    let args = ["--agents", "200", "--ticks", "120", "--seed", "3", "--json"];
+    let one = last_json(&run("mining_colony", &[&args[..], &["--threads", "1"]].concat()));
+    let two = last_json(&run("mining_colony", &[&args[..], &["--threads", "2"]].concat()));
+    for key in [
+        "agents",
+        "ticks",
+        "ticks_per_sec",
+        "tick_ms_p50",
+        "tick_ms_p99",
+        "ore_mined",
+        "paths_solved",
+        "path_failures",
+        "replans",
+        "world_hash",
+    ] {
+        assert!(one.get(key).is_some(), "missing key {key} in {one}");
+    }
+    assert_eq!((one["agents"].as_u64(), one["ticks"].as_u64()), (Some(200), Some(120)));
+    assert!(one["paths_solved"].as_u64().unwrap() > 0);
+    assert!(one["ore_mined"]["coal"].as_u64().is_some());
+    assert_eq!(one["world_hash"], two["world_hash"], "the colony depends on the thread count");
+    assert_eq!(one["ore_mined"], two["ore_mined"]);
 }

@@ -1,24 +1,15 @@
 //! The headless example as other tools drive it: flags, exit codes, and the JSON contract.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-/// The example binary cargo built next to this test (`target/<profile>/examples/headless`).
-fn headless() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join(format!("headless{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "build the examples first (cargo test builds them): {}", bin.display());
-    bin
-}
+use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(headless()).args(args).output().unwrap()
+    common::output("headless", args)
 }
 
 fn last_json(out: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    serde_json::from_str(stdout.lines().last().expect("some output")).expect("last line is JSON")
+    common::last_json(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
@@ -130,6 +121,29 @@ fn realtime_paces_ticks_instead_of_spinning() {
     let v = last_json(&out);
     // 10 ticks at 50 Hz take at least 0.2 s of wall time; back to back they'd take microseconds.
     assert!(v["ticks_per_sec"].as_f64().unwrap() <= 55.0, "{v}");
+}
+
+#[test]
+fn agents_are_mining_agents_and_a_snapshot_keeps_their_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("w.snap");
+    let snap = snap.to_str().unwrap();
+    let common = ["--npcs", "500", "--seed", "4", "--threads", "2", "--storage", "none", "--quiet", "--json"];
+    let out = run(&[&common[..], &["--agents", "150", "--ticks", "150", "--snapshot-out", snap]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json(&out);
+    assert_eq!((v["npcs"].as_u64(), v["agents"].as_u64()), (Some(500), Some(150)));
+    assert!(v["paths_solved"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["ore_mined"].as_object().is_some_and(|m| m.len() == 4), "{v}");
+    for key in ["path_failures", "replans"] {
+        assert!(v[key].as_u64().is_some(), "missing {key} in {v}");
+    }
+    // The loaded world has the voxels and the miners' state: the agents carry on.
+    let out = run(&[&common[..], &["--snapshot-in", snap, "--ticks", "50"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json(&out);
+    assert_eq!(v["agents"].as_u64(), Some(150));
+    assert!(v["paths_solved"].as_u64().unwrap() > 0, "{v}");
 }
 
 #[test]

@@ -40,6 +40,66 @@ pub fn label(n: u64) -> String {
     }
 }
 
+/// The Moving AI benchmark maps: `../shared/movingai` (or `TERRARIUM_MOVINGAI_DIR`) when this
+/// checkout can see it, otherwise the two maps bundled in `assets/maps`. Sorted by file name.
+#[must_use]
+pub fn movingai_maps() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = std::env::var_os("TERRARIUM_MOVINGAI_DIR")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([root.join("../shared/movingai"), root.join("../../shared/movingai")])
+        .find(|d| d.is_dir());
+    let dir = shared.unwrap_or_else(|| root.join("assets/maps"));
+    let mut maps: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    maps.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "map"));
+    maps.sort();
+    maps
+}
+
+/// A mining round's input: `deposits` ore blocks and `miners` miners spread uniformly over a
+/// square with about ten ground columns per deposit, derived from `seed`.
+#[must_use]
+pub fn mining_round(
+    miners: u64,
+    deposits: u64,
+    seed: u64,
+) -> (terrarium::systems::mining::DepositIndex, Vec<terrarium::systems::mining::Miner>) {
+    use terrarium::engine::voxel::{BlockPos, Ore};
+    use terrarium::engine::{NpcId, OreProfile};
+    use terrarium::systems::mining::{Deposit, DepositIndex, Miner};
+    let side = ((deposits * 10) as f64).sqrt().ceil() as i32;
+    let below = |r: &mut StreamRng, n: i32| r.below(n as u64) as i32;
+    let index = DepositIndex::from_deposits(
+        [side, side],
+        (0..deposits).map(|i| {
+            let mut r = StreamRng::new(hash3(seed, i, 2));
+            Deposit {
+                pos: BlockPos::new(below(&mut r, side), 4 + below(&mut r, 24), below(&mut r, side)),
+                ore: Ore::ALL[r.below(4) as usize],
+                depth: below(&mut r, 12) as u8,
+                claimed: false,
+            }
+        }),
+    );
+    let miners = (0..miners)
+        .map(|i| {
+            let mut r = StreamRng::new(hash3(seed, i, 3));
+            Miner {
+                id: NpcId(i + 1),
+                cell: BlockPos::new(below(&mut r, side), 20 + below(&mut r, 10), below(&mut r, side)),
+                tool: 1 + r.below(4) as u8,
+                room: [256; Ore::COUNT],
+                profile: OreProfile::default(),
+                avoid: None,
+            }
+        })
+        .collect();
+    (index, miners)
+}
+
 /// A sink as fast as can be: takes every batch and hands its position buffer straight back for
 /// reuse, so a benchmark measures the batcher alone.
 #[derive(Debug, Default)]

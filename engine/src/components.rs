@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 /// Stable identity of an NPC, unique for the life of a world (also across snapshots).
 ///
 /// Ids are handed out by the engine in increasing order; they are never reused.
-#[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// `repr(transparent)` and `Pod`, so a column of ids can be copied as plain `u64`s.
+#[derive(
+    Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Pod, Zeroable,
+)]
+#[repr(transparent)]
 pub struct NpcId(pub u64);
 
 impl std::fmt::Display for NpcId {

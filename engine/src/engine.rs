@@ -50,11 +50,7 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine, EngineError> {
         self.config.validate()?;
         let threads = self.config.effective_threads();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("terrarium-par-{i}"))
-            .build()
-            .map_err(|source| EngineError::ThreadPool { threads, source })?;
+        let pool = ParPool::new(threads).map_err(|source| EngineError::ThreadPool { threads, source })?;
         let mut engine = Engine::new(self.config, pool);
         for plugin in &self.plugins {
             plugin.build(&mut engine);
@@ -110,13 +106,13 @@ impl Engine {
         EngineBuilder { config, plugins: Vec::new() }
     }
 
-    fn new(config: EngineConfig, pool: rayon::ThreadPool) -> Self {
+    fn new(config: EngineConfig, pool: ParPool) -> Self {
         let mut world = World::new();
         world.insert_resource(SimClock { tick: 0, tick_hz: config.tick_hz });
         world.insert_resource(SimRng::new(config.seed));
         world.insert_resource(WorldBounds { min: config.world.min, max: config.world.max });
         world.insert_resource(NpcIndex::default());
-        world.insert_resource(ParPool(Arc::new(pool)));
+        world.insert_resource(pool);
         world.insert_resource(TickLog::default());
         world.insert_resource(StageTimings::default());
         world.insert_resource(config.clone());
@@ -261,10 +257,9 @@ impl Engine {
         let plain_entities: Vec<Entity> = self.world.spawn_batch(plain).collect();
         let agent_entities: Vec<Entity> = self
             .world
-            .spawn_batch(agents.iter().map(|(id, s)| AgentBundle {
-                npc: NpcBundle::new(*id, &clamped(s, &bounds)),
-                agent: crate::Agent,
-            }))
+            .spawn_batch(
+                agents.iter().map(|(id, s)| AgentBundle::new(NpcBundle::new(*id, &clamped(s, &bounds)))),
+            )
             .collect();
         let mut index = self.world.resource_mut::<NpcIndex>();
         index.reserve_to(first + n);
@@ -283,7 +278,7 @@ impl Engine {
         let bounds = *self.world.resource::<WorldBounds>();
         let npc = NpcBundle::new(id, &clamped(spec, &bounds));
         let e = if spec.agent {
-            self.world.spawn(AgentBundle { npc, agent: crate::Agent }).id()
+            self.world.spawn(AgentBundle::new(npc)).id()
         } else {
             let wander = Wander::new(id, self.clock().tick + 1);
             self.world.spawn(PlainNpcBundle { npc, wander }).id()

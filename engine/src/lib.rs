@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod brain;
 mod command;
 mod components;
 mod config;
@@ -12,7 +13,9 @@ pub mod rng;
 mod schedule;
 pub mod snapshot;
 mod spawn;
+pub mod voxel;
 
+pub use brain::{AgentPath, Brain, BrainState, Goal, OreProfile, OreStats};
 pub use command::{Command, CommandSender, Order};
 pub use components::{
     Agent, Health, Inventory, ItemKind, ItemStack, MoveTarget, NpcId, Position, Role, Status, Swarm,
@@ -31,8 +34,10 @@ pub use spawn::{AgentBundle, NpcBundle, NpcSpec, PlainNpcBundle};
 
 /// The types most users need.
 pub mod prelude {
+    pub use crate::voxel::{Block, BlockPos, Ore, VoxelWorld, WorldGen};
     pub use crate::{
-        Agent, Command, CommandSender, Engine, EngineConfig, Health, Inventory, ItemKind, NpcId, NpcSpec,
-        Order, Position, Role, SimClock, SimRng, Status, Swarm, TickSet, Velocity, WorldBounds,
+        Agent, AgentPath, Brain, BrainState, Command, CommandSender, Engine, EngineConfig, Goal, Health,
+        Inventory, ItemKind, NpcId, NpcSpec, Order, OreProfile, Position, Role, SimClock, SimRng, Status,
+        Swarm, TickSet, Velocity, WorldBounds,
     };
 }

@@ -151,6 +151,19 @@ impl NpcIndex {
 pub struct ParPool(pub Arc<rayon::ThreadPool>);
 
 impl ParPool {
+    /// A pool of `threads` workers (named `terrarium-par-N`), for tools that run parallel
+    /// systems' functions outside an engine.
+    ///
+    /// # Errors
+    /// rayon's error when the threads can't be started.
+    pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("terrarium-par-{i}"))
+            .build()
+            .map(|pool| Self(Arc::new(pool)))
+    }
+
     /// Number of worker threads.
     #[must_use]
     pub fn threads(&self) -> usize {

@@ -1,5 +1,5 @@
-//! Snapshots: the whole simulation (every NPC component, clock, RNG, id counter, bounds) as one
-//! checksummed frame.
+//! Snapshots: the whole simulation (every NPC component, agents' decision state, clock, RNG, id
+//! counter, bounds, the voxel world) as one checksummed frame.
 //!
 //! NPCs are stored as columns, table by table, in iteration order, so saving is a few slice copies
 //! and a loaded world iterates in the same order as the saved one (a run continued from a
@@ -9,15 +9,17 @@ use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::spawn::{AgentBundle, NpcBundle, PlainNpcBundle};
+use crate::voxel::{VoxelRecord, VoxelWorld};
 use crate::{
-    Agent, Engine, Health, Inventory, MoveTarget, NpcId, NpcIndex, Position, Role, SimClock, SimRng,
-    SnapshotError, Status, Swarm, Velocity, Wander, WorldBounds,
+    Agent, AgentPath, Brain, Engine, Health, Inventory, MoveTarget, NpcId, NpcIndex, OreProfile, Position,
+    Role, SimClock, SimRng, SnapshotError, Status, Swarm, Velocity, Wander, WorldBounds,
 };
 
 /// First eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"TRRMSNAP";
-/// The snapshot format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The snapshot format this build writes and reads (2: agents' decision state and the voxel
+/// world were added).
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Body {
@@ -28,7 +30,34 @@ pub(crate) struct Body {
     plain: Columns,
     wanders: Vec<Wander>,
     agents: Columns,
+    minds: Minds,
     move_targets: Vec<(NpcId, MoveTarget)>,
+    voxels: Option<VoxelRecord>,
+}
+
+/// Agents' decision state, in the order of the agent columns.
+#[derive(Serialize, Deserialize, Default)]
+struct Minds {
+    brains: Vec<Brain>,
+    paths: Vec<AgentPath>,
+    profiles: Vec<OreProfile>,
+}
+
+type MindQuery = (Option<&'static Brain>, Option<&'static AgentPath>, Option<&'static OreProfile>);
+
+impl Minds {
+    /// Gathers in the same table order as `Columns::gather::<With<Agent>>`: both walk the same
+    /// dense tables of the same archetypes.
+    fn gather(world: &mut World) -> Self {
+        let mut out = Self::default();
+        let mut q = world.query_filtered::<MindQuery, With<Agent>>();
+        for (brain, path, profile) in q.iter(world) {
+            out.brains.push(brain.copied().unwrap_or_default());
+            out.paths.push(path.cloned().unwrap_or_default());
+            out.profiles.push(profile.copied().unwrap_or_default());
+        }
+        out
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -126,6 +155,7 @@ pub(crate) fn save(
         wanders.extend_from_slice(w);
     }
     let agents = Columns::gather::<With<Agent>>(world);
+    let minds = Minds::gather(world);
     let mut move_targets: Vec<(NpcId, MoveTarget)> =
         world.query::<(&NpcId, &MoveTarget)>().iter(world).map(|(id, t)| (*id, *t)).collect();
     move_targets.sort_unstable_by_key(|(id, _)| *id);
@@ -137,7 +167,9 @@ pub(crate) fn save(
         plain,
         wanders,
         agents,
+        minds,
         move_targets,
+        voxels: world.get_resource::<VoxelWorld>().map(VoxelWorld::to_record),
     };
     let payload = terrarium_codec::encode(&body).map_err(SnapshotError::Encode)?;
     Ok(terrarium_codec::write_frame(writer, MAGIC, FORMAT_VERSION, &payload)?)
@@ -161,6 +193,12 @@ pub(crate) fn read_body(reader: &mut impl std::io::Read, limit: u64) -> Result<B
     if body.wanders.len() != body.plain.len() {
         return Err(SnapshotError::Inconsistent("wander column length differs from plain NPCs".into()));
     }
+    let n = body.agents.len();
+    if body.minds.brains.len() != n || body.minds.paths.len() != n || body.minds.profiles.len() != n {
+        return Err(SnapshotError::Inconsistent(
+            "agent decision columns differ in length from the agents".into(),
+        ));
+    }
     if body.clock.tick_hz == 0 || body.clock.tick_hz > 1000 {
         return Err(SnapshotError::Inconsistent(format!("tick_hz {} out of 1 ..= 1000", body.clock.tick_hz)));
     }
@@ -179,8 +217,17 @@ pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotErr
     let plain =
         (0..body.plain.len()).map(|i| PlainNpcBundle { npc: body.plain.bundle(i), wander: body.wanders[i] });
     let mut entities: Vec<Entity> = world.spawn_batch(plain).collect();
-    let agents = (0..body.agents.len()).map(|i| AgentBundle { npc: body.agents.bundle(i), agent: Agent });
+    let Minds { brains, paths, profiles } = body.minds;
+    let agents = paths.into_iter().enumerate().map(|(i, path)| AgentBundle {
+        brain: brains[i],
+        path,
+        profile: profiles[i],
+        ..AgentBundle::new(body.agents.bundle(i))
+    });
     entities.extend(world.spawn_batch(agents));
+    if let Some(rec) = body.voxels {
+        world.insert_resource(VoxelWorld::from_record(rec)?);
+    }
     let mut max_id = 0;
     let duplicate = {
         let mut index = world.resource_mut::<NpcIndex>();

@@ -3,7 +3,10 @@
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::{Agent, Health, Inventory, NpcId, Position, Role, Status, Swarm, Velocity, Wander};
+use crate::{
+    Agent, AgentPath, Brain, Health, Inventory, NpcId, OreProfile, Position, Role, Status, Swarm, Velocity,
+    Wander,
+};
 
 /// Everything needed to spawn an NPC. Start from [`NpcSpec::new`] and change what you need.
 ///
@@ -123,11 +126,32 @@ pub struct PlainNpcBundle {
     pub wander: Wander,
 }
 
-/// An agent: the common components plus the [`Agent`] marker. AI systems add their own state.
-#[derive(Bundle, Clone, Copy)]
+/// An agent: the common components, the [`Agent`] marker and the decision state the AI systems
+/// drive (an idle [`Brain`], no path, an empty learning profile).
+#[derive(Bundle, Clone)]
 pub struct AgentBundle {
     /// Common components.
     pub npc: NpcBundle,
     /// Marker.
     pub agent: Agent,
+    /// Decision state.
+    pub brain: Brain,
+    /// The path being followed.
+    pub path: AgentPath,
+    /// What it learned about ores.
+    pub profile: OreProfile,
+}
+
+impl AgentBundle {
+    /// A fresh agent with the common components `npc`.
+    #[must_use]
+    pub fn new(npc: NpcBundle) -> Self {
+        Self {
+            npc,
+            agent: Agent,
+            brain: Brain::default(),
+            path: AgentPath::default(),
+            profile: OreProfile::default(),
+        }
+    }
 }

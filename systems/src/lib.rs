@@ -1,10 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+pub mod ai;
 pub mod batching;
+pub mod error;
+pub mod mining;
 pub mod movement;
 pub mod par;
+pub mod pathfinding;
 pub mod steering;
 pub mod wander;
+
+pub use error::MapError;
 
 use terrarium_engine::Engine;
 

@@ -249,9 +249,7 @@ impl Job<'_> {
             p.moved_now = u64::from(moved_now);
             if pending as usize == n {
                 // Every NPC of the chunk moved (the common case when many walk): two block copies.
-                for (o, id) in out_ids.iter_mut().zip(self.ids) {
-                    *o = id.0;
-                }
+                out_ids.copy_from_slice(bytemuck::cast_slice(self.ids));
                 out_xyz.copy_from_slice(xyz);
                 p.rows = n;
             } else {
