@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,14 +17,14 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use terrarium::Config;
 use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet, Velocity, math};
-use terrarium::persistence::{MemoryStore, WriteBehind};
+use terrarium::persistence::BackendKind;
 use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
+use terrarium::{Config, StoragePipeline};
 
 mod common;
 
@@ -51,9 +50,17 @@ struct Args {
     /// Ticks per simulated second.
     #[arg(long = "tick-hz")]
     tick_hz: Option<u32>,
-    /// Where batched updates go.
+    /// Where batched updates go: `none` (no batching), `memory` (the embedded default, no
+    /// server) or `postgres` (needs a build with `--features postgres` and a database URL).
     #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
     storage: StorageKind,
+    /// PostgreSQL URL for `--storage postgres` (else `storage.postgres.url` of the
+    /// configuration, else the `DATABASE_URL` environment variable).
+    #[arg(long = "database-url")]
+    database_url: Option<String>,
+    /// Redis URL: puts the Redis cache in front of the store (else `storage.redis.url`).
+    #[arg(long = "redis-url")]
+    redis_url: Option<String>,
     /// Spill file of the write-behind (used when the store fails or too much waits; replayed
     /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
     #[arg(long)]
@@ -85,6 +92,8 @@ enum StorageKind {
     None,
     /// Batching and write-behind into the in-process store.
     Memory,
+    /// Batching and write-behind into PostgreSQL (through the storage stack).
+    Postgres,
 }
 
 /// The JSON summary. Keys are a contract with other tools: add, never rename.
@@ -177,12 +186,11 @@ fn run(args: &Args) -> Result<()> {
     let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
     let storage = match args.storage {
         StorageKind::None => None,
-        StorageKind::Memory => {
-            let store = Arc::new(MemoryStore::default());
-            let wb = WriteBehind::start(Arc::clone(&store), cfg.write_behind.clone())
-                .context("cannot start the write-behind")?;
-            builder = builder.add_plugin(batching::plugin(Arc::new(wb.handle())));
-            Some((store, wb))
+        kind => {
+            apply_storage_flags(&mut cfg, kind, args);
+            let pipeline = StoragePipeline::start(&cfg).context("cannot start storage")?;
+            builder = builder.add_plugin(pipeline.batching_plugin());
+            Some(pipeline)
         }
     };
     if args.agents > 0 || args.snapshot_in.is_some() {
@@ -250,9 +258,9 @@ fn run(args: &Args) -> Result<()> {
     let drain_started = Instant::now();
     batching::flush_now(&mut engine);
     let written = match storage {
-        Some((store, wb)) => {
-            let report = wb.shutdown(Duration::from_secs(600)).context("write-behind did not drain")?;
-            Some((store.stats(), report.stats))
+        Some(pipeline) => {
+            let rows = pipeline.written_after_drain(Duration::from_secs(600))?;
+            Some(rows)
         }
         None => None,
     };
@@ -292,10 +300,10 @@ fn run(args: &Args) -> Result<()> {
         snapshot_save_ms,
         snapshot_bytes,
         stage_ms,
-        position_rows_written: written.map_or(0, |(s, _)| s.position_rows),
-        metric_rows_written: written.map_or(0, |(s, _)| s.metric_rows),
+        position_rows_written: written.map_or(0, |(s, _)| s.positions),
+        metric_rows_written: written.map_or(0, |(s, _)| s.metrics),
         events_emitted: batcher.events_emitted,
-        events_written: written.map_or(0, |(s, _)| s.event_rows),
+        events_written: written.map_or(0, |(s, _)| s.events),
         events_deduplicated: batcher.events_deduplicated,
         store_calls: written.map_or(0, |(_, w)| w.store_calls),
         writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
@@ -322,6 +330,25 @@ fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// Points the `[storage]` configuration at what the flags ask for.
+fn apply_storage_flags(cfg: &mut Config, kind: StorageKind, args: &Args) {
+    cfg.storage.backend = match kind {
+        StorageKind::Postgres => BackendKind::Postgres,
+        StorageKind::None | StorageKind::Memory => BackendKind::Memory,
+    };
+    if let Some(url) = &args.database_url {
+        cfg.storage.postgres.url.clone_from(url);
+    } else if kind == StorageKind::Postgres
+        && cfg.storage.postgres.url.is_empty()
+        && let Ok(url) = std::env::var("DATABASE_URL")
+    {
+        cfg.storage.postgres.url = url;
+    }
+    if let Some(url) = &args.redis_url {
+        cfg.storage.redis.url.clone_from(url);
+    }
 }
 
 /// Spawns plain NPCs spread over the ground, then mining agents in a voxel world generated for
@@ -381,7 +408,7 @@ fn print_human(s: &Summary) {
     );
     let stages: Vec<String> = s.stage_ms.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
     println!("mean ms per stage: {}", stages.join(", "));
-    if s.storage == StorageKind::Memory {
+    if s.storage != StorageKind::None {
         println!(
             "storage: {} batches, {} position / {} metric / {} event rows written in {} store calls, \
              {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms",

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod pipeline;
 
 pub use terrarium_codec as codec;
 pub use terrarium_engine as engine;
@@ -8,6 +9,7 @@ pub use terrarium_persistence as persistence;
 pub use terrarium_systems as systems;
 
 pub use config::Config;
+pub use pipeline::{PipelineError, StoragePipeline, WrittenRows};
 
 /// The types most users need, from every crate.
 pub mod prelude {
