@@ -138,6 +138,8 @@ struct Summary {
     writes_dropped: u64,
     /// Batches written to the outbox file.
     outbox_spilled: u64,
+    /// Store calls that failed (and were retried later, or spilled): non-zero after an outage.
+    store_errors: u64,
     /// Batches the batcher handed to the write-behind.
     batches: u64,
     /// Position rows the batcher produced.
@@ -308,6 +310,7 @@ fn run(args: &Args) -> Result<()> {
         store_calls: written.map_or(0, |(_, w)| w.store_calls),
         writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
         outbox_spilled: written.map_or(0, |(_, w)| w.batches_spilled),
+        store_errors: written.map_or(0, |(_, w)| w.store_errors),
         batches: batcher.batches_created,
         position_rows_batched: batcher.positions.items_batched,
         position_rows_coalesced: written.map_or(0, |(_, w)| w.rows_coalesced),
