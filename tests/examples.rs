@@ -127,6 +127,18 @@ fn a_tiny_scaling_sweep_of_every_workload_writes_the_csv_and_the_charts() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
     assert!(summary["slopes"].is_array());
+
+    // --replot draws the charts again from the CSV alone, measuring nothing.
+    for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png", "summary.json"]
+    {
+        std::fs::remove_file(dir.path().join(chart)).unwrap();
+    }
+    let again = run("scaling", &["--replot", "--out", out]);
+    assert!(again.contains("agents") && again.contains("batched"), "{again}");
+    for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png", "summary.json"]
+    {
+        assert!(dir.path().join(chart).is_file(), "--replot did not write {chart}");
+    }
 }
 
 #[test]
