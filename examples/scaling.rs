@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "movement,batched,agents,flocking")]
     workloads: Vec<Workload>,
     /// Largest agent count of the `agents` workload (its sweep stops at the last count not above
-    /// it): an agent costs tens of times a plain NPC, and its voxel world grows with it.
+    /// it): an agent's tick costs several hundred times a plain NPC's, and its voxel world grows
+    /// with it.
     #[arg(long, default_value_t = 100_000)]
     max_agents: u64,
     /// Directory for the CSV, the summary and the charts (created if missing).
@@ -263,8 +264,8 @@ fn sweep(args: &Args) -> Result<()> {
         }
         None => default_threads(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     ensure!(args.max_agents >= 1, "--max-agents must be at least 1");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let exe = std::env::current_exe().context("cannot find this program to re-run it")?;
     let mut runs = Vec::new();
     for &workload in &args.workloads {
