@@ -288,9 +288,9 @@ fn sweep(args: &Args) -> Result<()> {
                     started.elapsed().as_secs_f64()
                 );
                 if bar.is_hidden() {
-                    eprintln!("{line}")
+                    eprintln!("{line}");
                 } else {
-                    bar.println(line)
+                    bar.println(line);
                 }
                 runs.push(run);
                 bar.inc(1);
