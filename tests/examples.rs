@@ -1,5 +1,5 @@
 //! The benchmark examples as their users run them: `flocking` (JSON contract, thread-count
-//! independence of `--mode parallel`) and `scaling` (a tiny sweep writes the CSV and the charts).
+//! independence of `--mode parallel`) and `scaling` (a tiny sweep of every workload writes the CSV and the charts).
 //!
 //! Each test first brings the example up to date (`cargo build --example`, the same profile
 //! and features as the test; a no-op after a full `cargo test`).
@@ -41,7 +41,7 @@ fn flocking_refuses_bad_parameters() {
 }
 
 #[test]
-fn a_tiny_scaling_sweep_writes_the_csv_and_the_charts() {
+fn a_tiny_scaling_sweep_of_every_workload_writes_the_csv_and_the_charts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let stdout = run(
@@ -51,6 +51,8 @@ fn a_tiny_scaling_sweep_writes_the_csv_and_the_charts() {
             "1000",
             "--max-npcs",
             "3200",
+            "--max-agents",
+            "1000",
             "--threads-list",
             "1,2",
             "--ticks",
@@ -58,7 +60,7 @@ fn a_tiny_scaling_sweep_writes_the_csv_and_the_charts() {
             "--warmup",
             "1",
             "--workloads",
-            "movement,flocking",
+            "movement,batched,agents,flocking",
             "--out",
             out,
         ],
@@ -67,18 +69,54 @@ fn a_tiny_scaling_sweep_writes_the_csv_and_the_charts() {
 
     let mut csv = csv::Reader::from_path(dir.path().join("scaling.csv")).unwrap();
     let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
-    for key in ["workload", "npcs", "threads", "tick_ms_mean", "ticks_per_sec", "bytes_per_npc"] {
+    for key in [
+        "workload",
+        "npcs",
+        "threads",
+        "tick_ms_mean",
+        "tick_ms_p50",
+        "ticks_per_sec",
+        "bytes_per_npc",
+        "warmup",
+        "agents",
+        "record_flush_ms_mean",
+        "rows_written",
+    ] {
         assert!(header.iter().any(|h| h == key), "missing column {key}: {header:?}");
     }
     let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
-    // 2 workloads × 2 counts (1000, 3162) × 2 thread counts, each in its own process.
-    assert_eq!(rows.len(), 8);
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let npcs: Vec<&str> = rows.iter().map(|r| &r[col("npcs")]).collect();
-    assert_eq!(npcs, ["1000", "1000", "3162", "3162", "1000", "1000", "3162", "3162"]);
+    let of = |workload: &str| -> Vec<&csv::StringRecord> {
+        rows.iter().filter(|r| &r[col("workload")] == workload).collect()
+    };
+    let num = |r: &csv::StringRecord, name: &str| r[col(name)].parse::<f64>().unwrap();
+    // Each workload × 2 counts (1000, 3162) × 2 thread counts, each in its own process; agents
+    // stop at --max-agents, so only at 1000.
+    for (workload, want) in [
+        ("movement", &["1000", "1000", "3162", "3162"][..]),
+        ("batched", &["1000", "1000", "3162", "3162"]),
+        ("agents", &["1000", "1000"]),
+        ("flocking", &["1000", "1000", "3162", "3162"]),
+    ] {
+        let npcs: Vec<&str> = of(workload).iter().map(|r| &r[col("npcs")]).collect();
+        assert_eq!(npcs, want, "{workload} rows");
+    }
+    assert_eq!(rows.len(), 14);
     for r in &rows {
-        assert!(r[col("tick_ms_mean")].parse::<f64>().unwrap() > 0.0);
-        assert!(r[col("bytes_per_npc")].parse::<f64>().unwrap() > 0.0);
+        assert!(num(r, "tick_ms_mean") > 0.0 && num(r, "tick_ms_p50") > 0.0);
+        assert!(num(r, "bytes_per_npc") > 0.0);
+        assert_eq!(num(r, "warmup"), 1.0, "--warmup applies to every workload");
+    }
+    for r in of("batched") {
+        // Every NPC's registry row at least, plus positions, went through the write-behind.
+        assert!(num(r, "rows_written") > num(r, "npcs"), "batched wrote too little: {r:?}");
+        assert!(num(r, "record_flush_ms_mean") > 0.0, "batched ticks pay for batching: {r:?}");
+    }
+    for r in of("movement").into_iter().chain(of("flocking")) {
+        assert_eq!((num(r, "rows_written"), num(r, "agents")), (0.0, 0.0), "{r:?}");
+    }
+    for r in of("agents") {
+        assert_eq!(num(r, "agents"), num(r, "npcs"), "every NPC of the agents workload is an agent");
     }
 
     for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png"] {
@@ -89,6 +127,18 @@ fn a_tiny_scaling_sweep_writes_the_csv_and_the_charts() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
     assert!(summary["slopes"].is_array());
+
+    // --replot draws the charts again from the CSV alone, measuring nothing.
+    for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png", "summary.json"]
+    {
+        std::fs::remove_file(dir.path().join(chart)).unwrap();
+    }
+    let again = run("scaling", &["--replot", "--out", out]);
+    assert!(again.contains("agents") && again.contains("batched"), "{again}");
+    for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png", "summary.json"]
+    {
+        assert!(dir.path().join(chart).is_file(), "--replot did not write {chart}");
+    }
 }
 
 #[test]
