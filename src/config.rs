@@ -1,12 +1,12 @@
-//! The whole configuration file: `[engine]`, `[write_behind]` (and, with the storage issue,
-//! `[storage]`), loaded from TOML with `TERRARIUM_…` environment overrides.
-//! `assets/config/default.toml` lists every key with its default.
+//! The whole configuration file: `[engine]`, `[write_behind]` and `[storage]`, loaded from TOML
+//! with `TERRARIUM_…` environment overrides. `assets/config/default.toml` lists every key with
+//! its default.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use terrarium_engine::{ConfigError, EngineConfig, load_layered};
-use terrarium_persistence::WriteBehindConfig;
+use terrarium_persistence::{StorageConfig, StorageConfigError, WriteBehindConfig};
 
 /// Every setting, by section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -16,11 +16,17 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The write-behind queue between the tick and the store.
     pub write_behind: WriteBehindConfig,
+    /// Where state is stored, and the caches, retries and breaker in front of it.
+    pub storage: StorageConfig,
 }
 
 impl Config {
     /// Environment prefix: `TERRARIUM_ENGINE__TICK_HZ=30` overrides `engine.tick_hz`.
     pub const ENV_PREFIX: &'static str = "TERRARIUM_";
+
+    /// Variables under this prefix belong to the test suite (`TERRARIUM_TEST_PG_URL`, …), not
+    /// to the configuration: [`Config::load`] and [`Config::from_env`] ignore them.
+    pub const TEST_ENV_PREFIX: &'static str = "TERRARIUM_TEST_";
 
     /// Parses TOML text, applies `env` overrides and validates every section.
     ///
@@ -32,6 +38,13 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
         cfg.engine.validate()?;
+        cfg.storage.validate().map_err(|e| match e {
+            StorageConfigError::OutOfRange { key, value, allowed } => {
+                ConfigError::OutOfRange { key, value, allowed }
+            }
+            StorageConfigError::Invalid { key, reason } => ConfigError::Invalid { key, reason },
+            other => ConfigError::Invalid { key: "storage".into(), reason: other.to_string() },
+        })?;
         cfg.write_behind.validate().map_err(|e| match e {
             terrarium_persistence::WriteBehindError::Config { key, reason } => {
                 ConfigError::Invalid { key: format!("write_behind.{key}"), reason }
@@ -48,7 +61,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Invalid { key: path.display().to_string(), reason: e.to_string() })?;
-        Self::from_toml_str(&text, std::env::vars())
+        Self::from_toml_str(&text, config_env(std::env::vars()))
     }
 
     /// The defaults with the process environment applied (no file).
@@ -56,8 +69,13 @@ impl Config {
     /// # Errors
     /// As [`Config::from_toml_str`].
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_toml_str("", std::env::vars())
+        Self::from_toml_str("", config_env(std::env::vars()))
     }
+}
+
+/// Environment variables without the test suite's.
+fn config_env(vars: impl IntoIterator<Item = (String, String)>) -> impl Iterator<Item = (String, String)> {
+    vars.into_iter().filter(|(k, _)| !k.starts_with(Config::TEST_ENV_PREFIX))
 }
 
 #[cfg(test)]
@@ -87,5 +105,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.write_behind.outbox_path.unwrap().to_str(), Some("/var/lib/terrarium/outbox"));
+    }
+
+    #[test]
+    fn the_test_suites_variables_are_not_configuration() {
+        let env = vec![
+            ("TERRARIUM_TEST_PG_URL".to_string(), "postgres://x".to_string()),
+            ("TERRARIUM_ENGINE__SEED".to_string(), "5".to_string()),
+        ];
+        assert!(Config::from_toml_str("", env.clone()).is_err(), "an unknown top-level key");
+        assert_eq!(Config::from_toml_str("", config_env(env)).unwrap().engine.seed, 5);
+    }
+
+    #[test]
+    fn storage_section_from_file_and_environment() {
+        let env = [
+            ("TERRARIUM_STORAGE__BACKEND".to_string(), "postgres".to_string()),
+            ("TERRARIUM_STORAGE__POSTGRES__URL".to_string(), "postgres://u@127.0.0.1:5432/db".to_string()),
+            ("TERRARIUM_STORAGE__REDIS__HOT_TTL_S".to_string(), "30".to_string()),
+        ];
+        let cfg = Config::from_toml_str("[storage.l1]\ncapacity = 10\n", env).unwrap();
+        assert_eq!(cfg.storage.backend, terrarium_persistence::BackendKind::Postgres);
+        assert_eq!(cfg.storage.postgres.url, "postgres://u@127.0.0.1:5432/db");
+        assert_eq!((cfg.storage.redis.hot_ttl_s, cfg.storage.l1.capacity), (30, 10));
+        let err = Config::from_toml_str("[storage.retry]\nmax_attempts = 0\n", []).unwrap_err();
+        assert!(err.to_string().contains("storage.retry.max_attempts"), "{err}");
+        let err = Config::from_toml_str("[storage.postgres]\nschema = \"x y\"\n", []).unwrap_err();
+        assert!(err.to_string().contains("storage.postgres.schema"), "{err}");
+        assert!(Config::from_toml_str("[storage]\nbakend = \"memory\"\n", []).is_err(), "unknown key");
     }
 }

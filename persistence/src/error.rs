@@ -44,6 +44,19 @@ pub enum StorageError {
         /// Why.
         reason: String,
     },
+    /// The backend answered but failed the request, and sending it again will fail again (a
+    /// constraint, a type the server refused, a schema newer than this build). Not transient.
+    #[error("storage backend {backend} failed the request")]
+    Failed {
+        /// Which backend.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A storage setting is invalid (or needs a feature this build lacks). Not transient.
+    #[error(transparent)]
+    Config(#[from] StorageConfigError),
     /// A bound was reached and the data could not be accepted (for example a full outbox with
     /// no disk to spill to). Not transient for this call; the data was *not* dropped silently:
     /// the caller still holds it.
@@ -68,6 +81,35 @@ impl StorageError {
     ) -> Self {
         Self::Unavailable { backend, source: Box::new(source) }
     }
+
+    /// Wraps a driver error as [`StorageError::Failed`].
+    pub fn failed(backend: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Failed { backend, source: Box::new(source) }
+    }
+}
+
+/// A `[storage]` setting is out of range or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageConfigError {
+    /// A number outside its allowed range.
+    #[error("config: {key} = {value} is out of range (allowed: {allowed})")]
+    OutOfRange {
+        /// Dotted key, for example `storage.postgres.max_size`.
+        key: String,
+        /// The value found.
+        value: String,
+        /// The allowed range.
+        allowed: String,
+    },
+    /// A value that is wrong for another reason.
+    #[error("config: {key}: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The write-behind queue refused a call (the tick's side of it, or the host's).

@@ -1,21 +1,46 @@
 #![doc = include_str!("../README.md")]
 
+mod breaker;
+mod clock;
+mod config;
 mod error;
+mod l1;
 mod memory;
 mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
+mod retry;
 mod sink;
+mod stack;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod write_behind;
 
-pub use error::{StorageError, WriteBehindError};
+pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
+pub use clock::{Clock, ManualClock, TokioClock};
+pub use config::{
+    BackendKind, BreakerConfig, L1Config, PostgresConfig, RedisConfig, RetentionConfig, RetryConfig,
+    StorageConfig, is_identifier,
+};
+pub use error::{StorageConfigError, StorageError, WriteBehindError};
+pub use l1::{L1Cache, L1Metrics, TierMetrics};
 pub use memory::{MemoryStats, MemoryStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics, RetentionReport, RowCounts,
+};
 pub use record::{
     BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionColumns,
     PositionRow, WriteBatch,
 };
+#[cfg(feature = "redis")]
+pub use redis::{EventSubscriber, RedisCache, RedisMetrics, Tier};
+pub use retry::{Retry, RetryMetrics};
 pub use sink::{BatchSink, Handoff, SinkHealth};
+pub use stack::{Backend, Layers, RedisLayer, StorageMetrics, StorageStack};
 pub use storage::Storage;
 pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindConfig, WriteBehindHandle, WriteBehindStats};

@@ -275,19 +275,7 @@ mod tests {
     }
 
     fn npc(id: u64, status: &str, swarm: u32) -> NpcRecord {
-        NpcRecord {
-            id,
-            role: "miner".into(),
-            status: status.into(),
-            swarm,
-            agent: false,
-            x: 0.0,
-            y: 0.0,
-            z: 0.0,
-            health: 100,
-            inventory: vec![],
-            updated_tick: 0,
-        }
+        NpcRecord { status: status.into(), ..crate::testing::npc(id, swarm) }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Test helpers (feature `testing`): [`FaultyStore`], a store wrapper that fails, refuses,
-//! slows down or stalls on command, and [`RecordingSink`], a [`BatchSink`] that keeps what it
-//! is given.
+//! slows down or stalls on command, [`RecordingSink`], a [`BatchSink`] that keeps what it
+//! is given, and [`npc`], a plain record.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,12 +12,15 @@ use crate::{
     WriteBehindError,
 };
 
-/// Wraps a store and injects faults into `write` (reads pass through).
+/// Wraps a store and injects faults.
 ///
-/// Faults, checked in this order on every `write` call: a stall (the call waits until
+/// Into `write`, checked in this order on every call: a stall (the call waits until
 /// [`FaultyStore::release`]), a delay, the next `n` calls refused as non-transient
 /// ([`StorageError::Rejected`]), the next `n` calls failing as transient
 /// ([`StorageError::Unavailable`]), and a standing failure ([`FaultyStore::set_failing`]).
+/// Into calls of every kind, reads included: a planned [`Fault`] for the next `n` calls
+/// ([`FaultyStore::inject`]) or all of them ([`FaultyStore::inject_always`]). Reads are counted
+/// ([`FaultyStore::reads`]).
 ///
 /// # Examples
 /// ```
@@ -41,6 +45,35 @@ pub struct FaultyStore<S> {
     calls: AtomicU64,
     failures: AtomicU64,
     log: Mutex<Vec<Call>>,
+    plan: Mutex<(u64, Option<Fault>)>,
+    gets: AtomicU64,
+    lists: AtomicU64,
+    loads: AtomicU64,
+}
+
+/// A fault [`FaultyStore::inject`] plans for calls of any kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails with [`StorageError::Unavailable`] (transient).
+    Unavailable,
+    /// Fails with [`StorageError::Timeout`] (transient).
+    Timeout,
+    /// Fails with [`StorageError::Rejected`] (not transient).
+    Rejected,
+    /// Makes the call normally, then holds the answer back this long (tokio time): a slow
+    /// server, or a reply that arrives after the caller gave up.
+    SlowReply(Duration),
+}
+
+/// Read calls that reached a [`FaultyStore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCalls {
+    /// `get_npc` calls.
+    pub gets: u64,
+    /// `list_npcs` calls.
+    pub lists: u64,
+    /// `load_npcs` calls.
+    pub loads: u64,
 }
 
 /// One `write` call as a [`FaultyStore`] saw it.
@@ -65,7 +98,67 @@ impl<S> FaultyStore<S> {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            plan: Mutex::new((0, None)),
+            gets: AtomicU64::new(0),
+            lists: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
         }
+    }
+
+    /// The next `n` calls of any kind get `fault`.
+    pub fn inject(&self, n: u64, fault: Fault) {
+        *self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (n, Some(fault));
+    }
+
+    /// Every call gets `fault` until [`FaultyStore::heal`].
+    pub fn inject_always(&self, fault: Fault) {
+        self.inject(u64::MAX, fault);
+    }
+
+    /// Ends what [`FaultyStore::inject`] planned.
+    pub fn heal(&self) {
+        self.inject(0, Fault::Unavailable);
+    }
+
+    /// Read calls so far.
+    pub fn reads(&self) -> ReadCalls {
+        ReadCalls {
+            gets: self.gets.load(Ordering::SeqCst),
+            lists: self.lists.load(Ordering::SeqCst),
+            loads: self.loads.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Makes one call according to the plan of [`FaultyStore::inject`].
+    async fn planned<T>(
+        &self,
+        call: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let fault = {
+            let mut plan = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if plan.0 == 0 {
+                None
+            } else {
+                plan.0 -= 1;
+                plan.1
+            }
+        };
+        let err = match fault {
+            None => return call.await,
+            Some(Fault::SlowReply(d)) => {
+                let answer = call.await;
+                tokio::time::sleep(d).await;
+                return answer;
+            }
+            Some(Fault::Unavailable) => StorageError::unavailable(
+                "faulty",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ),
+            Some(Fault::Timeout) => StorageError::Timeout(Duration::from_secs(1)),
+            Some(Fault::Rejected) => StorageError::Rejected { backend: "faulty", reason: "injected".into() },
+        };
+        self.failures.fetch_add(1, Ordering::SeqCst);
+        Err(err)
     }
 
     /// The wrapped store.
@@ -161,21 +254,42 @@ impl<S: Storage> Storage for FaultyStore<S> {
             self.record(batches, false);
             return Err(e);
         }
-        let result = self.inner.write(batches).await;
+        let result = self.planned(self.inner.write(batches)).await;
         self.record(batches, result.is_ok());
         result
     }
 
     async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
-        self.inner.get_npc(id).await
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.planned(self.inner.get_npc(id)).await
     }
 
     async fn list_npcs(&self, filter: &NpcFilter, page: Page) -> Result<NpcPage, StorageError> {
-        self.inner.list_npcs(filter, page).await
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.planned(self.inner.list_npcs(filter, page)).await
     }
 
     async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
-        self.inner.load_npcs().await
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.planned(self.inner.load_npcs()).await
+    }
+}
+
+/// A plain NPC record for tests: role `miner`, status `idle`, at the origin, tick 0.
+#[must_use]
+pub fn npc(id: u64, swarm: u32) -> NpcRecord {
+    NpcRecord {
+        id,
+        role: "miner".into(),
+        status: "idle".into(),
+        swarm,
+        agent: false,
+        x: 0.0,
+        y: 0.0,
+        z: 0.0,
+        health: 100,
+        inventory: vec![(1, 3)],
+        updated_tick: 0,
     }
 }
 

@@ -1,0 +1,350 @@
+//! `StorageConfig`: the `[storage]` section of the configuration file, with defaults and range
+//! checks. Every key is listed, with its default, in `assets/config/default.toml`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::StorageConfigError;
+
+/// Where world state goes, and the layers in front of it.
+///
+/// The stack built from it is, outermost first: L1 → Redis (when `redis.url` is set) → Retry →
+/// CircuitBreaker → PostgreSQL or memory (see [`crate::StorageStack`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Which store holds the data.
+    pub backend: BackendKind,
+    /// PostgreSQL (used when `backend = "postgres"`).
+    pub postgres: PostgresConfig,
+    /// Deleting old history and events from PostgreSQL.
+    pub retention: RetentionConfig,
+    /// The Redis cache (off while `url` is empty).
+    pub redis: RedisConfig,
+    /// The in-process cache.
+    pub l1: L1Config,
+    /// The circuit breaker in front of the store.
+    pub breaker: BreakerConfig,
+    /// Retries of transient failures.
+    pub retry: RetryConfig,
+}
+
+/// The store behind the caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// [`crate::MemoryStore`]: in-process, nothing outlives the process.
+    #[default]
+    Memory,
+    /// `PgStore` (feature `postgres`).
+    Postgres,
+}
+
+/// PostgreSQL connection pool and statements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host:port/database`. Required with `backend = "postgres"`.
+    pub url: String,
+    /// Schema holding the tables: a plain lower-case identifier (`[a-z_][a-z0-9_]*`, ≤ 63 bytes).
+    pub schema: String,
+    /// Most connections open at once, 1 ..= 1000.
+    pub max_size: usize,
+    /// Connections opened at start-up and kept, 0 ..= `max_size`.
+    pub min_size: usize,
+    /// Opening a TCP connection, milliseconds, 1 ..= 600 000.
+    pub connect_timeout_ms: u64,
+    /// Waiting for a free connection from the pool, milliseconds, 1 ..= 600 000.
+    pub wait_timeout_ms: u64,
+    /// Opening a pooled connection (connect + start-up), milliseconds, 1 ..= 600 000.
+    pub create_timeout_ms: u64,
+    /// Checking a returned connection before reuse, milliseconds, 1 ..= 600 000.
+    pub recycle_timeout_ms: u64,
+    /// Server-side limit per statement, milliseconds, 0 (none) ..= 3 600 000.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            schema: "terrarium".into(),
+            max_size: 20,
+            min_size: 2,
+            connect_timeout_ms: 2_000,
+            wait_timeout_ms: 5_000,
+            create_timeout_ms: 5_000,
+            recycle_timeout_ms: 2_000,
+            statement_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The retention job: history (`npc_positions`, `metrics`) and `events` older than `max_age_s`
+/// are deleted, `chunk_rows` rows per statement, every `interval_s`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Run the job in the background (PostgreSQL only).
+    pub enabled: bool,
+    /// Age after which rows go, seconds, 60 ..= 3 650 days. Default 7 days.
+    pub max_age_s: u64,
+    /// Rows deleted per statement, 1 ..= 1 000 000 (bounds lock time and WAL per step).
+    pub chunk_rows: u32,
+    /// Seconds between runs, 1 ..= 86 400.
+    pub interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_age_s: 7 * 24 * 3600, chunk_rows: 10_000, interval_s: 3600 }
+    }
+}
+
+/// The Redis cache: TTL tiers, timeouts and what it publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; empty turns the Redis layer off.
+    pub url: String,
+    /// Connections, 1 ..= 64.
+    pub pool_size: usize,
+    /// Prepended to every key and channel (1 ..= 64 printable bytes, no spaces), so several
+    /// worlds can share one server.
+    pub key_prefix: String,
+    /// Hot tier (latest positions), seconds, 1 ..= 86 400.
+    pub hot_ttl_s: u64,
+    /// Warm tier (NPC registry, status, listings), seconds, 1 ..= 86 400.
+    pub warm_ttl_s: u64,
+    /// Cold tier (learning profiles and other slow-changing values), seconds, 1 ..= 86 400.
+    pub cold_ttl_s: u64,
+    /// Longest wait for one Redis command, milliseconds, 1 ..= 60 000. A slower answer counts as
+    /// an error (a miss).
+    pub command_timeout_ms: u64,
+    /// Longest wait for a pipeline of cache updates after a write (invalidations, positions,
+    /// events), milliseconds, 1 ..= 600 000. Longer than `command_timeout_ms`: it runs on the
+    /// writer's path, not a game call's.
+    pub pipeline_timeout_ms: u64,
+    /// Longest wait for the first connection at start-up, milliseconds, 1 ..= 600 000. The game
+    /// starts anyway (uncached) if Redis is not there.
+    pub connect_timeout_ms: u64,
+    /// After a Redis error, go straight to the store for this long, milliseconds, 0 ..= 600 000.
+    pub bypass_ms: u64,
+    /// NPCs cached at start-up, 0 (off) ..= 10 000 000.
+    pub warm_on_start: usize,
+    /// Publish each written event on its type's channel.
+    pub publish_events: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 4,
+            key_prefix: "terrarium:".into(),
+            hot_ttl_s: 60,
+            warm_ttl_s: 300,
+            cold_ttl_s: 600,
+            command_timeout_ms: 250,
+            pipeline_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            bypass_ms: 1_000,
+            warm_on_start: 10_000,
+            publish_events: true,
+        }
+    }
+}
+
+/// The in-process cache of NPC records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L1Config {
+    /// Most records kept, 0 (off) ..= 100 000 000.
+    pub capacity: u64,
+    /// How long a record may be served, milliseconds, 1 ..= 3 600 000.
+    pub ttl_ms: u64,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        Self { capacity: 100_000, ttl_ms: 5_000 }
+    }
+}
+
+/// When the circuit breaker opens and closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit, 1 ..= 1000.
+    pub failure_threshold: u32,
+    /// Consecutive successes in half-open that close it again, 1 ..= 1000.
+    pub success_threshold: u32,
+    /// A call slower than this fails with a timeout, milliseconds, 1 ..= 600 000.
+    /// (`load_npcs` is exempt: it grows with the world; the statement timeout bounds it.)
+    pub call_timeout_ms: u64,
+    /// How long the circuit stays open before a trial call, milliseconds, 1 ..= 3 600 000.
+    pub reset_timeout_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 5, success_threshold: 2, call_timeout_ms: 5_000, reset_timeout_ms: 60_000 }
+    }
+}
+
+/// How transient failures are retried: exponential backoff with jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries in all, the first one included, 1 ..= 20.
+    pub max_attempts: u32,
+    /// Delay before the first retry, milliseconds, 1 ..= 60 000; doubles for each later retry.
+    pub base_delay_ms: u64,
+    /// Longest delay, milliseconds, `base_delay_ms` ..= 600 000.
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 3, base_delay_ms: 50, max_delay_ms: 2_000 }
+    }
+}
+
+impl StorageConfig {
+    /// Checks every value against its range.
+    ///
+    /// # Errors
+    /// The first value out of range, by its dotted key under `storage.`.
+    pub fn validate(&self) -> Result<(), StorageConfigError> {
+        let pg = &self.postgres;
+        if !is_identifier(&pg.schema) {
+            return Err(StorageConfigError::Invalid {
+                key: "storage.postgres.schema".into(),
+                reason: format!(
+                    "{:?} is not a plain identifier ([a-z_][a-z0-9_]*, at most 63 bytes)",
+                    pg.schema
+                ),
+            });
+        }
+        range("storage.postgres.max_size", pg.max_size as u64, 1, 1000)?;
+        range("storage.postgres.min_size", pg.min_size as u64, 0, pg.max_size as u64)?;
+        range("storage.postgres.connect_timeout_ms", pg.connect_timeout_ms, 1, 600_000)?;
+        range("storage.postgres.wait_timeout_ms", pg.wait_timeout_ms, 1, 600_000)?;
+        range("storage.postgres.create_timeout_ms", pg.create_timeout_ms, 1, 600_000)?;
+        range("storage.postgres.recycle_timeout_ms", pg.recycle_timeout_ms, 1, 600_000)?;
+        range("storage.postgres.statement_timeout_ms", pg.statement_timeout_ms, 0, 3_600_000)?;
+        let ret = &self.retention;
+        range("storage.retention.max_age_s", ret.max_age_s, 60, 3650 * 24 * 3600)?;
+        range("storage.retention.chunk_rows", u64::from(ret.chunk_rows), 1, 1_000_000)?;
+        range("storage.retention.interval_s", ret.interval_s, 1, 86_400)?;
+        let r = &self.redis;
+        range("storage.redis.pool_size", r.pool_size as u64, 1, 64)?;
+        if r.key_prefix.is_empty()
+            || r.key_prefix.len() > 64
+            || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(StorageConfigError::Invalid {
+                key: "storage.redis.key_prefix".into(),
+                reason: format!("{:?} must be 1 ..= 64 printable ASCII bytes without spaces", r.key_prefix),
+            });
+        }
+        range("storage.redis.hot_ttl_s", r.hot_ttl_s, 1, 86_400)?;
+        range("storage.redis.warm_ttl_s", r.warm_ttl_s, 1, 86_400)?;
+        range("storage.redis.cold_ttl_s", r.cold_ttl_s, 1, 86_400)?;
+        range("storage.redis.command_timeout_ms", r.command_timeout_ms, 1, 60_000)?;
+        range("storage.redis.pipeline_timeout_ms", r.pipeline_timeout_ms, 1, 600_000)?;
+        range("storage.redis.connect_timeout_ms", r.connect_timeout_ms, 1, 600_000)?;
+        range("storage.redis.bypass_ms", r.bypass_ms, 0, 600_000)?;
+        range("storage.redis.warm_on_start", r.warm_on_start as u64, 0, 10_000_000)?;
+        range("storage.l1.capacity", self.l1.capacity, 0, 100_000_000)?;
+        range("storage.l1.ttl_ms", self.l1.ttl_ms, 1, 3_600_000)?;
+        let b = &self.breaker;
+        range("storage.breaker.failure_threshold", u64::from(b.failure_threshold), 1, 1000)?;
+        range("storage.breaker.success_threshold", u64::from(b.success_threshold), 1, 1000)?;
+        range("storage.breaker.call_timeout_ms", b.call_timeout_ms, 1, 600_000)?;
+        range("storage.breaker.reset_timeout_ms", b.reset_timeout_ms, 1, 3_600_000)?;
+        let rt = &self.retry;
+        range("storage.retry.max_attempts", u64::from(rt.max_attempts), 1, 20)?;
+        range("storage.retry.base_delay_ms", rt.base_delay_ms, 1, 60_000)?;
+        range("storage.retry.max_delay_ms", rt.max_delay_ms, rt.base_delay_ms, 600_000)?;
+        Ok(())
+    }
+}
+
+impl PostgresConfig {
+    /// [`PostgresConfig::statement_timeout_ms`] as a duration (`None` when 0).
+    #[must_use]
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        (self.statement_timeout_ms > 0).then(|| Duration::from_millis(self.statement_timeout_ms))
+    }
+}
+
+/// True for a plain lower-case SQL identifier that needs no quoting: `[a-z_][a-z0-9_]*`, at most
+/// 63 bytes (PostgreSQL's limit). Schema names are checked with it before they reach any SQL.
+#[must_use]
+pub fn is_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), StorageConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(StorageConfigError::OutOfRange {
+            key: key.into(),
+            value: value.to_string(),
+            allowed: format!("{min} ..= {max}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_issue() {
+        let c = StorageConfig::default();
+        c.validate().unwrap();
+        assert_eq!((c.postgres.max_size, c.postgres.connect_timeout_ms), (20, 2000));
+        assert_eq!((c.redis.hot_ttl_s, c.redis.warm_ttl_s, c.redis.cold_ttl_s), (60, 300, 600));
+        assert_eq!((c.breaker.failure_threshold, c.breaker.success_threshold), (5, 2));
+        assert_eq!((c.breaker.call_timeout_ms, c.breaker.reset_timeout_ms), (5_000, 60_000));
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.retention.max_age_s, 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        let mut c = StorageConfig::default();
+        c.postgres.min_size = 30;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.postgres.min_size") && e.contains("0 ..= 20"), "{e}");
+        let mut c = StorageConfig::default();
+        c.retry.max_delay_ms = 10;
+        assert!(c.validate().unwrap_err().to_string().contains("storage.retry.max_delay_ms"));
+    }
+
+    #[test]
+    fn schema_must_be_a_plain_identifier() {
+        for bad in ["", "Public", "a-b", "x; drop table npcs", "9lives", &"a".repeat(64)] {
+            let mut c = StorageConfig::default();
+            c.postgres.schema = bad.into();
+            assert!(c.validate().is_err(), "{bad:?} accepted");
+        }
+        assert!(is_identifier("test_0a1b"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = toml::from_str::<StorageConfig>("[redis]\nttl = 5\n").unwrap_err();
+        assert!(e.to_string().contains("ttl"), "{e}");
+        let c: StorageConfig = toml::from_str("backend = \"postgres\"\n[l1]\ncapacity = 0\n").unwrap();
+        assert_eq!((c.backend, c.l1.capacity, c.l1.ttl_ms), (BackendKind::Postgres, 0, 5_000));
+    }
+}

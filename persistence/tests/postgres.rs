@@ -1,0 +1,309 @@
+//! PgStore against a real PostgreSQL (`TERRARIUM_TEST_PG_URL`, started by scripts/services.sh).
+//! Each test works in a schema of its own and drops it.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PgSchema, batch, event, metric, npc, position, service_url, sql_client, unique_name};
+use terrarium_persistence::{
+    BatchId, EntityKind, EventQuery, MemoryStore, NpcFilter, NpcRecord, Page, PgStore, PostgresConfig,
+    Storage, StorageError, WriteBatch,
+};
+
+const PG: &str = "TERRARIUM_TEST_PG_URL";
+
+#[tokio::test]
+async fn migrations_run_from_empty_then_change_nothing() {
+    let Some(url) = service_url(PG) else { return };
+    let cfg = PostgresConfig { url: url.clone(), schema: unique_name(), ..Default::default() };
+    let store = PgStore::connect_lazy(&cfg).unwrap();
+    let guard = PgSchema { store: store.clone(), url: url.clone() };
+    let first = store.migrate().await.unwrap();
+    assert_eq!((first.applied.as_slice(), first.version), (&[1][..], 1));
+    let again = store.migrate().await.unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(store.row_counts().await.unwrap(), Default::default());
+
+    let sql = sql_client(&url, store.schema()).await;
+    let indexes: Vec<String> = sql
+        .query("SELECT indexname FROM pg_indexes WHERE schemaname = $1 ORDER BY 1", &[&store.schema()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for want in [
+        "npcs_status_idx",
+        "npcs_role_idx",
+        "npcs_swarm_status_idx",
+        "npc_positions_npc_tick_idx",
+        "metrics_name_tick_idx",
+        "events_type_idx",
+        "events_entity_idx",
+        "events_correlation_idx",
+        "events_recorded_at_idx",
+    ] {
+        assert!(indexes.iter().any(|i| i == want), "{want} missing from {indexes:?}");
+    }
+
+    // An edited migration, or a schema from a newer build, is refused.
+    sql.execute("UPDATE schema_migrations SET checksum = checksum + 1 WHERE version = 1", &[]).await.unwrap();
+    let err = store.migrate().await.unwrap_err();
+    assert!(err.to_string().contains("rejected") && format!("{err:?}").contains("changed"), "{err:?}");
+    sql.execute("UPDATE schema_migrations SET checksum = checksum - 1 WHERE version = 1", &[]).await.unwrap();
+    sql.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99, 'future', 0)", &[])
+        .await
+        .unwrap();
+    let err = store.migrate().await.unwrap_err();
+    assert!(format!("{err:?}").contains("newer than this build"), "{err:?}");
+    drop(guard);
+}
+
+#[tokio::test]
+async fn every_record_type_round_trips() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let store = &s.store;
+    let npcs: Vec<_> = (1..=20).map(npc).collect();
+    let positions: Vec<_> = (1..=20).flat_map(|id| (2..5).map(move |t| position(id, t))).collect();
+    let metrics =
+        vec![metric(1, "distance_travelled", 4), metric(2, "distance_travelled", 4), metric(1, "ore", 4)];
+    let events = vec![
+        event(u64::MAX - 1, "npc_spawned", 3, 77, 2),
+        event(11, "task_completed", 3, 77, 3),
+        event(12, "task_completed", 4, 78, 4),
+    ];
+    let first = WriteBatch { npcs: npcs.clone(), ..batch(1, 1) };
+    let second = WriteBatch {
+        positions: positions.clone(),
+        metrics: metrics.clone(),
+        events: events.clone(),
+        removed: vec![20],
+        ..batch(1, 2)
+    };
+    store.write(&[first, second]).await.unwrap();
+
+    let mut want = npc(5);
+    (want.x, want.y, want.z, want.updated_tick) = (position(5, 4).x, position(5, 4).y, position(5, 4).z, 4);
+    assert_eq!(store.get_npc(5).await.unwrap(), Some(want.clone()));
+    assert_eq!(store.get_npc(20).await.unwrap(), None, "removed");
+    assert_eq!(store.get_npc(u64::MAX).await.unwrap(), None);
+    let all = store.load_npcs().await.unwrap();
+    assert_eq!(all.len(), 19);
+    assert_eq!(all[4], want);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+
+    let history = store.position_history(5, 0..100).await.unwrap();
+    assert_eq!(history, (2..5).map(|t| position(5, t)).collect::<Vec<_>>());
+    assert_eq!(store.position_history(20, 0..100).await.unwrap().len(), 3, "history outlives the NPC");
+    assert_eq!(store.metric_rows("distance_travelled", 0..10).await.unwrap(), metrics[..2].to_vec());
+    assert_eq!(store.metric_rows("ore", 5..10).await.unwrap(), vec![]);
+
+    let by_type = store.events(&EventQuery::Type("task_completed".into()), 10).await.unwrap();
+    assert_eq!(by_type.iter().map(|e| e.event_id).collect::<Vec<_>>(), [12, 11]);
+    assert_eq!(by_type[1], events[1]);
+    let by_entity = store.events(&EventQuery::Entity(EntityKind::Npc, 3), 10).await.unwrap();
+    assert_eq!(by_entity.len(), 2);
+    let story = store.events(&EventQuery::Correlation(77), 10).await.unwrap();
+    assert!(story.contains(&events[0]), "u64 event ids survive bit for bit: {story:?}");
+    assert_eq!(store.events(&EventQuery::Recent, 2).await.unwrap().len(), 2);
+
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!((counts.npcs, counts.positions, counts.metrics, counts.events), (19, 60, 3, 3));
+    let m = store.metrics();
+    // NPC 20 was spawned and removed in the same call: folded away, it never reached `npcs`.
+    assert_eq!((m.batches_applied, m.position_rows, m.npc_upserts, m.npc_removals), (2, 60, 19, 0));
+    assert!(m.pool.queries >= 4 && m.pool.query_p50_us <= m.pool.query_p99_us, "{:?}", m.pool);
+}
+
+#[tokio::test]
+async fn a_retried_batch_lands_exactly_once() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let store = &s.store;
+    let b = |seq| WriteBatch {
+        positions: vec![position(1, seq), position(2, seq)],
+        events: vec![event(seq, "moved", 1, 0, seq)],
+        metrics: vec![metric(1, "steps", seq)],
+        npcs: if seq == 1 { vec![npc(1), npc(2)] } else { vec![] },
+        ..batch(7, seq)
+    };
+    store.write(&[b(1)]).await.unwrap();
+    store.write(&[b(1)]).await.unwrap(); // a retry after a lost reply
+    store.write(&[b(1), b(2), b(3)]).await.unwrap(); // a group commit overlapping what landed
+    store.write(&[b(2)]).await.unwrap(); // an older batch of the same run
+    // Two writers racing with the same batch: one applies it, the other skips it.
+    let (four, again) = ([b(4)], [b(4)]);
+    let (x, y) = tokio::join!(store.write(&four), store.write(&again));
+    x.unwrap();
+    y.unwrap();
+    // Another run is independent.
+    store.write(&[WriteBatch { positions: vec![position(1, 9)], ..batch(8, 1) }]).await.unwrap();
+
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!((counts.positions, counts.events, counts.metrics), (4 * 2 + 1, 4, 4));
+    let m = store.metrics();
+    assert_eq!((m.batches_applied, m.batches_skipped), (5, 4));
+    assert_eq!(store.get_npc(1).await.unwrap().unwrap().updated_tick, 9);
+}
+
+#[tokio::test]
+async fn a_failed_batch_leaves_nothing_behind() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let store = &s.store;
+    let bad = WriteBatch {
+        positions: vec![position(1, 1), position(u64::MAX, 1)],
+        npcs: vec![npc(1)],
+        ..batch(1, 1)
+    };
+    let err = store.write(&[bad]).await.unwrap_err();
+    assert!(matches!(err, StorageError::Rejected { .. }) && !err.is_transient(), "{err}");
+    assert_eq!(store.row_counts().await.unwrap(), Default::default());
+    // The batch id was not used up: a corrected batch with the same id lands.
+    store.write(&[WriteBatch { npcs: vec![npc(1)], ..batch(1, 1) }]).await.unwrap();
+    assert_eq!(store.row_counts().await.unwrap().npcs, 1);
+}
+
+#[tokio::test]
+async fn pages_match_the_memory_store_for_every_filter() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let mem = MemoryStore::default();
+    let write = WriteBatch { npcs: (1..=333).map(npc).collect(), ..batch(1, 1) };
+    s.store.write(std::slice::from_ref(&write)).await.unwrap();
+    mem.write(&[write]).await.unwrap();
+    let filters = [
+        NpcFilter::default(),
+        NpcFilter { status: Some("idle".into()), ..Default::default() },
+        NpcFilter { role: Some("guard".into()), ..Default::default() },
+        NpcFilter { swarm: Some(3), ..Default::default() },
+        NpcFilter { swarm: Some(2), status: Some("working".into()), ..Default::default() },
+        NpcFilter { swarm: Some(1), status: Some("moving".into()), role: Some("trader".into()) },
+        NpcFilter { status: Some("nobody has this".into()), ..Default::default() },
+    ];
+    for filter in &filters {
+        for limit in [1, 7, 100, 1000] {
+            let (mut page, mut pages) = (Page::first(limit), 0);
+            loop {
+                let got = s.store.list_npcs(filter, page).await.unwrap();
+                let want = mem.list_npcs(filter, page).await.unwrap();
+                assert_eq!(got, want, "{filter:?} {page:?}");
+                assert!(got.npcs.len() <= 100);
+                pages += 1;
+                match got.next {
+                    Some(after) => page = Page { after: Some(after), limit },
+                    None => break,
+                }
+            }
+            assert!(pages >= 1);
+        }
+    }
+}
+
+/// Streams shaped like the batching's: one tick per batch, spawns and changes stamped with it,
+/// positions only for NPCs in the world. (The stores differ only outside that: `MemoryStore`
+/// also lays a position over an NPC spawned later, `PgStore` keeps it in history only.)
+#[tokio::test]
+async fn current_state_follows_the_memory_store_under_random_streams() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let mem = MemoryStore::default();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut alive = std::collections::BTreeSet::new();
+    let mut seq = 0;
+    for _round in 0..30 {
+        // A group commit of 1..=4 consecutive batches, each a random mix for 40 NPCs.
+        let group: Vec<WriteBatch> = (0..rng.usize(1..=4))
+            .map(|_| {
+                seq += 1;
+                let mut b = batch(3, seq);
+                for _ in 0..rng.usize(0..30) {
+                    let id = rng.u64(1..=40);
+                    match rng.u8(0..10) {
+                        0 if alive.remove(&id) => b.removed.push(id),
+                        1..=3 if !b.removed.contains(&id) && b.npcs.iter().all(|r| r.id != id) => {
+                            alive.insert(id);
+                            b.npcs.push(NpcRecord { updated_tick: seq, ..common::npc(id) });
+                        }
+                        _ if alive.contains(&id) => b.positions.push(position(id, seq)),
+                        _ => {}
+                    }
+                }
+                b
+            })
+            .collect();
+        s.store.write(&group).await.unwrap();
+        mem.write(&group).await.unwrap();
+        if rng.bool() {
+            s.store.write(&group).await.unwrap(); // replays change nothing
+        }
+    }
+    let (pg, memory) = (s.store.load_npcs().await.unwrap(), mem.load_npcs().await.unwrap());
+    assert!(pg.len() > 10);
+    assert_eq!(pg, memory);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_rows_in_bounded_chunks() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let store = &s.store;
+    let b = WriteBatch {
+        positions: (1..=50).map(|t| position(1, t)).collect(),
+        events: (1..=30).map(|i| event(i, "e", 1, 0, i)).collect(),
+        metrics: (1..=20).map(|t| metric(1, "m", t)).collect(),
+        ..batch(1, 1)
+    };
+    store.write(&[b]).await.unwrap();
+    let sql = sql_client(&url, store.schema()).await;
+    for (table, key) in [("npc_positions", "tick"), ("events", "event_id"), ("metrics", "tick")] {
+        let q = format!("UPDATE {table} SET recorded_at = now() - interval '8 days' WHERE {key} <= 17");
+        sql.execute(&q, &[]).await.unwrap();
+    }
+    let report = store.purge_older_than(Duration::from_secs(7 * 24 * 3600), 5).await.unwrap();
+    assert_eq!((report.positions, report.events, report.metrics), (17, 17, 17));
+    assert!(report.statements >= 3 * 4, "17 rows in chunks of 5 take 4 statements per table: {report:?}");
+    let counts = store.row_counts().await.unwrap();
+    assert_eq!((counts.positions, counts.events, counts.metrics), (33, 13, 3));
+    assert_eq!(store.position_history(1, 0..100).await.unwrap()[0].tick, 18);
+    assert_eq!(store.purge_older_than(Duration::from_secs(7 * 24 * 3600), 5).await.unwrap().positions, 0);
+}
+
+#[tokio::test]
+async fn a_blocked_statement_hits_the_statement_timeout() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::with(&url, |c| c.statement_timeout_ms = 200).await;
+    s.store.write(&[batch(5, 1)]).await.unwrap();
+    // Another session holds the run's row lock, so the next write of that run waits.
+    let mut sql = sql_client(&url, s.store.schema()).await;
+    let tx = sql.transaction().await.unwrap();
+    tx.execute("SELECT seq FROM applied_batches WHERE run = 5 FOR UPDATE", &[]).await.unwrap();
+    let err = s.store.write(&[batch(5, 2)]).await.unwrap_err();
+    assert!(matches!(err, StorageError::Timeout(d) if d == Duration::from_millis(200)), "{err:?}");
+    assert!(err.is_transient());
+    tx.rollback().await.unwrap();
+    s.store.write(&[batch(5, 2)]).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_transient_error() {
+    // A port nothing listens on: connection refused, quickly.
+    let cfg = PostgresConfig {
+        url: "postgres://postgres@127.0.0.1:9/none".into(),
+        schema: unique_name(),
+        min_size: 1,
+        ..Default::default()
+    };
+    let err = PgStore::connect(&cfg).await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { backend: "postgres", .. }), "{err:?}");
+    let err = PgStore::connect_lazy(&PostgresConfig { url: "not a url".into(), ..cfg.clone() }).unwrap_err();
+    assert!(matches!(err, StorageError::Failed { .. }), "{err:?}");
+    let lazy = PgStore::connect_lazy(&cfg).unwrap();
+    assert!(lazy.get_npc(1).await.unwrap_err().is_transient());
+    assert!(
+        lazy.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, ..Default::default() }]).await.is_err()
+    );
+}
