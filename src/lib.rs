@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod perf;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use terrarium_codec as codec;
 pub use terrarium_engine as engine;
