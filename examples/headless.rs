@@ -22,6 +22,7 @@ use terrarium::Config;
 use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet, Velocity, math};
+use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::persistence::{MemoryStore, WriteBehind};
 use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
@@ -76,6 +77,9 @@ struct Args {
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Print a one-line performance summary every N ticks (0 = never).
+    #[arg(long = "report-every", default_value_t = 0)]
+    report_every: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -149,6 +153,9 @@ struct Summary {
     path_failures: u64,
     /// Agents' paths replanned after a blocked step.
     replans: u64,
+    /// The performance snapshot at the end (`terrarium::perf::PerformanceSnapshot`: tick
+    /// latency over the last window, stages, batchers, write-behind, pathfinding pool, RSS).
+    performance: PerformanceSnapshot,
 }
 
 fn main() -> ExitCode {
@@ -174,7 +181,9 @@ fn run(args: &Args) -> Result<()> {
         cfg.write_behind.outbox_path = Some(path.clone());
     }
     cfg.engine.validate()?;
-    let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
+    let perf = Performance::new();
+    let mut builder =
+        Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin).add_plugin(perf.plugin());
     let storage = match args.storage {
         StorageKind::None => None,
         StorageKind::Memory => {
@@ -182,6 +191,7 @@ fn run(args: &Args) -> Result<()> {
             let wb = WriteBehind::start(Arc::clone(&store), cfg.write_behind.clone())
                 .context("cannot start the write-behind")?;
             builder = builder.add_plugin(batching::plugin(Arc::new(wb.handle())));
+            perf.attach_write_behind(wb.handle());
             Some((store, wb))
         }
     };
@@ -225,6 +235,11 @@ fn run(args: &Args) -> Result<()> {
             handed = now_handed;
         }
         bar.inc(1);
+        if args.report_every > 0 && (k + 1) % args.report_every == 0 {
+            publish_now(&mut engine);
+            let line = report_line(&perf.snapshot());
+            if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
+        }
         if args.realtime {
             let next = loop_started + dt * u32::try_from(k + 1).unwrap_or(u32::MAX);
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -257,6 +272,8 @@ fn run(args: &Args) -> Result<()> {
         None => None,
     };
     let drain_ms = ms(drain_started.elapsed());
+    publish_now(&mut engine);
+    let performance = perf.snapshot();
     let batcher = engine.world().get_resource::<BatcherStats>().cloned().unwrap_or_default();
 
     let timings = engine.stage_timings();
@@ -314,6 +331,7 @@ fn run(args: &Args) -> Result<()> {
         paths_solved: engine.world().get_resource::<PathStats>().map_or(0, |p| p.solved),
         path_failures: engine.world().get_resource::<PathStats>().map_or(0, |p| p.failures),
         replans: engine.world().get_resource::<PathStats>().map_or(0, |p| p.replans),
+        performance,
     };
     if !args.quiet {
         print_human(&summary);
@@ -403,6 +421,38 @@ fn print_human(s: &Summary) {
     if let Some(ms) = s.snapshot_load_ms {
         println!("snapshot loaded in {ms:.0} ms");
     }
+}
+
+/// One line of `--report-every`: tick latency over the window, rate, population, memory and
+/// the storage pipeline.
+fn report_line(p: &PerformanceSnapshot) -> String {
+    let l = &p.tick_latency;
+    let mut line = format!(
+        "tick {}: p50 {:.3} ms  p95 {:.3}  p99 {:.3}  max {:.3}  {:.0} ticks/s  {} npcs ({} agents)  rss {:.0} MiB",
+        p.tick,
+        l.p50_ms,
+        l.p95_ms,
+        l.p99_ms,
+        l.max_ms,
+        p.ticks_per_sec,
+        p.npcs,
+        p.agents,
+        p.rss_bytes as f64 / f64::from(1u32 << 20),
+    );
+    if let Some(b) = &p.batchers {
+        line += &format!("  batches {} ({} rows, {} pending)", b.batches, b.items, b.pending);
+    }
+    if let Some(w) = &p.write_behind {
+        line += &format!(
+            "  write-behind: {} rows queued, {} written batches, {} dropped",
+            w.queue_rows, w.batches_written, w.writes_dropped
+        );
+    }
+    if p.agents > 0 {
+        let f = &p.pathfinding;
+        line += &format!("  paths {} solved, {} queued", f.solved, f.queued);
+    }
+    line
 }
 
 fn ms(d: Duration) -> f64 {
