@@ -4,6 +4,7 @@ pub mod config;
 pub mod perf;
 #[cfg(feature = "server")]
 pub mod server;
+mod server_config;
 
 pub use terrarium_codec as codec;
 pub use terrarium_engine as engine;
