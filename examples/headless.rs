@@ -19,9 +19,8 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use terrarium::Config;
-use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::voxel::Ore;
-use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet, Velocity, math};
+use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::persistence::{MemoryStore, WriteBehind};
 use terrarium::systems::batching::{self, BatcherStats};
@@ -345,21 +344,9 @@ fn run(args: &Args) -> Result<()> {
 /// Spawns plain NPCs spread over the ground, then mining agents in a voxel world generated for
 /// them; everything derives from the world seed.
 fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
-    let seed = engine.config().seed;
-    let (min, max) = (engine.config().world.min, engine.config().world.max);
-    let speed = engine.config().npc.wander_speed;
-    engine.spawn_batch((0..npcs).map(|i| {
-        let mut r = StreamRng::new(hash3(seed, i, 0x0053_5041_574E)); // "SPAWN"
-        let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
-        let role = Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize];
-        // Walking from the start, like the wanderers they are (status `moving`), so the world
-        // does not begin with a million status changes.
-        let pace = speed * r.range_f32(0.5, 1.0);
-        let (vx, vz) =
-            math::with_length_2d(r.range_f32(-1.0, 1.0), r.range_f32(-1.0, 1.0), pace).unwrap_or((pace, 0.0));
-        NpcSpec::new(role, pos).moving(Velocity::new(vx, 0.0, vz))
-    }));
+    terrarium::systems::wander::spawn_wanderers(engine, npcs);
     if agents > 0 {
+        let seed = engine.config().seed;
         terrarium::systems::mining::spawn_colony(engine, agents, seed)
             .context("cannot set up the mining agents")?;
     }

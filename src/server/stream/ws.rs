@@ -86,13 +86,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &
         "max_area": state.config.ws_max_area,
     });
     let mut open = send_text(&mut ws, state, hello.to_string()).await;
+    let mut read_ended = false;
     while open {
         tokio::select! {
             incoming = ws.next() => match incoming {
                 Some(frame) => open = on_message(&mut ws, state, conn, id, &frame).await,
                 // Closed by the client, or by yawc for a protocol or size violation (it sends
                 // the close frame, 1009 for an oversized message, itself).
-                None => open = false,
+                None => (open, read_ended) = (false, true),
             },
             out = frames.recv() => match out {
                 Some(frame) => open = send_text(&mut ws, state, encode(&frame)).await,
@@ -103,6 +104,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &
                 open = false;
             }
         }
+    }
+    if read_ended {
+        // yawc queues its own close frame (1009 for an oversized message, 1002 for a protocol
+        // error) when a read fails, and sends it on the next read.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
     }
     state.clients.remove(id);
     state.stats.ws_closed();
