@@ -10,24 +10,26 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use terrarium::Config;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
-use terrarium::persistence::{MemoryStore, WriteBehind};
 use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
+use terrarium::Config;
 
 mod common;
+#[path = "common/storage.rs"]
+mod storage;
+
+use storage::{StorageFlags, StorageKind};
 
 /// Runs a headless Terrarium world and reports how fast it ticks.
 #[derive(Parser, Debug)]
@@ -51,9 +53,8 @@ struct Args {
     /// Ticks per simulated second.
     #[arg(long = "tick-hz")]
     tick_hz: Option<u32>,
-    /// Where batched updates go.
-    #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
-    storage: StorageKind,
+    #[command(flatten)]
+    storage: StorageFlags,
     /// Spill file of the write-behind (used when the store fails or too much waits; replayed
     /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
     #[arg(long)]
@@ -79,15 +80,6 @@ struct Args {
     /// Print a one-line performance summary every N ticks (0 = never).
     #[arg(long = "report-every", default_value_t = 0)]
     report_every: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum StorageKind {
-    /// No batching and no persistence.
-    None,
-    /// Batching and write-behind into the in-process store.
-    Memory,
 }
 
 /// The JSON summary. Keys are a contract with other tools: add, never rename.
@@ -132,6 +124,8 @@ struct Summary {
     writes_dropped: u64,
     /// Batches written to the outbox file.
     outbox_spilled: u64,
+    /// Store calls that failed (and were retried later, or spilled): non-zero after an outage.
+    store_errors: u64,
     /// Batches the batcher handed to the write-behind.
     batches: u64,
     /// Position rows the batcher produced.
@@ -183,17 +177,11 @@ fn run(args: &Args) -> Result<()> {
     let perf = Performance::new();
     let mut builder =
         Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin).add_plugin(perf.plugin());
-    let storage = match args.storage {
-        StorageKind::None => None,
-        StorageKind::Memory => {
-            let store = Arc::new(MemoryStore::default());
-            let wb = WriteBehind::start(Arc::clone(&store), cfg.write_behind.clone())
-                .context("cannot start the write-behind")?;
-            builder = builder.add_plugin(batching::plugin(Arc::new(wb.handle())));
-            perf.attach_write_behind(wb.handle());
-            Some((store, wb))
-        }
-    };
+    let storage = args.storage.start(&mut cfg, None)?;
+    if let Some(pipeline) = &storage {
+        builder = builder.add_plugin(pipeline.batching_plugin());
+        perf.attach_pipeline(pipeline);
+    }
     if args.agents > 0 || args.snapshot_in.is_some() {
         builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
     }
@@ -264,9 +252,9 @@ fn run(args: &Args) -> Result<()> {
     let drain_started = Instant::now();
     batching::flush_now(&mut engine);
     let written = match storage {
-        Some((store, wb)) => {
-            let report = wb.shutdown(Duration::from_secs(600)).context("write-behind did not drain")?;
-            Some((store.stats(), report.stats))
+        Some(pipeline) => {
+            let rows = pipeline.written_after_drain(Duration::from_secs(600))?;
+            Some(rows)
         }
         None => None,
     };
@@ -292,7 +280,7 @@ fn run(args: &Args) -> Result<()> {
         threads: engine.threads(),
         seed: engine.world().resource::<terrarium::engine::SimRng>().seed(),
         tick_hz: cfg.engine.tick_hz,
-        storage: args.storage,
+        storage: args.storage.kind,
         tick_ms_p50: q(0.50),
         tick_ms_p95: q(0.95),
         tick_ms_p99: q(0.99),
@@ -308,14 +296,15 @@ fn run(args: &Args) -> Result<()> {
         snapshot_save_ms,
         snapshot_bytes,
         stage_ms,
-        position_rows_written: written.map_or(0, |(s, _)| s.position_rows),
-        metric_rows_written: written.map_or(0, |(s, _)| s.metric_rows),
+        position_rows_written: written.map_or(0, |(s, _)| s.positions),
+        metric_rows_written: written.map_or(0, |(s, _)| s.metrics),
         events_emitted: batcher.events_emitted,
-        events_written: written.map_or(0, |(s, _)| s.event_rows),
+        events_written: written.map_or(0, |(s, _)| s.events),
         events_deduplicated: batcher.events_deduplicated,
         store_calls: written.map_or(0, |(_, w)| w.store_calls),
         writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
         outbox_spilled: written.map_or(0, |(_, w)| w.batches_spilled),
+        store_errors: written.map_or(0, |(_, w)| w.store_errors),
         batches: batcher.batches_created,
         position_rows_batched: batcher.positions.items_batched,
         position_rows_coalesced: written.map_or(0, |(_, w)| w.rows_coalesced),
@@ -386,7 +375,7 @@ fn print_human(s: &Summary) {
     );
     let stages: Vec<String> = s.stage_ms.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
     println!("mean ms per stage: {}", stages.join(", "));
-    if s.storage == StorageKind::Memory {
+    if s.storage != StorageKind::None {
         println!(
             "storage: {} batches, {} position / {} metric / {} event rows written in {} store calls, \
              {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms",

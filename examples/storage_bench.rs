@@ -9,7 +9,8 @@
 //! Measures position rows per second written to `npc_positions` by: one INSERT per row
 //! (autocommit, on a sample), multi-row VALUES (1000 rows per statement), `PgStore::write` (the
 //! batched path: COPY BINARY + current-state update + exactly-once bookkeeping, one
-//! transaction per call), and raw COPY BINARY (one statement, nothing else); then the
+//! transaction per call; it sorts the call's rows by `(npc_id, tick)`), and raw COPY BINARY (one
+//! statement, nothing else, rows in arrival order; also printed with the rows sorted); then the
 //! current-state upsert (NPCs per second, insert and update passes), Redis pipelined writes
 //! (keys per second) and L1 hits (ns per hit); it also prints how fast an open circuit breaker
 //! refuses a call. Every PostgreSQL case starts from an empty
@@ -231,19 +232,14 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     let landed = store.row_counts().await?.positions as usize;
     anyhow::ensure!(landed == rows, "batched case stored {landed} rows, not {rows}");
 
-    // Raw COPY BINARY: one statement, nothing else.
-    sql.batch_execute("TRUNCATE npc_positions").await?;
-    let all: Vec<Vec<PositionRow>> = (0..ticks).map(|tick| positions(tick + 10)).collect();
-    let t = Instant::now();
-    let sink = sql.copy_in("COPY npc_positions (npc_id, tick, x, y, z) FROM STDIN (FORMAT binary)").await?;
-    let types = [Type::INT8, Type::INT8, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4];
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-    for p in all.iter().flatten() {
-        writer.as_mut().write(&[&(p.npc_id as i64), &(p.tick as i64), &p.x, &p.y, &p.z]).await?;
-    }
-    writer.finish().await?;
-    f.copy_rows_per_s = per_s(rows, t.elapsed());
+    // Raw COPY BINARY: one statement, nothing else, rows in arrival order (tick by tick).
+    let mut all: Vec<PositionRow> = (0..ticks).flat_map(|tick| positions(tick + 10)).collect();
+    f.copy_rows_per_s = raw_copy(sql, &all).await?;
     report("raw COPY BINARY", rows, f.copy_rows_per_s, "rows");
+    // The same, sorted by (npc_id, tick) as PgStore::write sorts a call's rows (printed only).
+    all.sort_unstable_by_key(|p| (p.npc_id, p.tick));
+    let sorted = raw_copy(sql, &all).await?;
+    report("raw COPY BINARY, rows sorted", rows, sorted, "rows");
     drop(all);
 
     f.redis_keys_per_s = redis_writes(args).await?;
@@ -267,6 +263,20 @@ async fn open_breaker_rejects() -> anyhow::Result<()> {
     let ns = t.elapsed().as_nanos() as f64 / n as f64;
     eprintln!("{:<40} {ns:>12.0} ns per call", "open breaker rejects");
     Ok(())
+}
+
+/// One COPY BINARY of `rows` into an emptied `npc_positions`; rows per second.
+async fn raw_copy(sql: &tokio_postgres::Client, rows: &[PositionRow]) -> anyhow::Result<f64> {
+    sql.batch_execute("TRUNCATE npc_positions").await?;
+    let t = Instant::now();
+    let sink = sql.copy_in("COPY npc_positions (npc_id, tick, x, y, z) FROM STDIN (FORMAT binary)").await?;
+    let types = [Type::INT8, Type::INT8, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4];
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    for p in rows {
+        writer.as_mut().write(&[&(p.npc_id as i64), &(p.tick as i64), &p.x, &p.y, &p.z]).await?;
+    }
+    writer.finish().await?;
+    Ok(per_s(rows.len(), t.elapsed()))
 }
 
 /// Redis pipelined writes: `RedisCache::write` of one tick of positions, which SETs the hot tier

@@ -95,8 +95,8 @@ pg_init() {
   as_owner "$PG_BIN/initdb" -D "$PGDATA" -U "$PG_SUPERUSER" --auth=trust --encoding=UTF8 \
     --locale=C >"$BASE/initdb.log" 2>&1 || { cat "$BASE/initdb.log" >&2; fail "initdb failed"; }
   # Written once: loopback only, trust, enough connections for parallel test processes, and a
-  # WAL budget that keeps the benchmark from checkpointing every few seconds. fsync and
-  # synchronous_commit stay at their (durable) defaults.
+  # WAL budget (1 GB: the disk is shared) that keeps the benchmark from checkpointing every few
+  # seconds. fsync and synchronous_commit stay at their (durable) defaults.
   as_owner tee -a "$PGDATA/postgresql.conf" >/dev/null <<EOF
 
 # --- scripts/services.sh ---
@@ -104,7 +104,7 @@ listen_addresses = '$HOST'
 unix_socket_directories = ''
 max_connections = 300
 shared_buffers = 256MB
-max_wal_size = 4GB
+max_wal_size = 1GB
 logging_collector = off
 log_min_messages = warning
 EOF

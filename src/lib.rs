@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod perf;
+pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod server;
 mod server_config;
@@ -12,6 +13,7 @@ pub use terrarium_persistence as persistence;
 pub use terrarium_systems as systems;
 
 pub use config::Config;
+pub use pipeline::{PipelineError, StoragePipeline, WrittenRows};
 
 /// The types most users need, from every crate.
 pub mod prelude {

@@ -41,6 +41,17 @@ pub enum BackendKind {
     Postgres,
 }
 
+impl BackendKind {
+    /// The name used in the config file (`memory`, `postgres`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
 /// PostgreSQL connection pool and statements.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -153,8 +153,25 @@ impl<S> L1Cache<S> {
         }
     }
 
+    /// When a write moves far more NPCs than the cache holds (a world of a million walkers),
+    /// looking each one up costs more than starting cold: drop every entry instead (moka does it
+    /// lazily, in O(1) here). Returns true when it did.
+    fn drop_all_if_cheaper(&self, cache: &moka::sync::Cache<u64, Entry>, batches: &[WriteBatch]) -> bool {
+        let touched: usize = batches.iter().map(|b| b.positions.len() + b.npcs.len() + b.removed.len()).sum();
+        let held = cache.entry_count();
+        if touched < 65_536 || (touched as u64) < 4 * held {
+            return false;
+        }
+        cache.invalidate_all();
+        self.invalidations.fetch_add(held, Ordering::Relaxed);
+        true
+    }
+
     /// Applies a write to the cached records: drops upserted and removed ones, moves the others.
     fn after_write(&self, cache: &moka::sync::Cache<u64, Entry>, batches: &[WriteBatch]) {
+        if self.drop_all_if_cheaper(cache, batches) {
+            return;
+        }
         let mut latest: HashMap<u64, PositionRow> = HashMap::new();
         for b in batches {
             for id in b.npcs.iter().map(|r| r.id).chain(b.removed.iter().copied()) {
@@ -194,6 +211,9 @@ impl<S: Storage> Storage for L1Cache<S> {
                 self.after_write(cache, batches);
             } else {
                 // A failed write may still have been stored: forget everything it touched.
+                if self.drop_all_if_cheaper(cache, batches) {
+                    return result;
+                }
                 for b in batches {
                     for id in b.npcs.iter().map(|r| r.id).chain(b.removed.iter().copied()) {
                         self.invalidate(id);
@@ -268,6 +288,21 @@ mod tests {
         s.get_npc(1).await.unwrap();
         assert_eq!(s.inner().reads().gets, 2, "expired record read again");
         assert_eq!(s.metrics().tier, TierMetrics { hits: 1, misses: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_moving_far_more_npcs_than_cached_starts_the_cache_cold() {
+        let s = store(100);
+        seed(&s, [1, 2]).await;
+        s.get_npc(1).await.unwrap();
+        s.get_npc(2).await.unwrap();
+        let positions: Vec<PositionRow> =
+            (1..=70_000).map(|id| PositionRow { npc_id: id, tick: 9, x: 4.0, y: 0.0, z: 0.0 }).collect();
+        s.write(&[WriteBatch { positions, ..batch(2) }]).await.unwrap();
+        let before = s.inner().reads().gets;
+        let one = s.get_npc(1).await.unwrap().unwrap();
+        assert_eq!((one.x, one.updated_tick), (4.0, 9), "the new position, read from the store");
+        assert_eq!(s.inner().reads().gets, before + 1, "the cached record was dropped, not served stale");
     }
 
     #[tokio::test(start_paused = true)]

@@ -168,6 +168,19 @@ async fn a_failed_batch_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+async fn an_unchanged_record_is_not_rewritten() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    s.store.write(&[WriteBatch { npcs: vec![npc(1), npc(2)], ..batch(1, 1) }]).await.unwrap();
+    let mut two = npc(2);
+    two.health += 1;
+    s.store.write(&[WriteBatch { npcs: vec![npc(1), two.clone()], ..batch(1, 2) }]).await.unwrap();
+    assert_eq!(s.store.metrics().npc_upserts, 3, "2 inserted, then only the changed one");
+    assert_eq!(s.store.get_npc(2).await.unwrap(), Some(two));
+    assert_eq!(s.store.get_npc(1).await.unwrap(), Some(npc(1)));
+}
+
+#[tokio::test]
 async fn pages_match_the_memory_store_for_every_filter() {
     let Some(url) = service_url(PG) else { return };
     let s = PgSchema::new(&url).await;

@@ -39,6 +39,8 @@ use serde::{Deserialize, Serialize};
 use terrarium_engine::Engine;
 use terrarium_persistence::{Storage, StorageStack, WriteBehindHandle};
 
+use crate::StoragePipeline;
+
 pub use snapshot::{
     BatcherFigures, BreakerFigures, CacheFigures, DbPoolFigures, Latency, PathfindingFigures,
     PerformanceSnapshot, StageFigures, StreamFigures, WriteBehindFigures,
@@ -129,6 +131,14 @@ impl Performance {
     /// Reads cache, breaker and pool figures from `stack` in every later snapshot.
     pub fn attach_storage(&self, stack: Arc<StorageStack>) {
         self.sources().storage = Some(stack);
+    }
+
+    /// Reads write-behind, cache, breaker and pool figures from `pipeline` (its write-behind
+    /// and its storage stack) in every later snapshot.
+    pub fn attach_pipeline(&self, pipeline: &StoragePipeline) {
+        let mut sources = self.sources();
+        sources.write_behind = Some(pipeline.write_behind_handle());
+        sources.storage = Some(Arc::clone(pipeline.stack()));
     }
 
     fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {

@@ -37,8 +37,14 @@ impl PgStore {
             tx.commit().await.map_err(err)?;
             return Ok(());
         }
-        let slices: Vec<&[PositionRow]> = fresh.iter().map(|b| b.positions.as_slice()).collect();
-        let positions = self.copy_positions(&tx, &slices).await?;
+        let mut rows: Vec<&PositionRow> = Vec::with_capacity(fresh.iter().map(|b| b.positions.len()).sum());
+        for b in &fresh {
+            rows.extend(b.positions.iter());
+        }
+        // In index order: an NPC's rows of the call land next to each other in the (npc_id, tick)
+        // index (fewer pages touched per insert) and in the heap (its history reads fewer pages).
+        rows.sort_unstable_by_key(|p| (p.npc_id, p.tick));
+        let positions = self.copy_positions(&tx, &rows).await?;
         let metrics = self.copy_metrics(&tx, &fresh).await?;
         let events = self.insert_events(&tx, &fresh).await?;
         let (upserts, moves, removals) = self.apply_npc_changes(&tx, &fresh).await?;
@@ -122,10 +128,10 @@ impl PgStore {
     pub(super) async fn copy_positions(
         &self,
         tx: &Transaction<'_>,
-        slices: &[&[PositionRow]],
+        rows: &[&PositionRow],
     ) -> Result<u64, StorageError> {
         let err = |e| self.pg_error(e);
-        if slices.iter().all(|s| s.is_empty()) {
+        if rows.is_empty() {
             return Ok(0);
         }
         let stmt = tx
@@ -135,11 +141,9 @@ impl PgStore {
         let sink = tx.copy_in(&stmt).await.map_err(err)?;
         let types = [Type::INT8, Type::INT8, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4];
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-        for &rows in slices {
-            for p in rows {
-                let (id, tick) = (to_i64("npc id", p.npc_id)?, to_i64("tick", p.tick)?);
-                writer.as_mut().write(&[&id, &tick, &p.x, &p.y, &p.z]).await.map_err(err)?;
-            }
+        for p in rows {
+            let (id, tick) = (to_i64("npc id", p.npc_id)?, to_i64("tick", p.tick)?);
+            writer.as_mut().write(&[&id, &tick, &p.x, &p.y, &p.z]).await.map_err(err)?;
         }
         writer.finish().await.map_err(err)
     }
@@ -291,6 +295,8 @@ impl PgStore {
     }
 
     /// Inserts or replaces whole rows, one statement for all of them (`unnest` of column arrays).
+    /// A row equal to the stored one is left alone (no new row version, no WAL); the count is of
+    /// rows written.
     pub(super) async fn upsert_npcs(
         &self,
         tx: &Transaction<'_>,
@@ -326,7 +332,11 @@ impl PgStore {
                  $7::float4[], $8::float4[], $9::int4[], $10::bytea[], $11::int8[]) \
                  ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, status = EXCLUDED.status, \
                  swarm = EXCLUDED.swarm, agent = EXCLUDED.agent, x = EXCLUDED.x, y = EXCLUDED.y, z = EXCLUDED.z, \
-                 health = EXCLUDED.health, inventory = EXCLUDED.inventory, updated_tick = EXCLUDED.updated_tick",
+                 health = EXCLUDED.health, inventory = EXCLUDED.inventory, updated_tick = EXCLUDED.updated_tick \
+                 WHERE (npcs.role, npcs.status, npcs.swarm, npcs.agent, npcs.x, npcs.y, npcs.z, npcs.health, \
+                 npcs.inventory, npcs.updated_tick) IS DISTINCT FROM (EXCLUDED.role, EXCLUDED.status, \
+                 EXCLUDED.swarm, EXCLUDED.agent, EXCLUDED.x, EXCLUDED.y, EXCLUDED.z, EXCLUDED.health, \
+                 EXCLUDED.inventory, EXCLUDED.updated_tick)",
             )
             .await
             .map_err(|e| self.pg_error(e))?;

@@ -67,11 +67,24 @@ impl EventSubscriber {
         self.missed
     }
 
-    /// Unsubscribes and closes the connection.
+    /// Unsubscribes and closes the connection (dropping the subscriber closes it too, in the
+    /// background).
     pub async fn close(self) {
         self.task.abort();
         let _ = self.client.unsubscribe(Vec::<String>::new()).await;
         let _ = self.client.quit().await;
+    }
+}
+
+impl Drop for EventSubscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
     }
 }
 
