@@ -16,14 +16,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
-use terrarium::Config;
 use terrarium::engine::Engine;
-use terrarium::persistence::BackendKind;
-use terrarium::server::{Persistence, Server};
+use terrarium::server::Server;
+use terrarium::{Config, StoragePipeline};
 
 mod common;
+#[path = "common/storage.rs"]
+mod storage;
+
+use storage::{StorageFlags, StorageKind};
 
 /// Serves a Terrarium world over HTTP and WebSocket.
 #[derive(Parser, Debug)]
@@ -54,11 +57,9 @@ struct Args {
     /// Worker threads of parallel systems (0 = one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Where NPCs are stored: `memory` (in process), `postgres` (needs the `postgres` feature
-    /// and `storage.postgres.url`, e.g. TERRARIUM_STORAGE__POSTGRES__URL), `none` (no batching;
-    /// the NPC reads answer 503).
-    #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
-    storage: StorageKind,
+    /// Where NPCs are stored (`none`: no batching, and the NPC reads answer 503).
+    #[command(flatten)]
+    storage: StorageFlags,
     /// Spill file of the write-behind (replayed at the next start).
     #[arg(long)]
     outbox: Option<PathBuf>,
@@ -83,17 +84,6 @@ struct Args {
     json: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum StorageKind {
-    /// No batching, no persistence.
-    None,
-    /// The storage stack over the in-process store.
-    Memory,
-    /// The storage stack over PostgreSQL.
-    Postgres,
-}
-
 /// The summary printed at shutdown.
 #[derive(Serialize)]
 struct Summary {
@@ -114,17 +104,20 @@ struct Summary {
 fn main() -> ExitCode {
     common::main_with("game_server", |args: &Args| {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-        tokio::runtime::Builder::new_multi_thread()
+        let mut cfg = config(args)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("terrarium-http")
             .build()
-            .context("cannot start the tokio runtime")?
-            .block_on(run(args))
+            .context("cannot start the tokio runtime")?;
+        // Storage I/O shares the HTTP runtime: on a small machine, fewer threads than cores
+        // matter more than isolation (the write-behind's work per batch is short).
+        let storage = args.storage.start(&mut cfg, Some(runtime.handle()))?;
+        runtime.block_on(run(args, &cfg, storage))
     })
 }
 
-async fn run(args: &Args) -> Result<()> {
-    let cfg = config(args)?;
+async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Result<()> {
     let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
     if args.agents > 0 {
         builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
@@ -136,13 +129,7 @@ async fn run(args: &Args) -> Result<()> {
         terrarium::systems::mining::spawn_colony(&mut engine, args.agents, seed)
             .context("cannot set up the mining agents")?;
     }
-    let persistence = match args.storage {
-        StorageKind::None => None,
-        StorageKind::Memory | StorageKind::Postgres => {
-            Some(Persistence::build(&cfg).await.context("cannot set up storage")?)
-        }
-    };
-    let server = Server::start(&cfg, engine, persistence).await?;
+    let server = Server::start(cfg, engine, storage).await?;
     let addr = server.local_addr();
     println!("listening on http://{addr}");
 
@@ -153,7 +140,7 @@ async fn run(args: &Args) -> Result<()> {
     let wb = end.write_behind.unwrap_or_default();
     let summary = Summary {
         addr: addr.to_string(),
-        storage: args.storage,
+        storage: args.storage.kind,
         ticks: end.engine.clock().tick,
         npcs: end.engine.npc_count() as u64,
         ticks_per_sec: end.performance.ticks_per_sec,
@@ -225,11 +212,6 @@ fn config(args: &Args) -> Result<Config> {
     }
     if let Some(path) = &args.outbox {
         cfg.write_behind.outbox_path = Some(path.clone());
-    }
-    match args.storage {
-        StorageKind::Postgres => cfg.storage.backend = BackendKind::Postgres,
-        StorageKind::Memory => cfg.storage.backend = BackendKind::Memory,
-        StorageKind::None => {}
     }
     cfg.engine.validate()?;
     cfg.server.validate()?;

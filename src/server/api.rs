@@ -11,7 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use terrarium_engine::{Command, NpcId, NpcSpec, Order, Position, Role, Status, Velocity, WorldBounds};
+use terrarium_engine::{
+    Command, Engine, NpcId, NpcIndex, NpcSpec, Order, Position, Role, Status, Velocity, WorldBounds,
+};
 use terrarium_persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
 
 use super::AppState;
@@ -19,6 +21,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::guard::{rate_limit, require_api_key};
 use super::stats::ServerFigures;
 use super::stream::ws;
+use super::tick::Job;
 use crate::perf::PerformanceSnapshot;
 
 /// Fastest walk an API caller may set, blocks per second.
@@ -296,9 +299,9 @@ impl AppState {
         recent.insert(id, now);
     }
 
-    /// Whether `id` is an NPC as far as the server can tell without asking the tick: storage
-    /// has it, or it was spawned through the API moments ago (storage lags by a batch). Without
-    /// storage, any id handed out counts.
+    /// Whether `id` is an NPC: spawned through the API moments ago (the spawn may still wait
+    /// in the command queue), or in the world now (asked on the tick thread between two ticks;
+    /// storage lags by a batch, so it can't say).
     async fn npc_known(&self, id: u64) -> Result<bool, ApiError> {
         if id == 0 || id >= self.commands.next_npc_id().0 {
             return Ok(false);
@@ -312,10 +315,13 @@ impl AppState {
         if recent {
             return Ok(true);
         }
-        match &self.storage {
-            Some(s) => s.get_npc(id).await.map(|r| r.is_some()).map_err(|e| ApiError::storage(&e)),
-            None => Ok(true),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ask: Job = Box::new(move |engine: &mut Engine| {
+            let _ = tx.send(engine.world().resource::<NpcIndex>().get(NpcId(id)).is_some());
+        });
+        let gone = || ApiError::unavailable("the tick has stopped", 5);
+        self.jobs.send(ask).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 }
 

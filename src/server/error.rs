@@ -9,7 +9,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use terrarium_engine::{CommandError, ConfigError};
-use terrarium_persistence::{StorageError, WriteBehindError};
+use terrarium_persistence::StorageError;
+
+use crate::PipelineError;
 
 /// Why the game server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +34,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// The storage stack could not be built.
-    #[error("storage")]
-    Storage(#[from] StorageError),
-    /// The write-behind could not start or did not drain.
-    #[error("write-behind")]
-    WriteBehind(#[from] WriteBehindError),
+    /// The storage pipeline did not drain at shutdown.
+    #[error("storage pipeline")]
+    Pipeline(#[from] PipelineError),
     /// A thread of the server could not start.
     #[error("cannot start thread {name}")]
     Thread {
@@ -50,6 +49,9 @@ pub enum ServerError {
     /// The tick thread panicked or is gone (the engine is lost).
     #[error("the tick thread stopped unexpectedly")]
     TickThread,
+    /// Draining the storage pipeline panicked (what it held is lost).
+    #[error("the storage pipeline's shutdown panicked")]
+    PipelinePanicked,
 }
 
 /// A refused HTTP request: a status and a JSON body `{"error": "...", "status": 404}`.

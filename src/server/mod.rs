@@ -19,21 +19,26 @@
 //!
 //! # Examples
 //! ```
-//! use terrarium::Config;
+//! use terrarium::{Config, StoragePipeline};
 //! use terrarium::engine::{Engine, NpcSpec, Position, Role};
-//! use terrarium::server::{Persistence, Server};
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-//! let mut config = Config::default();
+//! use terrarium::server::Server;
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! let mut config = Config::default(); // memory storage, no database needed
 //! config.server.api_key = "a-long-random-key".into();
 //! config.server.port = 0; // any free port
+//! // The storage stack and write-behind, on the server's runtime (call it outside the runtime:
+//! // it blocks until storage is connected).
+//! let storage = StoragePipeline::start_on(runtime.handle(), &config)?;
 //! let mut engine = Engine::builder(config.engine.clone()).add_plugin(terrarium::systems::core_plugin).build()?;
 //! engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(5.0, 0.0, 5.0)));
-//! let persistence = Persistence::build(&config).await?;
-//! let server = Server::start(&config, engine, Some(persistence)).await?;
-//! println!("listening on {}", server.local_addr());
-//! let summary = server.shutdown().await?;
-//! assert_eq!(summary.write_behind.unwrap().stats.writes_dropped, 0);
-//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! runtime.block_on(async {
+//!     let server = Server::start(&config, engine, Some(storage)).await?;
+//!     println!("listening on {}", server.local_addr());
+//!     let summary = server.shutdown().await?;
+//!     assert_eq!(summary.write_behind.unwrap().stats.writes_dropped, 0);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod api;
@@ -50,10 +55,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use terrarium_engine::{CommandSender, ConfigError, Engine, WorldBounds};
-use terrarium_persistence::{ShutdownReport, StorageStack, WriteBehind, WriteBehindHandle};
-use terrarium_systems::batching::{self, BatchingOptions};
+use terrarium_persistence::{ShutdownReport, StorageStack, WriteBehindHandle};
+use terrarium_systems::batching;
 use tokio::sync::watch;
 
+use crate::StoragePipeline;
 use crate::config::{Config, ServerConfig};
 use crate::perf::prometheus::PrometheusExporter;
 use crate::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now};
@@ -66,41 +72,6 @@ use guard::{Conn, ConnLimits, LimitedListener, RateLimit};
 use stats::ServerStats;
 use stream::{Clients, HubThread, Inbox};
 use tick::{Job, TickStatus, TickThread};
-
-/// The storage pipeline the server writes through and reads from: the storage stack (L1 →
-/// Redis → retry → breaker → memory or PostgreSQL, per `[storage]`) and the write-behind
-/// queue in front of it.
-pub struct Persistence {
-    stack: Arc<StorageStack>,
-    write_behind: WriteBehind<StorageStack>,
-}
-
-impl std::fmt::Debug for Persistence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Persistence").field("stack", &self.stack).finish_non_exhaustive()
-    }
-}
-
-impl Persistence {
-    /// Connects the stack `config.storage` describes and starts a write-behind
-    /// (`config.write_behind`) in front of it, on a thread of its own. Call it inside a tokio
-    /// runtime.
-    ///
-    /// # Errors
-    /// [`ServerError::Storage`] when the stack can't be built (bad setting, database down),
-    /// [`ServerError::WriteBehind`] when the write-behind can't start (bad setting, outbox).
-    pub async fn build(config: &Config) -> Result<Self, ServerError> {
-        let stack = Arc::new(StorageStack::build(&config.storage).await?);
-        let write_behind = WriteBehind::start(Arc::clone(&stack), config.write_behind.clone())?;
-        Ok(Self { stack, write_behind })
-    }
-
-    /// The storage stack.
-    #[must_use]
-    pub fn stack(&self) -> &Arc<StorageStack> {
-        &self.stack
-    }
-}
 
 /// What the server's tasks share.
 pub(crate) struct AppState {
@@ -118,6 +89,8 @@ pub(crate) struct AppState {
     /// Ticks between two published views (the WebSocket rate is `tick_hz / view_every`).
     pub(crate) view_every: u64,
     pub(crate) tick: Arc<TickStatus>,
+    /// Jobs for the tick thread (run between two ticks).
+    pub(crate) jobs: mpsc::Sender<Job>,
     /// Ids spawned through the API lately, and when.
     pub(crate) recent: Mutex<HashMap<u64, Instant>>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -136,7 +109,7 @@ pub struct Server {
     jobs: mpsc::Sender<Job>,
     hub: Option<HubThread>,
     inbox: Arc<Inbox>,
-    write_behind: Option<WriteBehind<StorageStack>>,
+    storage: Option<StoragePipeline>,
 }
 
 impl std::fmt::Debug for Server {
@@ -169,8 +142,10 @@ impl std::fmt::Debug for ShutdownSummary {
 
 impl Server {
     /// Starts serving `engine` (NPCs spawned, without the batching plugin: the server adds
-    /// batching into `persistence`, the performance recorder and the view publisher). Listens
-    /// on `config.server.bind:port`. Call it inside a multi-threaded tokio runtime.
+    /// batching into `storage`, the performance recorder and the view publisher). Listens
+    /// on `config.server.bind:port`. Call it inside a multi-threaded tokio runtime. `storage`
+    /// may run on that runtime ([`StoragePipeline::start_on`]) or on its own
+    /// ([`StoragePipeline::start`]); without it, batching is off and NPC reads answer 503.
     ///
     /// # Errors
     /// [`ServerError::MissingApiKey`], [`ServerError::Config`] for a bad `[server]` setting,
@@ -178,7 +153,7 @@ impl Server {
     pub async fn start(
         config: &Config,
         mut engine: Engine,
-        persistence: Option<Persistence>,
+        storage: Option<StoragePipeline>,
     ) -> Result<Self, ServerError> {
         let sc = config.server.clone();
         sc.validate()?;
@@ -191,15 +166,10 @@ impl Server {
 
         let perf = Performance::with_config(PerfConfig { window_s: sc.perf_window_s });
         perf.plugin()(&mut engine);
-        let (stack, write_behind) = match persistence {
-            Some(Persistence { stack, write_behind }) => {
-                batching::register(&mut engine, Arc::new(write_behind.handle()), BatchingOptions::default());
-                perf.attach_write_behind(write_behind.handle());
-                perf.attach_storage(Arc::clone(&stack));
-                (Some(stack), Some(write_behind))
-            }
-            None => (None, None),
-        };
+        if let Some(pipeline) = &storage {
+            pipeline.batching_plugin()(&mut engine);
+            perf.attach_pipeline(pipeline);
+        }
         let inbox = Arc::new(Inbox::default());
         stream::register(&mut engine, Arc::clone(&inbox), view_every);
         let bounds = *engine.world().resource::<WorldBounds>();
@@ -233,8 +203,8 @@ impl Server {
         let state = Arc::new(AppState {
             config: sc,
             commands,
-            storage: stack,
-            write_behind: write_behind.as_ref().map(WriteBehind::handle),
+            storage: storage.as_ref().map(|p| Arc::clone(p.stack())),
+            write_behind: storage.as_ref().map(StoragePipeline::write_behind_handle),
             perf,
             exporter: PrometheusExporter::new(),
             stats: Arc::clone(&stats),
@@ -244,6 +214,7 @@ impl Server {
             tick_hz,
             view_every,
             tick: Arc::clone(&tick.status),
+            jobs: tick.jobs(),
             recent: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx.clone(),
             ws_options,
@@ -269,7 +240,7 @@ impl Server {
             tick: Some(tick),
             hub: Some(hub),
             inbox,
-            write_behind,
+            storage,
         })
     }
 
@@ -311,12 +282,13 @@ impl Server {
 
     /// Stops gracefully: stops accepting connections and lets requests in flight finish,
     /// closes WebSockets (1001), stops the tick after the tick in progress, cuts a last batch
-    /// with everything pending, and drains the write-behind (`shutdown_timeout_s`; what the
-    /// store does not take in time goes to the outbox, or is counted as dropped without one).
+    /// with everything pending, and shuts the storage pipeline down (`shutdown_timeout_s`; what
+    /// the store does not take in time goes to the outbox, or is counted as dropped without
+    /// one).
     ///
     /// # Errors
-    /// [`ServerError::TickThread`] when the tick thread died, [`ServerError::WriteBehind`]
-    /// when the write-behind did not stop.
+    /// [`ServerError::TickThread`] when the tick thread died, [`ServerError::Pipeline`] when
+    /// the write-behind did not stop.
     pub async fn shutdown(mut self) -> Result<ShutdownSummary, ServerError> {
         let _ = self.shutdown.send(true);
         if let Some(serve) = self.serve.take() {
@@ -342,10 +314,15 @@ impl Server {
         })
         .await
         .map_err(|_| ServerError::TickThread)??;
-        let write_behind = match self.write_behind.take() {
-            Some(wb) => {
+        let write_behind = match self.storage.take() {
+            Some(pipeline) => {
                 let timeout = Duration::from_secs(self.state.config.shutdown_timeout_s);
-                Some(wb.shutdown_async(timeout).await?)
+                // The drain blocks (and may stop a runtime of the pipeline's own): not on a
+                // runtime worker.
+                let report = tokio::task::spawn_blocking(move || pipeline.shutdown(timeout))
+                    .await
+                    .map_err(|_| ServerError::PipelinePanicked)??;
+                Some(report)
             }
             None => None,
         };
@@ -359,13 +336,18 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// Without [`Server::shutdown`]: stops every thread, drains nothing (the write-behind's own
-    /// drop still tries for a few seconds).
+    /// Without [`Server::shutdown`]: stops every thread and drains nothing (the storage
+    /// pipeline's own drop, on a thread of its own, still tries for a few seconds).
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         self.tick_stop.store(true, Ordering::Release);
         let _ = self.jobs.send(Box::new(|_| {}));
         self.inbox.close();
+        if let Some(pipeline) = self.storage.take() {
+            // Its drop blocks (a last drain, maybe a runtime's shutdown), which an async
+            // context must not do.
+            let _ = std::thread::Builder::new().name("terrarium-storage-drop".into()).spawn(move || drop(pipeline));
+        }
     }
 }
 
