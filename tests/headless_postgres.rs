@@ -17,25 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::example;
 use terrarium::engine::{Engine, EngineConfig, NpcId, Position};
+use terrarium::persistence::testing::{service_url, unique_name};
 use terrarium::persistence::{BackendKind, Storage};
 use terrarium::{Config, StoragePipeline};
-
-fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{var} must be set in CI; see README (scripts/services.sh)")
-        }
-        _ => {
-            eprintln!("skipping: set {var} to run this test (eval \"$(scripts/services.sh start)\")");
-            None
-        }
-    }
-}
-
-fn unique_schema() -> String {
-    format!("headless_{:016x}", fastrand::u64(..) ^ u64::from(std::process::id()).rotate_left(32))
-}
 
 /// The headless example on PostgreSQL, writing a snapshot of the final world into `dir`.
 fn headless(url: &str, schema: &str, dir: &Path, args: &[&str]) -> Command {
@@ -107,7 +91,7 @@ fn assert_nothing_lost(summary: &serde_json::Value) {
 fn every_npcs_final_position_reaches_postgres() {
     let Some(url) = service_url("TERRARIUM_TEST_PG_URL") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let schema = unique_schema();
+    let schema = unique_name();
     let child = headless(&url, &schema, dir.path(), &["--npcs", "3000", "--agents", "8", "--ticks", "120"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -169,7 +153,7 @@ fn a_database_killed_mid_run_loses_nothing() {
     let pg = OwnPostgres::start();
     let url = pg.url();
     let dir = tempfile::tempdir().unwrap();
-    let schema = unique_schema();
+    let schema = unique_name();
     // 6 s of real time at 20 Hz: the database is gone for about 2 s in the middle.
     let child = headless(
         &url,

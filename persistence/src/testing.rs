@@ -1,6 +1,7 @@
 //! Test helpers (feature `testing`): [`FaultyStore`], a store wrapper that fails, refuses,
 //! slows down or stalls on command, [`RecordingSink`], a [`BatchSink`] that keeps what it
-//! is given, and [`npc`], a plain record.
+//! is given, [`npc`], a plain record, and [`service_url`] and [`unique_name`] for tests
+//! against real servers.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -330,4 +331,33 @@ impl BatchSink for RecordingSink {
     fn run_id(&self) -> u64 {
         self.run_id
     }
+}
+
+/// The URL of a test service from the environment variable `var` (`TERRARIUM_TEST_PG_URL`,
+/// `TERRARIUM_TEST_REDIS_URL`, set by `eval "$(scripts/services.sh start)"`): `Some(url)`, or
+/// `None` plus a note on stderr when it is unset, so a service test skips on a machine without
+/// the servers.
+///
+/// # Panics
+/// When the variable is unset and `CI` is set: in CI a missing service is a failure, never a
+/// silent skip.
+#[must_use]
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} must be set in CI; see README (scripts/services.sh)")
+        }
+        _ => {
+            eprintln!("skipping: set {var} to run this test (eval \"$(scripts/services.sh start)\")");
+            None
+        }
+    }
+}
+
+/// A name no other test (or test process) uses: `test_` and 16 random hex digits. Always a
+/// plain identifier, so it is safe as a schema name or a key prefix.
+#[must_use]
+pub fn unique_name() -> String {
+    format!("test_{:016x}", fastrand::u64(..) ^ u64::from(std::process::id()).rotate_left(32))
 }

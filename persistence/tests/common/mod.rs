@@ -4,26 +4,7 @@
 
 use terrarium_persistence::{BatchId, EntityKind, EventRow, MetricRow, NpcRecord, PositionRow, WriteBatch};
 
-/// `Some(url)`, or `None` plus a note on stderr when the variable is unset locally. In CI, a
-/// missing service fails the test.
-pub fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{var} must be set in CI; see README (scripts/services.sh)")
-        }
-        _ => {
-            eprintln!("skipping: set {var} to run this test (eval \"$(scripts/services.sh start)\")");
-            None
-        }
-    }
-}
-
-/// A name no other test (or test process) uses: `test_` and 16 random hex digits. Always a
-/// plain identifier, so it is safe as a schema name.
-pub fn unique_name() -> String {
-    format!("test_{:016x}", fastrand::u64(..) ^ u64::from(std::process::id()).rotate_left(32))
-}
+pub use terrarium_persistence::testing::{service_url, unique_name};
 
 /// A varied NPC.
 pub fn npc(id: u64) -> NpcRecord {
