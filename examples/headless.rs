@@ -17,13 +17,13 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use terrarium::Config;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
-use terrarium::Config;
 
 mod common;
 #[path = "common/storage.rs"]
@@ -175,8 +175,9 @@ fn run(args: &Args) -> Result<()> {
     }
     cfg.engine.validate()?;
     let perf = Performance::new();
-    let mut builder =
-        Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin).add_plugin(perf.plugin());
+    let mut builder = Engine::builder(cfg.engine.clone())
+        .add_plugin(terrarium::systems::core_plugin)
+        .add_plugin(perf.plugin());
     let storage = args.storage.start(&mut cfg, None)?;
     if let Some(pipeline) = &storage {
         builder = builder.add_plugin(pipeline.batching_plugin());

@@ -112,6 +112,10 @@ fn finite_in(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
     if v.is_finite() && (lo..=hi).contains(&v) {
         Ok(())
     } else {
-        Err(ConfigError::OutOfRange { key: key.into(), value: v.to_string(), allowed: format!("{lo} ..= {hi}") })
+        Err(ConfigError::OutOfRange {
+            key: key.into(),
+            value: v.to_string(),
+            allowed: format!("{lo} ..= {hi}"),
+        })
     }
 }

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use terrarium::{Config, StoragePipeline};
 use terrarium::engine::{Engine, NpcId, Position, Velocity, Wander};
 use terrarium::persistence::{NpcFilter, Page, Storage};
 use terrarium::server::Server;
+use terrarium::{Config, StoragePipeline};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -56,8 +56,10 @@ async fn start(npcs: u64, tweak: impl FnOnce(&mut Config)) -> TestServer {
     terrarium::systems::wander::spawn_wanderers(&mut engine, npcs);
     // On the test's runtime, like the example; started off its workers (it blocks).
     let (handle, storage_cfg) = (tokio::runtime::Handle::current(), cfg.clone());
-    let storage =
-        tokio::task::spawn_blocking(move || StoragePipeline::start_on(&handle, &storage_cfg)).await.unwrap().unwrap();
+    let storage = tokio::task::spawn_blocking(move || StoragePipeline::start_on(&handle, &storage_cfg))
+        .await
+        .unwrap()
+        .unwrap();
     let server = Server::start(&cfg, engine, Some(storage)).await.unwrap();
     let base = format!("http://{}", server.local_addr());
     TestServer { server, base, http: reqwest::Client::new() }
@@ -151,7 +153,8 @@ async fn every_endpoint_answers_and_only_health_goes_without_the_key() {
     assert_eq!((status, body["status"].as_u64()), (StatusCode::NOT_FOUND, Some(404)));
 
     // POST /api/npcs spawns; the NPC is readable once its batch is written.
-    let (status, body) = t.post("/api/npcs", &json!({"role": "trader", "position": [100.5, 0, 20.25], "swarm": 3})).await;
+    let (status, body) =
+        t.post("/api/npcs", &json!({"role": "trader", "position": [100.5, 0, 20.25], "swarm": 3})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["id"].as_u64().unwrap();
     assert!(id > 200, "ids continue after the population: {id}");
@@ -160,11 +163,15 @@ async fn every_endpoint_answers_and_only_health_goes_without_the_key() {
     assert_eq!((npc["x"].as_f64(), npc["z"].as_f64()), (Some(100.5), Some(20.25)));
 
     // POST /api/npcs/{id}/orders: applied at the next tick, visible once written.
-    let (status, _) = t.post(&format!("/api/npcs/{id}/orders"), &json!({"order": "teleport", "position": [7, 0, 9]})).await;
+    let (status, _) =
+        t.post(&format!("/api/npcs/{id}/orders"), &json!({"order": "teleport", "position": [7, 0, 9]})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    t.get_until(&format!("/api/npcs/{id}"), |_, b| b["x"].as_f64() == Some(7.0) && b["z"].as_f64() == Some(9.0))
-        .await;
-    let (status, _) = t.post(&format!("/api/npcs/{id}/orders"), &json!({"order": "set_role", "role": "guard"})).await;
+    t.get_until(&format!("/api/npcs/{id}"), |_, b| {
+        b["x"].as_f64() == Some(7.0) && b["z"].as_f64() == Some(9.0)
+    })
+    .await;
+    let (status, _) =
+        t.post(&format!("/api/npcs/{id}/orders"), &json!({"order": "set_role", "role": "guard"})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     t.get_until(&format!("/api/npcs/{id}"), |_, b| b["role"] == "guard").await;
     let (status, _) = t.post(&format!("/api/npcs/{id}/orders"), &json!({"order": "despawn"})).await;
@@ -261,16 +268,76 @@ async fn bad_requests_get_clear_json_errors() {
     let cases: Vec<(&str, String, bool, StatusCode, &str)> = vec![
         ("/api/npcs", "{not json".into(), true, StatusCode::BAD_REQUEST, "parse the request body as JSON"),
         ("/api/npcs", r#"{"position":[1,0,1]}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "role"),
-        ("/api/npcs", r#"{"role":"guard","position":[1,0,1],"hp":3}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "unknown field"),
-        ("/api/npcs", r#"{"role":"wizard","position":[1,0,1]}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "unknown role"),
-        ("/api/npcs", r#"{"role":"guard","position":[1,0,999]}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "position"),
-        ("/api/npcs", r#"{"role":"guard","position":[1,0,1],"velocity":[500,0,0]}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "velocity"),
-        ("/api/npcs", r#"{"role":"guard","position":[1,0,1],"health":0}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "health"),
-        ("/api/npcs", r#"{"role":"guard","position":[1,0,1]}"#.into(), false, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
-        ("/api/npcs", format!(r#"{{"role":"guard","position":[1,0,1],"pad":"{}"}}"#, "x".repeat(2000)), true, StatusCode::PAYLOAD_TOO_LARGE, "length limit"),
-        ("/api/npcs/1/orders", r#"{"order":"fly"}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "unknown variant"),
-        ("/api/npcs/1/orders", r#"{"order":"move_to","target":[1,0]}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "target"),
-        ("/api/npcs/1/orders", r#"{"order":"move_to","target":[1,-5,1]}"#.into(), true, StatusCode::UNPROCESSABLE_ENTITY, "not inside the world"),
+        (
+            "/api/npcs",
+            r#"{"role":"guard","position":[1,0,1],"hp":3}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field",
+        ),
+        (
+            "/api/npcs",
+            r#"{"role":"wizard","position":[1,0,1]}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown role",
+        ),
+        (
+            "/api/npcs",
+            r#"{"role":"guard","position":[1,0,999]}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "position",
+        ),
+        (
+            "/api/npcs",
+            r#"{"role":"guard","position":[1,0,1],"velocity":[500,0,0]}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "velocity",
+        ),
+        (
+            "/api/npcs",
+            r#"{"role":"guard","position":[1,0,1],"health":0}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "health",
+        ),
+        (
+            "/api/npcs",
+            r#"{"role":"guard","position":[1,0,1]}"#.into(),
+            false,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            "/api/npcs",
+            format!(r#"{{"role":"guard","position":[1,0,1],"pad":"{}"}}"#, "x".repeat(2000)),
+            true,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "length limit",
+        ),
+        (
+            "/api/npcs/1/orders",
+            r#"{"order":"fly"}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown variant",
+        ),
+        (
+            "/api/npcs/1/orders",
+            r#"{"order":"move_to","target":[1,0]}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "target",
+        ),
+        (
+            "/api/npcs/1/orders",
+            r#"{"order":"move_to","target":[1,-5,1]}"#.into(),
+            true,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not inside the world",
+        ),
         ("/api/npcs/x/orders", r#"{"order":"stop"}"#.into(), true, StatusCode::BAD_REQUEST, "parse"),
     ];
     for (path, body, json, want, says) in cases {
@@ -429,7 +496,11 @@ struct Counting<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
@@ -438,7 +509,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -507,7 +582,14 @@ type Plain = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStrea
 type Area = ([f32; 2], [f32; 2]);
 
 /// Feeds both clients' frames into their pictures for `d`.
-async fn read_for(a: &mut Picture, b: &mut Picture, deflated: &mut Deflated, plain: &mut Plain, aoi: Area, d: Duration) {
+async fn read_for(
+    a: &mut Picture,
+    b: &mut Picture,
+    deflated: &mut Deflated,
+    plain: &mut Plain,
+    aoi: Area,
+    d: Duration,
+) {
     let end = tokio::time::Instant::now() + d;
     loop {
         tokio::select! {
@@ -534,7 +616,8 @@ async fn websocket_deltas_match_the_world() {
     let mut deflated = yawc::WebSocket::handshake_with_request(url, io, opts, req).await.unwrap();
     deflated.send(yawc::Frame::text(subscribe.clone())).await.unwrap();
     // And one that does not (tokio-tungstenite).
-    let (mut plain, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?api_key={KEY}")).await.unwrap();
+    let (mut plain, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?api_key={KEY}")).await.unwrap();
     plain.send(tokio_tungstenite::tungstenite::Message::text(subscribe)).await.unwrap();
 
     let (mut a, mut b) = (Picture::default(), Picture::default());
@@ -545,7 +628,8 @@ async fn websocket_deltas_match_the_world() {
     let (status, body) = t.post("/api/npcs", &json!({"role": "scout", "position": [64, 0, 64]})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let spawned = body["id"].as_u64().unwrap();
-    let victim = *before.iter().find(|(_, p)| p[0] < 120.0 && p[2] < 120.0 && p[0] > 8.0 && p[2] > 8.0).unwrap().0;
+    let victim =
+        *before.iter().find(|(_, p)| p[0] < 120.0 && p[2] < 120.0 && p[0] > 8.0 && p[2] > 8.0).unwrap().0;
     let (status, _) = t.post(&format!("/api/npcs/{victim}/orders"), &json!({"order": "despawn"})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(400)).await;
@@ -574,7 +658,13 @@ async fn websocket_deltas_match_the_world() {
     assert!(want.len() > 20, "a dense area: {}", want.len());
     for (name, pic) in [("deflate client", &a), ("plain client", &b)] {
         assert_eq!(pic.resets, 1, "{name}");
-        assert!(pic.deltas > 10 && pic.moved > 100 && pic.gone > 1, "{name}: {} {} {}", pic.deltas, pic.moved, pic.gone);
+        assert!(
+            pic.deltas > 10 && pic.moved > 100 && pic.gone > 1,
+            "{name}: {} {} {}",
+            pic.deltas,
+            pic.moved,
+            pic.gone
+        );
         let mut ids: Vec<&u64> = pic.npcs.keys().collect();
         let mut want_ids: Vec<&u64> = want.keys().collect();
         ids.sort_unstable();
@@ -588,7 +678,11 @@ async fn websocket_deltas_match_the_world() {
     // The deflate client got the same text in fewer bytes.
     let on_wire = wire.load(Ordering::Relaxed);
     assert_eq!(a.payload_bytes, b.payload_bytes, "both clients got the same frames");
-    assert!(on_wire * 2 < a.payload_bytes, "permessage-deflate: {on_wire} bytes on the wire for {} of JSON", a.payload_bytes);
+    assert!(
+        on_wire * 2 < a.payload_bytes,
+        "permessage-deflate: {on_wire} bytes on the wire for {} of JSON",
+        a.payload_bytes
+    );
     let figures = t.server.figures();
     assert_eq!(figures.ws_open, 2);
     assert!(figures.ws_resets_sent >= 2 && figures.stream_frames > 10);
@@ -657,8 +751,14 @@ async fn metrics_parse_as_prometheus_text() {
     assert!(value("terrarium_write_behind_batches_written_total", &[]) > 0.0);
     assert_eq!(value("terrarium_write_behind_rows_dropped_total", &[]), 0.0);
     assert!(value("terrarium_cache_hits_total", &[("tier", "l1")]) >= 1.0);
-    assert_eq!(value("terrarium_circuit_breaker_state", &[("name", "storage.memory"), ("state", "closed")]), 1.0);
-    assert_eq!(value("terrarium_circuit_breaker_state", &[("name", "storage.memory"), ("state", "open")]), 0.0);
+    assert_eq!(
+        value("terrarium_circuit_breaker_state", &[("name", "storage.memory"), ("state", "closed")]),
+        1.0
+    );
+    assert_eq!(
+        value("terrarium_circuit_breaker_state", &[("name", "storage.memory"), ("state", "open")]),
+        0.0
+    );
     assert_eq!(value("terrarium_pathfinding_threads", &[]), 1.0);
     assert!(value("process_resident_memory_bytes", &[]) > 1e6);
     assert!(value("terrarium_http_responses_total", &[("class", "2xx")]) >= 2.0);
@@ -678,7 +778,8 @@ async fn graceful_shutdown_loses_no_batch() {
     let (status, body) = t.post("/api/npcs", &json!({"role": "builder", "position": [33, 0, 44]})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let spawned = body["id"].as_u64().unwrap();
-    let (status, _) = t.post("/api/npcs/5/orders", &json!({"order": "teleport", "position": [1, 0, 2]})).await;
+    let (status, _) =
+        t.post("/api/npcs/5/orders", &json!({"order": "teleport", "position": [1, 0, 2]})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     // Let them apply (the next tick), then stop at once.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -730,17 +831,25 @@ fn the_example_drains_storage_on_sigterm() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
-    let addr = first.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first}")).to_string();
+    let addr =
+        first.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first}")).to_string();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let health: Value = http.get(format!("http://{addr}/health")).send().await.unwrap().json().await.unwrap();
+        let health: Value =
+            http.get(format!("http://{addr}/health")).send().await.unwrap().json().await.unwrap();
         assert_eq!(health["status"], "ok");
-        let res = http.get(format!("http://{addr}/api/npcs?limit=3")).header("x-api-key", KEY).send().await.unwrap();
+        let res = http
+            .get(format!("http://{addr}/api/npcs?limit=3"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status =
+        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -751,4 +860,50 @@ fn the_example_drains_storage_on_sigterm() {
     assert_eq!(summary["batches_written"], summary["batches_submitted"], "{summary}");
     assert!(summary["batches_written"].as_u64().unwrap() > 0 && summary["npcs"] == 2000, "{summary}");
     assert!(summary["http_requests"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn the_load_test_runs_both_phases_and_reports_json() {
+    let out = common::run(
+        "load_test",
+        &[
+            "--clients",
+            "4",
+            "--seconds",
+            "1",
+            "--npcs",
+            "300",
+            "--tick-hz",
+            "20",
+            "--ws-clients",
+            "3",
+            "--ws-seconds",
+            "1",
+            "--ws-area",
+            "1024",
+            "--server-threads",
+            "1",
+            "--client-threads",
+            "1",
+            "--json",
+        ],
+    );
+    let r = common::last_json(&out);
+    let http = &r["http"];
+    assert_eq!((r["server"].as_str(), http["clients"].as_u64()), (Some("in-process"), Some(4)), "{r}");
+    assert!(http["requests"].as_u64().unwrap() > 20 && http["errors"] == 0, "answered 200, not errors: {r}");
+    let (p50, p99) = (http["p50_ms"].as_f64().unwrap(), http["p99_ms"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p99 >= p50 && http["max_ms"].as_f64().unwrap() >= p99, "{r}");
+    assert!(http["req_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(http["tick"]["tick_hz"], 20);
+    assert!(http["tick"]["ticks_per_s"].as_f64().unwrap() > 5.0, "the tick ran during the phase: {r}");
+    let ws = &r["ws"];
+    assert_eq!(
+        (ws["clients"].as_u64(), ws["failed"].as_u64(), ws["ws_hz"].as_f64()),
+        (Some(3), Some(0), Some(10.0))
+    );
+    // Each area is a sixteenth of the world: about 19 of the 300 wanderers, moving every tick.
+    assert!(ws["frames_total"].as_u64().unwrap() >= 3 * 5, "deltas arrived: {r}");
+    assert!(ws["bytes_total"].as_u64().unwrap() > ws["frames_total"].as_u64().unwrap() * 30, "{r}");
+    assert!(ws["frames_per_s_min"].as_f64().unwrap() > 0.0, "{r}");
 }

@@ -209,7 +209,8 @@ fn report_every_prints_a_line_per_interval_and_the_summary_carries_the_snapshot(
     let lat = &p["tick_latency"];
     assert_eq!(lat["samples"], 40);
     assert!(lat["p50_ms"].as_f64().unwrap() > 0.0 && lat["p99_ms"].as_f64() >= lat["p50_ms"].as_f64());
-    let stages: Vec<&str> = p["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let stages: Vec<&str> =
+        p["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(stages, ["input", "decide", "plan", "act", "record", "flush"]);
     assert!(p["rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(p["batchers"]["batches"], v["batches"]);

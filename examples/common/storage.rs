@@ -59,7 +59,11 @@ impl StorageFlags {
     /// Applies the flags to `cfg` and starts the pipeline they ask for (`None` for
     /// `--storage none`): on `runtime` when given, else on a runtime of its own. Call it
     /// outside any runtime (it blocks until storage is connected).
-    pub fn start(&self, cfg: &mut Config, runtime: Option<&tokio::runtime::Handle>) -> Result<Option<StoragePipeline>> {
+    pub fn start(
+        &self,
+        cfg: &mut Config,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> Result<Option<StoragePipeline>> {
         if self.kind == StorageKind::None {
             return Ok(None);
         }

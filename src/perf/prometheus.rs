@@ -80,7 +80,10 @@ const GAUGES: &[(&str, &str)] = &[
     ("terrarium_tick_hz", "Configured ticks per simulated second."),
     ("terrarium_ticks_per_second", "Ticks run per wall-clock second over the window."),
     ("terrarium_tick_duration_seconds", "Wall-clock time of a tick over the window, by quantile (1 = max)."),
-    ("terrarium_stage_duration_seconds", "Wall-clock time of a stage over the window, by stage and quantile."),
+    (
+        "terrarium_stage_duration_seconds",
+        "Wall-clock time of a stage over the window, by stage and quantile.",
+    ),
     ("terrarium_npcs", "Live NPCs, agents included."),
     ("terrarium_agents", "Live agents."),
     ("process_resident_memory_bytes", "Resident set size of the process."),
@@ -218,8 +221,7 @@ fn record_snapshot(s: &PerformanceSnapshot) {
 /// Sets `name{labels…, quantile}` to the percentiles of `l`, in seconds (`quantile="1"` is the max).
 fn quantiles(name: &'static str, labels: &[(&'static str, &str)], l: &Latency) {
     for (q, ms) in [("0.5", l.p50_ms), ("0.95", l.p95_ms), ("0.99", l.p99_ms), ("1", l.max_ms)] {
-        let mut all: Vec<(&'static str, String)> =
-            labels.iter().map(|&(k, v)| (k, v.to_string())).collect();
+        let mut all: Vec<(&'static str, String)> = labels.iter().map(|&(k, v)| (k, v.to_string())).collect();
         all.push(("quantile", q.to_string()));
         let labels: Vec<metrics::Label> = all.into_iter().map(|(k, v)| metrics::Label::new(k, v)).collect();
         gauge!(name, labels).set(ms / 1e3);

@@ -92,7 +92,8 @@ async fn list_npcs(
         .map_err(|e| ApiError::bad_request(format!("role: {e}")))?;
     let store = state.store()?;
     let filter = NpcFilter { status, role, swarm: q.swarm };
-    let page = store.list_npcs(&filter, Page { after: q.after, limit }).await.map_err(|e| ApiError::storage(&e))?;
+    let page =
+        store.list_npcs(&filter, Page { after: q.after, limit }).await.map_err(|e| ApiError::storage(&e))?;
     Ok(axum::Json(page))
 }
 
@@ -131,7 +132,10 @@ struct Queued {
     status: &'static str,
 }
 
-async fn spawn_npc(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<SpawnRequest>) -> Result<Response, ApiError> {
+async fn spawn_npc(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<SpawnRequest>,
+) -> Result<Response, ApiError> {
     let role = req.role.parse::<Role>().map_err(|e| ApiError::invalid(format!("role: {e}")))?;
     let position = inside("position", req.position, &state.bounds)?;
     let mut spec = NpcSpec::new(role, position).in_swarm(req.swarm);
@@ -206,10 +210,16 @@ struct PerformanceBody {
     #[serde(flatten)]
     snapshot: PerformanceSnapshot,
     server: ServerFigures,
+    /// Ticks the tick thread skipped because it fell more than a second behind.
+    ticks_skipped: u64,
 }
 
 async fn performance(State(state): State<Arc<AppState>>) -> axum::Json<PerformanceBody> {
-    axum::Json(PerformanceBody { snapshot: state.perf.snapshot(), server: state.figures() })
+    axum::Json(PerformanceBody {
+        snapshot: state.perf.snapshot(),
+        server: state.figures(),
+        ticks_skipped: state.tick.skipped.load(std::sync::atomic::Ordering::Relaxed),
+    })
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -275,7 +285,9 @@ fn velocity(field: &str, v: [f32; 3]) -> Result<Velocity, ApiError> {
     if v.iter().all(|c| c.is_finite()) && speed_sq <= MAX_SPEED * MAX_SPEED {
         Ok(Velocity::new(v[0], v[1], v[2]))
     } else {
-        Err(ApiError::invalid(format!("{field}: {v:?} must be finite and at most {MAX_SPEED} blocks per second")))
+        Err(ApiError::invalid(format!(
+            "{field}: {v:?} must be finite and at most {MAX_SPEED} blocks per second"
+        )))
     }
 }
 

@@ -21,9 +21,7 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// No API key was configured.
-    #[error(
-        "an API key is required: pass --api-key, set TERRARIUM_SERVER__API_KEY, or set server.api_key"
-    )]
+    #[error("an API key is required: pass --api-key, set TERRARIUM_SERVER__API_KEY, or set server.api_key")]
     MissingApiKey,
     /// The listening socket could not be opened.
     #[error("cannot listen on {addr}")]

@@ -168,10 +168,8 @@ impl Listener for LimitedListener {
                 Err(e) => {
                     // Per-connection failures (reset before accept) are routine; anything else
                     // (out of file descriptors) gets a pause so the loop doesn't spin.
-                    if !matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                    ) {
+                    if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
+                    {
                         tracing::error!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -287,7 +285,11 @@ pub(crate) async fn rate_limit(
 
 /// Middleware: the API key, from the `x-api-key` header (or the `api_key` query parameter on
 /// `/ws`, where browsers can't set headers); 401 without it.
-pub(crate) async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let expected = state.config.api_key.as_bytes();
     let from_header = req.headers().get(API_KEY_HEADER).is_some_and(|v| same_key(v.as_bytes(), expected));
     let from_query = req.uri().path() == "/ws"
@@ -297,10 +299,13 @@ pub(crate) async fn require_api_key(State(state): State<Arc<AppState>>, req: Req
         next.run(req).await
     } else {
         state.stats.auth_rejected();
-        let mut res =
-            ApiError::new(axum::http::StatusCode::UNAUTHORIZED, format!("missing or wrong API key (header {API_KEY_HEADER})"))
-                .into_response();
-        res.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("ApiKey"));
+        let mut res = ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            format!("missing or wrong API key (header {API_KEY_HEADER})"),
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("ApiKey"));
         res
     }
 }

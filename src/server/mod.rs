@@ -161,7 +161,7 @@ impl Server {
             return Err(ServerError::MissingApiKey);
         }
         let tick_hz = engine.config().tick_hz;
-        terrarium_engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz)).map_err(ConfigError::from)?;
+        terrarium_engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))?;
         let view_every = u64::from(tick_hz.div_ceil(sc.ws_hz));
 
         let perf = Performance::with_config(PerfConfig { window_s: sc.perf_window_s });
@@ -180,7 +180,8 @@ impl Server {
             reason: format!("{:?} is not an IP address", sc.bind),
         })?;
         let addr = SocketAddr::new(ip, sc.port);
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let tcp =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let addr = tcp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
 
         let stats = Arc::new(ServerStats::default());
@@ -346,7 +347,9 @@ impl Drop for Server {
         if let Some(pipeline) = self.storage.take() {
             // Its drop blocks (a last drain, maybe a runtime's shutdown), which an async
             // context must not do.
-            let _ = std::thread::Builder::new().name("terrarium-storage-drop".into()).spawn(move || drop(pipeline));
+            let _ = std::thread::Builder::new()
+                .name("terrarium-storage-drop".into())
+                .spawn(move || drop(pipeline));
         }
     }
 }

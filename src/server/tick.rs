@@ -99,7 +99,13 @@ impl TickThread {
 }
 
 /// The fixed-step loop: tick, then wait for the next step, running jobs as they come.
-fn run(engine: &mut Engine, tick_hz: u32, stop: &AtomicBool, inbox: &mpsc::Receiver<Job>, status: &TickStatus) {
+fn run(
+    engine: &mut Engine,
+    tick_hz: u32,
+    stop: &AtomicBool,
+    inbox: &mpsc::Receiver<Job>,
+    status: &TickStatus,
+) {
     let dt = Duration::from_secs(1) / tick_hz.max(1);
     let mut next = Instant::now();
     while !stop.load(Ordering::Acquire) {

@@ -348,7 +348,10 @@ mod tests {
     #[test]
     fn a_client_gets_its_area_then_only_what_changed_in_it() {
         let (mut hub, clients) = hub();
-        step(&mut hub, delta(1, &[(1, [10.0, 0.0, 10.0]), (2, [100.0, 0.0, 100.0]), (3, [63.9, 0.0, 1.0])], &[]));
+        step(
+            &mut hub,
+            delta(1, &[(1, [10.0, 0.0, 10.0]), (2, [100.0, 0.0, 100.0]), (3, [63.9, 0.0, 1.0])], &[]),
+        );
         let (id, mut rx) = clients.register(8);
         clients.subscribe(id, Some(AOI));
         step(&mut hub, delta(2, &[], &[]));
@@ -361,7 +364,16 @@ mod tests {
         // 1 moves inside, 3 leaves, 2 enters, 4 appears outside, then 1 is removed next view.
         step(
             &mut hub,
-            delta(3, &[(1, [11.0, 0.0, 10.0]), (3, [64.0, 0.0, 1.0]), (2, [5.0, 0.0, 5.0]), (4, [200.0, 0.0, 1.0])], &[]),
+            delta(
+                3,
+                &[
+                    (1, [11.0, 0.0, 10.0]),
+                    (3, [64.0, 0.0, 1.0]),
+                    (2, [5.0, 0.0, 5.0]),
+                    (4, [200.0, 0.0, 1.0]),
+                ],
+                &[],
+            ),
         );
         let f = rx.try_recv().unwrap();
         assert!(!f.reset);

@@ -24,7 +24,7 @@ struct Publisher {
 }
 
 fn due(clock: Res<SimClock>, p: Res<Publisher>) -> bool {
-    clock.tick % p.every == 0
+    clock.tick.is_multiple_of(p.every)
 }
 
 /// `TickLog::despawned` is cleared at the end of every tick, so it is read every tick.

@@ -46,8 +46,10 @@ pub(crate) async fn upgrade(
     ws: Result<IncomingUpgrade, axum::http::StatusCode>,
 ) -> Response {
     let Ok(ws) = ws else {
-        return ApiError::bad_request("expected a WebSocket upgrade (GET with Upgrade: websocket, version 13)")
-            .into_response();
+        return ApiError::bad_request(
+            "expected a WebSocket upgrade (GET with Upgrade: websocket, version 13)",
+        )
+        .into_response();
     };
     if *state.shutdown.borrow() {
         return ApiError::unavailable("the server is shutting down", 5).into_response();
@@ -179,7 +181,11 @@ fn area(min: [f32; 2], max: [f32; 2], max_area: f64) -> Result<Aoi, String> {
     Ok(Aoi { min, max })
 }
 
-async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>, state: &AppState, text: String) -> bool {
+async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    state: &AppState,
+    text: String,
+) -> bool {
     let bytes = text.len();
     match tokio::time::timeout(SEND_TIMEOUT, ws.send(yawc::Frame::text(text))).await {
         Ok(Ok(())) => {
@@ -223,7 +229,12 @@ fn encode(f: &Frame) -> String {
     let text = if f.reset {
         serde_json::to_string(&ResetOut { r#type: "reset", tick: f.tick, npcs: Entries(&f.moved) })
     } else {
-        serde_json::to_string(&DeltaOut { r#type: "delta", tick: f.tick, moved: Entries(&f.moved), gone: &f.gone })
+        serde_json::to_string(&DeltaOut {
+            r#type: "delta",
+            tick: f.tick,
+            moved: Entries(&f.moved),
+            gone: &f.gone,
+        })
     };
     text.expect("numbers and static strings always serialize")
 }
