@@ -12,7 +12,6 @@
 //! gracefully: requests in flight finish, WebSockets close, the last batch is cut and the
 //! write-behind drained; then one summary line (JSON with `--json`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -23,10 +22,10 @@ use terrarium::server::Server;
 use terrarium::{Config, StoragePipeline};
 
 mod common;
-#[path = "common/storage.rs"]
-mod storage;
+#[path = "common/flags.rs"]
+mod flags;
 
-use storage::{StorageFlags, StorageKind};
+use flags::{StorageFlags, StorageKind, WorldFlags};
 
 /// Serves a Terrarium world over HTTP and WebSocket.
 #[derive(Parser, Debug)]
@@ -48,24 +47,11 @@ struct Args {
     /// Mining agents to spawn, in a voxel world generated for them.
     #[arg(long, default_value_t = 0)]
     agents: u64,
-    /// Ticks per second (simulated and wall-clock: the server runs in real time).
-    #[arg(long = "tick-hz")]
-    tick_hz: Option<u32>,
-    /// World seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Worker threads of parallel systems (0 = one per core).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    world: WorldFlags,
     /// Where NPCs are stored (`none`: no batching, and the NPC reads answer 503).
     #[command(flatten)]
     storage: StorageFlags,
-    /// Spill file of the write-behind (replayed at the next start).
-    #[arg(long)]
-    outbox: Option<PathBuf>,
-    /// Configuration file (TOML); flags override it, the environment overrides the file.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Position deltas per second per WebSocket client.
     #[arg(long = "ws-hz")]
     ws_hz: Option<u32>,
@@ -174,10 +160,7 @@ async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Res
 
 /// The configuration: file or defaults, the environment over it, flags over both.
 fn config(args: &Args) -> Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    };
+    let mut cfg = args.world.load()?;
     let s = &mut cfg.server;
     if let Some(port) = args.port {
         s.port = port;
@@ -201,19 +184,6 @@ fn config(args: &Args) -> Result<Config> {
         s.rate_limit_per_s = r;
         s.rate_burst = r.saturating_mul(2);
     }
-    if let Some(hz) = args.tick_hz {
-        cfg.engine.tick_hz = hz;
-    }
-    if let Some(seed) = args.seed {
-        cfg.engine.seed = seed;
-    }
-    if let Some(threads) = args.threads {
-        cfg.engine.threads = threads;
-    }
-    if let Some(path) = &args.outbox {
-        cfg.write_behind.outbox_path = Some(path.clone());
-    }
-    cfg.engine.validate()?;
     cfg.server.validate()?;
     Ok(cfg)
 }

@@ -17,7 +17,6 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use terrarium::Config;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
@@ -26,10 +25,10 @@ use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
 
 mod common;
-#[path = "common/storage.rs"]
-mod storage;
+#[path = "common/flags.rs"]
+mod flags;
 
-use storage::{StorageFlags, StorageKind};
+use flags::{StorageFlags, StorageKind, WorldFlags};
 
 /// Runs a headless Terrarium world and reports how fast it ticks.
 #[derive(Parser, Debug)]
@@ -44,24 +43,10 @@ struct Args {
     /// Ticks to run.
     #[arg(long, default_value_t = 600)]
     ticks: u64,
-    /// World seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Worker threads (0 = one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Ticks per simulated second.
-    #[arg(long = "tick-hz")]
-    tick_hz: Option<u32>,
+    #[command(flatten)]
+    world: WorldFlags,
     #[command(flatten)]
     storage: StorageFlags,
-    /// Spill file of the write-behind (used when the store fails or too much waits; replayed
-    /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
-    #[arg(long)]
-    outbox: Option<PathBuf>,
-    /// Configuration file (TOML); flags override it, the environment overrides the file.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Start from this snapshot instead of spawning (`--npcs`/`--agents` are then ignored).
     #[arg(long = "snapshot-in")]
     snapshot_in: Option<PathBuf>,
@@ -157,23 +142,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let wall = Instant::now();
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    };
-    if let Some(seed) = args.seed {
-        cfg.engine.seed = seed;
-    }
-    if let Some(threads) = args.threads {
-        cfg.engine.threads = threads;
-    }
-    if let Some(hz) = args.tick_hz {
-        cfg.engine.tick_hz = hz;
-    }
-    if let Some(path) = &args.outbox {
-        cfg.write_behind.outbox_path = Some(path.clone());
-    }
-    cfg.engine.validate()?;
+    let mut cfg = args.world.load()?;
     let perf = Performance::new();
     let mut builder = Engine::builder(cfg.engine.clone())
         .add_plugin(terrarium::systems::core_plugin)

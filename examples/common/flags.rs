@@ -1,12 +1,62 @@
-//! The storage flags `headless` and `game_server` share (`--storage`, `--database-url`,
-//! `--redis-url`) and starting the [`StoragePipeline`] they ask for. Included with
-//! `#[path = "common/storage.rs"] mod storage;` by the examples that store NPCs only.
+//! The flags `headless` and `game_server` share: the world's configuration (`--config`,
+//! `--seed`, `--threads`, `--tick-hz`, `--outbox`) and its storage (`--storage`,
+//! `--database-url`, `--redis-url`, and starting the [`StoragePipeline`] they ask for).
+//! Included with `#[path = "common/flags.rs"] mod flags;` by those two only.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::Serialize;
 use terrarium::persistence::BackendKind;
 use terrarium::{Config, StoragePipeline};
+
+/// The configuration of a world: a file or the defaults, the environment over it, these flags
+/// over both.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorldFlags {
+    /// World seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads of parallel systems (0 = one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Ticks per simulated second (a game server, or `--realtime`, also ticks at this rate in
+    /// wall-clock time).
+    #[arg(long = "tick-hz")]
+    pub tick_hz: Option<u32>,
+    /// Spill file of the write-behind (used when the store fails or too much waits; replayed
+    /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
+    #[arg(long)]
+    pub outbox: Option<PathBuf>,
+    /// Configuration file (TOML); flags override it, the environment overrides the file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl WorldFlags {
+    /// The configuration these flags describe, with `[engine]` checked.
+    pub fn load(&self) -> Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::from_env()?,
+        };
+        if let Some(seed) = self.seed {
+            cfg.engine.seed = seed;
+        }
+        if let Some(threads) = self.threads {
+            cfg.engine.threads = threads;
+        }
+        if let Some(hz) = self.tick_hz {
+            cfg.engine.tick_hz = hz;
+        }
+        if let Some(path) = &self.outbox {
+            cfg.write_behind.outbox_path = Some(path.clone());
+        }
+        cfg.engine.validate()?;
+        Ok(cfg)
+    }
+}
 
 /// Where batched updates go.
 #[derive(clap::Args, Debug, Clone)]
