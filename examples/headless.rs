@@ -13,20 +13,22 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use terrarium::engine::rng::{StreamRng, hash3};
 use terrarium::engine::voxel::Ore;
-use terrarium::engine::{Engine, NpcSpec, Position, Role, TickSet, Velocity, math};
-use terrarium::persistence::BackendKind;
+use terrarium::engine::{Engine, TickSet};
+use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::systems::batching::{self, BatcherStats};
 use terrarium::systems::mining::MiningStats;
 use terrarium::systems::pathfinding::PathStats;
-use terrarium::{Config, StoragePipeline};
 
 mod common;
+#[path = "common/flags.rs"]
+mod flags;
+
+use flags::{StorageFlags, StorageKind, WorldFlags};
 
 /// Runs a headless Terrarium world and reports how fast it ticks.
 #[derive(Parser, Debug)]
@@ -41,33 +43,10 @@ struct Args {
     /// Ticks to run.
     #[arg(long, default_value_t = 600)]
     ticks: u64,
-    /// World seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Worker threads (0 = one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Ticks per simulated second.
-    #[arg(long = "tick-hz")]
-    tick_hz: Option<u32>,
-    /// Where batched updates go: `none` (no batching), `memory` (the embedded default, no
-    /// server) or `postgres` (needs a build with `--features postgres` and a database URL).
-    #[arg(long, value_enum, default_value_t = StorageKind::Memory)]
-    storage: StorageKind,
-    /// PostgreSQL URL for `--storage postgres` (else `storage.postgres.url` of the
-    /// configuration, else the `DATABASE_URL` environment variable).
-    #[arg(long = "database-url")]
-    database_url: Option<String>,
-    /// Redis URL: puts the Redis cache in front of the store (else `storage.redis.url`).
-    #[arg(long = "redis-url")]
-    redis_url: Option<String>,
-    /// Spill file of the write-behind (used when the store fails or too much waits; replayed
-    /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
-    #[arg(long)]
-    outbox: Option<PathBuf>,
-    /// Configuration file (TOML); flags override it, the environment overrides the file.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    world: WorldFlags,
+    #[command(flatten)]
+    storage: StorageFlags,
     /// Start from this snapshot instead of spawning (`--npcs`/`--agents` are then ignored).
     #[arg(long = "snapshot-in")]
     snapshot_in: Option<PathBuf>,
@@ -83,17 +62,9 @@ struct Args {
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum StorageKind {
-    /// No batching and no persistence.
-    None,
-    /// Batching and write-behind into the in-process store.
-    Memory,
-    /// Batching and write-behind into PostgreSQL (through the storage stack).
-    Postgres,
+    /// Print a one-line performance summary every N ticks (0 = never).
+    #[arg(long = "report-every", default_value_t = 0)]
+    report_every: u64,
 }
 
 /// The JSON summary. Keys are a contract with other tools: add, never rename.
@@ -160,6 +131,9 @@ struct Summary {
     path_failures: u64,
     /// Agents' paths replanned after a blocked step.
     replans: u64,
+    /// The performance snapshot at the end (`terrarium::perf::PerformanceSnapshot`: tick
+    /// latency over the last window, stages, batchers, write-behind, pathfinding pool, RSS).
+    performance: PerformanceSnapshot,
 }
 
 fn main() -> ExitCode {
@@ -168,33 +142,16 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let wall = Instant::now();
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    };
-    if let Some(seed) = args.seed {
-        cfg.engine.seed = seed;
+    let mut cfg = args.world.load()?;
+    let perf = Performance::new();
+    let mut builder = Engine::builder(cfg.engine.clone())
+        .add_plugin(terrarium::systems::core_plugin)
+        .add_plugin(perf.plugin());
+    let storage = args.storage.start(&mut cfg, None)?;
+    if let Some(pipeline) = &storage {
+        builder = builder.add_plugin(pipeline.batching_plugin());
+        perf.attach_pipeline(pipeline);
     }
-    if let Some(threads) = args.threads {
-        cfg.engine.threads = threads;
-    }
-    if let Some(hz) = args.tick_hz {
-        cfg.engine.tick_hz = hz;
-    }
-    if let Some(path) = &args.outbox {
-        cfg.write_behind.outbox_path = Some(path.clone());
-    }
-    cfg.engine.validate()?;
-    let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
-    let storage = match args.storage {
-        StorageKind::None => None,
-        kind => {
-            apply_storage_flags(&mut cfg, kind, args);
-            let pipeline = StoragePipeline::start(&cfg).context("cannot start storage")?;
-            builder = builder.add_plugin(pipeline.batching_plugin());
-            Some(pipeline)
-        }
-    };
     if args.agents > 0 || args.snapshot_in.is_some() {
         builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
     }
@@ -235,6 +192,11 @@ fn run(args: &Args) -> Result<()> {
             handed = now_handed;
         }
         bar.inc(1);
+        if args.report_every > 0 && (k + 1) % args.report_every == 0 {
+            publish_now(&mut engine);
+            let line = report_line(&perf.snapshot());
+            if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
+        }
         if args.realtime {
             let next = loop_started + dt * u32::try_from(k + 1).unwrap_or(u32::MAX);
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -267,6 +229,8 @@ fn run(args: &Args) -> Result<()> {
         None => None,
     };
     let drain_ms = ms(drain_started.elapsed());
+    publish_now(&mut engine);
+    let performance = perf.snapshot();
     let batcher = engine.world().get_resource::<BatcherStats>().cloned().unwrap_or_default();
 
     let timings = engine.stage_timings();
@@ -286,7 +250,7 @@ fn run(args: &Args) -> Result<()> {
         threads: engine.threads(),
         seed: engine.world().resource::<terrarium::engine::SimRng>().seed(),
         tick_hz: cfg.engine.tick_hz,
-        storage: args.storage,
+        storage: args.storage.kind,
         tick_ms_p50: q(0.50),
         tick_ms_p95: q(0.95),
         tick_ms_p99: q(0.99),
@@ -325,6 +289,7 @@ fn run(args: &Args) -> Result<()> {
         paths_solved: engine.world().get_resource::<PathStats>().map_or(0, |p| p.solved),
         path_failures: engine.world().get_resource::<PathStats>().map_or(0, |p| p.failures),
         replans: engine.world().get_resource::<PathStats>().map_or(0, |p| p.replans),
+        performance,
     };
     if !args.quiet {
         print_human(&summary);
@@ -335,43 +300,12 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Points the `[storage]` configuration at what the flags ask for.
-fn apply_storage_flags(cfg: &mut Config, kind: StorageKind, args: &Args) {
-    cfg.storage.backend = match kind {
-        StorageKind::Postgres => BackendKind::Postgres,
-        StorageKind::None | StorageKind::Memory => BackendKind::Memory,
-    };
-    if let Some(url) = &args.database_url {
-        cfg.storage.postgres.url.clone_from(url);
-    } else if kind == StorageKind::Postgres
-        && cfg.storage.postgres.url.is_empty()
-        && let Ok(url) = std::env::var("DATABASE_URL")
-    {
-        cfg.storage.postgres.url = url;
-    }
-    if let Some(url) = &args.redis_url {
-        cfg.storage.redis.url.clone_from(url);
-    }
-}
-
 /// Spawns plain NPCs spread over the ground, then mining agents in a voxel world generated for
 /// them; everything derives from the world seed.
 fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
-    let seed = engine.config().seed;
-    let (min, max) = (engine.config().world.min, engine.config().world.max);
-    let speed = engine.config().npc.wander_speed;
-    engine.spawn_batch((0..npcs).map(|i| {
-        let mut r = StreamRng::new(hash3(seed, i, 0x0053_5041_574E)); // "SPAWN"
-        let pos = Position::new(r.range_f32(min[0], max[0]), min[1], r.range_f32(min[2], max[2]));
-        let role = Role::BUILT_IN[r.below(Role::BUILT_IN.len() as u64) as usize];
-        // Walking from the start, like the wanderers they are (status `moving`), so the world
-        // does not begin with a million status changes.
-        let pace = speed * r.range_f32(0.5, 1.0);
-        let (vx, vz) =
-            math::with_length_2d(r.range_f32(-1.0, 1.0), r.range_f32(-1.0, 1.0), pace).unwrap_or((pace, 0.0));
-        NpcSpec::new(role, pos).moving(Velocity::new(vx, 0.0, vz))
-    }));
+    terrarium::systems::wander::spawn_wanderers(engine, npcs);
     if agents > 0 {
+        let seed = engine.config().seed;
         terrarium::systems::mining::spawn_colony(engine, agents, seed)
             .context("cannot set up the mining agents")?;
     }
@@ -433,6 +367,38 @@ fn print_human(s: &Summary) {
     if let Some(ms) = s.snapshot_load_ms {
         println!("snapshot loaded in {ms:.0} ms");
     }
+}
+
+/// One line of `--report-every`: tick latency over the window, rate, population, memory and
+/// the storage pipeline.
+fn report_line(p: &PerformanceSnapshot) -> String {
+    let l = &p.tick_latency;
+    let mut line = format!(
+        "tick {}: p50 {:.3} ms  p95 {:.3}  p99 {:.3}  max {:.3}  {:.0} ticks/s  {} npcs ({} agents)  rss {:.0} MiB",
+        p.tick,
+        l.p50_ms,
+        l.p95_ms,
+        l.p99_ms,
+        l.max_ms,
+        p.ticks_per_sec,
+        p.npcs,
+        p.agents,
+        p.rss_bytes as f64 / f64::from(1u32 << 20),
+    );
+    if let Some(b) = &p.batchers {
+        line += &format!("  batches {} ({} rows, {} pending)", b.batches, b.items, b.pending);
+    }
+    if let Some(w) = &p.write_behind {
+        line += &format!(
+            "  write-behind: {} rows queued, {} written batches, {} dropped",
+            w.queue_rows, w.batches_written, w.writes_dropped
+        );
+    }
+    if p.agents > 0 {
+        let f = &p.pathfinding;
+        line += &format!("  paths {} solved, {} queued", f.solved, f.queued);
+    }
+    line
 }
 
 fn ms(d: Duration) -> f64 {

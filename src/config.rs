@@ -1,4 +1,4 @@
-//! The whole configuration file: `[engine]`, `[write_behind]` and `[storage]`, loaded from TOML
+//! The whole configuration file: `[engine]`, `[write_behind]`, `[storage]` and `[server]`, loaded from TOML
 //! with `TERRARIUM_…` environment overrides. `assets/config/default.toml` lists every key with
 //! its default.
 
@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use terrarium_engine::{ConfigError, EngineConfig, load_layered};
 use terrarium_persistence::{StorageConfig, StorageConfigError, WriteBehindConfig};
+
+pub use crate::server_config::ServerConfig;
 
 /// Every setting, by section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -18,6 +20,8 @@ pub struct Config {
     pub write_behind: WriteBehindConfig,
     /// Where state is stored, and the caches, retries and breaker in front of it.
     pub storage: StorageConfig,
+    /// The game server (`terrarium::server`, feature `server`).
+    pub server: ServerConfig,
 }
 
 impl Config {
@@ -38,6 +42,7 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
         cfg.engine.validate()?;
+        cfg.server.validate()?;
         cfg.storage.validate().map_err(|e| match e {
             StorageConfigError::OutOfRange { key, value, allowed } => {
                 ConfigError::OutOfRange { key, value, allowed }
@@ -105,6 +110,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.write_behind.outbox_path.unwrap().to_str(), Some("/var/lib/terrarium/outbox"));
+    }
+
+    #[test]
+    fn server_section_from_file_and_environment() {
+        let env = [("TERRARIUM_SERVER__API_KEY".to_string(), "k3y-from-the-environment".to_string())];
+        let cfg = Config::from_toml_str("[server]\nport = 9000\nws_hz = 5\n", env).unwrap();
+        assert_eq!((cfg.server.port, cfg.server.ws_hz), (9000, 5));
+        assert_eq!(cfg.server.api_key, "k3y-from-the-environment");
+        let err = Config::from_toml_str("[server]\nmax_connections = 10\nmax_connections_per_ip = 11\n", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("server.max_connections_per_ip"), "{err}");
+        let err = Config::from_toml_str("[server]\nbind = \"localhost\"\n", []).unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
+        let err = Config::from_toml_str("[server]\nws_cell_blocks = 0.0\n", []).unwrap_err();
+        assert!(err.to_string().contains("server.ws_cell_blocks"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod perf;
 pub mod pipeline;
+#[cfg(feature = "server")]
+pub mod server;
+mod server_config;
 
 pub use terrarium_codec as codec;
 pub use terrarium_engine as engine;

@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use terrarium_engine::Engine;
 use terrarium_persistence::{
-    Backend, ShutdownReport, StorageError, StorageStack, WriteBehind, WriteBehindError, WriteBehindStats,
+    Backend, ShutdownReport, StorageError, StorageStack, WriteBehind, WriteBehindError, WriteBehindHandle,
+    WriteBehindStats,
 };
 
 use crate::Config;
@@ -116,6 +117,13 @@ impl StoragePipeline {
     /// The batching plugin, feeding this pipeline's write-behind.
     pub fn batching_plugin(&self) -> impl Fn(&mut Engine) + 'static {
         terrarium_systems::batching::plugin(Arc::new(self.write_behind.handle()))
+    }
+
+    /// A handle on the write-behind: for producers other than the batching plugin, and for
+    /// its counters (`WriteBehindHandle::stats`) from any thread.
+    #[must_use]
+    pub fn write_behind_handle(&self) -> WriteBehindHandle {
+        self.write_behind.handle()
     }
 
     /// The storage stack, for reads (`get_npc`, `list_npcs`: L1 first) and metrics.

@@ -187,3 +187,40 @@ fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
         assert_eq!(none[key], 0, "{key} with --storage none");
     }
 }
+
+#[test]
+fn report_every_prints_a_line_per_interval_and_the_summary_carries_the_snapshot() {
+    let args = ["--npcs", "2000", "--agents", "20", "--ticks", "40", "--seed", "2", "--threads", "2"];
+    let out = run(&[&args[..], &["--report-every", "10", "--quiet", "--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reports: Vec<&str> = stdout.lines().filter(|l| l.starts_with("tick ")).collect();
+    assert_eq!(reports.len(), 4, "one line per 10 ticks: {stdout}");
+    assert!(reports[3].starts_with("tick 40:") && reports[3].contains("2020 npcs (20 agents)"), "{stdout}");
+    assert!(reports[0].contains("write-behind"), "storage memory is the default: {stdout}");
+
+    let v = last_json(&out);
+    // The existing keys are still there, and the snapshot rides along under `performance`.
+    assert_eq!(v["ticks"], 40);
+    let p = &v["performance"];
+    assert_eq!(p["tick"], 40);
+    assert_eq!(p["ticks_total"], 40, "the last tick is recorded before the summary");
+    assert_eq!((p["npcs"].as_u64(), p["agents"].as_u64()), (Some(2020), Some(20)));
+    let lat = &p["tick_latency"];
+    assert_eq!(lat["samples"], 40);
+    assert!(lat["p50_ms"].as_f64().unwrap() > 0.0 && lat["p99_ms"].as_f64() >= lat["p50_ms"].as_f64());
+    let stages: Vec<&str> =
+        p["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["input", "decide", "plan", "act", "record", "flush"]);
+    assert!(p["rss_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(p["batchers"]["batches"], v["batches"]);
+    assert_eq!(p["write_behind"]["writes_dropped"], 0);
+    assert_eq!(p["write_behind"]["store_calls"], v["store_calls"]);
+    assert_eq!(p["pathfinding"]["threads"], 2);
+    assert_eq!(p["pathfinding"]["solved"], v["paths_solved"]);
+
+    let out = run(&[&args[..], &["--storage", "none", "--quiet", "--json"]].concat());
+    let v = last_json(&out);
+    assert!(v["performance"]["batchers"].is_null() && v["performance"]["write_behind"].is_null(), "{v}");
+    assert!(!String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("tick ")));
+}

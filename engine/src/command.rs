@@ -150,6 +150,13 @@ impl CommandSender {
         })
     }
 
+    /// The id the next spawn will get (from any sender or the engine itself): every id below
+    /// it has been handed out, none above it has.
+    #[must_use]
+    pub fn next_npc_id(&self) -> NpcId {
+        NpcId(self.shared.next_npc.load(Ordering::Relaxed))
+    }
+
     /// Reserves an id now and queues the spawn for the next tick.
     ///
     /// # Errors

@@ -314,6 +314,9 @@ impl Engine {
             clock.tick += 1;
             clock.tick
         };
+        // One span per tick with a child span per stage (each stage is one system set), so a
+        // trace shows where a slow tick spent its time.
+        let _tick_span = tracing::debug_span!("tick", tick).entered();
         self.apply_commands();
         let mut last = [std::time::Duration::ZERO; 6];
         for (i, stage) in self.stages.iter_mut().enumerate() {
@@ -330,6 +333,7 @@ impl Engine {
         }
         timings.last = last;
         timings.last_tick = started.elapsed();
+        timings.last_started = Some(started);
         timings.ticks += 1;
         tick
     }

@@ -1,6 +1,6 @@
 //! The tick's stages, in their fixed order, and what each one cost.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::ScheduleLabel;
@@ -65,4 +65,7 @@ pub struct StageTimings {
     pub last_tick: Duration,
     /// Ticks measured.
     pub ticks: u64,
+    /// When the last tick started (`None` before the first), so observers can tell the rate
+    /// ticks actually run at, pauses between them included.
+    pub last_started: Option<Instant>,
 }

@@ -21,6 +21,8 @@ pub fn example(name: &str) -> PathBuf {
         ("file-store", cfg!(feature = "file-store")),
         ("postgres", cfg!(feature = "postgres")),
         ("redis", cfg!(feature = "redis")),
+        ("prometheus", cfg!(feature = "prometheus")),
+        ("server", cfg!(feature = "server")),
     ]
     .into_iter()
     .filter_map(|(f, on)| on.then_some(f))

@@ -35,8 +35,13 @@ pub struct PathStats {
     pub searches: u64,
     /// Cells expanded by those searches.
     pub expanded: u64,
-    /// Requests left for a later tick by `MiningConfig::max_paths_per_tick`.
+    /// Requests left for a later tick by `MiningConfig::max_paths_per_tick` (each tick a
+    /// request waits counts once).
     pub deferred: u64,
+    /// Requests the last `Plan` stage left waiting for a later tick (a gauge, not a total).
+    pub waiting: u64,
+    /// Searches the last `Plan` stage ran on the engine's pool (a gauge, not a total).
+    pub last_searches: u64,
 }
 
 /// The target an agent's goal stands for.
@@ -116,8 +121,10 @@ pub fn plan_paths(
     }
     // Oldest requests first; the rest wait for the next tick.
     requests.sort_unstable_by_key(|r| r.order);
+    stats.waiting = 0;
     if requests.len() > config.max_paths_per_tick {
-        stats.deferred += (requests.len() - config.max_paths_per_tick) as u64;
+        stats.waiting = (requests.len() - config.max_paths_per_tick) as u64;
+        stats.deferred += stats.waiting;
         requests.truncate(config.max_paths_per_tick);
     }
     for r in &mut requests {
@@ -127,6 +134,7 @@ pub fn plan_paths(
         }
     }
     let misses: Vec<usize> = (0..requests.len()).filter(|&i| requests[i].outcome.is_none()).collect();
+    stats.last_searches = misses.len() as u64;
     let solved = par::map(&pool, misses.clone(), |i| {
         let r = &requests[i];
         let limits = if r.key.3 == 1 { &config.home_search } else { &config.search };

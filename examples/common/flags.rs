@@ -1,0 +1,127 @@
+//! The flags `headless` and `game_server` share: the world's configuration (`--config`,
+//! `--seed`, `--threads`, `--tick-hz`, `--outbox`) and its storage (`--storage`,
+//! `--database-url`, `--redis-url`, and starting the [`StoragePipeline`] they ask for).
+//! Included with `#[path = "common/flags.rs"] mod flags;` by those two only.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+use terrarium::persistence::BackendKind;
+use terrarium::{Config, StoragePipeline};
+
+/// The configuration of a world: a file or the defaults, the environment over it, these flags
+/// over both.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorldFlags {
+    /// World seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads of parallel systems (0 = one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Ticks per simulated second (a game server, or `--realtime`, also ticks at this rate in
+    /// wall-clock time).
+    #[arg(long = "tick-hz")]
+    pub tick_hz: Option<u32>,
+    /// Spill file of the write-behind (used when the store fails or too much waits; replayed
+    /// at the next start). Overrides `write_behind.outbox_path` of the configuration.
+    #[arg(long)]
+    pub outbox: Option<PathBuf>,
+    /// Configuration file (TOML); flags override it, the environment overrides the file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl WorldFlags {
+    /// The configuration these flags describe, with `[engine]` checked.
+    pub fn load(&self) -> Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::from_env()?,
+        };
+        if let Some(seed) = self.seed {
+            cfg.engine.seed = seed;
+        }
+        if let Some(threads) = self.threads {
+            cfg.engine.threads = threads;
+        }
+        if let Some(hz) = self.tick_hz {
+            cfg.engine.tick_hz = hz;
+        }
+        if let Some(path) = &self.outbox {
+            cfg.write_behind.outbox_path = Some(path.clone());
+        }
+        cfg.engine.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Where batched updates go.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageFlags {
+    /// Where batched updates go: `none` (no batching), `memory` (the embedded default, no
+    /// server) or `postgres` (needs a build with `--features postgres` and a database URL).
+    #[arg(long = "storage", value_enum, default_value_t = StorageKind::Memory)]
+    pub kind: StorageKind,
+    /// PostgreSQL URL for `--storage postgres` (else `storage.postgres.url` of the
+    /// configuration, else the `DATABASE_URL` environment variable).
+    #[arg(long = "database-url")]
+    pub database_url: Option<String>,
+    /// Redis URL: puts the Redis cache in front of the store (else `storage.redis.url`).
+    #[arg(long = "redis-url")]
+    pub redis_url: Option<String>,
+}
+
+/// The value of `--storage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// No batching and no persistence.
+    None,
+    /// Batching and write-behind into the in-process store.
+    Memory,
+    /// Batching and write-behind into PostgreSQL (through the storage stack).
+    Postgres,
+}
+
+impl StorageFlags {
+    /// Points the `[storage]` configuration at what the flags ask for.
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.storage.backend = match self.kind {
+            StorageKind::Postgres => BackendKind::Postgres,
+            StorageKind::None | StorageKind::Memory => BackendKind::Memory,
+        };
+        if let Some(url) = &self.database_url {
+            cfg.storage.postgres.url.clone_from(url);
+        } else if self.kind == StorageKind::Postgres
+            && cfg.storage.postgres.url.is_empty()
+            && let Ok(url) = std::env::var("DATABASE_URL")
+        {
+            cfg.storage.postgres.url = url;
+        }
+        if let Some(url) = &self.redis_url {
+            cfg.storage.redis.url.clone_from(url);
+        }
+    }
+
+    /// Applies the flags to `cfg` and starts the pipeline they ask for (`None` for
+    /// `--storage none`): on `runtime` when given, else on a runtime of its own. Call it
+    /// outside any runtime (it blocks until storage is connected).
+    pub fn start(
+        &self,
+        cfg: &mut Config,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> Result<Option<StoragePipeline>> {
+        if self.kind == StorageKind::None {
+            return Ok(None);
+        }
+        self.apply(cfg);
+        let pipeline = match runtime {
+            Some(handle) => StoragePipeline::start_on(handle, cfg),
+            None => StoragePipeline::start(cfg),
+        };
+        pipeline.map(Some).context("cannot start storage")
+    }
+}

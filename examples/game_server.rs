@@ -1,0 +1,200 @@
+//! A game server that links the engine: the world ticks on its own thread at `--tick-hz`, an
+//! HTTP API and WebSocket position streams serve it (see `terrarium::server` for the routes and
+//! the WebSocket protocol).
+//!
+//! ```text
+//! TERRARIUM_SERVER__API_KEY=change-me cargo run --release --features server --example game_server -- \
+//!     --port 8080 --npcs 100000 --tick-hz 20
+//! curl -H 'x-api-key: change-me' 'http://127.0.0.1:8080/api/npcs?status=moving&limit=5'
+//! ```
+//!
+//! The first line on stdout is `listening on http://ADDR`. SIGINT or SIGTERM stops it
+//! gracefully: requests in flight finish, WebSockets close, the last batch is cut and the
+//! write-behind drained; then one summary line (JSON with `--json`).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use terrarium::engine::Engine;
+use terrarium::server::Server;
+use terrarium::{Config, StoragePipeline};
+
+mod common;
+#[path = "common/flags.rs"]
+mod flags;
+
+use flags::{StorageFlags, StorageKind, WorldFlags};
+
+/// Serves a Terrarium world over HTTP and WebSocket.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TCP port (0 picks a free one). Default: `server.port` of the configuration (8080).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to listen on. Default: `server.bind` (127.0.0.1).
+    #[arg(long)]
+    bind: Option<String>,
+    /// The API key clients send in `x-api-key`. Prefer the environment
+    /// (`TERRARIUM_SERVER__API_KEY`): command lines are visible to other users.
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// Plain (wandering) NPCs to spawn.
+    #[arg(long, default_value_t = 10_000)]
+    npcs: u64,
+    /// Mining agents to spawn, in a voxel world generated for them.
+    #[arg(long, default_value_t = 0)]
+    agents: u64,
+    #[command(flatten)]
+    world: WorldFlags,
+    /// Where NPCs are stored (`none`: no batching, and the NPC reads answer 503).
+    #[command(flatten)]
+    storage: StorageFlags,
+    /// Position deltas per second per WebSocket client.
+    #[arg(long = "ws-hz")]
+    ws_hz: Option<u32>,
+    /// Open connections in all.
+    #[arg(long = "max-connections")]
+    max_connections: Option<usize>,
+    /// Open connections per client IP.
+    #[arg(long = "max-connections-per-ip")]
+    max_connections_per_ip: Option<usize>,
+    /// Messages per second per connection (HTTP requests, WebSocket messages); the burst is
+    /// twice that.
+    #[arg(long = "rate-limit")]
+    rate_limit: Option<u32>,
+    /// Print the shutdown summary as one JSON object on the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The summary printed at shutdown.
+#[derive(Serialize)]
+struct Summary {
+    addr: String,
+    storage: StorageKind,
+    ticks: u64,
+    npcs: u64,
+    ticks_per_sec: f64,
+    tick_ms_p99: f64,
+    http_requests: u64,
+    ws_connections: u64,
+    batches_submitted: u64,
+    batches_written: u64,
+    writes_dropped: u64,
+    left_in_outbox: u64,
+}
+
+fn main() -> ExitCode {
+    common::main_with("game_server", |args: &Args| {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+        let mut cfg = config(args)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("terrarium-http")
+            .build()
+            .context("cannot start the tokio runtime")?;
+        // Storage I/O shares the HTTP runtime: on a small machine, fewer threads than cores
+        // matter more than isolation (the write-behind's work per batch is short).
+        let storage = args.storage.start(&mut cfg, Some(runtime.handle()))?;
+        runtime.block_on(run(args, &cfg, storage))
+    })
+}
+
+async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Result<()> {
+    let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
+    if args.agents > 0 {
+        builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
+    }
+    let mut engine = builder.build()?;
+    terrarium::systems::wander::spawn_wanderers(&mut engine, args.npcs);
+    if args.agents > 0 {
+        let seed = engine.config().seed;
+        terrarium::systems::mining::spawn_colony(&mut engine, args.agents, seed)
+            .context("cannot set up the mining agents")?;
+    }
+    let server = Server::start(cfg, engine, storage).await?;
+    let addr = server.local_addr();
+    println!("listening on http://{addr}");
+
+    wait_for_signal().await?;
+    eprintln!("game_server: stopping (draining storage)");
+    let figures = server.figures();
+    let end = server.shutdown().await?;
+    let wb = end.write_behind.unwrap_or_default();
+    let summary = Summary {
+        addr: addr.to_string(),
+        storage: args.storage.kind,
+        ticks: end.engine.clock().tick,
+        npcs: end.engine.npc_count() as u64,
+        ticks_per_sec: end.performance.ticks_per_sec,
+        tick_ms_p99: end.performance.tick_latency.p99_ms,
+        http_requests: figures.http_requests,
+        ws_connections: figures.ws_accepted,
+        batches_submitted: wb.stats.batches_submitted,
+        batches_written: wb.stats.batches_written,
+        writes_dropped: wb.stats.writes_dropped,
+        left_in_outbox: wb.left_in_outbox,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "stopped after {} ticks ({:.1}/s, p99 {:.2} ms); {} requests, {} websockets; \
+             {} of {} batches written, {} rows dropped, {} left in the outbox",
+            summary.ticks,
+            summary.ticks_per_sec,
+            summary.tick_ms_p99,
+            summary.http_requests,
+            summary.ws_connections,
+            summary.batches_written,
+            summary.batches_submitted,
+            summary.writes_dropped,
+            summary.left_in_outbox
+        );
+    }
+    Ok(())
+}
+
+/// The configuration: file or defaults, the environment over it, flags over both.
+fn config(args: &Args) -> Result<Config> {
+    let mut cfg = args.world.load()?;
+    let s = &mut cfg.server;
+    if let Some(port) = args.port {
+        s.port = port;
+    }
+    if let Some(bind) = &args.bind {
+        s.bind.clone_from(bind);
+    }
+    if let Some(key) = &args.api_key {
+        s.api_key.clone_from(key);
+    }
+    if let Some(hz) = args.ws_hz {
+        s.ws_hz = hz;
+    }
+    if let Some(n) = args.max_connections {
+        s.max_connections = n;
+    }
+    if let Some(n) = args.max_connections_per_ip {
+        s.max_connections_per_ip = n;
+    }
+    if let Some(r) = args.rate_limit {
+        s.rate_limit_per_s = r;
+        s.rate_burst = r.saturating_mul(2);
+    }
+    cfg.server.validate()?;
+    Ok(cfg)
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! [`PerformanceSnapshot`]: every figure the engine and its storage report, at one moment, as
+//! plain serde data (the game server's `/api/performance`, the headless `performance` key).
+
+use serde::{Deserialize, Serialize};
+use terrarium_persistence::{BreakerMetrics, BreakerState, StorageMetrics, TierMetrics, WriteBehindStats};
+use terrarium_systems::batching::{BatcherStats, StreamStats};
+
+/// Everything the engine and its storage report, read at one moment.
+///
+/// Tick figures come from the tick thread (published at the end of every tick, so they describe
+/// ticks up to the previous one); storage figures are read when the snapshot is taken.
+/// Durations are milliseconds unless a name says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PerformanceSnapshot {
+    /// The simulation tick when the tick figures were last published.
+    pub tick: u64,
+    /// Configured ticks per simulated second.
+    pub tick_hz: u32,
+    /// Wall-clock seconds since the [`crate::perf::Performance`] handle was created.
+    pub uptime_s: f64,
+    /// Wall-clock seconds the latency figures cover: the last one to two windows
+    /// ([`crate::perf::PerfConfig::window_s`]).
+    pub window_s: f64,
+    /// Wall-clock time of a whole tick (commands and every stage), over the window.
+    pub tick_latency: Latency,
+    /// Ticks that ran per wall-clock second over the window, pauses between ticks included
+    /// (a server paced at 20 Hz that keeps up shows 20).
+    pub ticks_per_sec: f64,
+    /// Ticks recorded since the start.
+    pub ticks_total: u64,
+    /// Time per stage (each stage is one system set), in run order.
+    pub stages: Vec<StageFigures>,
+    /// Live NPCs, agents included.
+    pub npcs: u64,
+    /// Live agents.
+    pub agents: u64,
+    /// Resident set size of the process, bytes (0 where the platform can't tell).
+    pub rss_bytes: u64,
+    /// The batchers (`None` without batching).
+    pub batchers: Option<BatcherFigures>,
+    /// The write-behind queue (`None` without one).
+    pub write_behind: Option<WriteBehindFigures>,
+    /// The database connection pool (`None` unless PostgreSQL is the backend).
+    pub db_pool: Option<DbPoolFigures>,
+    /// Cache tiers, outermost first (`l1`, then `redis_hot`, `redis_warm`, `redis_cold`).
+    pub caches: Vec<CacheFigures>,
+    /// Circuit breakers of the storage stack.
+    pub circuit_breakers: Vec<BreakerFigures>,
+    /// The worker pool path searches run on.
+    pub pathfinding: PathfindingFigures,
+}
+
+/// Percentiles of a duration, milliseconds, from an HDR histogram (2 significant digits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Latency {
+    /// Samples behind the figures.
+    pub samples: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest sample.
+    pub max_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    /// The figures of a histogram of microseconds.
+    pub(crate) fn from_us(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1e3;
+        Self {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p95_ms: ms(h.value_at_quantile(0.95)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1e3,
+        }
+    }
+}
+
+/// Time spent in one stage of the tick.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StageFigures {
+    /// Stage name (`input`, `decide`, `plan`, `act`, `record`, `flush`).
+    pub name: String,
+    /// Percentiles over the window.
+    pub latency: Latency,
+    /// The last tick's time.
+    pub last_ms: f64,
+}
+
+/// What the batchers did since the engine started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BatcherFigures {
+    /// Batches handed to the write-behind.
+    pub batches: u64,
+    /// Rows of every kind put into batches.
+    pub items: u64,
+    /// Rows waiting for the next batch (positions counted up to just past their size limit).
+    pub pending: u64,
+    /// Events folded into an identical one within the dedup window.
+    pub deduplicated: u64,
+    /// Updates folded into a waiting row (moves of an NPC already waiting, metric samples).
+    pub coalesced: u64,
+    /// Compressed over raw size of the event payloads that were compressed (`None` before the
+    /// first); below 1 saves space.
+    pub compression_ratio: Option<f64>,
+    /// Batches the write-behind refused.
+    pub refused: u64,
+    /// Rows in refused batches.
+    pub writes_dropped: u64,
+    /// Per stream: `positions`, `metrics`, `events`.
+    pub streams: Vec<StreamFigures>,
+}
+
+/// One stream of a batcher.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StreamFigures {
+    /// `positions`, `metrics` or `events`.
+    pub name: String,
+    /// Batches that carried rows of this stream.
+    pub flushes: u64,
+    /// Rows batched.
+    pub items: u64,
+    /// Updates folded into a waiting row.
+    pub coalesced: u64,
+    /// Rows waiting.
+    pub pending: u64,
+}
+
+impl BatcherFigures {
+    pub(crate) fn from_stats(s: &BatcherStats) -> Self {
+        let stream = |name: &str, st: &StreamStats| StreamFigures {
+            name: name.to_string(),
+            flushes: st.flushes,
+            items: st.items_batched,
+            coalesced: st.items_coalesced,
+            pending: st.pending_items,
+        };
+        Self {
+            batches: s.batches_created,
+            items: s.items_batched(),
+            pending: s.pending_items(),
+            deduplicated: s.events_deduplicated,
+            coalesced: s.items_coalesced(),
+            compression_ratio: s.average_compression_ratio(),
+            refused: s.batches_refused,
+            writes_dropped: s.writes_dropped,
+            streams: vec![
+                stream("positions", &s.positions),
+                stream("metrics", &s.metrics),
+                stream("events", &s.events),
+            ],
+        }
+    }
+}
+
+/// The write-behind queue between the tick and the store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WriteBehindFigures {
+    /// Rows waiting in memory (the queue depth).
+    pub queue_rows: u64,
+    /// Batches waiting in memory.
+    pub queue_batches: u64,
+    /// Batches waiting in the outbox file.
+    pub outbox_batches: u64,
+    /// Size of the outbox file, bytes.
+    pub outbox_bytes: u64,
+    /// Calls to the store, successful or not.
+    pub store_calls: u64,
+    /// Store calls that failed.
+    pub store_errors: u64,
+    /// Batches the store acknowledged.
+    pub batches_written: u64,
+    /// Batches accepted from the tick.
+    pub batches_submitted: u64,
+    /// Position rows overwritten by a later batch before they were written (latest wins).
+    pub rows_coalesced: u64,
+    /// Batches spilled to the outbox.
+    pub batches_spilled: u64,
+    /// Batches replayed from the outbox.
+    pub batches_replayed: u64,
+    /// Batches given up on.
+    pub failed_batches: u64,
+    /// Rows that will never reach the store (drops; 0 unless something was lost, and logged).
+    pub writes_dropped: u64,
+    /// True from a failed store call until the next successful one.
+    pub degraded: bool,
+    /// True while the store answers with an open circuit breaker.
+    pub breaker_open: bool,
+}
+
+impl From<WriteBehindStats> for WriteBehindFigures {
+    fn from(s: WriteBehindStats) -> Self {
+        Self {
+            queue_rows: s.queued_rows,
+            queue_batches: s.queued_batches,
+            outbox_batches: s.outbox_batches,
+            outbox_bytes: s.outbox_bytes,
+            store_calls: s.store_calls,
+            store_errors: s.store_errors,
+            batches_written: s.batches_written,
+            batches_submitted: s.batches_submitted,
+            rows_coalesced: s.rows_coalesced,
+            batches_spilled: s.batches_spilled,
+            batches_replayed: s.batches_replayed,
+            failed_batches: s.failed_batches,
+            writes_dropped: s.writes_dropped,
+            degraded: s.degraded,
+            breaker_open: s.breaker_open,
+        }
+    }
+}
+
+/// The database connection pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DbPoolFigures {
+    /// Most connections.
+    pub max_size: u64,
+    /// Connections in use.
+    pub active: u64,
+    /// Connections open and free.
+    pub idle: u64,
+    /// Callers waiting for a connection.
+    pub waiting: u64,
+    /// Queries timed.
+    pub queries: u64,
+    /// Query time percentiles, milliseconds.
+    pub query_p50_ms: f64,
+    /// 95th percentile.
+    pub query_p95_ms: f64,
+    /// 99th percentile.
+    pub query_p99_ms: f64,
+}
+
+/// One cache tier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CacheFigures {
+    /// `l1`, `redis_hot`, `redis_warm` or `redis_cold`.
+    pub tier: String,
+    /// Reads the tier answered.
+    pub hits: u64,
+    /// Reads it could not answer.
+    pub misses: u64,
+    /// `hits / (hits + misses)`, 0 before the first read.
+    pub hit_rate: f64,
+    /// Entries held, where the tier can tell.
+    pub entries: Option<u64>,
+}
+
+impl CacheFigures {
+    fn new(tier: &str, t: TierMetrics, entries: Option<u64>) -> Self {
+        Self { tier: tier.to_string(), hits: t.hits, misses: t.misses, hit_rate: t.hit_rate(), entries }
+    }
+}
+
+/// One circuit breaker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BreakerFigures {
+    /// What it guards (`storage.memory`, `storage.postgres`).
+    pub name: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// Calls let through.
+    pub calls: u64,
+    /// Calls that succeeded.
+    pub successes: u64,
+    /// Calls that failed transiently (the failure count), timeouts included.
+    pub failures: u64,
+    /// Calls cut off by the call timeout.
+    pub timeouts: u64,
+    /// Calls refused while open.
+    pub rejected: u64,
+    /// Times it opened.
+    pub opened: u64,
+    /// `successes / (successes + failures)`, 1 before the first call.
+    pub success_rate: f64,
+}
+
+impl BreakerFigures {
+    fn new(name: String, m: BreakerMetrics) -> Self {
+        let decided = m.successes + m.failures;
+        Self {
+            name,
+            state: breaker_state_name(m.state).to_string(),
+            calls: m.calls,
+            successes: m.successes,
+            failures: m.failures,
+            timeouts: m.timeouts,
+            rejected: m.rejected,
+            opened: m.opened,
+            success_rate: if decided == 0 { 1.0 } else { m.successes as f64 / decided as f64 },
+        }
+    }
+}
+
+/// Every breaker state, with its name.
+pub(crate) const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+fn breaker_state_name(s: BreakerState) -> &'static str {
+    match s {
+        BreakerState::Closed => BREAKER_STATES[0],
+        BreakerState::Open => BREAKER_STATES[1],
+        BreakerState::HalfOpen => BREAKER_STATES[2],
+    }
+}
+
+/// The worker pool path searches run on (the engine's `ParPool`).
+///
+/// Searches run inside the `Plan` stage, so between ticks the pool is idle: `busy` and
+/// `queued` describe the last tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PathfindingFigures {
+    /// Worker threads.
+    pub threads: u64,
+    /// Workers that had a search to run in the last `Plan` stage (searches, at most `threads`).
+    pub busy: u64,
+    /// Path requests the last `Plan` stage left for a later tick (over its per-tick budget).
+    pub queued: u64,
+    /// Requests answered with a path since the start (searched or cached).
+    pub solved: u64,
+    /// Requests answered with "no path".
+    pub failures: u64,
+    /// Searches run.
+    pub searches: u64,
+    /// Requests answered from the path cache.
+    pub cache_hits: u64,
+}
+
+/// Fills the storage-side sections of `snap` from a storage stack's counters.
+pub(crate) fn fill_storage(snap: &mut PerformanceSnapshot, backend: &str, m: &StorageMetrics) {
+    snap.caches.push(CacheFigures::new("l1", m.l1.tier, Some(m.l1.entries)));
+    #[cfg(feature = "redis")]
+    if let Some(r) = &m.redis {
+        for (tier, t) in [("redis_hot", r.hot), ("redis_warm", r.warm), ("redis_cold", r.cold)] {
+            snap.caches.push(CacheFigures::new(tier, t, None));
+        }
+    }
+    snap.circuit_breakers.push(BreakerFigures::new(format!("storage.{backend}"), m.breaker));
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = &m.postgres {
+        let p = pg.pool;
+        snap.db_pool = Some(DbPoolFigures {
+            max_size: p.max_size as u64,
+            active: p.active as u64,
+            idle: p.idle as u64,
+            waiting: p.waiting as u64,
+            queries: p.queries,
+            query_p50_ms: p.query_p50_us as f64 / 1e3,
+            query_p95_ms: p.query_p95_us as f64 / 1e3,
+            query_p99_ms: p.query_p99_us as f64 / 1e3,
+        });
+    }
+}

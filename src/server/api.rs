@@ -1,0 +1,356 @@
+//! The HTTP routes: NPCs (list, read through the cache, spawn, orders), performance, metrics,
+//! health. Every error is a JSON body `{"error": "...", "status": N}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use terrarium_engine::{
+    Command, Engine, NpcId, NpcIndex, NpcSpec, Order, Position, Role, Status, Velocity, WorldBounds,
+};
+use terrarium_persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
+
+use super::AppState;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::guard::{rate_limit, require_api_key};
+use super::stats::ServerFigures;
+use super::stream::ws;
+use super::tick::Job;
+use crate::perf::PerformanceSnapshot;
+
+/// Fastest walk an API caller may set, blocks per second.
+const MAX_SPEED: f32 = 100.0;
+/// How long an id spawned through the API counts as existing before storage has it.
+const RECENT: Duration = Duration::from_secs(30);
+
+/// Every route, with the API key check on all but `/health`, the per-connection rate limit
+/// and response counting on all.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let keyed = Router::new()
+        .route("/api/npcs", get(list_npcs).post(spawn_npc))
+        .route("/api/npcs/{id}", get(get_npc))
+        .route("/api/npcs/{id}/orders", post(order_npc))
+        .route("/api/performance", get(performance))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws::upgrade))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_api_key));
+    Router::new()
+        .merge(keyed)
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+        })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), rate_limit))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), count_responses))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+async fn count_responses(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    state.stats.request(res.status().as_u16());
+    res
+}
+
+/// Query of `GET /api/npcs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    role: Option<String>,
+    swarm: Option<u32>,
+    /// 1 ..= 100, default 50.
+    limit: Option<u32>,
+    /// Cursor: the `next` of the previous page (the last id it held).
+    after: Option<u64>,
+}
+
+async fn list_npcs(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> Result<axum::Json<NpcPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=Page::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 ..= {}, got {limit}", Page::MAX_LIMIT)));
+    }
+    let status = q
+        .status
+        .map(|s| s.parse::<Status>().map(|s| s.name().to_string()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
+    let role = q
+        .role
+        .map(|r| r.parse::<Role>().map(Role::name))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("role: {e}")))?;
+    let store = state.store()?;
+    let filter = NpcFilter { status, role, swarm: q.swarm };
+    let page =
+        store.list_npcs(&filter, Page { after: q.after, limit }).await.map_err(|e| ApiError::storage(&e))?;
+    Ok(axum::Json(page))
+}
+
+async fn get_npc(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<axum::Json<NpcRecord>, ApiError> {
+    match state.store()?.get_npc(id).await {
+        Ok(Some(r)) => Ok(axum::Json(r)),
+        Ok(None) => Err(ApiError::not_found(format!("no npc {id}"))),
+        Err(e) => Err(ApiError::storage(&e)),
+    }
+}
+
+/// Body of `POST /api/npcs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpawnRequest {
+    role: String,
+    /// `[x, y, z]`, blocks, inside the world.
+    position: [f32; 3],
+    /// `[x, y, z]`, blocks per second (at most 100); default standing still.
+    #[serde(default)]
+    velocity: Option<[f32; 3]>,
+    /// 0 for none.
+    #[serde(default)]
+    swarm: u32,
+    /// Hit points, 1 ..= 65535; default 100.
+    #[serde(default)]
+    health: Option<u16>,
+}
+
+#[derive(Debug, Serialize)]
+struct Queued {
+    id: u64,
+    status: &'static str,
+}
+
+async fn spawn_npc(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<SpawnRequest>,
+) -> Result<Response, ApiError> {
+    let role = req.role.parse::<Role>().map_err(|e| ApiError::invalid(format!("role: {e}")))?;
+    let position = inside("position", req.position, &state.bounds)?;
+    let mut spec = NpcSpec::new(role, position).in_swarm(req.swarm);
+    if let Some(v) = req.velocity {
+        spec = spec.moving(velocity("velocity", v)?);
+    }
+    if let Some(h) = req.health {
+        if h == 0 {
+            return Err(ApiError::invalid("health: must be at least 1"));
+        }
+        spec.health.current = h;
+        spec.health.max = spec.health.max.max(h);
+    }
+    let id = state.commands.spawn(spec).map_err(|e| ApiError::command(&e))?;
+    state.remember_spawn(id.0);
+    let mut res = (StatusCode::ACCEPTED, axum::Json(Queued { id: id.0, status: "queued" })).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/npcs/{}", id.0)) {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(res)
+}
+
+/// Body of `POST /api/npcs/{id}/orders`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "order", rename_all = "snake_case", deny_unknown_fields)]
+enum OrderRequest {
+    /// Walk to `target` (`[x, y, z]`, inside the world).
+    MoveTo { target: [f32; 3] },
+    /// Stop and go idle.
+    Stop,
+    /// Change role.
+    SetRole { role: String },
+    /// Join a swarm (0 leaves it).
+    JoinSwarm { swarm: u32 },
+    /// Put it somewhere now.
+    Teleport { position: [f32; 3] },
+    /// Remove it from the world.
+    Despawn,
+}
+
+async fn order_npc(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiJson(req): ApiJson<OrderRequest>,
+) -> Result<Response, ApiError> {
+    let npc = NpcId(id);
+    let command = match req {
+        OrderRequest::MoveTo { target } => {
+            Command::Order { id: npc, order: Order::MoveTo(inside("target", target, &state.bounds)?) }
+        }
+        OrderRequest::Stop => Command::Order { id: npc, order: Order::Stop },
+        OrderRequest::SetRole { role } => {
+            let role = role.parse::<Role>().map_err(|e| ApiError::invalid(format!("role: {e}")))?;
+            Command::Order { id: npc, order: Order::SetRole(role) }
+        }
+        OrderRequest::JoinSwarm { swarm } => Command::Order { id: npc, order: Order::JoinSwarm(swarm) },
+        OrderRequest::Teleport { position } => {
+            Command::Teleport { id: npc, position: inside("position", position, &state.bounds)? }
+        }
+        OrderRequest::Despawn => Command::Despawn { id: npc },
+    };
+    if !state.npc_known(id).await? {
+        return Err(ApiError::not_found(format!("no npc {id}")));
+    }
+    state.commands.send(command).map_err(|e| ApiError::command(&e))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(Queued { id, status: "queued" })).into_response())
+}
+
+/// `GET /api/performance`: the snapshot, with the server's own counters under `server`.
+#[derive(Debug, Serialize)]
+struct PerformanceBody {
+    #[serde(flatten)]
+    snapshot: PerformanceSnapshot,
+    server: ServerFigures,
+    /// Ticks the tick thread skipped because it fell more than a second behind.
+    ticks_skipped: u64,
+}
+
+async fn performance(State(state): State<Arc<AppState>>) -> axum::Json<PerformanceBody> {
+    axum::Json(PerformanceBody {
+        snapshot: state.perf.snapshot(),
+        server: state.figures(),
+        ticks_skipped: state.tick.skipped.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let snapshot = state.perf.snapshot();
+    let figures = state.figures();
+    let skipped = state.tick.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    state.exporter.record(&snapshot);
+    state.exporter.with(|| {
+        figures.export();
+        metrics::counter!("terrarium_tick_skipped_total").absolute(skipped);
+    });
+    let mut res = state.exporter.render().into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    res
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let since = state.tick.since_last_tick();
+    // A tick loop that has not ticked for 20 ticks' time (at least 2 s) is stuck.
+    let stalled = since > (Duration::from_secs(1) * 20 / state.tick_hz.max(1)).max(Duration::from_secs(2));
+    let stopping = *state.shutdown.borrow();
+    let storage = state.write_behind.as_ref().map(|wb| {
+        let s = wb.stats();
+        serde_json::json!({
+            "degraded": s.degraded,
+            "breaker_open": s.breaker_open,
+            "queued_rows": s.queued_rows,
+            "writes_dropped": s.writes_dropped,
+        })
+    });
+    let degraded = storage.as_ref().is_some_and(|s| s["degraded"] == true);
+    let status = match (stopping, stalled, degraded) {
+        (true, ..) => "shutting_down",
+        (_, true, _) => "stalled",
+        (.., true) => "degraded",
+        _ => "ok",
+    };
+    let code = if stopping || stalled { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = serde_json::json!({
+        "status": status,
+        "tick": state.tick.tick.load(std::sync::atomic::Ordering::Relaxed),
+        "tick_hz": state.tick_hz,
+        "since_last_tick_ms": since.as_millis() as u64,
+        "storage": storage,
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+/// `p` if it is finite and inside the world.
+fn inside(field: &str, p: [f32; 3], b: &WorldBounds) -> Result<Position, ApiError> {
+    let ok = (0..3).all(|i| p[i].is_finite() && p[i] >= b.min[i] && p[i] <= b.max[i]);
+    if ok {
+        Ok(Position::new(p[0], p[1], p[2]))
+    } else {
+        Err(ApiError::invalid(format!("{field}: {p:?} is not inside the world {:?} ..= {:?}", b.min, b.max)))
+    }
+}
+
+/// `v` if it is finite and at most [`MAX_SPEED`].
+fn velocity(field: &str, v: [f32; 3]) -> Result<Velocity, ApiError> {
+    let speed_sq = v.iter().map(|c| c * c).sum::<f32>();
+    if v.iter().all(|c| c.is_finite()) && speed_sq <= MAX_SPEED * MAX_SPEED {
+        Ok(Velocity::new(v[0], v[1], v[2]))
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field}: {v:?} must be finite and at most {MAX_SPEED} blocks per second"
+        )))
+    }
+}
+
+impl AppState {
+    fn store(&self) -> Result<&terrarium_persistence::StorageStack, ApiError> {
+        self.storage
+            .as_deref()
+            .ok_or_else(|| ApiError::unavailable("storage is off (--storage none): NPCs can't be read", 60))
+    }
+
+    fn figures(&self) -> ServerFigures {
+        self.stats.figures(self.limits.open())
+    }
+
+    fn remember_spawn(&self, id: u64) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= 4096 {
+            recent.retain(|_, at| now.duration_since(*at) < RECENT);
+        }
+        recent.insert(id, now);
+    }
+
+    /// Whether `id` is an NPC: spawned through the API moments ago (the spawn may still wait
+    /// in the command queue), or in the world now (asked on the tick thread between two ticks;
+    /// storage lags by a batch, so it can't say).
+    async fn npc_known(&self, id: u64) -> Result<bool, ApiError> {
+        if id == 0 || id >= self.commands.next_npc_id().0 {
+            return Ok(false);
+        }
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < RECENT);
+        if recent {
+            return Ok(true);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ask: Job = Box::new(move |engine: &mut Engine| {
+            let _ = tx.send(engine.world().resource::<NpcIndex>().get(NpcId(id)).is_some());
+        });
+        let gone = || ApiError::unavailable("the tick has stopped", 5);
+        self.jobs.send(ask).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_and_velocities_are_checked() {
+        let b = WorldBounds { min: [0.0; 3], max: [10.0; 3] };
+        assert!(inside("p", [0.0, 10.0, 5.0], &b).is_ok());
+        let e = inside("target", [11.0, 0.0, 0.0], &b).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.starts_with("target:"), "{}", e.message);
+        assert!(inside("p", [f32::NAN, 0.0, 0.0], &b).is_err());
+        assert!(velocity("v", [60.0, 0.0, 80.0]).is_ok());
+        assert!(velocity("v", [60.0, 0.0, 81.0]).is_err());
+        assert!(velocity("v", [f32::INFINITY, 0.0, 0.0]).is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! A game server that links the engine (feature `server`): the tick on a thread of its own at
+//! `tick_hz`, an axum HTTP API over the storage stack, and WebSocket streams of position deltas
+//! per area of interest.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/npcs?status=&role=&swarm=&limit=&after=` | a page of NPCs (limit 1 ..= 100, cursor `after` = the previous page's `next`) |
+//! | `GET /api/npcs/{id}` | one NPC, read through the storage stack's caches (L1 first) |
+//! | `POST /api/npcs` | spawn: `{"role":"miner","position":[x,y,z],"velocity":[..],"swarm":0,"health":100}` → 202 `{"id":..}` |
+//! | `POST /api/npcs/{id}/orders` | `{"order":"move_to","target":[x,y,z]}`, `stop`, `set_role`, `join_swarm`, `teleport`, `despawn` → 202 |
+//! | `GET /api/performance` | the [`PerformanceSnapshot`], plus `server` counters and `ticks_skipped` |
+//! | `GET /metrics` | the same figures as Prometheus text |
+//! | `GET /health` | no key needed; 503 when the tick is stuck or the server is stopping |
+//! | `GET /ws` | WebSocket: see `stream::ws` for the protocol |
+//!
+//! Reads come from storage, which trails the world by one batch (about `max_age_ms` of the
+//! position batcher plus the write-behind's commit interval): a spawned NPC can be read once
+//! its first batch is written.
+//!
+//! # Examples
+//! ```
+//! use terrarium::{Config, StoragePipeline};
+//! use terrarium::engine::{Engine, NpcSpec, Position, Role};
+//! use terrarium::server::Server;
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! let mut config = Config::default(); // memory storage, no database needed
+//! config.server.api_key = "a-long-random-key".into();
+//! config.server.port = 0; // any free port
+//! // The storage stack and write-behind, on the server's runtime (call it outside the runtime:
+//! // it blocks until storage is connected).
+//! let storage = StoragePipeline::start_on(runtime.handle(), &config)?;
+//! let mut engine = Engine::builder(config.engine.clone()).add_plugin(terrarium::systems::core_plugin).build()?;
+//! engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(5.0, 0.0, 5.0)));
+//! runtime.block_on(async {
+//!     let server = Server::start(&config, engine, Some(storage)).await?;
+//!     println!("listening on {}", server.local_addr());
+//!     let summary = server.shutdown().await?;
+//!     assert_eq!(summary.write_behind.unwrap().stats.writes_dropped, 0);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod api;
+mod error;
+mod guard;
+mod stats;
+mod stream;
+mod tick;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use terrarium_engine::{CommandSender, ConfigError, Engine, WorldBounds};
+use terrarium_persistence::{ShutdownReport, StorageStack, WriteBehindHandle};
+use terrarium_systems::batching;
+use tokio::sync::watch;
+
+use crate::StoragePipeline;
+use crate::config::{Config, ServerConfig};
+use crate::perf::prometheus::PrometheusExporter;
+use crate::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now};
+
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ServerError};
+pub use guard::API_KEY_HEADER;
+pub use stats::ServerFigures;
+
+use guard::{Conn, ConnLimits, LimitedListener, RateLimit};
+use stats::ServerStats;
+use stream::{Clients, HubThread, Inbox};
+use tick::{Job, TickStatus, TickThread};
+
+/// What the server's tasks share.
+pub(crate) struct AppState {
+    pub(crate) config: ServerConfig,
+    pub(crate) commands: CommandSender,
+    pub(crate) storage: Option<Arc<StorageStack>>,
+    pub(crate) write_behind: Option<WriteBehindHandle>,
+    pub(crate) perf: Performance,
+    pub(crate) exporter: PrometheusExporter,
+    pub(crate) stats: Arc<ServerStats>,
+    pub(crate) limits: Arc<ConnLimits>,
+    pub(crate) clients: Arc<Clients>,
+    pub(crate) bounds: WorldBounds,
+    pub(crate) tick_hz: u32,
+    /// Ticks between two published views (the WebSocket rate is `tick_hz / view_every`).
+    pub(crate) view_every: u64,
+    pub(crate) tick: Arc<TickStatus>,
+    /// Jobs for the tick thread (run between two ticks).
+    pub(crate) jobs: mpsc::Sender<Job>,
+    /// Ids spawned through the API lately, and when.
+    pub(crate) recent: Mutex<HashMap<u64, Instant>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) ws_options: yawc::Options,
+}
+
+/// A running game server. Stop it with [`Server::shutdown`]; dropping it stops the threads
+/// without draining storage.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    serve: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    tick: Option<TickThread>,
+    tick_stop: Arc<AtomicBool>,
+    jobs: mpsc::Sender<Job>,
+    hub: Option<HubThread>,
+    inbox: Arc<Inbox>,
+    storage: Option<StoragePipeline>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// What [`Server::shutdown`] hands back.
+#[non_exhaustive]
+pub struct ShutdownSummary {
+    /// The engine after its last tick (the batcher's last batch cut and handed over).
+    pub engine: Engine,
+    /// The write-behind's final report (`None` without storage).
+    pub write_behind: Option<ShutdownReport>,
+    /// The storage stack, for reading what was written (`None` without storage).
+    pub storage: Option<Arc<StorageStack>>,
+    /// The performance figures at the end.
+    pub performance: PerformanceSnapshot,
+}
+
+impl std::fmt::Debug for ShutdownSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownSummary")
+            .field("tick", &self.engine.clock().tick)
+            .field("write_behind", &self.write_behind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Starts serving `engine` (NPCs spawned, without the batching plugin: the server adds
+    /// batching into `storage`, the performance recorder and the view publisher). Listens
+    /// on `config.server.bind:port`. Call it inside a multi-threaded tokio runtime. `storage`
+    /// may run on that runtime ([`StoragePipeline::start_on`]) or on its own
+    /// ([`StoragePipeline::start`]); without it, batching is off and NPC reads answer 503.
+    ///
+    /// # Errors
+    /// [`ServerError::MissingApiKey`], [`ServerError::Config`] for a bad `[server]` setting,
+    /// [`ServerError::Bind`] when the port can't be opened, [`ServerError::Thread`].
+    pub async fn start(
+        config: &Config,
+        mut engine: Engine,
+        storage: Option<StoragePipeline>,
+    ) -> Result<Self, ServerError> {
+        let sc = config.server.clone();
+        sc.validate()?;
+        if sc.api_key.is_empty() {
+            return Err(ServerError::MissingApiKey);
+        }
+        let tick_hz = engine.config().tick_hz;
+        terrarium_engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))?;
+        let view_every = u64::from(tick_hz.div_ceil(sc.ws_hz));
+
+        let perf = Performance::with_config(PerfConfig { window_s: sc.perf_window_s });
+        perf.plugin()(&mut engine);
+        if let Some(pipeline) = &storage {
+            pipeline.batching_plugin()(&mut engine);
+            perf.attach_pipeline(pipeline);
+        }
+        let inbox = Arc::new(Inbox::default());
+        stream::register(&mut engine, Arc::clone(&inbox), view_every);
+        let bounds = *engine.world().resource::<WorldBounds>();
+        let commands = engine.command_sender();
+
+        let ip = sc.bind.parse().map_err(|_| ConfigError::Invalid {
+            key: "server.bind".into(),
+            reason: format!("{:?} is not an IP address", sc.bind),
+        })?;
+        let addr = SocketAddr::new(ip, sc.port);
+        let tcp =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let addr = tcp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+
+        let stats = Arc::new(ServerStats::default());
+        let clients = Arc::new(Clients::default());
+        let hub = HubThread::start(
+            Arc::clone(&inbox),
+            Arc::clone(&clients),
+            Arc::clone(&stats),
+            bounds,
+            sc.ws_cell_blocks,
+        )?;
+        let tick = TickThread::start(engine, tick_hz, |e| {
+            batching::flush_now(e);
+            publish_now(e);
+        })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let limits = ConnLimits::new(sc.max_connections, sc.max_connections_per_ip);
+        let rate = RateLimit { per_s: f64::from(sc.rate_limit_per_s), burst: f64::from(sc.rate_burst) };
+        let ws_options = ws_options(&sc);
+        let state = Arc::new(AppState {
+            config: sc,
+            commands,
+            storage: storage.as_ref().map(|p| Arc::clone(p.stack())),
+            write_behind: storage.as_ref().map(StoragePipeline::write_behind_handle),
+            perf,
+            exporter: PrometheusExporter::new(),
+            stats: Arc::clone(&stats),
+            limits: Arc::clone(&limits),
+            clients,
+            bounds,
+            tick_hz,
+            view_every,
+            tick: Arc::clone(&tick.status),
+            jobs: tick.jobs(),
+            recent: Mutex::new(HashMap::new()),
+            shutdown: shutdown_rx.clone(),
+            ws_options,
+        });
+        let app = api::router(Arc::clone(&state)).into_make_service_with_connect_info::<Conn>();
+        let listener = LimitedListener::new(tcp, limits, rate, stats);
+        let mut signal = shutdown_rx;
+        let serve = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = signal.wait_for(|stopping| *stopping).await;
+                })
+                .into_future(),
+        );
+        tracing::info!(%addr, tick_hz, view_every, "game server listening");
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            serve: Some(serve),
+            tick_stop: tick.stop_flag(),
+            jobs: tick.jobs(),
+            tick: Some(tick),
+            hub: Some(hub),
+            inbox,
+            storage,
+        })
+    }
+
+    /// The address the server listens on (with the port picked when `port` was 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The performance handle the tick records into.
+    #[must_use]
+    pub fn performance(&self) -> Performance {
+        self.state.perf.clone()
+    }
+
+    /// The server's own counters now.
+    #[must_use]
+    pub fn figures(&self) -> ServerFigures {
+        self.state.stats.figures(self.state.limits.open())
+    }
+
+    /// Runs `f` on the tick thread between two ticks and returns what it returns (for tools
+    /// and tests: inspect or change the world at a tick boundary).
+    ///
+    /// # Errors
+    /// [`ServerError::TickThread`] when the tick thread is gone.
+    pub async fn with_engine<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> R + Send + 'static,
+    ) -> Result<R, ServerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |engine: &mut Engine| {
+                let _ = tx.send(f(engine));
+            }))
+            .map_err(|_| ServerError::TickThread)?;
+        rx.await.map_err(|_| ServerError::TickThread)
+    }
+
+    /// Stops gracefully: stops accepting connections and lets requests in flight finish,
+    /// closes WebSockets (1001), stops the tick after the tick in progress, cuts a last batch
+    /// with everything pending, and shuts the storage pipeline down (`shutdown_timeout_s`; what
+    /// the store does not take in time goes to the outbox, or is counted as dropped without
+    /// one).
+    ///
+    /// # Errors
+    /// [`ServerError::TickThread`] when the tick thread died, [`ServerError::Pipeline`] when
+    /// the write-behind did not stop.
+    pub async fn shutdown(mut self) -> Result<ShutdownSummary, ServerError> {
+        let _ = self.shutdown.send(true);
+        if let Some(serve) = self.serve.take() {
+            let abort = serve.abort_handle();
+            match tokio::time::timeout(Duration::from_secs(10), serve).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server stopped with an error"),
+                Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
+                Err(_) => {
+                    tracing::warn!("requests still running after 10 s; cutting them off");
+                    abort.abort();
+                }
+            }
+        }
+        let tick = self.tick.take().ok_or(ServerError::TickThread)?;
+        let hub = self.hub.take();
+        let engine = tokio::task::spawn_blocking(move || {
+            let engine = tick.stop();
+            if let Some(hub) = hub {
+                hub.stop();
+            }
+            engine
+        })
+        .await
+        .map_err(|_| ServerError::TickThread)??;
+        let write_behind = match self.storage.take() {
+            Some(pipeline) => {
+                let timeout = Duration::from_secs(self.state.config.shutdown_timeout_s);
+                // The drain blocks (and may stop a runtime of the pipeline's own): not on a
+                // runtime worker.
+                let report = tokio::task::spawn_blocking(move || pipeline.shutdown(timeout))
+                    .await
+                    .map_err(|_| ServerError::PipelinePanicked)??;
+                Some(report)
+            }
+            None => None,
+        };
+        Ok(ShutdownSummary {
+            engine,
+            write_behind,
+            storage: self.state.storage.clone(),
+            performance: self.state.perf.snapshot(),
+        })
+    }
+}
+
+impl Drop for Server {
+    /// Without [`Server::shutdown`]: stops every thread and drains nothing (the storage
+    /// pipeline's own drop, on a thread of its own, still tries for a few seconds).
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.tick_stop.store(true, Ordering::Release);
+        let _ = self.jobs.send(Box::new(|_| {}));
+        self.inbox.close();
+        if let Some(pipeline) = self.storage.take() {
+            // Its drop blocks (a last drain, maybe a runtime's shutdown), which an async
+            // context must not do.
+            let _ = std::thread::Builder::new()
+                .name("terrarium-storage-drop".into())
+                .spawn(move || drop(pipeline));
+        }
+    }
+}
+
+/// WebSocket settings: permessage-deflate (when the client offers it) at the fast level for
+/// frames of at least `ws_deflate_min_bytes`, without context takeover so deflate state is
+/// pooled rather than kept per connection; the client's message size limit.
+fn ws_options(sc: &ServerConfig) -> yawc::Options {
+    yawc::Options::default()
+        .with_low_latency_compression()
+        .server_no_context_takeover()
+        .client_no_context_takeover()
+        .with_deflate_pool(yawc::DeflatePool::new(16))
+        .with_compression_threshold(sc.ws_deflate_min_bytes)
+        // yawc's bound is exclusive: a message of exactly the limit is allowed.
+        .with_max_payload_read(sc.max_ws_message_bytes + 1)
+        .with_utf8()
+}

@@ -1,0 +1,167 @@
+//! The game server's own counters (requests, connections, WebSocket streaming), exported beside
+//! the performance snapshot in `/api/performance` (`server`) and `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use metrics::{counter, gauge};
+use serde::{Deserialize, Serialize};
+
+/// Counters shared by every task of one server.
+#[derive(Debug, Default)]
+pub(crate) struct ServerStats {
+    requests: AtomicU64,
+    responses: [AtomicU64; 5],
+    auth_rejected: AtomicU64,
+    rate_limited: AtomicU64,
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    ws_accepted: AtomicU64,
+    ws_open: AtomicU64,
+    ws_messages_received: AtomicU64,
+    ws_closed_rate_limit: AtomicU64,
+    ws_frames_sent: AtomicU64,
+    ws_bytes_sent: AtomicU64,
+    ws_frames_skipped: AtomicU64,
+    ws_resets_sent: AtomicU64,
+    stream_frames: AtomicU64,
+    stream_last_frame_us: AtomicU64,
+    stream_view_npcs: AtomicU64,
+    stream_resyncs: AtomicU64,
+}
+
+/// The server's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServerFigures {
+    /// HTTP requests that reached the router.
+    pub http_requests: u64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub http_responses: [u64; 5],
+    /// Requests refused for a missing or wrong API key.
+    pub auth_rejected: u64,
+    /// Requests refused by the per-connection rate limit (429).
+    pub rate_limited: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections admitted since the start.
+    pub connections_accepted: u64,
+    /// Connections refused by the connection limits (503).
+    pub connections_refused: u64,
+    /// WebSocket connections open now.
+    pub ws_open: u64,
+    /// WebSocket connections accepted since the start.
+    pub ws_accepted: u64,
+    /// Messages received from WebSocket clients.
+    pub ws_messages_received: u64,
+    /// WebSockets closed for going over the rate limit.
+    pub ws_closed_rate_limit: u64,
+    /// Frames sent to WebSocket clients (deltas, resets, replies).
+    pub ws_frames_sent: u64,
+    /// Bytes of those frames before permessage-deflate.
+    pub ws_bytes_sent: u64,
+    /// Delta frames a slow client could not take (it gets a reset of its area instead).
+    pub ws_frames_skipped: u64,
+    /// Reset frames (a whole area of interest) sent.
+    pub ws_resets_sent: u64,
+    /// Position updates the streaming hub processed (one per published view).
+    pub stream_frames: u64,
+    /// Wall-clock microseconds the hub took for the last one (apply, index, fan out).
+    pub stream_last_frame_us: u64,
+    /// NPCs in the hub's view of the world.
+    pub stream_view_npcs: u64,
+    /// Times the hub fell so far behind that the tick sent it the whole world again.
+    pub stream_resyncs: u64,
+}
+
+macro_rules! bump {
+    ($($name:ident),* $(,)?) => {
+        $(pub(crate) fn $name(&self) { self.$name.fetch_add(1, Relaxed); })*
+    };
+}
+
+impl ServerStats {
+    bump!(auth_rejected, rate_limited, connections_refused, ws_messages_received, ws_closed_rate_limit);
+    bump!(ws_frames_skipped, ws_resets_sent, stream_resyncs);
+
+    pub(crate) fn connection_accepted(&self) {
+        self.connections_accepted.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn request(&self, status: u16) {
+        self.requests.fetch_add(1, Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ws_opened(&self) {
+        self.ws_accepted.fetch_add(1, Relaxed);
+        self.ws_open.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ws_closed(&self) {
+        self.ws_open.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn ws_sent(&self, bytes: usize) {
+        self.ws_frames_sent.fetch_add(1, Relaxed);
+        self.ws_bytes_sent.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn stream_frame(&self, micros: u64, view_npcs: usize) {
+        self.stream_frames.fetch_add(1, Relaxed);
+        self.stream_last_frame_us.store(micros, Relaxed);
+        self.stream_view_npcs.store(view_npcs as u64, Relaxed);
+    }
+
+    pub(crate) fn figures(&self, connections_open: usize) -> ServerFigures {
+        let l = |a: &AtomicU64| a.load(Relaxed);
+        ServerFigures {
+            http_requests: l(&self.requests),
+            http_responses: std::array::from_fn(|i| l(&self.responses[i])),
+            auth_rejected: l(&self.auth_rejected),
+            rate_limited: l(&self.rate_limited),
+            connections_open: connections_open as u64,
+            connections_accepted: l(&self.connections_accepted),
+            connections_refused: l(&self.connections_refused),
+            ws_open: l(&self.ws_open),
+            ws_accepted: l(&self.ws_accepted),
+            ws_messages_received: l(&self.ws_messages_received),
+            ws_closed_rate_limit: l(&self.ws_closed_rate_limit),
+            ws_frames_sent: l(&self.ws_frames_sent),
+            ws_bytes_sent: l(&self.ws_bytes_sent),
+            ws_frames_skipped: l(&self.ws_frames_skipped),
+            ws_resets_sent: l(&self.ws_resets_sent),
+            stream_frames: l(&self.stream_frames),
+            stream_last_frame_us: l(&self.stream_last_frame_us),
+            stream_view_npcs: l(&self.stream_view_npcs),
+            stream_resyncs: l(&self.stream_resyncs),
+        }
+    }
+}
+
+impl ServerFigures {
+    /// Sets the server's metrics on the current `metrics` recorder.
+    pub(crate) fn export(&self) {
+        counter!("terrarium_http_requests_total").absolute(self.http_requests);
+        for (i, n) in self.http_responses.iter().enumerate() {
+            counter!("terrarium_http_responses_total", "class" => format!("{}xx", i + 1)).absolute(*n);
+        }
+        counter!("terrarium_http_auth_rejected_total").absolute(self.auth_rejected);
+        counter!("terrarium_http_rate_limited_total").absolute(self.rate_limited);
+        gauge!("terrarium_connections_open").set(self.connections_open as f64);
+        counter!("terrarium_connections_accepted_total").absolute(self.connections_accepted);
+        counter!("terrarium_connections_refused_total").absolute(self.connections_refused);
+        gauge!("terrarium_ws_connections_open").set(self.ws_open as f64);
+        counter!("terrarium_ws_connections_total").absolute(self.ws_accepted);
+        counter!("terrarium_ws_messages_received_total").absolute(self.ws_messages_received);
+        counter!("terrarium_ws_closed_rate_limit_total").absolute(self.ws_closed_rate_limit);
+        counter!("terrarium_ws_frames_sent_total").absolute(self.ws_frames_sent);
+        counter!("terrarium_ws_bytes_sent_total").absolute(self.ws_bytes_sent);
+        counter!("terrarium_ws_frames_skipped_total").absolute(self.ws_frames_skipped);
+        counter!("terrarium_ws_resets_sent_total").absolute(self.ws_resets_sent);
+        counter!("terrarium_stream_frames_total").absolute(self.stream_frames);
+        gauge!("terrarium_stream_last_frame_seconds").set(self.stream_last_frame_us as f64 / 1e6);
+        gauge!("terrarium_stream_view_npcs").set(self.stream_view_npcs as f64);
+        counter!("terrarium_stream_resyncs_total").absolute(self.stream_resyncs);
+    }
+}

@@ -1,0 +1,435 @@
+//! The streaming hub: its own view of where every NPC is, updated from the tick's deltas, and
+//! one frame per client cut from the grid cells its area of interest covers.
+//!
+//! Per view the work is a hash update per changed NPC, two counting sorts of the changes by
+//! cell, and for each client a scan of the changes in its cells only; the whole-view index a
+//! reset needs is built only in views where some client needs one.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use terrarium_engine::WorldBounds;
+
+use super::{Aoi, Clients, Frame, Inbox, ViewDelta};
+use crate::server::error::ServerError;
+use crate::server::stats::ServerStats;
+
+/// The running hub thread.
+pub(crate) struct HubThread {
+    handle: JoinHandle<()>,
+    inbox: Arc<Inbox>,
+}
+
+impl HubThread {
+    pub(crate) fn start(
+        inbox: Arc<Inbox>,
+        clients: Arc<Clients>,
+        stats: Arc<ServerStats>,
+        bounds: WorldBounds,
+        cell: f32,
+    ) -> Result<Self, ServerError> {
+        let mut hub = Hub::new(Arc::clone(&clients), stats, Grid::new(&bounds, cell));
+        let inbox2 = Arc::clone(&inbox);
+        let handle = std::thread::Builder::new()
+            .name("terrarium-stream".into())
+            .spawn(move || {
+                while !inbox2.is_closed() {
+                    if let Some(delta) = inbox2.take(Duration::from_millis(200)) {
+                        let started = Instant::now();
+                        let delta = hub.apply(delta);
+                        hub.fan_out(delta.tick);
+                        inbox2.give_back(delta);
+                        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        hub.stats.stream_frame(us, hub.view.len());
+                    }
+                }
+            })
+            .map_err(|source| ServerError::Thread { name: "terrarium-stream", source })?;
+        Ok(Self { handle, inbox })
+    }
+
+    /// Stops the hub (frames not yet cut are dropped: clients are closing anyway).
+    pub(crate) fn stop(self) {
+        self.inbox.close();
+        if self.handle.join().is_err() {
+            tracing::error!("the streaming hub panicked");
+        }
+    }
+}
+
+/// One NPC's change in a view.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    id: u64,
+    old: Option<[f32; 3]>,
+    new: Option<[f32; 3]>,
+}
+
+/// Cells over the ground plane (x, z) of the world.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    min: [f32; 2],
+    inv_cell: f32,
+    cols: usize,
+    rows: usize,
+}
+
+impl Grid {
+    /// Most cells; a finer grid would cost more to sort than it saves to scan.
+    const MAX_CELLS: usize = 1 << 20;
+
+    fn new(b: &WorldBounds, cell: f32) -> Self {
+        let (w, d) = ((b.max[0] - b.min[0]).max(1.0), (b.max[2] - b.min[2]).max(1.0));
+        let mut cell = cell.max(1.0);
+        while (w / cell).ceil() * (d / cell).ceil() > Self::MAX_CELLS as f32 {
+            cell *= 2.0;
+        }
+        Self {
+            min: [b.min[0], b.min[2]],
+            inv_cell: 1.0 / cell,
+            cols: (w / cell).ceil() as usize,
+            rows: (d / cell).ceil() as usize,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.cols * self.rows
+    }
+
+    fn col(&self, x: f32) -> usize {
+        // `as` saturates (NaN to 0), then the clamp keeps edges and strays in the grid.
+        (((x - self.min[0]) * self.inv_cell) as usize).min(self.cols - 1)
+    }
+
+    fn row(&self, z: f32) -> usize {
+        (((z - self.min[1]) * self.inv_cell) as usize).min(self.rows - 1)
+    }
+
+    fn cell(&self, p: [f32; 3]) -> usize {
+        self.row(p[2]) * self.cols + self.col(p[0])
+    }
+
+    /// Cells an area overlaps, row by row: `(first cell of the row, last cell)`.
+    fn rows_of(&self, a: &Aoi) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (c0, c1) = (self.col(a.min[0]), self.col(a.max[0]));
+        let (r0, r1) = (self.row(a.min[1]), self.row(a.max[1]));
+        let cols = self.cols;
+        (r0..=r1).map(move |r| (r * cols + c0, r * cols + c1))
+    }
+}
+
+/// Items grouped by cell with a counting sort: `items[start[c]..start[c + 1]]` are in cell `c`.
+#[derive(Debug, Default)]
+struct Buckets<T> {
+    start: Vec<u32>,
+    items: Vec<T>,
+}
+
+impl<T: Copy + Default> Buckets<T> {
+    fn fill(&mut self, cells: usize, entries: impl Iterator<Item = (usize, T)> + Clone) {
+        self.start.clear();
+        self.start.resize(cells + 1, 0);
+        let mut n = 0;
+        for (c, _) in entries.clone() {
+            self.start[c + 1] += 1;
+            n += 1;
+        }
+        for c in 0..cells {
+            self.start[c + 1] += self.start[c];
+        }
+        self.items.clear();
+        self.items.resize(n, T::default());
+        let mut next = self.start.clone();
+        for (c, item) in entries {
+            self.items[next[c] as usize] = item;
+            next[c] += 1;
+        }
+    }
+
+    fn cells(&self, (first, last): (usize, usize)) -> &[T] {
+        &self.items[self.start[first] as usize..self.start[last + 1] as usize]
+    }
+}
+
+struct Hub {
+    clients: Arc<Clients>,
+    stats: Arc<ServerStats>,
+    grid: Grid,
+    view: FxHashMap<u64, [f32; 3]>,
+    changes: Vec<Change>,
+    /// Indices into `changes`, by the cell of the new position.
+    by_new: Buckets<u32>,
+    /// Indices into `changes`, by the cell of the old position.
+    by_old: Buckets<u32>,
+    /// The whole view by cell (for resets).
+    everyone: Buckets<(u64, [f32; 3])>,
+    views: u64,
+}
+
+impl Hub {
+    fn new(clients: Arc<Clients>, stats: Arc<ServerStats>, grid: Grid) -> Self {
+        Self {
+            clients,
+            stats,
+            grid,
+            view: FxHashMap::default(),
+            changes: Vec::new(),
+            by_new: Buckets::default(),
+            by_old: Buckets::default(),
+            everyone: Buckets::default(),
+            views: 0,
+        }
+    }
+
+    /// Applies a delta to the view and lists what changed (one change per NPC). Returns the
+    /// delta's buffers for reuse.
+    fn apply(&mut self, mut delta: ViewDelta) -> ViewDelta {
+        self.changes.clear();
+        if delta.full {
+            if self.views > 0 {
+                self.stats.stream_resyncs();
+            }
+            let mut now: FxHashMap<u64, [f32; 3]> =
+                FxHashMap::with_capacity_and_hasher(delta.moved.len(), Default::default());
+            for &(id, p) in &delta.moved {
+                now.insert(id, p);
+                let old = self.view.remove(&id);
+                if old != Some(p) {
+                    self.changes.push(Change { id, old, new: Some(p) });
+                }
+            }
+            self.changes.extend(self.view.drain().map(|(id, old)| Change { id, old: Some(old), new: None }));
+            self.view = now;
+        } else {
+            if delta.merged {
+                latest_wins(&mut delta);
+            }
+            for &(id, p) in &delta.moved {
+                let old = self.view.insert(id, p);
+                if old != Some(p) {
+                    self.changes.push(Change { id, old, new: Some(p) });
+                }
+            }
+            for &id in &delta.removed {
+                if let Some(old) = self.view.remove(&id) {
+                    self.changes.push(Change { id, old: Some(old), new: None });
+                }
+            }
+        }
+        self.views += 1;
+        let grid = self.grid;
+        let changes = &self.changes;
+        let idx = |i: usize| u32::try_from(i).expect("fewer than 2^32 NPCs change in one view");
+        self.by_new.fill(
+            grid.len(),
+            changes.iter().enumerate().filter_map(|(i, c)| c.new.map(|p| (grid.cell(p), idx(i)))),
+        );
+        self.by_old.fill(
+            grid.len(),
+            changes.iter().enumerate().filter_map(|(i, c)| c.old.map(|p| (grid.cell(p), idx(i)))),
+        );
+        delta
+    }
+
+    /// Cuts and sends every subscribed client's frame.
+    fn fan_out(&mut self, tick: u64) {
+        let clients = Arc::clone(&self.clients);
+        let mut slots = clients.lock();
+        if slots.values().any(|s| s.reset && s.aoi.is_some()) {
+            let grid = self.grid;
+            self.everyone.fill(grid.len(), self.view.iter().map(|(&id, &p)| (grid.cell(p), (id, p))));
+        }
+        slots.retain(|_, slot| {
+            let Some(aoi) = slot.aoi else { return true };
+            let frame = if slot.reset { self.reset_frame(&aoi, tick) } else { self.delta_frame(&aoi, tick) };
+            if !frame.reset && frame.moved.is_empty() && frame.gone.is_empty() {
+                return true;
+            }
+            let was_reset = frame.reset;
+            match slot.tx.try_send(frame) {
+                Ok(()) => {
+                    if was_reset {
+                        slot.reset = false;
+                        self.stats.ws_resets_sent();
+                    }
+                    true
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    // The client is behind: skip it, and send its whole area once it catches up.
+                    slot.reset = true;
+                    self.stats.ws_frames_skipped();
+                    true
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    fn reset_frame(&self, aoi: &Aoi, tick: u64) -> Frame {
+        let mut moved = Vec::new();
+        for row in self.grid.rows_of(aoi) {
+            moved.extend(self.everyone.cells(row).iter().filter(|(_, p)| aoi.contains(*p)).copied());
+        }
+        Frame { tick, reset: true, moved, gone: Vec::new() }
+    }
+
+    fn delta_frame(&self, aoi: &Aoi, tick: u64) -> Frame {
+        let mut frame = Frame { tick, ..Frame::default() };
+        for row in self.grid.rows_of(aoi) {
+            for &i in self.by_new.cells(row) {
+                let c = self.changes[i as usize];
+                if let Some(p) = c.new.filter(|&p| aoi.contains(p)) {
+                    frame.moved.push((c.id, p));
+                }
+            }
+            for &i in self.by_old.cells(row) {
+                let c = self.changes[i as usize];
+                let was_in = c.old.is_some_and(|p| aoi.contains(p));
+                if was_in && !c.new.is_some_and(|p| aoi.contains(p)) {
+                    frame.gone.push(c.id);
+                }
+            }
+        }
+        frame
+    }
+}
+
+impl<T> Buckets<T> {
+    #[cfg(test)]
+    fn total(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// Collapses a merged delta to one entry per NPC: its last position, or its removal.
+fn latest_wins(delta: &mut ViewDelta) {
+    let mut last: FxHashMap<u64, Option<[f32; 3]>> = FxHashMap::default();
+    for &(id, p) in &delta.moved {
+        last.insert(id, Some(p));
+    }
+    for &id in &delta.removed {
+        last.insert(id, None);
+    }
+    delta.moved.clear();
+    delta.removed.clear();
+    for (id, p) in last {
+        match p {
+            Some(p) => delta.moved.push((id, p)),
+            None => delta.removed.push(id),
+        }
+    }
+    delta.merged = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> (Hub, Arc<Clients>) {
+        let clients = Arc::new(Clients::default());
+        let bounds = WorldBounds { min: [0.0, 0.0, 0.0], max: [256.0, 64.0, 256.0] };
+        (Hub::new(Arc::clone(&clients), Arc::default(), Grid::new(&bounds, 32.0)), clients)
+    }
+
+    fn delta(tick: u64, moved: &[(u64, [f32; 3])], removed: &[u64]) -> ViewDelta {
+        ViewDelta { tick, moved: moved.to_vec(), removed: removed.to_vec(), ..ViewDelta::default() }
+    }
+
+    fn step(hub: &mut Hub, d: ViewDelta) {
+        let tick = d.tick;
+        hub.apply(d);
+        hub.fan_out(tick);
+    }
+
+    const AOI: Aoi = Aoi { min: [0.0, 0.0], max: [64.0, 64.0] };
+
+    #[test]
+    fn a_client_gets_its_area_then_only_what_changed_in_it() {
+        let (mut hub, clients) = hub();
+        step(
+            &mut hub,
+            delta(1, &[(1, [10.0, 0.0, 10.0]), (2, [100.0, 0.0, 100.0]), (3, [63.9, 0.0, 1.0])], &[]),
+        );
+        let (id, mut rx) = clients.register(8);
+        clients.subscribe(id, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        let f = rx.try_recv().unwrap();
+        assert!(f.reset);
+        let mut ids: Vec<u64> = f.moved.iter().map(|m| m.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 3], "only what is inside (max exclusive)");
+
+        // 1 moves inside, 3 leaves, 2 enters, 4 appears outside, then 1 is removed next view.
+        step(
+            &mut hub,
+            delta(
+                3,
+                &[
+                    (1, [11.0, 0.0, 10.0]),
+                    (3, [64.0, 0.0, 1.0]),
+                    (2, [5.0, 0.0, 5.0]),
+                    (4, [200.0, 0.0, 1.0]),
+                ],
+                &[],
+            ),
+        );
+        let f = rx.try_recv().unwrap();
+        assert!(!f.reset);
+        let mut moved = f.moved.clone();
+        moved.sort_by_key(|m| m.0);
+        assert_eq!(moved, [(1, [11.0, 0.0, 10.0]), (2, [5.0, 0.0, 5.0])]);
+        assert_eq!(f.gone, [3]);
+        step(&mut hub, delta(4, &[], &[1, 4]));
+        let f = rx.try_recv().unwrap();
+        assert_eq!((f.moved.len(), f.gone.as_slice()), (0, &[1][..]));
+        // Nothing changed in the area: no frame at all.
+        step(&mut hub, delta(5, &[(4, [201.0, 0.0, 1.0])], &[]));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn merged_deltas_keep_the_last_word_per_npc() {
+        let (mut hub, clients) = hub();
+        step(&mut hub, delta(1, &[(7, [10.0, 0.0, 10.0])], &[]));
+        let (id, mut rx) = clients.register(8);
+        clients.subscribe(id, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        assert!(rx.try_recv().unwrap().reset);
+        // Out of the area and back in, within one merged delta: it moved, it did not leave.
+        let mut d = delta(3, &[(7, [100.0, 0.0, 100.0]), (7, [12.0, 0.0, 12.0])], &[]);
+        d.merged = true;
+        step(&mut hub, d);
+        let f = rx.try_recv().unwrap();
+        assert_eq!((f.moved.as_slice(), f.gone.len()), (&[(7, [12.0, 0.0, 12.0])][..], 0));
+    }
+
+    #[test]
+    fn a_full_view_removes_what_it_lacks_and_a_slow_client_gets_a_reset() {
+        let (mut hub, clients) = hub();
+        step(&mut hub, delta(1, &[(1, [1.0, 0.0, 1.0]), (2, [2.0, 0.0, 2.0])], &[]));
+        let (id, mut rx) = clients.register(1);
+        clients.subscribe(id, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        let mut full = delta(3, &[(2, [3.0, 0.0, 3.0])], &[]);
+        full.full = true;
+        step(&mut hub, full); // the queue (1) is full: skipped, reset later
+        assert!(rx.try_recv().unwrap().reset);
+        assert!(rx.try_recv().is_err());
+        step(&mut hub, delta(4, &[], &[]));
+        let f = rx.try_recv().unwrap();
+        assert!(f.reset);
+        assert_eq!(f.moved, [(2, [3.0, 0.0, 3.0])], "1 is gone from the world");
+        assert_eq!(hub.everyone.total(), 1);
+    }
+
+    #[test]
+    fn a_huge_world_gets_coarser_cells() {
+        let b = WorldBounds { min: [0.0; 3], max: [1_000_000.0, 10.0, 1_000_000.0] };
+        let g = Grid::new(&b, 1.0);
+        assert!(g.len() <= Grid::MAX_CELLS);
+        assert_eq!(g.cell([1_000_000.0, 0.0, 1_000_000.0]), g.len() - 1);
+        assert_eq!(g.cell([f32::NAN, 0.0, -5.0]), 0);
+    }
+}

@@ -1,0 +1,261 @@
+//! `GET /ws`: one task per WebSocket. The client sends JSON text messages, the server answers
+//! with JSON text frames, deflated (permessage-deflate) when large and the client offered it.
+//!
+//! Client → server:
+//! - `{"type":"subscribe","min":[x,z],"max":[x,z]}`: the area of interest, blocks of the ground
+//!   plane (`min` inclusive, `max` exclusive), at most `ws_max_area` square blocks. Replaces the
+//!   previous one; the next frame is a `reset` of it.
+//! - `{"type":"unsubscribe"}`: no more frames.
+//!
+//! Server → client:
+//! - `{"type":"hello","tick_hz":20,"ws_hz":10,"world":{"min":[x,y,z],"max":[x,y,z]},"max_area":…}`
+//! - `{"type":"subscribed","min":[x,z],"max":[x,z]}`
+//! - `{"type":"reset","tick":T,"npcs":[[id,x,y,z],…]}`: every NPC in the area now.
+//! - `{"type":"delta","tick":T,"moved":[[id,x,y,z],…],"gone":[id,…]}`: NPCs that moved in the
+//!   area or entered it, and NPCs that left it or were removed, since the previous frame. A
+//!   client that applies `moved` then `gone` to what it had holds the area as of tick `T`.
+//! - `{"type":"error","error":"…"}`: a message was refused; the connection stays open.
+//!
+//! More messages than the connection's rate limit closes it (1008); a message over
+//! `max_ws_message_bytes` closes it (1009).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use yawc::close::CloseCode;
+use yawc::{IncomingUpgrade, OpCode, WebSocket};
+
+use super::{Aoi, Frame};
+use crate::server::AppState;
+use crate::server::error::ApiError;
+use crate::server::guard::Conn;
+
+/// A frame that takes longer than this to leave closes the connection (a stuck client).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The upgrade handler.
+pub(crate) async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    ws: Result<IncomingUpgrade, axum::http::StatusCode>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return ApiError::bad_request(
+            "expected a WebSocket upgrade (GET with Upgrade: websocket, version 13)",
+        )
+        .into_response();
+    };
+    if *state.shutdown.borrow() {
+        return ApiError::unavailable("the server is shutting down", 5).into_response();
+    }
+    let (response, upgraded) = match ws.upgrade(state.ws_options.clone()) {
+        Ok(pair) => pair,
+        Err(e) => return ApiError::bad_request(format!("websocket upgrade refused: {e}")).into_response(),
+    };
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(ws) => serve(ws, &state, &conn).await,
+            Err(e) => tracing::debug!(peer = %conn.0.peer, error = %e, "websocket upgrade did not complete"),
+        }
+    });
+    response.map(axum::body::Body::new)
+}
+
+/// Messages a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe { min: [f32; 2], max: [f32; 2] },
+    Unsubscribe,
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &AppState, conn: &Conn) {
+    let (id, mut frames) = state.clients.register(state.config.ws_queue_frames);
+    state.stats.ws_opened();
+    let mut shutdown = state.shutdown.clone();
+    let b = &state.bounds;
+    let hello = serde_json::json!({
+        "type": "hello",
+        "tick_hz": state.tick_hz,
+        "ws_hz": f64::from(state.tick_hz) / state.view_every as f64,
+        "world": { "min": b.min, "max": b.max },
+        "max_area": state.config.ws_max_area,
+    });
+    let mut open = send_text(&mut ws, state, hello.to_string()).await;
+    let mut read_ended = false;
+    while open {
+        tokio::select! {
+            incoming = ws.next() => match incoming {
+                Some(frame) => open = on_message(&mut ws, state, conn, id, &frame).await,
+                // Closed by the client, or by yawc for a protocol or size violation (it sends
+                // the close frame, 1009 for an oversized message, itself).
+                None => (open, read_ended) = (false, true),
+            },
+            out = frames.recv() => match out {
+                Some(frame) => open = send_text(&mut ws, state, encode(&frame)).await,
+                None => open = false,
+            },
+            () = stopping(&mut shutdown) => {
+                let _ = ws.send(yawc::Frame::close(CloseCode::Away, "server shutting down")).await;
+                open = false;
+            }
+        }
+    }
+    if read_ended {
+        // yawc queues its own close frame (1009 for an oversized message, 1002 for a protocol
+        // error) when a read fails, and sends it on the next read.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
+    }
+    state.clients.remove(id);
+    state.stats.ws_closed();
+}
+
+/// Resolves once the server is stopping (at once if it already is).
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: the server is stopping all the same.
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// Handles one message; false when the connection must close.
+async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    state: &AppState,
+    conn: &Conn,
+    id: u64,
+    frame: &yawc::Frame,
+) -> bool {
+    if frame.opcode() == OpCode::Close {
+        return false;
+    }
+    state.stats.ws_messages_received();
+    if conn.0.take().is_err() {
+        state.stats.ws_closed_rate_limit();
+        let reason = format!("rate limit: {} messages per second", state.config.rate_limit_per_s);
+        let _ = ws.send(yawc::Frame::close(CloseCode::Policy, reason)).await;
+        return false;
+    }
+    let reply = match frame.opcode() {
+        OpCode::Text => match serde_json::from_slice::<ClientMessage>(frame.payload()) {
+            Ok(ClientMessage::Subscribe { min, max }) => match area(min, max, state.config.ws_max_area) {
+                Ok(aoi) => {
+                    state.clients.subscribe(id, Some(aoi));
+                    serde_json::json!({ "type": "subscribed", "min": min, "max": max })
+                }
+                Err(e) => error(&e),
+            },
+            Ok(ClientMessage::Unsubscribe) => {
+                state.clients.subscribe(id, None);
+                serde_json::json!({ "type": "unsubscribed" })
+            }
+            Err(e) => error(&format!("bad message: {e}")),
+        },
+        OpCode::Binary => error("binary messages are not accepted; send JSON text"),
+        // Pings are answered by yawc; they count against the rate limit all the same.
+        _ => return true,
+    };
+    send_text(ws, state, reply.to_string()).await
+}
+
+fn error(message: &str) -> serde_json::Value {
+    serde_json::json!({ "type": "error", "error": message })
+}
+
+/// A checked area of interest.
+fn area(min: [f32; 2], max: [f32; 2], max_area: f64) -> Result<Aoi, String> {
+    if !min.iter().chain(&max).all(|v| v.is_finite()) {
+        return Err("min and max must be finite numbers".into());
+    }
+    if max[0] <= min[0] || max[1] <= min[1] {
+        return Err("max must be above min on both axes".into());
+    }
+    let a = f64::from(max[0] - min[0]) * f64::from(max[1] - min[1]);
+    if a > max_area {
+        return Err(format!("area {a} is over the largest allowed, {max_area} square blocks"));
+    }
+    Ok(Aoi { min, max })
+}
+
+async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    state: &AppState,
+    text: String,
+) -> bool {
+    let bytes = text.len();
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(yawc::Frame::text(text))).await {
+        Ok(Ok(())) => {
+            state.stats.ws_sent(bytes);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Positions as `[[id, x, y, z], …]`.
+struct Entries<'a>(&'a [(u64, [f32; 3])]);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for &(id, [x, y, z]) in self.0 {
+            seq.serialize_element(&(id, x, y, z))?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct DeltaOut<'a> {
+    r#type: &'static str,
+    tick: u64,
+    moved: Entries<'a>,
+    gone: &'a [u64],
+}
+
+#[derive(Serialize)]
+struct ResetOut<'a> {
+    r#type: &'static str,
+    tick: u64,
+    npcs: Entries<'a>,
+}
+
+/// The JSON text of a frame.
+fn encode(f: &Frame) -> String {
+    let text = if f.reset {
+        serde_json::to_string(&ResetOut { r#type: "reset", tick: f.tick, npcs: Entries(&f.moved) })
+    } else {
+        serde_json::to_string(&DeltaOut {
+            r#type: "delta",
+            tick: f.tick,
+            moved: Entries(&f.moved),
+            gone: &f.gone,
+        })
+    };
+    text.expect("numbers and static strings always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_encode_as_flat_arrays() {
+        let f = Frame { tick: 9, reset: false, moved: vec![(3, [1.5, 0.0, -2.25])], gone: vec![4, 5] };
+        assert_eq!(encode(&f), r#"{"type":"delta","tick":9,"moved":[[3,1.5,0.0,-2.25]],"gone":[4,5]}"#);
+        let f = Frame { tick: 2, reset: true, moved: vec![(1, [0.5, 1.0, 2.0])], gone: vec![] };
+        assert_eq!(encode(&f), r#"{"type":"reset","tick":2,"npcs":[[1,0.5,1.0,2.0]]}"#);
+    }
+
+    #[test]
+    fn areas_are_checked() {
+        assert!(area([0.0, 0.0], [10.0, 10.0], 100.0).is_ok());
+        assert!(area([0.0, 0.0], [10.0, 11.0], 100.0).unwrap_err().contains("largest"));
+        assert!(area([5.0, 0.0], [5.0, 10.0], 100.0).unwrap_err().contains("above"));
+        assert!(area([f32::NAN, 0.0], [5.0, 10.0], 100.0).unwrap_err().contains("finite"));
+    }
+}
