@@ -44,6 +44,7 @@
 mod api;
 mod error;
 mod guard;
+mod priority;
 mod stats;
 mod stream;
 mod tick;
@@ -66,6 +67,7 @@ use crate::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now};
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ServerError};
 pub use guard::API_KEY_HEADER;
+pub use priority::{HTTP_WORKER_NICENESS, TICK_NICENESS, yield_to_the_tick};
 pub use stats::ServerFigures;
 
 use guard::{Conn, ConnLimits, LimitedListener, RateLimit};

@@ -69,6 +69,7 @@ impl TickThread {
         let handle = std::thread::Builder::new()
             .name("terrarium-tick".into())
             .spawn(move || {
+                super::priority::favour_the_tick();
                 let mut engine = engine;
                 run(&mut engine, tick_hz, &stop2, &inbox, &status2);
                 on_stop(&mut engine);

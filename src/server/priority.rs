@@ -1,0 +1,121 @@
+//! Scheduling priority of the tick thread against the HTTP workers (and everything else).
+//!
+//! On a machine with few cores, a burst of requests keeps every HTTP worker runnable, and the
+//! kernel then shares the cores evenly between them and the tick thread: a 3 ms tick can take
+//! 60 ms of wall time. The tick thread therefore asks for a niceness above normal
+//! ([`TICK_NICENESS`]) when it starts. Raising a priority needs a privilege; a host that runs
+//! without it can put its HTTP workers below normal instead ([`yield_to_the_tick`]), at the
+//! price of losing the cores to every other process on the machine too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thread_priority::{ThreadPriority, ThreadPriorityValue};
+
+/// Niceness that [`yield_to_the_tick`] gives a thread: at 5, the kernel's CFS weights give a
+/// normal thread (the tick) about three times the share of each such worker.
+pub const HTTP_WORKER_NICENESS: i32 = 5;
+
+/// Lowers the calling thread's scheduling priority to niceness [`HTTP_WORKER_NICENESS`]
+/// (lowering needs no privilege). Meant for the worker threads of the runtime that serves
+/// HTTP, so that the tick thread wins the cores when both want them:
+///
+/// ```
+/// let runtime = tokio::runtime::Builder::new_multi_thread()
+///     .enable_all()
+///     .on_thread_start(terrarium::server::yield_to_the_tick)
+///     .build()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// Only worth it where the tick thread cannot raise its own priority (see [`TICK_NICENESS`];
+/// it logs so at start): the workers then also yield to every other process on the machine.
+/// Where the operating system refuses, it logs one warning per process and leaves the
+/// priority as it was: serving goes on either way.
+pub fn yield_to_the_tick() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !set_niceness(HTTP_WORKER_NICENESS) && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            niceness = HTTP_WORKER_NICENESS,
+            "cannot lower the HTTP workers' priority; the tick thread competes with them as an equal"
+        );
+    }
+}
+
+/// Niceness the tick thread asks for: above normal, so that neither the HTTP workers nor other
+/// processes on the machine delay a tick. Raising a priority needs the privilege to
+/// (`CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); without it the tick stays normal.
+pub const TICK_NICENESS: i32 = -5;
+
+/// Called by the tick thread when it starts: niceness [`TICK_NICENESS`] where permitted.
+/// Returns whether it got it. (The engine's rayon workers, which share parallel stages, keep
+/// the normal priority.)
+pub(crate) fn favour_the_tick() -> bool {
+    let raised = set_niceness(TICK_NICENESS);
+    if raised {
+        tracing::debug!(niceness = TICK_NICENESS, "tick thread runs above normal priority");
+    } else {
+        tracing::info!(
+            niceness = TICK_NICENESS,
+            "tick thread stays at normal priority (raising it needs CAP_SYS_NICE); \
+             build the HTTP runtime with on_thread_start(terrarium::server::yield_to_the_tick) instead"
+        );
+    }
+    raised
+}
+
+/// Sets the calling thread's niceness; false when the value has no mapping or the OS refuses.
+fn set_niceness(niceness: i32) -> bool {
+    crossplatform_value(niceness)
+        .and_then(|value| {
+            thread_priority::set_current_thread_priority(ThreadPriority::Crossplatform(value)).ok()
+        })
+        .is_some()
+}
+
+/// The `thread_priority` value (0 ..= 99, higher runs first) that it maps to `niceness` under
+/// Linux's normal scheduling policy, found by search rather than by copying its formula.
+fn crossplatform_value(niceness: i32) -> Option<ThreadPriorityValue> {
+    (0..=99u8).find_map(|p| {
+        let value = ThreadPriorityValue::try_from(p).ok()?;
+        let policy = thread_priority::unix::ThreadSchedulePolicy::Normal(
+            thread_priority::unix::NormalThreadSchedulePolicy::Other,
+        );
+        let posix = ThreadPriority::Crossplatform(value).to_posix(policy).ok()?;
+        (posix == niceness).then_some(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's niceness, from `/proc` (field 19 of its `stat`).
+    fn niceness_now() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("Linux /proc");
+        // The command name (field 2) may hold spaces: count fields after its closing ')'.
+        let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+        rest.split(' ').nth(16).expect("field 19").parse().expect("a number")
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_tick_thread_is_raised_where_permitted_and_left_alone_elsewhere() {
+        let (raised, after) = std::thread::spawn(|| (favour_the_tick(), niceness_now())).join().unwrap();
+        assert_eq!(after, if raised { TICK_NICENESS } else { 0 });
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_worker_thread_ends_up_below_the_tick() {
+        let (before, after) = std::thread::spawn(|| {
+            let before = niceness_now();
+            yield_to_the_tick();
+            (before, niceness_now())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(before, 0, "threads start at the normal priority");
+        assert_eq!(after, HTTP_WORKER_NICENESS);
+        assert_eq!(niceness_now(), 0, "only the calling thread moved");
+    }
+}
