@@ -11,13 +11,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::example;
 use terrarium::engine::{Engine, EngineConfig, NpcId, Position};
-use terrarium::persistence::testing::{service_url, unique_name};
+use terrarium::persistence::testing::{OwnServers, service_url, unique_name};
 use terrarium::persistence::{BackendKind, Storage};
 use terrarium::{Config, StoragePipeline};
 
@@ -103,55 +103,14 @@ fn every_npcs_final_position_reaches_postgres() {
     assert_same_world(&stored_positions(&url, &schema), &final_positions(&dir.path().join("final.snap")));
 }
 
-/// A PostgreSQL of this test's own (`scripts/services.sh` in a temporary directory).
-struct OwnPostgres {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl OwnPostgres {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pg = Self { dir: tempfile::tempdir().unwrap(), port };
-        pg.services("start-pg");
-        pg
-    }
-
-    fn services(&self, command: &str) -> String {
-        let out = self.command(command).output().expect("services.sh runs");
-        assert!(out.status.success(), "services.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    fn command(&self, command: &str) -> Command {
-        let mut cmd = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh"));
-        cmd.arg(command)
-            .env("TERRARIUM_SERVICES_DIR", self.dir.path())
-            .env("TERRARIUM_PG_PORT", self.port.to_string())
-            .env("TERRARIUM_REDIS_PORT", "1");
-        cmd
-    }
-
-    fn url(&self) -> String {
-        let env = self.services("env");
-        let line = env.lines().find(|l| l.starts_with("export DATABASE_URL=")).expect("DATABASE_URL printed");
-        line.split_once('=').unwrap().1.trim_matches(['"', '\'']).to_string()
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let _ = self.command("stop-pg").output();
-    }
-}
-
 #[test]
 fn a_database_killed_mid_run_loses_nothing() {
     if service_url("TERRARIUM_TEST_PG_URL").is_none() {
         return;
     }
-    let pg = OwnPostgres::start();
-    let url = pg.url();
+    let pg = OwnServers::new();
+    pg.run("start-pg");
+    let url = pg.url("DATABASE_URL");
     let dir = tempfile::tempdir().unwrap();
     let schema = unique_name();
     // 6 s of real time at 20 Hz: the database is gone for about 2 s in the middle.
@@ -167,9 +126,9 @@ fn a_database_killed_mid_run_loses_nothing() {
     .expect("headless starts");
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
-    pg.services("kill-pg");
+    pg.run("kill-pg");
     std::thread::sleep(Duration::from_millis(2000));
-    pg.services("restart-pg");
+    pg.run("restart-pg");
     let summary = finish(child);
     assert!(started.elapsed() > Duration::from_secs(5), "the run outlived the outage");
     assert!(summary["store_errors"].as_u64().unwrap() > 0, "the outage was seen: {summary}");

@@ -1,7 +1,7 @@
 //! Test helpers (feature `testing`): [`FaultyStore`], a store wrapper that fails, refuses,
 //! slows down or stalls on command, [`RecordingSink`], a [`BatchSink`] that keeps what it
-//! is given, [`npc`], a plain record, and [`service_url`] and [`unique_name`] for tests
-//! against real servers.
+//! is given, [`npc`], a plain record, and [`service_url`], [`unique_name`] and [`OwnServers`]
+//! for tests against real servers.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -360,4 +360,77 @@ pub fn service_url(var: &str) -> Option<String> {
 #[must_use]
 pub fn unique_name() -> String {
     format!("test_{:016x}", fastrand::u64(..) ^ u64::from(std::process::id()).rotate_left(32))
+}
+
+/// PostgreSQL and Redis servers of one test, for fault tests that kill them: the workspace's
+/// `scripts/services.sh` run in a temporary directory on free ports, so nothing a test does to
+/// them disturbs other tests or the shared services. Nothing starts until [`OwnServers::run`]
+/// asks (`start-pg`, `start-redis`, `kill-pg`, `restart-pg`, `pause-redis`, …); dropping it
+/// stops whatever runs. Only for tests inside this workspace (the script is found from this
+/// crate's source directory).
+pub struct OwnServers {
+    dir: tempfile::TempDir,
+    pg_port: u16,
+    redis_port: u16,
+}
+
+impl OwnServers {
+    /// A temporary directory and two free ports.
+    ///
+    /// # Panics
+    /// When no temporary directory or port can be had.
+    #[must_use]
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the servers");
+        Self { dir, pg_port: free_port(), redis_port: free_port() }
+    }
+
+    /// Runs `scripts/services.sh <command>` against these servers; returns its stdout.
+    ///
+    /// # Panics
+    /// When the script fails.
+    pub fn run(&self, command: &str) -> String {
+        let out = self.script(command).output().expect("scripts/services.sh runs");
+        assert!(out.status.success(), "services.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("services.sh prints UTF-8")
+    }
+
+    /// The value of `export <name>=…` that the script prints (`DATABASE_URL`, `REDIS_URL`).
+    ///
+    /// # Panics
+    /// When the script does not print it.
+    #[must_use]
+    pub fn url(&self, name: &str) -> String {
+        let env = self.run("env");
+        let prefix = format!("export {name}=");
+        let line = env.lines().find(|l| l.starts_with(&prefix)).expect("services.sh prints the variable");
+        line[prefix.len()..].to_string()
+    }
+
+    fn script(&self, command: &str) -> std::process::Command {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+        let mut cmd = std::process::Command::new(path);
+        cmd.arg(command)
+            .env("TERRARIUM_SERVICES_DIR", self.dir.path())
+            .env("TERRARIUM_PG_PORT", self.pg_port.to_string())
+            .env("TERRARIUM_REDIS_PORT", self.redis_port.to_string());
+        cmd
+    }
+}
+
+impl Default for OwnServers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for OwnServers {
+    fn drop(&mut self) {
+        let _ = self.script("stop").output();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port on loopback");
+    listener.local_addr().expect("a bound socket has an address").port()
 }

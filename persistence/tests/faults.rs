@@ -8,66 +8,16 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{batch, event, npc, position, service_url, unique_name};
+use terrarium_persistence::testing::OwnServers;
 use terrarium_persistence::{
     BackendKind, BreakerConfig, BreakerState, L1Config, NpcFilter, Page, PostgresConfig, RedisConfig,
     RetentionConfig, RetryConfig, Storage, StorageConfig, StorageError, StorageStack, WriteBatch,
 };
-
-/// Servers of one test: started in a temporary directory on free ports, stopped on drop.
-struct OwnServers {
-    dir: tempfile::TempDir,
-    pg_port: u16,
-    redis_port: u16,
-}
-
-impl OwnServers {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), pg_port: free_port(), redis_port: free_port() }
-    }
-
-    /// Runs `scripts/services.sh <command>` against these servers; returns stdout.
-    fn run(&self, command: &str) -> String {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
-        let out = Command::new(script)
-            .arg(command)
-            .env("TERRARIUM_SERVICES_DIR", self.dir.path())
-            .env("TERRARIUM_PG_PORT", self.pg_port.to_string())
-            .env("TERRARIUM_REDIS_PORT", self.redis_port.to_string())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "services.sh {command}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn url(&self, name: &str) -> String {
-        let env = self.run("env");
-        let line = env.lines().find(|l| l.starts_with(&format!("export {name}="))).unwrap();
-        line.split_once('=').unwrap().1.to_string()
-    }
-}
-
-impl Drop for OwnServers {
-    fn drop(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
-        let _ = Command::new(script)
-            .arg("stop")
-            .env("TERRARIUM_SERVICES_DIR", self.dir.path())
-            .env("TERRARIUM_PG_PORT", self.pg_port.to_string())
-            .env("TERRARIUM_REDIS_PORT", self.redis_port.to_string())
-            .output();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Polls `done` every 20 ms until it holds, or panics after `limit`.
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
