@@ -63,22 +63,27 @@ fn named_paths(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether `name` (a path, possibly with a `*` for a file name) exists below `dir`, as a path
-/// relative to `dir` or as a file or directory of that name anywhere below it.
+/// Whether `name` exists below `dir`, as a path relative to `dir` or to any directory below
+/// it. `name` may hold one `{a,b}` alternative (every one must exist) and a `*` in its file
+/// name.
 fn exists_below(dir: &Path, name: &str) -> bool {
     let name = name.trim_end_matches('/');
-    if let Some((parent, pattern)) = name.rsplit_once("/*") {
-        let Ok(entries) = std::fs::read_dir(dir.join(parent)) else { return false };
-        return entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(pattern));
+    if let (Some(open), Some(close)) = (name.find('{'), name.find('}')) {
+        return name[open + 1..close]
+            .split(',')
+            .all(|alt| exists_below(dir, &format!("{}{alt}{}", &name[..open], &name[close + 1..])));
     }
-    if dir.join(name).exists() {
-        return true;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|e| {
-        let path = e.path();
-        let skip = e.file_name().to_string_lossy().starts_with('.') || e.file_name() == "target";
-        !skip && path.is_dir() && exists_below(&path, name)
+    let here = match name.rsplit_once("/*") {
+        Some((parent, suffix)) => std::fs::read_dir(dir.join(parent)).is_ok_and(|entries| {
+            entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        }),
+        None => dir.join(name).exists(),
+    };
+    here || std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let hidden = e.file_name().to_string_lossy().starts_with('.') || e.file_name() == "target";
+            !hidden && e.path().is_dir() && exists_below(&e.path(), name)
+        })
     })
 }
 
@@ -111,6 +116,8 @@ fn the_path_check_catches_a_missing_file() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(exists_below(&root.join("persistence"), "breaker.rs"));
     assert!(exists_below(root, "persistence/src/postgres/migrations/*.sql"));
+    assert!(exists_below(root, "persistence/tests/{postgres,redis}.rs"));
+    assert!(!exists_below(root, "persistence/tests/{postgres,no_such_test}.rs"));
     assert!(!exists_below(&root.join("persistence"), "no_such_file.rs"));
     assert_eq!(named_paths("see `a/b.rs`, `Foo`, `x.rs` and `dir/`"), ["a/b.rs", "x.rs", "dir/"]);
 }
