@@ -24,7 +24,7 @@ pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{
     BackendKind, BreakerConfig, L1Config, PostgresConfig, RedisConfig, RetentionConfig, RetryConfig,
-    StorageConfig, is_identifier,
+    StorageConfig, WriteBehindConfig, is_identifier,
 };
 pub use error::{StorageConfigError, StorageError, WriteBehindError};
 pub use l1::{L1Cache, L1Metrics, TierMetrics};
@@ -43,4 +43,4 @@ pub use retry::{Retry, RetryMetrics};
 pub use sink::{BatchSink, Handoff, SinkHealth};
 pub use stack::{Backend, Layers, RedisLayer, StorageMetrics, StorageStack};
 pub use storage::Storage;
-pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindConfig, WriteBehindHandle, WriteBehindStats};
+pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindHandle, WriteBehindStats};
