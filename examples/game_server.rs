@@ -106,13 +106,13 @@ fn main() -> ExitCode {
 async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Result<()> {
     let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
     if args.agents > 0 {
-        builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
+        builder = builder.add_plugin(terrarium::systems::agents::plugin);
     }
     let mut engine = builder.build()?;
     terrarium::systems::wander::spawn_wanderers(&mut engine, args.npcs);
     if args.agents > 0 {
         let seed = engine.config().seed;
-        terrarium::systems::mining::spawn_colony(&mut engine, args.agents, seed)
+        terrarium::systems::agents::spawn_colony(&mut engine, args.agents, seed)
             .context("cannot set up the mining agents")?;
     }
     let server = Server::start(cfg, engine, storage).await?;

@@ -27,9 +27,8 @@ use serde::Serialize;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
+use terrarium::systems::agents::{MiningStats, PathStats};
 use terrarium::systems::batching::{self, BatcherStats};
-use terrarium::systems::mining::MiningStats;
-use terrarium::systems::pathfinding::PathStats;
 
 mod common;
 #[path = "common/flags.rs"]
@@ -186,7 +185,7 @@ fn run(args: &Args) -> Result<()> {
         perf.attach_pipeline(pipeline);
     }
     if args.agents > 0 || args.snapshot_in.is_some() {
-        builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
+        builder = builder.add_plugin(terrarium::systems::agents::plugin);
     }
 
     let stop = stop_on_signals()?;
@@ -407,7 +406,7 @@ fn spawn_population(engine: &mut Engine, npcs: u64, agents: u64) -> Result<()> {
     terrarium::systems::wander::spawn_wanderers(engine, npcs);
     if agents > 0 {
         let seed = engine.config().seed;
-        terrarium::systems::mining::spawn_colony(engine, agents, seed)
+        terrarium::systems::agents::spawn_colony(engine, agents, seed)
             .context("cannot set up the mining agents")?;
     }
     Ok(())

@@ -19,8 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use terrarium::engine::voxel::{Ore, VoxelWorld};
 use terrarium::engine::{Engine, EngineConfig, TickSet};
-use terrarium::systems::mining::{MiningStats, spawn_colony};
-use terrarium::systems::pathfinding::PathStats;
+use terrarium::systems::agents::{MiningStats, PathStats, spawn_colony};
 
 mod common;
 

@@ -98,7 +98,7 @@ enum Workload {
     /// Plain NPCs in swarms of about 64 that flock (`core_plugin` + `steering::register`).
     Flocking,
     /// The full agent loop: mining agents in a voxel world generated for them
-    /// (`mining::spawn_colony`: decide, mining round, path planning, walking and digging).
+    /// (`agents::spawn_colony`: decide, mining round, path planning, walking and digging).
     /// "NPCs" are agents here, capped by `--max-agents`.
     Agents,
 }
@@ -143,7 +143,7 @@ impl Workload {
             }
             Workload::Agents => {
                 let mut engine = builder.build()?;
-                terrarium::systems::mining::spawn_colony(&mut engine, npcs, seed)
+                terrarium::systems::agents::spawn_colony(&mut engine, npcs, seed)
                     .context("cannot set up the mining agents")?;
                 engine
             }

@@ -1,7 +1,7 @@
 //! Agents' decision state: what an agent is doing and why ([`Brain`]), the path it follows
 //! ([`AgentPath`]) and what it has learned about ores ([`OreProfile`]).
 //!
-//! The decision loop that drives them lives in `terrarium_systems::ai`; the state lives here so
+//! The decision loop that drives them lives in `terrarium_systems::agents`; the state lives here so
 //! snapshots and `world_hash` cover it (a loaded world decides exactly as the saved one would).
 
 use bevy_ecs::prelude::*;

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::StorageConfigError;
 
+mod write_behind;
+
+pub use write_behind::WriteBehindConfig;
+
 /// Where world state goes, and the layers in front of it.
 ///
 /// The stack built from it is, outermost first: L1 → Redis (when `redis.url` is set) → Retry →

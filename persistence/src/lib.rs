@@ -28,7 +28,7 @@ pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{
     BackendKind, BreakerConfig, CheckpointConfig, EmbeddedConfig, L1Config, PostgresConfig, RedisConfig,
-    RetentionConfig, RetryConfig, StorageConfig, is_identifier,
+    RetentionConfig, RetryConfig, StorageConfig, WriteBehindConfig, is_identifier,
 };
 pub use error::{StorageConfigError, StorageError, WriteBehindError};
 #[cfg(feature = "file-store")]
@@ -49,4 +49,4 @@ pub use retry::{Retry, RetryMetrics};
 pub use sink::{BatchSink, Handoff, SinkHealth};
 pub use stack::{Backend, Layers, RedisLayer, StorageMetrics, StorageStack};
 pub use storage::Storage;
-pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindConfig, WriteBehindHandle, WriteBehindStats};
+pub use write_behind::{ShutdownReport, WriteBehind, WriteBehindHandle, WriteBehindStats};

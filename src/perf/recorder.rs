@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bevy_ecs::prelude::*;
 use hdrhistogram::Histogram;
 use terrarium_engine::{Agent, NpcIndex, ParPool, SimClock, StageTimings, TickSet};
+use terrarium_systems::agents::PathStats;
 use terrarium_systems::batching::BatcherStats;
-use terrarium_systems::pathfinding::PathStats;
 
 use super::Performance;
 

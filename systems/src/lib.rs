@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 
-pub mod ai;
+pub mod agents;
 pub mod batching;
 pub mod error;
 pub mod mining;

@@ -11,13 +11,19 @@ use terrarium_engine::{
 use wide::f32x4;
 
 use crate::par;
+pub use crate::wander::WANDER_STRIDE;
 use crate::wander::WanderRule;
 
-/// Adds movement to the `Act` stage: steering first, then the movement pass (which also
-/// applies the wander rule).
+/// Adds movement to the `Act` stage, in the [`Movement`] set: steering first, then the
+/// movement pass (which also applies the wander rule).
 pub fn register(engine: &mut Engine) {
-    engine.add_systems(TickSet::Act, (steer_to_targets, integrate_velocity).chain());
+    engine.add_systems(TickSet::Act, (steer_to_targets, integrate_velocity).chain().in_set(Movement));
 }
+
+/// The `Act` stage's movement systems, for other systems to order themselves against (agents
+/// walk before it: both write agents' `Position` and `Status`).
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Movement;
 
 /// Distance (blocks) at which an NPC counts as arrived at its target.
 pub const ARRIVE_DISTANCE: f32 = 0.25;
@@ -79,11 +85,6 @@ struct Chunk<'a> {
     w: Option<&'a mut [Wander]>,
     now: Tick,
 }
-
-/// Each chunk of wanderers checks for due turns on one tick in `WANDER_STRIDE`, so a tick reads
-/// only a quarter of the wander column (a turn is late by at most three ticks, 0.15 s at 20 Hz).
-/// Which tick depends on the chunk's place in its table, never on the thread count.
-pub const WANDER_STRIDE: u64 = 4;
 
 /// What the movement pass needs, copied out of the resources.
 #[derive(Clone, Copy)]

@@ -7,14 +7,16 @@ use terrarium_engine::voxel::{Block, BlockPos, Ore, VoxelWorld, WorldGen};
 use terrarium_engine::{
     Brain, BrainState, Command, Engine, EngineConfig, Goal, NpcId, NpcSpec, Order, OreProfile, Position, Role,
 };
-use terrarium_systems::ai::{AgentEvents, Cause};
-use terrarium_systems::mining::{DepositIndex, MiningConfig, MiningStats, mining_plugin, spawn_colony};
-use terrarium_systems::pathfinding::{PathCache, PathStats, Target, WalkRules};
+use terrarium_systems::agents::{
+    self, AgentConfig, AgentEvents, Cause, MiningStats, PathStats, spawn_colony,
+};
+use terrarium_systems::mining::DepositIndex;
+use terrarium_systems::pathfinding::{PathCache, Target, WalkRules};
 
 fn engine(threads: usize, seed: u64) -> Engine {
     Engine::builder(EngineConfig { seed, threads, ..EngineConfig::default() })
         .add_plugin(terrarium_systems::core_plugin)
-        .add_plugin(mining_plugin)
+        .add_plugin(agents::plugin)
         .build()
         .unwrap()
 }
@@ -70,7 +72,7 @@ fn a_run_continued_from_a_snapshot_matches_one_that_never_stopped() {
     a.save_snapshot(&mut bytes).unwrap();
     let mut b = Engine::builder(EngineConfig { threads: 1, ..EngineConfig::default() })
         .add_plugin(terrarium_systems::core_plugin)
-        .add_plugin(mining_plugin)
+        .add_plugin(agents::plugin)
         .build_from_snapshot(&mut bytes.as_slice())
         .unwrap();
     assert_eq!(a.world_hash(), b.world_hash());
@@ -113,7 +115,7 @@ fn a_blocked_path_is_replanned_and_its_cache_entry_invalidated() {
     let entity = e.entity(id).unwrap();
     let brain = *e.world().get::<Brain>(entity).unwrap();
     assert_eq!((brain.state, brain.goal), (BrainState::Travelling, Goal::Point(goal)));
-    let rules = WalkRules::miner(brain.tool, e.world().resource::<MiningConfig>().walk_speed);
+    let rules = WalkRules::miner(brain.tool, e.world().resource::<AgentConfig>().walk_speed);
     let key = (start, Target::Cell(goal), rules.dig_cost.map_or(u32::MAX, f32::to_bits), 0);
     let tick = e.clock().tick;
     {
@@ -168,7 +170,7 @@ fn a_blocked_path_is_replanned_and_its_cache_entry_invalidated() {
 #[test]
 fn agents_mine_return_and_deposit_and_every_transition_is_an_event() {
     let mut e = engine(2, 9);
-    e.world_mut().insert_resource(MiningConfig { return_at: 0.02, ..MiningConfig::default() });
+    e.world_mut().insert_resource(AgentConfig { return_at: 0.02, ..AgentConfig::default() });
     spawn_colony(&mut e, 60, 9).unwrap();
     let mut causes: HashSet<&'static str> = HashSet::new();
     let mut transitions = 0;
@@ -244,7 +246,7 @@ fn mined_ore_and_deposits_reach_storage_as_domain_events() {
         .add_plugin(terrarium_systems::batching::plugin(sink.clone()))
         .build()
         .unwrap();
-    e.world_mut().insert_resource(MiningConfig { return_at: 0.02, ..MiningConfig::default() });
+    e.world_mut().insert_resource(AgentConfig { return_at: 0.02, ..AgentConfig::default() });
     spawn_colony(&mut e, 40, 6).unwrap();
     e.run_ticks(1_200);
     terrarium_systems::batching::flush_now(&mut e);

@@ -11,7 +11,6 @@ mod coalesce;
 mod worker;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,110 +18,11 @@ use std::time::{Duration, Instant};
 // The worker measures time with tokio's clock, so tests can pause it.
 use tokio::time::Instant as TokioInstant;
 
-use serde::{Deserialize, Serialize};
-
+use crate::WriteBehindConfig;
 use crate::outbox::Outbox;
 use crate::{
     BatchId, BatchSink, Handoff, PositionColumns, PositionRow, SinkHealth, Storage, WriteBehindError,
 };
-
-/// Settings of a [`WriteBehind`]. Every field has a default; sizes are in rows (of any kind).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WriteBehindConfig {
-    /// Spill file (append-only, replayed after a failure or a restart). `None`: no spilling;
-    /// batches wait in memory up to `max_queued_rows`, and what does not fit is dropped and
-    /// counted.
-    pub outbox_path: Option<PathBuf>,
-    /// Hard bound on rows waiting in memory; a batch that would exceed it is refused (dropped,
-    /// counted, reported). 1 ..= 1 000 000 000.
-    pub max_queued_rows: usize,
-    /// Above this many rows waiting in memory, waiting batches move to the outbox (when there
-    /// is one). 1 ..= `max_queued_rows`.
-    pub spill_queued_rows: usize,
-    /// Largest outbox file, bytes; a spill that would pass it fails (and the batches stay in
-    /// memory). 1 MiB ..= 1 TiB.
-    pub max_outbox_bytes: u64,
-    /// Largest single frame (one encoded batch) the outbox writes or reads back, bytes.
-    /// 1 KiB ..= 4 GiB.
-    pub max_frame_bytes: u64,
-    /// Most batches in one store call (group commit). 1 ..= 100 000.
-    pub max_group_batches: usize,
-    /// A store call takes more batches only while it has fewer rows than this. 1 ..= 1 000 000 000.
-    pub max_group_rows: usize,
-    /// Least wall-clock time between two store calls, milliseconds; batches that arrive in
-    /// between wait and go together. `flush` and `shutdown` skip it. 0 ..= 60 000.
-    pub commit_interval_ms: u64,
-    /// A store call that takes longer counts as failed (`StorageError::Timeout`), milliseconds.
-    /// 1 ..= 3 600 000.
-    pub write_timeout_ms: u64,
-    /// First wait before retrying a failed call, milliseconds; doubles up to `retry_max_ms`.
-    /// 1 ..= 3 600 000.
-    pub retry_min_ms: u64,
-    /// Longest wait between retries, milliseconds. `retry_min_ms` ..= 3 600 000.
-    pub retry_max_ms: u64,
-    /// Tries for a batch the store refuses with a non-transient error before it is given up
-    /// (kept in `<outbox>.dead`, counted, logged). Transient errors are retried forever.
-    /// 1 ..= 1000.
-    pub max_attempts: u32,
-    /// Producer id for batch ids; `None` picks a fresh random one per start (the usual case).
-    pub run_id: Option<u64>,
-}
-
-impl Default for WriteBehindConfig {
-    fn default() -> Self {
-        Self {
-            outbox_path: None,
-            max_queued_rows: 16_000_000,
-            spill_queued_rows: 4_000_000,
-            max_outbox_bytes: 4 << 30,
-            max_frame_bytes: 1 << 30,
-            max_group_batches: 64,
-            max_group_rows: 4_000_000,
-            commit_interval_ms: 100,
-            write_timeout_ms: 30_000,
-            retry_min_ms: 50,
-            retry_max_ms: 5_000,
-            max_attempts: 5,
-            run_id: None,
-        }
-    }
-}
-
-impl WriteBehindConfig {
-    /// Checks every value against its allowed range.
-    ///
-    /// # Errors
-    /// [`WriteBehindError::Config`] naming the first bad setting.
-    pub fn validate(&self) -> Result<(), WriteBehindError> {
-        let check = |key: &'static str, ok: bool, reason: &str| {
-            if ok { Ok(()) } else { Err(WriteBehindError::Config { key, reason: reason.to_string() }) }
-        };
-        check("max_queued_rows", (1..=1_000_000_000).contains(&self.max_queued_rows), "1 ..= 1000000000")?;
-        check(
-            "spill_queued_rows",
-            (1..=self.max_queued_rows).contains(&self.spill_queued_rows),
-            "1 ..= max_queued_rows",
-        )?;
-        check(
-            "max_outbox_bytes",
-            ((1 << 20)..=(1 << 40)).contains(&self.max_outbox_bytes),
-            "1 MiB ..= 1 TiB",
-        )?;
-        check("max_frame_bytes", ((1 << 10)..=(4 << 30)).contains(&self.max_frame_bytes), "1 KiB ..= 4 GiB")?;
-        check("max_group_batches", (1..=100_000).contains(&self.max_group_batches), "1 ..= 100000")?;
-        check("max_group_rows", (1..=1_000_000_000).contains(&self.max_group_rows), "1 ..= 1000000000")?;
-        check("commit_interval_ms", self.commit_interval_ms <= 60_000, "0 ..= 60000")?;
-        check("write_timeout_ms", (1..=3_600_000).contains(&self.write_timeout_ms), "1 ..= 3600000")?;
-        check("retry_min_ms", (1..=3_600_000).contains(&self.retry_min_ms), "1 ..= 3600000")?;
-        check(
-            "retry_max_ms",
-            (self.retry_min_ms..=3_600_000).contains(&self.retry_max_ms),
-            "retry_min_ms ..= 3600000",
-        )?;
-        check("max_attempts", (1..=1000).contains(&self.max_attempts), "1 ..= 1000")
-    }
-}
 
 /// Counters of a [`WriteBehind`], read at any time with [`WriteBehind::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,56 +1,15 @@
-//! Setting up a mining colony: the plugin with every agent system, a generated world sized to
-//! the colony, and miners spread around the depots. Other crates call [`spawn_colony`] to get
-//! a working agent workload in one line.
+//! Setting up a mining colony: a generated world sized to the colony, and miners spread
+//! around the depots. Other crates call [`spawn_colony`] to get a working agent workload in one
+//! line.
 
 use terrarium_engine::rng::{StreamRng, hash3};
 use terrarium_engine::voxel::{BlockPos, VoxelWorld, WorldGen};
 use terrarium_engine::{Brain, ConfigError, Engine, NpcIdRange, NpcSpec, ParPool, Role};
 
-use super::{DepositIndex, MiningConfig, MiningStats};
-use crate::ai::AgentEvents;
 use crate::par;
-use crate::pathfinding::{PathCache, PathStats};
 
 /// Ground columns generated per agent by [`spawn_colony`] (at least 64 × 64 in all).
 pub const COLUMNS_PER_AGENT: u64 = 24;
-
-/// Marks an engine whose agent systems are registered, so the plugin runs once.
-#[derive(bevy_ecs::prelude::Resource)]
-struct AgentSystems;
-
-/// Everything agents need: the decision loop (`Decide`, `Act`), the mining round and path
-/// planning (`Plan`), and their resources. Safe to add twice. The voxel world is not created
-/// here (see [`spawn_colony`] or insert a [`VoxelWorld`] yourself); without one agents wait.
-///
-/// # Examples
-/// ```
-/// use terrarium_engine::{Engine, EngineConfig};
-/// let mut engine = Engine::builder(EngineConfig::default())
-///     .add_plugin(terrarium_systems::core_plugin)
-///     .add_plugin(terrarium_systems::mining::mining_plugin)
-///     .build()
-///     .unwrap();
-/// engine.run_ticks(2);
-/// ```
-pub fn mining_plugin(engine: &mut Engine) {
-    let world = engine.world_mut();
-    if world.contains_resource::<AgentSystems>() {
-        return;
-    }
-    world.insert_resource(AgentSystems);
-    if !world.contains_resource::<MiningConfig>() {
-        world.insert_resource(MiningConfig::default());
-    }
-    let capacity = world.resource::<MiningConfig>().cache_capacity;
-    world.insert_resource(PathCache::with_capacity(capacity));
-    world.init_resource::<MiningStats>();
-    world.init_resource::<PathStats>();
-    world.init_resource::<DepositIndex>();
-    world.init_resource::<AgentEvents>();
-    crate::ai::register(engine);
-    super::register(engine);
-    crate::pathfinding::register(engine);
-}
 
 /// Generates the world of a colony of `agents` miners from `seed` (about [`COLUMNS_PER_AGENT`]
 /// ground columns each), chunks in parallel on `pool`.
@@ -65,7 +24,7 @@ pub fn colony_world(pool: &ParPool, agents: u64, seed: u64) -> Result<VoxelWorld
 }
 
 /// Spawns `agents` miners into `engine`, spread over the dry land of its voxel world (generated with
-/// [`colony_world`] first if it has none), and adds [`mining_plugin`]. Each miner gets a tool of
+/// [`colony_world`] first if it has none), and adds the agents' [`plugin`](super::plugin). Each miner gets a tool of
 /// power 1 ..= 4 and a first wake-up within two simulated seconds, all derived from `seed`.
 ///
 /// Returns the new agents' ids.
@@ -77,13 +36,13 @@ pub fn colony_world(pool: &ParPool, agents: u64, seed: u64) -> Result<VoxelWorld
 /// ```
 /// use terrarium_engine::{Engine, EngineConfig};
 /// let mut engine = Engine::builder(EngineConfig { seed: 3, ..EngineConfig::default() }).build().unwrap();
-/// let ids = terrarium_systems::mining::spawn_colony(&mut engine, 50, 3).unwrap();
+/// let ids = terrarium_systems::agents::spawn_colony(&mut engine, 50, 3).unwrap();
 /// assert_eq!(ids.len(), 50);
 /// engine.run_ticks(100);
-/// assert!(engine.world().resource::<terrarium_systems::mining::MiningStats>().assigned > 0);
+/// assert!(engine.world().resource::<terrarium_systems::agents::MiningStats>().assigned > 0);
 /// ```
 pub fn spawn_colony(engine: &mut Engine, agents: u64, seed: u64) -> Result<NpcIdRange, ConfigError> {
-    mining_plugin(engine);
+    super::plugin(engine);
     if !engine.world().contains_resource::<VoxelWorld>() {
         let pool = engine.world().resource::<ParPool>().clone();
         let world = colony_world(&pool, agents, seed)?;

@@ -1,47 +1,91 @@
-//! The `Plan` stage's path planning: agents waiting for a path send a request; requests are
-//! answered from the [`PathCache`] or solved in parallel on the engine's pool, and the results
-//! are applied in `NpcId` order.
+//! The `Plan` stage: the mining round gives deposits to the agents that are choosing, then
+//! path planning answers the agents waiting for a path. Requests are answered from the
+//! [`PathCache`] or solved in parallel on the engine's pool; results are applied in `NpcId`
+//! order.
 
 use bevy_ecs::prelude::*;
-use terrarium_engine::voxel::{BlockPos, VoxelWorld};
+use terrarium_engine::voxel::{BlockPos, Ore, VoxelWorld};
 use terrarium_engine::{
-    Agent, AgentPath, Brain, BrainState, Engine, Goal, NpcId, OreProfile, ParPool, Position, SimClock,
-    Status, TickSet,
+    Agent, AgentPath, Brain, BrainState, Goal, Inventory, NpcId, OreProfile, ParPool, Position, SimClock,
+    Status,
 };
 
-use super::cache::{CacheKey, PathCache};
-use super::voxel::{SearchOutcome, Target, WalkRules, find_path};
-use crate::ai::{self, AgentEvents, Cause};
-use crate::mining::{DepositIndex, MiningConfig, MiningStats};
+use super::state::{Task, fail_task, transition};
+use super::{AgentConfig, AgentEvents, Cause, MiningStats, PathStats};
+use crate::mining::{DepositIndex, Miner, assign};
 use crate::par;
+use crate::pathfinding::{CacheKey, PathCache, SearchOutcome, Target, WalkRules, find_path};
 
-/// Adds path planning to the `Plan` stage.
-pub fn register(engine: &mut Engine) {
-    engine.add_systems(TickSet::Plan, plan_paths);
-}
+type ChooserData = (
+    Entity,
+    &'static NpcId,
+    &'static Position,
+    &'static mut Brain,
+    &'static Inventory,
+    &'static OreProfile,
+    &'static mut Status,
+);
 
-/// Counters of path planning since the plugin was added (observability, not world state).
-#[derive(Resource, Debug, Default, Clone, PartialEq, Eq)]
-pub struct PathStats {
-    /// Requests answered with a path (searched or cached).
-    pub solved: u64,
-    /// Requests answered with "no path".
-    pub failures: u64,
-    /// Paths replanned because a step was blocked.
-    pub replans: u64,
-    /// Requests answered from the cache.
-    pub cache_hits: u64,
-    /// Searches run.
-    pub searches: u64,
-    /// Cells expanded by those searches.
-    pub expanded: u64,
-    /// Requests left for a later tick by `MiningConfig::max_paths_per_tick` (each tick a
-    /// request waits counts once).
-    pub deferred: u64,
-    /// Requests the last `Plan` stage left waiting for a later tick (a gauge, not a total).
-    pub waiting: u64,
-    /// Searches the last `Plan` stage ran on the engine's pool (a gauge, not a total).
-    pub last_searches: u64,
+/// The mining round: every agent in `Choosing` scores nearby deposits; each gets at most one,
+/// no deposit goes to two (see [`assign`]).
+#[expect(clippy::too_many_arguments, reason = "a system's parameters are its data dependencies")]
+pub(super) fn assign_deposits(
+    mut agents: Query<ChooserData, With<Agent>>,
+    mut index: ResMut<DepositIndex>,
+    mut events: ResMut<AgentEvents>,
+    mut stats: ResMut<MiningStats>,
+    config: Res<AgentConfig>,
+    clock: Res<SimClock>,
+    pool: Res<ParPool>,
+    world: Option<Res<VoxelWorld>>,
+) {
+    if world.is_none() {
+        return;
+    }
+    let tick = clock.tick;
+    let mut choosing: Vec<(NpcId, Entity, Miner)> = agents
+        .iter()
+        .filter(|(.., b, _, _, _)| b.state == BrainState::Choosing)
+        .map(|(e, id, pos, brain, inv, profile, _)| {
+            let room = Ore::ALL.map(|o| inv.room_for(o.item()));
+            let avoid = (tick < brain.avoid_until).then_some(brain.avoid);
+            let cell = BlockPos::containing(*pos);
+            (*id, e, Miner { id: *id, cell, tool: brain.tool, room, profile: *profile, avoid })
+        })
+        .collect();
+    if choosing.is_empty() {
+        return;
+    }
+    choosing.sort_unstable_by_key(|c| c.0);
+    let miners: Vec<Miner> = choosing.iter().map(|c| c.2).collect();
+    let result = assign(&pool, &index, &miners, &config.assign_params());
+    stats.exact_groups += result.exact_groups as u64;
+    stats.auction_groups += result.auction_groups as u64;
+    for (i, (id, e, _)) in choosing.into_iter().enumerate() {
+        let Ok((.., mut brain, _, _, mut status)) = agents.get_mut(e) else { continue };
+        let (to, cause) = match result.choice[i] {
+            Some(p) if index.claim(p) => {
+                stats.assigned += 1;
+                brain.goal = Goal::Deposit(p);
+                (BrainState::Planning, Cause::Assigned(p))
+            }
+            _ if result.had_candidates[i] => {
+                stats.outbid += 1;
+                brain.wake_at = tick + config.wait_ticks;
+                (BrainState::Idle, Cause::Outbid)
+            }
+            _ => {
+                stats.no_deposit += 1;
+                brain.wake_at = tick + config.retry_ticks;
+                (BrainState::Idle, Cause::NoDeposit)
+            }
+        };
+        if to == BrainState::Planning {
+            brain.wake_at = tick;
+            brain.replans = 0;
+        }
+        transition(&mut events, tick, id, &mut brain, &mut status, to, cause);
+    }
 }
 
 /// The target an agent's goal stands for.
@@ -58,7 +102,7 @@ pub fn target_of(goal: Goal, world: &VoxelWorld) -> Option<Target> {
 
 /// The walking rules of an agent with `brain` under `config`.
 #[must_use]
-pub fn rules_of(brain: &Brain, config: &MiningConfig) -> WalkRules {
+pub fn rules_of(brain: &Brain, config: &AgentConfig) -> WalkRules {
     WalkRules::miner(brain.tool, config.walk_speed)
 }
 
@@ -83,7 +127,7 @@ type PlannerData = (
 
 /// Answers every path request of this tick (up to the budget).
 #[expect(clippy::too_many_arguments, reason = "a system's parameters are its data dependencies")]
-pub fn plan_paths(
+pub(super) fn plan_paths(
     mut agents: Query<PlannerData, With<Agent>>,
     world: Option<Res<VoxelWorld>>,
     mut cache: ResMut<PathCache>,
@@ -91,7 +135,7 @@ pub fn plan_paths(
     mut events: ResMut<AgentEvents>,
     mut stats: ResMut<PathStats>,
     mut mining: ResMut<MiningStats>,
-    config: Res<MiningConfig>,
+    config: Res<AgentConfig>,
     clock: Res<SimClock>,
     pool: Res<ParPool>,
 ) {
@@ -167,7 +211,7 @@ pub fn plan_paths(
                 } else {
                     BrainState::Travelling
                 };
-                ai::transition(&mut events, tick, *id, &mut brain, &mut status, to, Cause::PathFound);
+                transition(&mut events, tick, *id, &mut brain, &mut status, to, Cause::PathFound);
             }
             Err(_) => {
                 stats.failures += 1;
@@ -180,8 +224,8 @@ pub fn plan_paths(
     for (id, e) in lost {
         let Ok((.., mut brain, mut path, mut profile, mut status)) = agents.get_mut(e) else { continue };
         let mut task =
-            ai::Task { brain: &mut brain, path: &mut path, profile: &mut profile, status: &mut status };
-        ai::fail_task(
+            Task { brain: &mut brain, path: &mut path, profile: &mut profile, status: &mut status };
+        fail_task(
             &mut task,
             id,
             Cause::Unreachable,

@@ -128,7 +128,7 @@ pub fn domain_event(event: &AgentEvent) -> Option<DomainEvent> {
 }
 
 /// Hands this tick's outcomes to the batching systems (when they run in this engine).
-pub(crate) fn forward_to_storage(events: Res<AgentEvents>, queue: Option<ResMut<DomainEvents>>) {
+pub(super) fn forward_to_storage(events: Res<AgentEvents>, queue: Option<ResMut<DomainEvents>>) {
     let Some(mut queue) = queue else { return };
     for e in &events.events {
         if let Some(d) = domain_event(e) {

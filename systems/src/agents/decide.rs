@@ -1,119 +1,22 @@
-//! The agents' decision loop.
-//!
-//! `Decide` stage: wake idle agents, finish arrivals, mining and depositing, and take orders.
-//! `Plan` stage (in `mining` and `pathfinding`): give deposits out and find paths.
-//! `Act` stage: walk one step along the path when the last one is done, digging on the way.
-//!
-//! ```text
-//! Idle ─wake─▶ Choosing ─deposit assigned─▶ Planning ─path─▶ Travelling ─arrived─▶ Mining
-//!   ▲             │ none / outbid                │ no path          │ blocked: replan  │ mined
-//!   │             ▼                              ▼                  ▼                  ▼
-//!   └────────── Idle (wait) ◀──── failure ── Idle (backoff)   Planning      Choosing or, when full,
-//!   ▲                                                                      Planning ─▶ Returning
-//!   └──────────────────────── Depositing ◀─arrived── Returning ◀──────────────────────┘
-//! ```
-//!
-//! Every transition is recorded in [`AgentEvents`]. Agents are visited in `NpcId` order and
-//! change the voxel world one after the other, so the outcome never depends on thread count;
-//! the parallel work (candidate scoring, assignment, path searches) is pure.
-
-mod events;
+//! The `Decide` stage: the deposit index follows the voxel world, orders are taken, and every
+//! due agent takes its next decision (wake, arrive, mine, hand a load in), in `NpcId` order.
 
 use bevy_ecs::prelude::*;
 use terrarium_engine::rng::hash3;
 use terrarium_engine::voxel::{Block, BlockPos, Ore, VoxelWorld};
 use terrarium_engine::{
-    Agent, AgentPath, Brain, BrainState, Engine, Goal, Inventory, MoveTarget, NpcId, OreProfile, ParPool,
-    Position, SimClock, SimRng, Status, TickSet,
+    Agent, AgentPath, Brain, BrainState, Goal, Inventory, MoveTarget, NpcId, OreProfile, ParPool, Position,
+    SimClock, SimRng, Status,
 };
 
-pub use events::{AgentEvent, AgentEvents, Cause, domain_event};
-
-use crate::mining::{DepositIndex, MiningConfig, MiningStats};
-use crate::pathfinding::{PathStats, Target, step};
-
-/// Adds the decision loop's `Decide` and `Act` systems.
-pub fn register(engine: &mut Engine) {
-    engine.add_systems(TickSet::Decide, (sync_deposits, take_orders, decide).chain());
-    engine.add_systems(TickSet::Act, (walk, events::forward_to_storage).chain());
-}
-
-/// The status observers see for a decision state.
-#[must_use]
-pub fn status_of(state: BrainState, goal: Goal) -> Status {
-    match state {
-        BrainState::Idle | BrainState::Choosing => Status::Idle,
-        BrainState::Planning if matches!(goal, Goal::Depot(_)) => Status::Returning,
-        BrainState::Planning | BrainState::Travelling => Status::Moving,
-        BrainState::Mining => Status::Mining,
-        BrainState::Returning => Status::Returning,
-        BrainState::Depositing => Status::Depositing,
-    }
-}
-
-/// Moves `brain` to `to`, keeps `status` in step and records the event.
-pub(crate) fn transition(
-    events: &mut AgentEvents,
-    tick: u64,
-    npc: NpcId,
-    brain: &mut Brain,
-    status: &mut Status,
-    to: BrainState,
-    cause: Cause,
-) {
-    events.push(AgentEvent { tick, npc, from: brain.state, to, cause });
-    brain.state = to;
-    let s = status_of(to, brain.goal);
-    if *status != s {
-        *status = s;
-    }
-}
-
-/// The mutable parts of one agent a task failure touches.
-pub(crate) struct Task<'a> {
-    pub brain: &'a mut Brain,
-    pub path: &'a mut AgentPath,
-    pub profile: &'a mut OreProfile,
-    pub status: &'a mut Status,
-}
-
-/// Gives the current task up: the ore kind counts a failure in the profile, the deposit is
-/// released (and avoided for a while), and the agent waits longer the more it failed in a row.
-#[expect(clippy::too_many_arguments, reason = "everything a failure touches")]
-pub(crate) fn fail_task(
-    task: &mut Task<'_>,
-    npc: NpcId,
-    cause: Cause,
-    tick: u64,
-    world: &VoxelWorld,
-    index: &mut DepositIndex,
-    events: &mut AgentEvents,
-    stats: &mut MiningStats,
-    config: &MiningConfig,
-) {
-    stats.failed_tasks += 1;
-    if let Goal::Deposit(p) = task.brain.goal {
-        index.release(p);
-        match world.get(p).ore() {
-            Some(ore) => task.profile.record_failure(ore),
-            None => {
-                index.remove(p);
-            }
-        }
-        task.brain.avoid = p;
-        task.brain.avoid_until = tick + config.avoid_ticks;
-    }
-    task.brain.failures = task.brain.failures.saturating_add(1);
-    task.brain.wake_at = tick + config.retry_ticks * u64::from(task.brain.failures.min(8));
-    task.brain.goal = Goal::None;
-    task.brain.replans = 0;
-    task.path.clear();
-    transition(events, tick, npc, task.brain, task.status, BrainState::Idle, cause);
-}
+use super::state::{Task, fail_task, secs_to_ticks, transition};
+use super::{AgentConfig, AgentEvents, Cause, MiningStats};
+use crate::mining::DepositIndex;
+use crate::pathfinding::Target;
 
 /// Builds the deposit index when a voxel world appears (or is replaced), with claims taken
 /// from the agents' goals; clears last tick's events.
-fn sync_deposits(
+pub(super) fn sync_deposits(
     world: Option<Res<VoxelWorld>>,
     mut index: ResMut<DepositIndex>,
     mut events: ResMut<AgentEvents>,
@@ -145,7 +48,7 @@ type OrderData = (
 );
 
 /// Agents ordered to walk somewhere (`Order::MoveTo`) drop their task and plan a path there.
-fn take_orders(
+pub(super) fn take_orders(
     mut agents: Query<OrderData, With<Agent>>,
     mut index: ResMut<DepositIndex>,
     mut events: ResMut<AgentEvents>,
@@ -202,13 +105,13 @@ fn is_due(brain: &Brain, path: &AgentPath, tick: u64, has_order: bool) -> bool {
 
 /// The `Decide` stage: every due agent takes its next decision, in `NpcId` order.
 #[expect(clippy::too_many_arguments, reason = "a system's parameters are its data dependencies")]
-fn decide(
+pub(super) fn decide(
     mut agents: Query<AgentData, With<Agent>>,
     world: Option<ResMut<VoxelWorld>>,
     mut index: ResMut<DepositIndex>,
     mut events: ResMut<AgentEvents>,
     mut stats: ResMut<MiningStats>,
-    config: Res<MiningConfig>,
+    config: Res<AgentConfig>,
     clock: Res<SimClock>,
     rng: Res<SimRng>,
     mut commands: Commands,
@@ -370,7 +273,7 @@ fn decide(
 }
 
 /// True when the inventory is full enough to go back.
-fn full(inv: &Inventory, config: &MiningConfig) -> bool {
+fn full(inv: &Inventory, config: &AgentConfig) -> bool {
     inv.is_full() || inv.total() as f32 >= config.return_at * Inventory::CAPACITY as f32
 }
 
@@ -396,98 +299,6 @@ fn head_home(
         None => {
             brain.wake_at = tick + 100;
             transition(events, tick, id, brain, status, BrainState::Idle, Cause::Unreachable);
-        }
-    }
-}
-
-/// Whole ticks (at least one) that `secs` simulated seconds take at `hz` ticks per second.
-fn secs_to_ticks(secs: f32, hz: u64) -> u64 {
-    ((secs * hz as f32).ceil() as u64).max(1)
-}
-
-type WalkerData = (
-    Entity,
-    &'static NpcId,
-    &'static mut Position,
-    &'static mut Brain,
-    &'static mut AgentPath,
-    &'static mut OreProfile,
-    &'static mut Status,
-);
-
-/// The `Act` stage: every walking agent whose last step is done takes the next one, digging
-/// what is in the way; a step that is no longer allowed sends it back to planning.
-#[expect(clippy::too_many_arguments, reason = "a system's parameters are its data dependencies")]
-fn walk(
-    mut agents: Query<WalkerData, With<Agent>>,
-    world: Option<ResMut<VoxelWorld>>,
-    mut index: ResMut<DepositIndex>,
-    mut events: ResMut<AgentEvents>,
-    mut stats: ResMut<MiningStats>,
-    mut path_stats: ResMut<PathStats>,
-    config: Res<MiningConfig>,
-    clock: Res<SimClock>,
-) {
-    let Some(mut world) = world else { return };
-    let tick = clock.tick;
-    let mut due: Vec<(NpcId, Entity)> = agents
-        .iter()
-        .filter(|(_, _, _, b, p, ..)| {
-            matches!(b.state, BrainState::Travelling | BrainState::Returning)
-                && tick >= b.wake_at
-                && !p.arrived()
-        })
-        .map(|(e, id, ..)| (*id, e))
-        .collect();
-    due.sort_unstable_by_key(|d| d.0);
-    let hz = u64::from(clock.tick_hz);
-    for (id, e) in due {
-        let Ok((_, _, mut pos, mut brain, mut path, mut profile, mut status)) = agents.get_mut(e) else {
-            continue;
-        };
-        let here = BlockPos::containing(*pos);
-        let next = path.next_cell().expect("not arrived");
-        let rules = crate::pathfinding::rules_of(&brain, &config);
-        match step(&world, here, next, &rules) {
-            Some(st) => {
-                for b in st.dig.into_iter().flatten() {
-                    world.set(b, Block::Air);
-                    stats.blocks_dug += 1;
-                }
-                *pos = next.feet_position();
-                path.next += 1;
-                brain.wake_at = tick + secs_to_ticks(st.cost / config.walk_speed, hz);
-            }
-            None if brain.replans < config.max_replans => {
-                path_stats.replans += 1;
-                brain.replans += 1;
-                brain.wake_at = tick;
-                path.clear();
-                transition(
-                    &mut events,
-                    tick,
-                    id,
-                    &mut brain,
-                    &mut status,
-                    BrainState::Planning,
-                    Cause::Blocked,
-                );
-            }
-            None => {
-                let mut task =
-                    Task { brain: &mut brain, path: &mut path, profile: &mut profile, status: &mut status };
-                fail_task(
-                    &mut task,
-                    id,
-                    Cause::GaveUp,
-                    tick,
-                    &world,
-                    &mut index,
-                    &mut events,
-                    &mut stats,
-                    &config,
-                );
-            }
         }
     }
 }
