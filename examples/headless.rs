@@ -204,7 +204,7 @@ fn run(args: &Args) -> Result<()> {
         _ => None,
     } {
         if args.agents == 0 {
-            builder = builder.add_plugin(terrarium::systems::mining::mining_plugin);
+            builder = builder.add_plugin(terrarium::systems::agents::plugin);
         }
         let (engine, mut report) =
             terrarium::resume::resume(builder, point).context("cannot resume the stored world")?;

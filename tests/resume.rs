@@ -31,7 +31,12 @@ fn embedded(dir: &Path, args: &[&str]) -> Command {
 
 fn summary(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "headless failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "headless failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.lines().last().expect("a summary")).expect("the last line is JSON")
 }
 
@@ -98,7 +103,8 @@ fn drop_schemas(url: &str, schemas: &[&str]) {
 #[test]
 fn sigterm_drains_checkpoints_and_the_next_run_resumes_there() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = embedded(dir.path(), &["--npcs", "5000", "--ticks", "100000", "--realtime", "--tick-hz", "50"]);
+    let mut cmd =
+        embedded(dir.path(), &["--npcs", "5000", "--ticks", "100000", "--realtime", "--tick-hz", "50"]);
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     signal(child.id(), "-TERM");
@@ -110,7 +116,10 @@ fn sigterm_drains_checkpoints_and_the_next_run_resumes_there() {
     assert_eq!(first["writes_dropped"], 0);
     assert!(first["checkpoint_ms"].as_f64().unwrap() > 0.0);
     let second = run(embedded(dir.path(), &["--ticks", "10"]));
-    assert_eq!((second["resumed"].as_bool(), second["resumed_tick"].as_u64()), (Some(true), Some(stopped_at)));
+    assert_eq!(
+        (second["resumed"].as_bool(), second["resumed_tick"].as_u64()),
+        (Some(true), Some(stopped_at))
+    );
     assert_eq!(second["resumed_npcs"], 5000);
     assert_eq!(second["final_tick"].as_u64(), Some(stopped_at + 10));
 }
@@ -118,8 +127,10 @@ fn sigterm_drains_checkpoints_and_the_next_run_resumes_there() {
 #[test]
 fn sigkill_resumes_from_the_last_checkpoint_and_what_was_committed_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd =
-        embedded(dir.path(), &["--npcs", "4000", "--ticks", "100000", "--checkpoint-every", "40", "--realtime", "--tick-hz", "50"]);
+    let mut cmd = embedded(
+        dir.path(),
+        &["--npcs", "4000", "--ticks", "100000", "--checkpoint-every", "40", "--realtime", "--tick-hz", "50"],
+    );
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     // Wait for a checkpoint, then kill without warning.
@@ -173,7 +184,8 @@ fn signal(pid: u32, sig: &str) {
 }
 
 fn checkpoint_ticks(db: &Path) -> Vec<i64> {
-    let Ok(sql) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+    let Ok(sql) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
         return vec![];
     };
     let Ok(mut stmt) = sql.prepare("SELECT tick FROM checkpoints") else { return vec![] };
