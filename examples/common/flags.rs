@@ -160,6 +160,7 @@ impl StorageFlags {
     }
 
     /// True when the store outlives the process (a stopped world is stored to resume).
+    #[allow(dead_code, reason = "each binary including this file uses part of it")]
     pub fn durable(&self) -> bool {
         matches!(self.kind, StorageKind::Embedded | StorageKind::Postgres)
     }

@@ -332,7 +332,7 @@ async fn checkpoints_and_what_came_after_them_are_read_back_for_a_resume() {
         seq: 1,
         tick,
         clean,
-        bytes: (0..10_000u32).map(|i| (i as u64 * tick) as u8).collect(),
+        bytes: (0..10_000u32).map(|i| (u64::from(i) * tick) as u8).collect(),
     };
     store.write(&[WriteBatch { npcs: (1..=5).map(npc).collect(), ..batch(7, 1) }]).await.unwrap();
     for tick in [10, 20, 30] {
