@@ -5,8 +5,6 @@ pub mod config;
 pub mod perf;
 pub mod pipeline;
 pub mod resume;
-#[cfg(feature = "server")]
-pub mod server;
 mod server_config;
 
 pub use terrarium_codec as codec;
