@@ -5,8 +5,9 @@
 #
 # Steps: services (PostgreSQL + Redis on 127.0.0.1, see scripts/services.sh), cargo fmt --check,
 # clippy -D warnings (all targets, all features), docs with -D warnings, a build of the feature
-# matrix (none / default / all), doc tests, then every test with nextest (or cargo test when
-# nextest is missing). The last line printed is the test runner's summary.
+# matrix (none / default / all), the unit and integration tests without default features, doc
+# tests, then every test with nextest (or cargo test when nextest is missing). The last line
+# printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quie
 step "feature matrix"
 cargo check --workspace --no-default-features --quiet
 cargo check --workspace --quiet
+
+# The sequential build (`parallel` off, and no file store) is a build of its own: run its unit
+# and integration tests too, so it is held to the same pinned world hash
+# (systems/tests/pinned_world.rs) and flocking checksums (tests/examples.rs) as the parallel
+# build. Doc tests and benches are left to the default build: they exercise no code path of
+# their own without `parallel`. The service suites (postgres, redis, faults) need features
+# that are off here, so they compile to nothing.
+step "tests without default features (sequential)"
+cargo test --workspace --no-default-features --lib --tests --quiet
 
 step "doc tests"
 cargo test --workspace --all-features --doc --quiet
