@@ -261,17 +261,17 @@ async fn tag_sets_hold_only_keys_that_still_live() {
     let c = RedisCache::connect(FaultyStore::new(MemoryStore::default()), &cfg).await.unwrap();
     c.write(&[WriteBatch { npcs: (1..=3).map(npc).collect(), ..batch(1, 1) }]).await.unwrap();
     let filter = NpcFilter { swarm: Some(0), ..NpcFilter::default() };
-    for after in 0..50 {
+    // Steady traffic for 3 s, a new page every 100 ms; pages live 1 s.
+    for after in 0..30 {
         c.list_npcs(&filter, Page { after: Some(after), limit: 10 }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Past the pages' TTL, one more page trims the expired ones from both tags.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    c.list_npcs(&filter, Page { after: Some(1000), limit: 10 }).await.unwrap();
     let before = c.metrics().invalidated;
     assert!(c.invalidate_lists().await);
-    assert_eq!(c.metrics().invalidated - before, 1, "only the live page was still in `lists`");
+    let live = c.metrics().invalidated - before;
+    assert!((1..=15).contains(&live), "`lists` holds the pages of the last second or so, not all 30: {live}");
     let before = c.metrics().invalidated;
     assert!(c.invalidate_swarm(0).await);
-    assert!(c.metrics().invalidated - before <= 1, "swarm tag trimmed too");
+    assert!(c.metrics().invalidated - before <= 15, "swarm tag trimmed too");
     c.clear_prefix().await.unwrap();
 }
