@@ -179,11 +179,20 @@ fn a_seeded_fault_schedule_loses_nothing_but_a_damaged_frame() {
     drop(child.wait());
     let outbox = dir.path().join("outbox");
     let mut bytes = std::fs::read(&outbox).expect("the outbox kept the batches");
-    let first_len = 48 + u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
-    assert!(bytes.len() > first_len + 48, "at least two frames in the outbox");
-    // Damage the second frame's payload: its header (intact) says how many rows it held.
-    let rows = u64::from_le_bytes(bytes[first_len + 24..first_len + 32].try_into().unwrap());
-    bytes[first_len + 48 + 5] ^= 0xa5;
+    // Damage the payload of the first frame that holds rows (frames of batches whose positions
+    // a later batch overwrote may hold none); its header (intact) says how many it held.
+    let (mut at, mut target) = (0usize, None);
+    while at + 48 <= bytes.len() {
+        let len = u64::from_le_bytes(bytes[at + 16..at + 24].try_into().unwrap()) as usize;
+        let rows = u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap());
+        if rows > 0 && at + 48 + len <= bytes.len() {
+            target = Some((at, rows));
+            break;
+        }
+        at += 48 + len;
+    }
+    let (at, rows) = target.expect("a frame with rows in the outbox");
+    bytes[at + 48 + 5] ^= 0xa5;
     std::fs::write(&outbox, &bytes).unwrap();
     servers.run("restart-pg");
     let child = headless(&servers, &schema, dir.path(), &["--ticks", "400", "--tick-hz", "20", "--realtime"])
@@ -193,6 +202,7 @@ fn a_seeded_fault_schedule_loses_nothing_but_a_damaged_frame() {
         .expect("headless starts");
     let third = finish(child);
     eprintln!("run 3 (damaged frame of {rows} rows): {third}");
+    assert!(rows > 0);
     assert_eq!(third["writes_dropped"].as_u64(), Some(rows), "exactly the damaged frame's rows: {third}");
     assert_eq!(third["outbox_frames_lost"], 1, "{third}");
     assert_eq!(third["store_mismatches"], 0, "{third}");
