@@ -241,6 +241,7 @@ impl<S: Storage> Worker<S> {
             add(&c.npc_rows_written, b.npcs.len() + b.removed.len());
         }
         add(&c.batches_written, group.batches.len());
+        self.shared.settle(&group.batches, true);
         if let Some(g) = &group.outbox {
             add(&c.batches_replayed, group.batches.len());
             if let Some(ob) = self.outbox.as_mut()
@@ -311,6 +312,7 @@ impl<S: Storage> Worker<S> {
         self.attempts = 0;
         self.isolate = false;
         let group = self.current.take().expect("checked above");
+        self.shared.settle(&group.batches, false);
         for b in &group.batches {
             tracing::error!(batch = %b.id, rows = b.len(), error = text, "store refused the batch {} times; giving up (kept in <outbox>.dead)", self.s.max_attempts);
             self.shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -444,6 +446,7 @@ impl<S: Storage> Worker<S> {
         if !left.is_empty() {
             self.coalesce(&mut left);
             if let Err(lost) = self.spill(left) {
+                self.shared.settle(&lost, false);
                 let rows: usize = lost.iter().map(WriteBatch::len).sum();
                 tracing::error!(
                     batches = lost.len(),
