@@ -17,8 +17,15 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("migrations/V1__initial.sql") }];
+// Version 2 is taken by the checkpoints migration of the resume work (landing separately).
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", sql: include_str!("migrations/V1__initial.sql") },
+    Migration {
+        version: 3,
+        name: "position_blocks",
+        sql: include_str!("migrations/V3__position_blocks.sql"),
+    },
+];
 
 /// What [`PgStore::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
