@@ -22,6 +22,7 @@
 //! stdout is one JSON object.
 
 use std::pin::pin;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ use terrarium::persistence::{
 };
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
+
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "PostgreSQL / Redis / L1 storage throughput")]
@@ -97,17 +100,14 @@ struct Figures {
     production_lag_ms_p99: f64,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
+    common::main_with("storage_bench", bench)
+}
+
+fn bench(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.npcs > 0 && args.rows >= args.npcs, "--rows must be at least --npcs (> 0)");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let figures = rt.block_on(run(&args))?;
+    let figures = rt.block_on(run(args))?;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     eprintln!(
         "batched / copy = {:.0}%, batched / naive = {:.0}x",

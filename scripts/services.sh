@@ -18,10 +18,10 @@
 #   TERRARIUM_PG_PORT       PostgreSQL port                          (default 55433)
 #   TERRARIUM_REDIS_PORT    Redis port                               (default 56380)
 #   TERRARIUM_PG_DB         database created on first start          (default terrarium)
-#   TERRARIUM_PG_BIN        PostgreSQL binaries                      (default /usr/lib/postgresql/15/bin)
+#   TERRARIUM_PG_BIN        PostgreSQL binaries   (default: the newest /usr/lib/postgresql/*/bin)
 #
-# Redis is installed with apt-get when redis-server is missing (needs root). PostgreSQL must be
-# installed already (the binaries above). As root, PostgreSQL runs as the `postgres` user, or a
+# PostgreSQL (Debian's `postgresql` package, whatever its major version) and Redis are installed
+# with apt-get when missing (needs root). As root, PostgreSQL runs as the `postgres` user, or a
 # system user `terrarium-pg` created on first use. Both servers listen on 127.0.0.1 only with
 # trust authentication: this is for tests on one machine, never for production. A process is
 # only ever signalled through the pid file this script wrote, after checking it is our server.
@@ -31,7 +31,7 @@ BASE="${TERRARIUM_SERVICES_DIR:-${TMPDIR:-/tmp}/terrarium-services}"
 PG_PORT="${TERRARIUM_PG_PORT:-55433}"
 REDIS_PORT="${TERRARIUM_REDIS_PORT:-56380}"
 PG_DB="${TERRARIUM_PG_DB:-terrarium}"
-PG_BIN="${TERRARIUM_PG_BIN:-/usr/lib/postgresql/15/bin}"
+PG_BIN="${TERRARIUM_PG_BIN:-}"
 PG_SUPERUSER=postgres
 HOST=127.0.0.1
 PGDATA="$BASE/pg"
@@ -62,9 +62,27 @@ as_owner() {
   if [[ $EUID -eq 0 ]]; then runuser -u "$(pg_user)" -- "$@"; else "$@"; fi
 }
 
+# The newest installed server's binaries (Debian keeps each major version in its own directory).
+pg_find_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -V | tail -n1) || true
+  [[ -n "$dir" && -x "$dir/postgres" ]] && echo "$dir"
+}
+
+pg_install() {
+  [[ $EUID -eq 0 ]] || fail "PostgreSQL is missing; install it (apt-get install postgresql) or run as root"
+  say "installing postgresql (apt-get)"
+  apt-get update -qq >&2
+  # The package's own cluster is not started (no init system here); we run our own.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >&2
+}
+
 pg_check_binaries() {
-  [[ -x "$PG_BIN/postgres" && -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_ctl" ]] ||
-    fail "PostgreSQL 15 binaries not found in $PG_BIN (set TERRARIUM_PG_BIN)"
+  if [[ -z "$PG_BIN" ]]; then
+    PG_BIN=$(pg_find_bin) || { pg_install; PG_BIN=$(pg_find_bin) || true; }
+  fi
+  [[ -n "$PG_BIN" && -x "$PG_BIN/postgres" && -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_ctl" ]] ||
+    fail "PostgreSQL binaries not found in ${PG_BIN:-/usr/lib/postgresql/*/bin} (set TERRARIUM_PG_BIN)"
 }
 
 # The postmaster's pid, when the pid file names a live postgres whose data directory is ours.
@@ -265,6 +283,9 @@ print_env() {
   echo "export TERRARIUM_TEST_PG_URL=$pg"
   echo "export TERRARIUM_TEST_REDIS_URL=$redis"
 }
+
+# Commands that only look (status, stop) use the binaries found; `start` installs them if none.
+[[ -n "$PG_BIN" ]] || PG_BIN=$(pg_find_bin) || PG_BIN=""
 
 case "${1:-start}" in
   start) pg_start; redis_start; print_env ;;

@@ -3,14 +3,16 @@
 #
 #   scripts/test.sh          start services when scripts/services.sh can, then run every check
 #
-# Steps: services (PostgreSQL + Redis on 127.0.0.1, see scripts/services.sh), cargo fmt --check,
-# clippy -D warnings (all targets, all features), docs with -D warnings, a build of the feature
-# matrix (none / default / all), doc tests, then every test with nextest (or cargo test when
-# nextest is missing). The last line printed is the test runner's summary.
+# Steps: services (PostgreSQL + Redis on 127.0.0.1, installed when missing, see
+# scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
+# fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
+# features), docs with -D warnings, a build of the feature matrix (none / default / all), doc
+# tests, then every test with nextest. Every cargo call is --locked. The last line printed is the
+# test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*" >&2; }
+step() { printf '\n== %s (%ds so far)\n' "$*" "$SECONDS" >&2; }
 
 if [[ -x scripts/services.sh ]]; then
   step "services"
@@ -28,25 +30,27 @@ if [[ -x scripts/services.sh ]]; then
   export TERRARIUM_TEST_REDIS_URL="${TERRARIUM_TEST_REDIS_URL:-${REDIS_URL:-}}"
 fi
 
+step "cargo-nextest"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (cargo install --locked)" >&2
+  cargo install --locked --quiet cargo-nextest
+fi
+
 step "fmt"
 cargo fmt --all -- --check
 
 step "clippy (all targets, all features)"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 step "docs"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --all-features --no-deps --quiet
 
 step "feature matrix"
-cargo check --workspace --no-default-features --quiet
-cargo check --workspace --quiet
+cargo check --locked --workspace --no-default-features --quiet
+cargo check --locked --workspace --quiet
 
 step "doc tests"
-cargo test --workspace --all-features --doc --quiet
+cargo test --locked --workspace --all-features --doc --quiet
 
 step "tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-features --no-fail-fast
-else
-  cargo test --workspace --all-features --no-fail-fast
-fi
+cargo nextest run --locked --workspace --all-features --no-fail-fast

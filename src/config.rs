@@ -20,7 +20,7 @@ pub struct Config {
     pub write_behind: WriteBehindConfig,
     /// Where state is stored, and the caches, retries and breaker in front of it.
     pub storage: StorageConfig,
-    /// The game server (`terrarium::server`, feature `server`).
+    /// The game server (the `terrarium-server` crate).
     pub server: ServerConfig,
 }
 

@@ -3,8 +3,6 @@
 pub mod config;
 pub mod perf;
 pub mod pipeline;
-#[cfg(feature = "server")]
-pub mod server;
 mod server_config;
 
 pub use terrarium_codec as codec;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use terrarium_engine::{ConfigError, in_range};
 
-/// Settings of the game server (`terrarium::server`, `examples/game_server.rs`).
+/// Settings of the game server (the `terrarium-server` crate, `server/examples/game_server.rs`).
 ///
 /// Limits protect the process from clients; every one is per server unless its name says
 /// otherwise.

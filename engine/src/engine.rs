@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use bevy_ecs::prelude::*;
-use bevy_ecs::schedule::{IntoScheduleConfigs, SingleThreadedExecutor};
+use bevy_ecs::schedule::{IntoScheduleConfigs, LogLevel, ScheduleBuildSettings, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
 
 use crate::command::{Queued, SenderShared};
@@ -143,6 +143,33 @@ impl Engine {
     ) -> &mut Self {
         self.stages[set.index()].add_systems(systems);
         self
+    }
+
+    /// Builds every stage's schedule now with bevy's ambiguity detection as an error: two
+    /// systems of one stage that touch the same data, one of them writing, with no order
+    /// declared between them (`.before`, `.after`, `.chain`) make it fail, naming both. bevy
+    /// promises no order for such systems, so a tick could change with a plugin added elsewhere.
+    /// Tests call it once every plugin is in; ticking does not need it.
+    ///
+    /// # Errors
+    /// [`EngineError::Schedule`] for the first stage that can't be built, with bevy's report.
+    pub fn check_system_order(&mut self) -> Result<(), EngineError> {
+        for (set, stage) in TickSet::ALL.into_iter().zip(&mut self.stages) {
+            let saved = stage.get_build_settings();
+            stage.set_build_settings(ScheduleBuildSettings {
+                ambiguity_detection: LogLevel::Error,
+                ..saved.clone()
+            });
+            let built = stage.initialize(&mut self.world);
+            stage.set_build_settings(saved);
+            if let Err(e) = built {
+                return Err(EngineError::Schedule {
+                    stage: set.name(),
+                    report: e.to_string(stage.graph(), &self.world),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The configuration the engine was built with.

@@ -133,6 +133,14 @@ pub enum EngineError {
     /// Loading the starting snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A stage's schedule could not be built (see [`crate::Engine::check_system_order`]).
+    #[error("stage {stage}: {report}")]
+    Schedule {
+        /// The stage's name ([`crate::TickSet::name`]).
+        stage: &'static str,
+        /// bevy's report, naming the systems involved.
+        report: String,
+    },
 }
 
 /// A command could not be queued for the next tick.

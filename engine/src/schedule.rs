@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 /// `Input → Decide → Plan → Act → Record → Flush`.
 ///
 /// Systems join a stage with [`crate::Engine::add_systems`]. Within a stage they run on one
-/// thread, in the order they were added unless ordered explicitly; parallel work happens inside
-/// systems, on the engine's worker pool.
+/// thread, one after the other; parallel work happens inside systems, on the engine's worker
+/// pool. bevy promises no order between systems that are not ordered explicitly (not the order
+/// they were added in), so any two systems of a stage that touch the same data, one of them
+/// writing, must be ordered with `.before`, `.after` or `.chain`;
+/// [`crate::Engine::check_system_order`] fails when two are not.
 #[derive(ScheduleLabel, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TickSet {
     /// Apply what arrived from outside (commands, orders).

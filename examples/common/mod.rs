@@ -25,6 +25,7 @@ pub fn main_with<A: clap::Parser>(name: &str, run: impl FnOnce(&A) -> anyhow::Re
             return ExitCode::from(2);
         }
     };
+    init_logging();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -33,3 +34,21 @@ pub fn main_with<A: clap::Parser>(name: &str, run: impl FnOnce(&A) -> anyhow::Re
         }
     }
 }
+
+/// Logs to stderr (stdout carries results, and with `--json` the summary is its last line), in
+/// colour only when stderr is a terminal; `RUST_LOG` chooses what is shown (default: warnings
+/// and errors, and Terrarium's own notices at `info`).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    // A second call (an example that also logs before main_with) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// The default log filter when `RUST_LOG` is unset.
+pub const DEFAULT_LOG: &str = "warn,terrarium=info,terrarium_engine=info,terrarium_systems=info,terrarium_persistence=info,terrarium_server=info";

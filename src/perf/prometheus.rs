@@ -126,6 +126,23 @@ impl PrometheusExporter {
         Self { recorder }
     }
 
+    /// Describes more metrics (name and help text), for families a host records itself (the
+    /// game server's HTTP and WebSocket counters): every family on `/metrics` has a HELP line.
+    pub fn describe(
+        &self,
+        counters: &[(&'static str, &'static str)],
+        gauges: &[(&'static str, &'static str)],
+    ) {
+        self.with(|| {
+            for &(name, help) in counters {
+                describe_counter!(name, help);
+            }
+            for &(name, help) in gauges {
+                describe_gauge!(name, help);
+            }
+        });
+    }
+
     /// Runs `f` with this exporter as the `metrics` recorder of the calling thread, so the
     /// `metrics::counter!`/`gauge!`/`histogram!` calls in it land here.
     pub fn with<T>(&self, f: impl FnOnce() -> T) -> T {

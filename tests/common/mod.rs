@@ -2,39 +2,24 @@
 
 #![allow(dead_code, reason = "each test file uses its own subset of these helpers")]
 
-use std::path::{Path, PathBuf};
+mod build;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The path of example `name`, built (or brought up to date) for this test's profile and
-/// features: a filtered `cargo test --test examples` does not build examples, and a stale
-/// binary would test old code.
+/// The path of example `name`, built up to date with this test's features.
 pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<this test> → target/<profile>/examples/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binary sits in target/<profile>/deps");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
     let features: Vec<&str> = [
         ("parallel", cfg!(feature = "parallel")),
         ("file-store", cfg!(feature = "file-store")),
         ("postgres", cfg!(feature = "postgres")),
         ("redis", cfg!(feature = "redis")),
         ("prometheus", cfg!(feature = "prometheus")),
-        ("server", cfg!(feature = "server")),
     ]
     .into_iter()
     .filter_map(|(f, on)| on.then_some(f))
     .collect();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--profile", profile, "--example", name, "--no-default-features"])
-        .args(["--features", &features.join(",")])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building example {name} failed");
-    profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    build::build_example(env!("CARGO_MANIFEST_DIR"), name, &features)
 }
 
 /// Runs an example and returns its stdout; fails the test on a non-zero exit.

@@ -10,11 +10,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
-use terrarium_engine::WorldBounds;
+use terrarium::engine::WorldBounds;
 
 use super::{Aoi, Clients, Frame, Inbox, ViewDelta};
-use crate::server::error::ServerError;
-use crate::server::stats::ServerStats;
+use crate::error::ServerError;
+use crate::stats::ServerStats;
 
 /// The running hub thread.
 pub(crate) struct HubThread {

@@ -139,6 +139,34 @@ impl ServerStats {
     }
 }
 
+/// The server's counters: name and help text (every family on `/metrics` has a HELP line).
+pub(crate) const COUNTERS: &[(&str, &str)] = &[
+    ("terrarium_http_requests_total", "HTTP requests received."),
+    ("terrarium_http_responses_total", "HTTP responses sent, by status class."),
+    ("terrarium_http_auth_rejected_total", "Requests refused for a missing or wrong API key."),
+    ("terrarium_http_rate_limited_total", "Requests and WebSocket messages refused by the rate limit."),
+    ("terrarium_connections_accepted_total", "TCP connections accepted."),
+    ("terrarium_connections_refused_total", "TCP connections refused over the connection caps."),
+    ("terrarium_ws_connections_total", "WebSocket connections upgraded."),
+    ("terrarium_ws_messages_received_total", "WebSocket messages received from clients."),
+    ("terrarium_ws_closed_rate_limit_total", "WebSocket connections closed for exceeding the rate limit."),
+    ("terrarium_ws_frames_sent_total", "WebSocket frames sent to clients."),
+    ("terrarium_ws_bytes_sent_total", "WebSocket payload bytes sent to clients."),
+    ("terrarium_ws_frames_skipped_total", "Frames not sent because a client's queue was full."),
+    ("terrarium_ws_resets_sent_total", "Full views sent to clients that fell behind."),
+    ("terrarium_stream_frames_total", "Views the tick published for streaming."),
+    ("terrarium_stream_resyncs_total", "Times the hub fell behind and took a full view."),
+    ("terrarium_tick_skipped_total", "Ticks skipped because the tick thread fell behind its rate."),
+];
+
+/// The server's gauges: name and help text.
+pub(crate) const GAUGES: &[(&str, &str)] = &[
+    ("terrarium_connections_open", "TCP connections open."),
+    ("terrarium_ws_connections_open", "WebSocket connections open."),
+    ("terrarium_stream_last_frame_seconds", "Wall-clock time the hub took to cut the last frames."),
+    ("terrarium_stream_view_npcs", "NPCs in the last published view."),
+];
+
 impl ServerFigures {
     /// Sets the server's metrics on the current `metrics` recorder.
     pub(crate) fn export(&self) {

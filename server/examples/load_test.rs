@@ -9,7 +9,7 @@
 //!    frames per second per client and how many got less than 90 % of the server's `ws_hz`.
 //!
 //! ```text
-//! cargo run --release --features server --example load_test -- \
+//! cargo run --release -p terrarium-server --example load_test -- \
 //!     --clients 200 --seconds 20 --npcs 100000 --tick-hz 20 --ws-clients 500 --json
 //! ```
 //!
@@ -36,11 +36,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::Value;
 use terrarium::engine::Engine;
-use terrarium::server::Server;
 use terrarium::{Config, StoragePipeline};
+use terrarium_server::Server;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../../examples/common/mod.rs"]
 mod common;
 
 /// Load-tests the game server's HTTP API and WebSocket streams on loopback.

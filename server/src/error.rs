@@ -8,10 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use terrarium_engine::{CommandError, ConfigError};
-use terrarium_persistence::StorageError;
+use terrarium::engine::{CommandError, ConfigError};
+use terrarium::persistence::StorageError;
 
-use crate::PipelineError;
+use terrarium::PipelineError;
 
 /// Why the game server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]

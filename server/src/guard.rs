@@ -16,9 +16,9 @@ use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::AppState;
-use super::error::ApiError;
-use super::stats::ServerStats;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::stats::ServerStats;
 
 /// Header that carries the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";

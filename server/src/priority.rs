@@ -22,7 +22,7 @@ pub const HTTP_WORKER_NICENESS: i32 = 5;
 /// ```
 /// let runtime = tokio::runtime::Builder::new_multi_thread()
 ///     .enable_all()
-///     .on_thread_start(terrarium::server::yield_to_the_tick)
+///     .on_thread_start(terrarium_server::yield_to_the_tick)
 ///     .build()?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -57,7 +57,7 @@ pub(crate) fn favour_the_tick() -> bool {
         tracing::info!(
             niceness = TICK_NICENESS,
             "tick thread stays at normal priority (raising it needs CAP_SYS_NICE); \
-             build the HTTP runtime with on_thread_start(terrarium::server::yield_to_the_tick) instead"
+             build the HTTP runtime with on_thread_start(terrarium_server::yield_to_the_tick) instead"
         );
     }
     raised

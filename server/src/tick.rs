@@ -7,9 +7,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use terrarium_engine::Engine;
+use terrarium::engine::Engine;
 
-use super::error::ServerError;
+use crate::error::ServerError;
 
 /// Something to do with the engine between two ticks.
 pub(crate) type Job = Box<dyn FnOnce(&mut Engine) + Send>;
@@ -69,7 +69,7 @@ impl TickThread {
         let handle = std::thread::Builder::new()
             .name("terrarium-tick".into())
             .spawn(move || {
-                super::priority::favour_the_tick();
+                crate::priority::favour_the_tick();
                 let mut engine = engine;
                 run(&mut engine, tick_hz, &stop2, &inbox, &status2);
                 on_stop(&mut engine);

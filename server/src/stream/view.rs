@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use terrarium_engine::{Engine, NpcId, NpcIndex, Position, SimClock, TickLog, TickSet};
+use terrarium::engine::{Engine, NpcId, NpcIndex, Position, SimClock, TickLog, TickSet};
 
 use super::{Inbox, ViewDelta};
 

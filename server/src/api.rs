@@ -11,18 +11,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use terrarium_engine::{
+use terrarium::engine::{
     Command, Engine, NpcId, NpcIndex, NpcSpec, Order, Position, Role, Status, Velocity, WorldBounds,
 };
-use terrarium_persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
+use terrarium::persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
 
-use super::AppState;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use super::guard::{rate_limit, require_api_key};
-use super::stats::ServerFigures;
-use super::stream::ws;
-use super::tick::Job;
-use crate::perf::PerformanceSnapshot;
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::guard::{rate_limit, require_api_key};
+use crate::stats::ServerFigures;
+use crate::stream::ws;
+use crate::tick::Job;
+use terrarium::perf::PerformanceSnapshot;
 
 /// Fastest walk an API caller may set, blocks per second.
 const MAX_SPEED: f32 = 100.0;
@@ -292,7 +292,7 @@ fn velocity(field: &str, v: [f32; 3]) -> Result<Velocity, ApiError> {
 }
 
 impl AppState {
-    fn store(&self) -> Result<&terrarium_persistence::StorageStack, ApiError> {
+    fn store(&self) -> Result<&terrarium::persistence::StorageStack, ApiError> {
         self.storage
             .as_deref()
             .ok_or_else(|| ApiError::unavailable("storage is off (--storage none): NPCs can't be read", 60))

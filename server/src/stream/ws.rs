@@ -1,23 +1,5 @@
-//! `GET /ws`: one task per WebSocket. The client sends JSON text messages, the server answers
-//! with JSON text frames, deflated (permessage-deflate) when large and the client offered it.
-//!
-//! Client → server:
-//! - `{"type":"subscribe","min":[x,z],"max":[x,z]}`: the area of interest, blocks of the ground
-//!   plane (`min` inclusive, `max` exclusive), at most `ws_max_area` square blocks. Replaces the
-//!   previous one; the next frame is a `reset` of it.
-//! - `{"type":"unsubscribe"}`: no more frames.
-//!
-//! Server → client:
-//! - `{"type":"hello","tick_hz":20,"ws_hz":10,"world":{"min":[x,y,z],"max":[x,y,z]},"max_area":…}`
-//! - `{"type":"subscribed","min":[x,z],"max":[x,z]}`
-//! - `{"type":"reset","tick":T,"npcs":[[id,x,y,z],…]}`: every NPC in the area now.
-//! - `{"type":"delta","tick":T,"moved":[[id,x,y,z],…],"gone":[id,…]}`: NPCs that moved in the
-//!   area or entered it, and NPCs that left it or were removed, since the previous frame. A
-//!   client that applies `moved` then `gone` to what it had holds the area as of tick `T`.
-//! - `{"type":"error","error":"…"}`: a message was refused; the connection stays open.
-//!
-//! More messages than the connection's rate limit closes it (1008); a message over
-//! `max_ws_message_bytes` closes it (1009).
+//! `GET /ws`: one task per WebSocket, speaking the protocol documented in the crate doc
+//! ("WebSocket protocol"), the one place it is written down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +14,9 @@ use yawc::close::CloseCode;
 use yawc::{IncomingUpgrade, OpCode, WebSocket};
 
 use super::{Aoi, Frame};
-use crate::server::AppState;
-use crate::server::error::ApiError;
-use crate::server::guard::Conn;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::guard::Conn;
 
 /// A frame that takes longer than this to leave closes the connection (a stuck client).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,9 +1,9 @@
 //! A game server that links the engine: the world ticks on its own thread at `--tick-hz`, an
-//! HTTP API and WebSocket position streams serve it (see `terrarium::server` for the routes and
+//! HTTP API and WebSocket position streams serve it (see `terrarium_server` for the routes and
 //! the WebSocket protocol).
 //!
 //! ```text
-//! TERRARIUM_SERVER__API_KEY=change-me cargo run --release --features server --example game_server -- \
+//! TERRARIUM_SERVER__API_KEY=change-me cargo run --release -p terrarium-server --example game_server -- \
 //!     --port 8080 --npcs 100000 --tick-hz 20
 //! curl -H 'x-api-key: change-me' 'http://127.0.0.1:8080/api/npcs?status=moving&limit=5'
 //! ```
@@ -18,11 +18,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Serialize;
 use terrarium::engine::Engine;
-use terrarium::server::Server;
 use terrarium::{Config, StoragePipeline};
+use terrarium_server::Server;
 
+#[path = "../../examples/common/mod.rs"]
 mod common;
-#[path = "common/flags.rs"]
+#[path = "../../examples/common/flags.rs"]
 mod flags;
 
 use flags::{StorageFlags, StorageKind, WorldFlags};
@@ -89,7 +90,6 @@ struct Summary {
 
 fn main() -> ExitCode {
     common::main_with("game_server", |args: &Args| {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
         let mut cfg = config(args)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

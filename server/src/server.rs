@@ -1,53 +1,4 @@
-//! A game server that links the engine (feature `server`): the tick on a thread of its own at
-//! `tick_hz`, an axum HTTP API over the storage stack, and WebSocket streams of position deltas
-//! per area of interest.
-//!
-//! | route | what |
-//! |---|---|
-//! | `GET /api/npcs?status=&role=&swarm=&limit=&after=` | a page of NPCs (limit 1 ..= 100, cursor `after` = the previous page's `next`) |
-//! | `GET /api/npcs/{id}` | one NPC, read through the storage stack's caches (L1 first) |
-//! | `POST /api/npcs` | spawn: `{"role":"miner","position":[x,y,z],"velocity":[..],"swarm":0,"health":100}` → 202 `{"id":..}` |
-//! | `POST /api/npcs/{id}/orders` | `{"order":"move_to","target":[x,y,z]}`, `stop`, `set_role`, `join_swarm`, `teleport`, `despawn` → 202 |
-//! | `GET /api/performance` | the [`PerformanceSnapshot`], plus `server` counters and `ticks_skipped` |
-//! | `GET /metrics` | the same figures as Prometheus text |
-//! | `GET /health` | no key needed; 503 when the tick is stuck or the server is stopping |
-//! | `GET /ws` | WebSocket: see `stream::ws` for the protocol |
-//!
-//! Reads come from storage, which trails the world by one batch (about `max_age_ms` of the
-//! position batcher plus the write-behind's commit interval): a spawned NPC can be read once
-//! its first batch is written.
-//!
-//! # Examples
-//! ```
-//! use terrarium::{Config, StoragePipeline};
-//! use terrarium::engine::{Engine, NpcSpec, Position, Role};
-//! use terrarium::server::Server;
-//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-//! let mut config = Config::default(); // memory storage, no database needed
-//! config.server.api_key = "a-long-random-key".into();
-//! config.server.port = 0; // any free port
-//! // The storage stack and write-behind, on the server's runtime (call it outside the runtime:
-//! // it blocks until storage is connected).
-//! let storage = StoragePipeline::start_on(runtime.handle(), &config)?;
-//! let mut engine = Engine::builder(config.engine.clone()).add_plugin(terrarium::systems::core_plugin).build()?;
-//! engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(5.0, 0.0, 5.0)));
-//! runtime.block_on(async {
-//!     let server = Server::start(&config, engine, Some(storage)).await?;
-//!     println!("listening on {}", server.local_addr());
-//!     let summary = server.shutdown().await?;
-//!     assert_eq!(summary.write_behind.unwrap().stats.writes_dropped, 0);
-//!     Ok::<(), Box<dyn std::error::Error>>(())
-//! })?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-
-mod api;
-mod error;
-mod guard;
-mod priority;
-mod stats;
-mod stream;
-mod tick;
+//! [`Server`]: starting the tick, hub and HTTP tasks, and stopping them in order.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,25 +6,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use terrarium_engine::{CommandSender, ConfigError, Engine, WorldBounds};
-use terrarium_persistence::{ShutdownReport, StorageStack, WriteBehindHandle};
-use terrarium_systems::batching;
+use terrarium::engine::{CommandSender, ConfigError, Engine, WorldBounds};
+use terrarium::persistence::{ShutdownReport, StorageStack, WriteBehindHandle};
+use terrarium::systems::batching;
 use tokio::sync::watch;
 
-use crate::StoragePipeline;
-use crate::config::{Config, ServerConfig};
-use crate::perf::prometheus::PrometheusExporter;
-use crate::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now};
+use terrarium::StoragePipeline;
+use terrarium::config::{Config, ServerConfig};
+use terrarium::perf::prometheus::PrometheusExporter;
+use terrarium::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now};
 
-pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ServerError};
-pub use guard::API_KEY_HEADER;
-pub use priority::{HTTP_WORKER_NICENESS, TICK_NICENESS, yield_to_the_tick};
-pub use stats::ServerFigures;
-
-use guard::{Conn, ConnLimits, LimitedListener, RateLimit};
-use stats::ServerStats;
-use stream::{Clients, HubThread, Inbox};
-use tick::{Job, TickStatus, TickThread};
+use crate::error::ServerError;
+use crate::guard::{Conn, ConnLimits, LimitedListener, RateLimit};
+use crate::stats::{ServerFigures, ServerStats};
+use crate::stream::{Clients, HubThread, Inbox};
+use crate::tick::{Job, TickStatus, TickThread};
 
 /// What the server's tasks share.
 pub(crate) struct AppState {
@@ -163,7 +110,7 @@ impl Server {
             return Err(ServerError::MissingApiKey);
         }
         let tick_hz = engine.config().tick_hz;
-        terrarium_engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))?;
+        terrarium::engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))?;
         let view_every = u64::from(tick_hz.div_ceil(sc.ws_hz));
 
         let perf = Performance::with_config(PerfConfig { window_s: sc.perf_window_s });
@@ -173,7 +120,7 @@ impl Server {
             perf.attach_pipeline(pipeline);
         }
         let inbox = Arc::new(Inbox::default());
-        stream::register(&mut engine, Arc::clone(&inbox), view_every);
+        crate::stream::register(&mut engine, Arc::clone(&inbox), view_every);
         let bounds = *engine.world().resource::<WorldBounds>();
         let commands = engine.command_sender();
 
@@ -209,7 +156,11 @@ impl Server {
             storage: storage.as_ref().map(|p| Arc::clone(p.stack())),
             write_behind: storage.as_ref().map(StoragePipeline::write_behind_handle),
             perf,
-            exporter: PrometheusExporter::new(),
+            exporter: {
+                let exporter = PrometheusExporter::new();
+                exporter.describe(crate::stats::COUNTERS, crate::stats::GAUGES);
+                exporter
+            },
             stats: Arc::clone(&stats),
             limits: Arc::clone(&limits),
             clients,
@@ -222,7 +173,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             ws_options,
         });
-        let app = api::router(Arc::clone(&state)).into_make_service_with_connect_info::<Conn>();
+        let app = crate::api::router(Arc::clone(&state)).into_make_service_with_connect_info::<Conn>();
         let listener = LimitedListener::new(tcp, limits, rate, stats);
         let mut signal = shutdown_rx;
         let serve = tokio::spawn(

@@ -1,0 +1,90 @@
+//! A game server that links the engine (the `terrarium-server` crate): the tick on a thread of its own at
+//! `tick_hz`, an axum HTTP API over the storage stack, and WebSocket streams of position deltas
+//! per area of interest.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/npcs?status=&role=&swarm=&limit=&after=` | a page of NPCs (limit 1 ..= 100, cursor `after` = the previous page's `next`) |
+//! | `GET /api/npcs/{id}` | one NPC, read through the storage stack's caches (L1 first) |
+//! | `POST /api/npcs` | spawn: `{"role":"miner","position":[x,y,z],"velocity":[..],"swarm":0,"health":100}` → 202 `{"id":..}` |
+//! | `POST /api/npcs/{id}/orders` | `{"order":"move_to","target":[x,y,z]}`, `stop`, `set_role`, `join_swarm`, `teleport`, `despawn` → 202 |
+//! | `GET /api/performance` | the [`PerformanceSnapshot`], plus `server` counters and `ticks_skipped` |
+//! | `GET /metrics` | the same figures as Prometheus text |
+//! | `GET /health` | no key needed; 503 when the tick is stuck or the server is stopping |
+//! | `GET /ws` | WebSocket position deltas: see "WebSocket protocol" below |
+//!
+//! Reads come from storage, which trails the world by one batch (about `max_age_ms` of the
+//! position batcher plus the write-behind's commit interval): a spawned NPC can be read once
+//! its first batch is written.
+//!
+//! # WebSocket protocol
+//!
+//! `GET /ws` with the API key in `x-api-key` (or, from a browser, which can't set headers on a
+//! WebSocket, in the `api_key` query parameter) upgrades to a WebSocket. Every message both ways is one JSON text frame; the
+//! server deflates large frames (permessage-deflate, RFC 7692) when the client offered it.
+//! Positions are always arrays in this field order: `[id, x, y, z]` (id an integer, x y z
+//! blocks as floats); areas are `[x, z]` pairs of the ground plane, `min` inclusive, `max`
+//! exclusive.
+//!
+//! Client → server:
+//!
+//! | message | meaning |
+//! |---|---|
+//! | `{"type":"subscribe","min":[x,z],"max":[x,z]}` | the area of interest (at most `max_area` square blocks); replaces the previous one; the next frame is a `reset` of it |
+//! | `{"type":"unsubscribe"}` | no more frames until the next `subscribe` |
+//!
+//! Server → client:
+//!
+//! | message | meaning |
+//! |---|---|
+//! | `{"type":"hello","tick_hz":20,"ws_hz":10.0,"world":{"min":[x,y,z],"max":[x,y,z]},"max_area":A}` | first frame: the tick rate, frames per second, the world's bounds, the largest area a client may subscribe to |
+//! | `{"type":"subscribed","min":[x,z],"max":[x,z]}` | the area now streamed |
+//! | `{"type":"unsubscribed"}` | streaming stopped |
+//! | `{"type":"reset","tick":T,"npcs":[[id,x,y,z],…]}` | every NPC in the area as of tick `T` (after a subscribe, or when the client fell behind) |
+//! | `{"type":"delta","tick":T,"moved":[[id,x,y,z],…],"gone":[id,…]}` | NPCs that moved in the area or entered it, then those that left it or were removed, since the previous frame: applying `moved` then `gone` to what the client held gives the area as of tick `T` |
+//! | `{"type":"error","error":"…"}` | a message was refused (unknown type, bad area); the connection stays open |
+//!
+//! Unknown fields are refused. More messages than the connection's rate limit closes the
+//! connection (close code 1008); a message over `max_ws_message_bytes` closes it (1009); a
+//! server shutting down closes it with 1001.
+//!
+//! # Examples
+//! ```
+//! use terrarium::{Config, StoragePipeline};
+//! use terrarium::engine::{Engine, NpcSpec, Position, Role};
+//! use terrarium_server::Server;
+//! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! let mut config = Config::default(); // memory storage, no database needed
+//! config.server.api_key = "a-long-random-key".into();
+//! config.server.port = 0; // any free port
+//! // The storage stack and write-behind, on the server's runtime (call it outside the runtime:
+//! // it blocks until storage is connected).
+//! let storage = StoragePipeline::start_on(runtime.handle(), &config)?;
+//! let mut engine = Engine::builder(config.engine.clone()).add_plugin(terrarium::systems::core_plugin).build()?;
+//! engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(5.0, 0.0, 5.0)));
+//! runtime.block_on(async {
+//!     let server = Server::start(&config, engine, Some(storage)).await?;
+//!     println!("listening on {}", server.local_addr());
+//!     let summary = server.shutdown().await?;
+//!     assert_eq!(summary.write_behind.unwrap().stats.writes_dropped, 0);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod api;
+mod error;
+mod guard;
+mod priority;
+mod server;
+mod stats;
+mod stream;
+mod tick;
+
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ServerError};
+pub use guard::API_KEY_HEADER;
+pub use priority::{HTTP_WORKER_NICENESS, TICK_NICENESS, yield_to_the_tick};
+pub use server::{Server, ShutdownSummary};
+pub use stats::ServerFigures;
+
+pub(crate) use server::AppState;

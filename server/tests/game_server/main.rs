@@ -1,0 +1,12 @@
+//! The game server with real clients: reqwest for HTTP, yawc and tokio-tungstenite for
+//! WebSockets, raw sockets from other loopback addresses for the connection limits. Each test
+//! starts its own server in process on an ephemeral port (the example tests run the example
+//! binary and stop it with SIGTERM). One binary, one file per topic, `harness` shared.
+
+mod api;
+mod harness;
+mod limits;
+mod load_test;
+mod metrics;
+mod shutdown;
+mod websocket;

@@ -1,0 +1,248 @@
+//! WebSocket streams: message limits and deltas that match the world.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::harness::*;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use terrarium::engine::{Velocity, Wander};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_websocket_message_closes_the_connection() {
+    let t = start(10, |c| c.server.max_ws_message_bytes = 1024).await;
+    let url = format!("ws://{}/ws?api_key={KEY}", t.server.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // hello
+    // At the limit is fine (an error reply: it is not a valid message, but it is read).
+    let pad = 1024 - r#"{"type":"x","pad":""}"#.len();
+    let at_limit = format!(r#"{{"type":"x","pad":"{}"}}"#, "a".repeat(pad));
+    assert_eq!(at_limit.len(), 1024);
+    ws.send(tokio_tungstenite::tungstenite::Message::text(at_limit)).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(reply.contains("\"error\""), "{reply}");
+    ws.send(tokio_tungstenite::tungstenite::Message::text("b".repeat(1025))).await.unwrap();
+    let mut closed = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match msg {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                closed = Some(frame.map(|f| u16::from(f.code)));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                closed = Some(None);
+                break;
+            }
+        }
+    }
+    assert_eq!(closed, Some(Some(1009)), "closed with 'message too big'");
+    t.server.shutdown().await.unwrap();
+}
+
+/// Counts the bytes a stream reads, to see what came over the wire.
+struct Counting<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client's picture of its area: applies resets and deltas.
+#[derive(Default)]
+struct Picture {
+    npcs: HashMap<u64, [f32; 3]>,
+    resets: u32,
+    deltas: u32,
+    moved: u64,
+    gone: u64,
+    last_tick: u64,
+    payload_bytes: u64,
+}
+
+impl Picture {
+    fn apply(&mut self, text: &str, aoi: Area) {
+        self.payload_bytes += text.len() as u64;
+        let v: Value = serde_json::from_str(text).unwrap();
+        let entries = |key: &str| -> Vec<(u64, [f32; 3])> {
+            v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let f = |i: usize| e[i].as_f64().unwrap() as f32;
+                    (e[0].as_u64().unwrap(), [f(1), f(2), f(3)])
+                })
+                .collect()
+        };
+        let inside = |p: [f32; 3]| p[0] >= aoi.0[0] && p[0] < aoi.1[0] && p[2] >= aoi.0[1] && p[2] < aoi.1[1];
+        match v["type"].as_str().unwrap() {
+            "reset" => {
+                self.resets += 1;
+                self.npcs = entries("npcs").into_iter().collect();
+            }
+            "delta" => {
+                self.deltas += 1;
+                let tick = v["tick"].as_u64().unwrap();
+                assert!(tick > self.last_tick, "frames come in tick order");
+                for (id, p) in entries("moved") {
+                    self.moved += 1;
+                    self.npcs.insert(id, p);
+                }
+                for id in v["gone"].as_array().unwrap() {
+                    self.gone += 1;
+                    self.npcs.remove(&id.as_u64().unwrap());
+                }
+            }
+            _ => return,
+        }
+        self.last_tick = v["tick"].as_u64().unwrap();
+        assert!(self.npcs.values().all(|&p| inside(p)), "only NPCs of the area");
+    }
+}
+
+type Deflated = yawc::WebSocket<Counting<TcpStream>>;
+type Plain = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type Area = ([f32; 2], [f32; 2]);
+
+/// Feeds both clients' frames into their pictures for `d`.
+async fn read_for(
+    a: &mut Picture,
+    b: &mut Picture,
+    deflated: &mut Deflated,
+    plain: &mut Plain,
+    aoi: Area,
+    d: Duration,
+) {
+    let end = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            f = deflated.next() => a.apply(f.unwrap().as_str(), aoi),
+            m = plain.next() => b.apply(&m.unwrap().unwrap().into_text().unwrap(), aoi),
+            () = tokio::time::sleep_until(end) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_deltas_match_the_world() {
+    let t = start(400, |_| {}).await;
+    let addr = t.server.local_addr();
+    let aoi = ([0.0f32, 0.0], [128.0f32, 128.0]);
+    let subscribe = json!({"type": "subscribe", "min": aoi.0, "max": aoi.1}).to_string();
+
+    // A client that offers permessage-deflate (yawc), over a socket that counts wire bytes.
+    let wire = Arc::new(AtomicU64::new(0));
+    let io = Counting { inner: TcpStream::connect(addr).await.unwrap(), read: Arc::clone(&wire) };
+    let opts = yawc::Options::default().with_low_latency_compression();
+    let req = yawc::HttpRequestBuilder::new().header("x-api-key", KEY);
+    let url = format!("ws://{addr}/ws").parse().unwrap();
+    let mut deflated = yawc::WebSocket::handshake_with_request(url, io, opts, req).await.unwrap();
+    deflated.send(yawc::Frame::text(subscribe.clone())).await.unwrap();
+    // And one that does not (tokio-tungstenite).
+    let (mut plain, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?api_key={KEY}")).await.unwrap();
+    plain.send(tokio_tungstenite::tungstenite::Message::text(subscribe)).await.unwrap();
+
+    let (mut a, mut b) = (Picture::default(), Picture::default());
+    read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(800)).await;
+
+    // Changes the clients must see: one spawned inside the area, one removed from it.
+    let (_, before) = world_positions(&t.server).await;
+    let (status, body) = t.post("/api/npcs", &json!({"role": "scout", "position": [64, 0, 64]})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let spawned = body["id"].as_u64().unwrap();
+    let victim =
+        *before.iter().find(|(_, p)| p[0] < 120.0 && p[2] < 120.0 && p[0] > 8.0 && p[2] > 8.0).unwrap().0;
+    let (status, _) = t.post(&format!("/api/npcs/{victim}/orders"), &json!({"order": "despawn"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(400)).await;
+
+    // Freeze the world, let the last changes through, then compare.
+    let stopped_at = t
+        .server
+        .with_engine(|e| {
+            let mut q = e.world_mut().query::<(&mut Velocity, Option<&mut Wander>)>();
+            for (mut v, w) in q.iter_mut(e.world_mut()) {
+                *v = Velocity::ZERO;
+                if let Some(mut w) = w {
+                    w.next_turn = Wander::NEVER;
+                }
+            }
+            e.clock().tick
+        })
+        .await
+        .unwrap();
+    read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(600)).await;
+    let (tick, world) = world_positions(&t.server).await;
+    assert!(tick > stopped_at + 10);
+    let inside = |p: &[f32; 3]| p[0] >= aoi.0[0] && p[0] < aoi.1[0] && p[2] >= aoi.0[1] && p[2] < aoi.1[1];
+    let want: HashMap<u64, [f32; 3]> = world.into_iter().filter(|(_, p)| inside(p)).collect();
+    assert!(want.contains_key(&spawned) && !want.contains_key(&victim));
+    assert!(want.len() > 20, "a dense area: {}", want.len());
+    for (name, pic) in [("deflate client", &a), ("plain client", &b)] {
+        assert_eq!(pic.resets, 1, "{name}");
+        assert!(
+            pic.deltas > 10 && pic.moved > 100 && pic.gone > 1,
+            "{name}: {} {} {}",
+            pic.deltas,
+            pic.moved,
+            pic.gone
+        );
+        let mut ids: Vec<&u64> = pic.npcs.keys().collect();
+        let mut want_ids: Vec<&u64> = want.keys().collect();
+        ids.sort_unstable();
+        want_ids.sort_unstable();
+        assert_eq!(ids, want_ids, "{name}: the same NPCs");
+        for (id, p) in &want {
+            let got = pic.npcs[id];
+            assert!((0..3).all(|i| (got[i] - p[i]).abs() < 1e-3), "{name}: npc {id} at {got:?}, world {p:?}");
+        }
+    }
+    // The deflate client got the same text in fewer bytes.
+    let on_wire = wire.load(Ordering::Relaxed);
+    assert_eq!(a.payload_bytes, b.payload_bytes, "both clients got the same frames");
+    assert!(
+        on_wire * 2 < a.payload_bytes,
+        "permessage-deflate: {on_wire} bytes on the wire for {} of JSON",
+        a.payload_bytes
+    );
+    let figures = t.server.figures();
+    assert_eq!(figures.ws_open, 2);
+    assert!(figures.ws_resets_sent >= 2 && figures.stream_frames > 10);
+    t.server.shutdown().await.unwrap();
+}
