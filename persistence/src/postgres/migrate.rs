@@ -17,9 +17,9 @@ struct Migration {
     sql: &'static str,
 }
 
-// Version 2 is taken by the checkpoints migration of the resume work (landing separately).
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("migrations/V1__initial.sql") },
+    Migration { version: 2, name: "checkpoints", sql: include_str!("migrations/V2__checkpoints.sql") },
     Migration {
         version: 3,
         name: "position_blocks",

@@ -17,11 +17,11 @@ use crate::{
 const INVENTORY_LIMIT: usize = 64 * 1024;
 
 /// Registry columns, then the NPC's current position from its block (NULL when it has none).
-const NPC_COLUMNS: &str = "n.id, n.role, n.status, n.swarm, n.agent, n.x, n.y, n.z, n.health, n.inventory, \
+pub(super) const NPC_COLUMNS: &str = "n.id, n.role, n.status, n.swarm, n.agent, n.x, n.y, n.z, n.health, n.inventory, \
                            n.updated_tick, b.ticks[k.i], b.xs[k.i], b.ys[k.i], b.zs[k.i]";
 
 /// `npcs` with each NPC's block and its place in it (`k.i`).
-const NPC_FROM: &str = "npcs AS n LEFT JOIN position_blocks AS b ON b.block = n.id / 64 \
+pub(super) const NPC_FROM: &str = "npcs AS n LEFT JOIN position_blocks AS b ON b.block = n.id / 64 \
                         LEFT JOIN LATERAL (SELECT array_position(b.ids, n.id) AS i) AS k ON true";
 
 /// Which events [`PgStore::events`] returns (newest first).
@@ -296,7 +296,7 @@ impl PgStore {
 
 /// A registry row (11 columns), with the block position (4 more, maybe NULL) laid over it
 /// when the row has them.
-fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
+pub(super) fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
     let inventory: &[u8] = r.get(9);
     let mut rec = NpcRecord {
         id: from_i64("npcs.id", r.get(0))?,
