@@ -131,11 +131,11 @@ impl MemoryStore {
     pub fn resume_point(&self) -> Option<crate::ResumePoint> {
         let inner = self.lock();
         let checkpoint = inner.checkpoint.clone()?;
-        let ids = inner.npcs.keys().copied().collect();
+        let ids = inner.npcs.iter_from(0).map(|(id, _)| id).collect();
         let newer = inner
             .npcs
-            .values()
-            .map(|r| inner.current(r))
+            .iter_from(0)
+            .map(|(id, c)| inner.current(id, c))
             .filter(|r| r.updated_tick > checkpoint.tick)
             .collect();
         let batches_committed =
