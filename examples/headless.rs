@@ -5,11 +5,18 @@
 //! ```
 //!
 //! With `--json`, the last line of stdout is one JSON object (keys listed in `Summary`).
+//!
+//! With a durable store (`--storage embedded` or `postgres`) a stored world is resumed instead
+//! of spawning one (`--new-world --wipe` starts over); checkpoints are taken every
+//! `--checkpoint-every` ticks and at the end. SIGINT and SIGTERM end the run cleanly: the last
+//! tick finishes, the store is drained, a final checkpoint and the summary are written.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -33,13 +40,14 @@ use flags::{StorageFlags, StorageKind, WorldFlags};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Plain (wandering) NPCs to spawn.
+    /// Plain (wandering) NPCs to spawn (ignored when a stored world is resumed).
     #[arg(long, default_value_t = 100_000)]
     npcs: u64,
-    /// Mining agents to spawn, in a voxel world generated for them (see `mining_colony`).
+    /// Mining agents to spawn, in a voxel world generated for them (see `mining_colony`;
+    /// ignored when a stored world is resumed).
     #[arg(long, default_value_t = 0)]
     agents: u64,
-    /// Ticks to run.
+    /// Ticks to run (a resumed world runs this many more).
     #[arg(long, default_value_t = 600)]
     ticks: u64,
     #[command(flatten)]
@@ -133,6 +141,31 @@ struct Summary {
     /// The performance snapshot at the end (`terrarium::perf::PerformanceSnapshot`: tick
     /// latency over the last window, stages, batchers, write-behind, pathfinding pool, RSS).
     performance: PerformanceSnapshot,
+    /// True when the world was resumed from the store instead of spawned.
+    resumed: bool,
+    /// The tick the resumed world started at (0 when not resumed).
+    resumed_tick: u64,
+    /// NPCs (agents included) of the resumed world when it started (0 when not resumed).
+    resumed_npcs: u64,
+    /// Agents of the resumed world when it started.
+    resumed_agents: u64,
+    /// Milliseconds from asking the store for its world to a world ready to tick (0 when not
+    /// resumed).
+    resume_ms: f64,
+    /// Tick of the world at the end.
+    final_tick: u64,
+    /// Checkpoints stored during the run and at its end.
+    checkpoints_written: u64,
+    /// Checkpoints skipped because the previous one was still being written.
+    checkpoints_skipped: u64,
+    /// Milliseconds the final checkpoint took (drain included), 0 without one.
+    checkpoint_ms: f64,
+    /// Size of the newest checkpoint, bytes.
+    checkpoint_bytes: u64,
+    /// Microseconds the tick thread spent copying the world for the newest checkpoint.
+    checkpoint_gather_us: u64,
+    /// True when SIGINT or SIGTERM ended the run before `--ticks`.
+    stopped_by_signal: bool,
 }
 
 fn main() -> ExitCode {
@@ -155,14 +188,32 @@ fn run(args: &Args) -> Result<()> {
         builder = builder.add_plugin(terrarium::systems::agents::plugin);
     }
 
+    let stop = stop_on_signals()?;
     let spawn_started = Instant::now();
     let mut snapshot_load_ms = None;
+    let mut resumed = None;
     let mut engine = if let Some(path) = &args.snapshot_in {
         let file = File::open(path).with_context(|| format!("cannot open snapshot {}", path.display()))?;
         let engine = builder
             .build_from_snapshot(&mut BufReader::with_capacity(1 << 20, file))
             .with_context(|| format!("cannot load snapshot {}", path.display()))?;
         snapshot_load_ms = Some(ms(spawn_started.elapsed()));
+        engine
+    } else if let Some(point) = match &storage {
+        Some(p) if args.storage.durable() => p.resume_point().context("cannot read the stored world")?,
+        _ => None,
+    } {
+        if args.agents == 0 {
+            builder = builder.add_plugin(terrarium::systems::agents::plugin);
+        }
+        let (engine, mut report) =
+            terrarium::resume::resume(builder, point).context("cannot resume the stored world")?;
+        report.ms = ms(spawn_started.elapsed());
+        eprintln!(
+            "headless: resumed the stored world at tick {} ({} NPCs, {} agents); --npcs and --agents are ignored",
+            report.tick, report.npcs, report.agents
+        );
+        resumed = Some(report);
         engine
     } else {
         let mut engine = builder.build()?;
@@ -180,9 +231,17 @@ fn run(args: &Args) -> Result<()> {
     let mut handed = batches_created(&engine);
     let dt = cfg.engine.dt();
     let loop_started = Instant::now();
+    let mut ticks_run = 0;
     for k in 0..args.ticks {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let t = Instant::now();
         engine.tick();
+        ticks_run += 1;
+        if let Some(p) = &storage {
+            p.maybe_checkpoint(&mut engine);
+        }
         hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
         let now_handed = batches_created(&engine);
         if now_handed > handed {
@@ -219,6 +278,13 @@ fn run(args: &Args) -> Result<()> {
     // Drain: what changed since the last flush is cut into a last batch, then the write-behind
     // writes everything before the figures are read.
     let drain_started = Instant::now();
+    let mut checkpoint_ms = 0.0;
+    if let Some(p) = storage.as_ref().filter(|_| args.storage.durable()) {
+        let t = Instant::now();
+        p.checkpoint_now(&mut engine, true).context("cannot write the final checkpoint")?;
+        checkpoint_ms = ms(t.elapsed());
+    }
+    let checkpoints = storage.as_ref().map(terrarium::StoragePipeline::checkpoint_stats).unwrap_or_default();
     batching::flush_now(&mut engine);
     let written = match storage {
         Some(pipeline) => {
@@ -245,7 +311,7 @@ fn run(args: &Args) -> Result<()> {
     let summary = Summary {
         npcs: population - agents,
         agents,
-        ticks: args.ticks,
+        ticks: ticks_run,
         threads: engine.threads(),
         seed: engine.world().resource::<terrarium::engine::SimRng>().seed(),
         tick_hz: cfg.engine.tick_hz,
@@ -255,7 +321,7 @@ fn run(args: &Args) -> Result<()> {
         tick_ms_p99: q(0.99),
         tick_ms_max: hist.max() as f64 / 1e6,
         tick_ms_mean: hist.mean() / 1e6,
-        ticks_per_sec: if loop_time.is_zero() { 0.0 } else { args.ticks as f64 / loop_time.as_secs_f64() },
+        ticks_per_sec: if loop_time.is_zero() { 0.0 } else { ticks_run as f64 / loop_time.as_secs_f64() },
         rss_bytes,
         bytes_per_npc: if population == 0 { 0.0 } else { rss_bytes as f64 / population as f64 },
         world_hash: format!("{:016x}", engine.world_hash()),
@@ -289,6 +355,18 @@ fn run(args: &Args) -> Result<()> {
         path_failures: engine.world().get_resource::<PathStats>().map_or(0, |p| p.failures),
         replans: engine.world().get_resource::<PathStats>().map_or(0, |p| p.replans),
         performance,
+        resumed: resumed.is_some(),
+        resumed_tick: resumed.map_or(0, |r| r.tick),
+        resumed_npcs: resumed.map_or(0, |r| r.npcs),
+        resumed_agents: resumed.map_or(0, |r| r.agents),
+        resume_ms: resumed.map_or(0.0, |r| r.ms),
+        final_tick: engine.clock().tick,
+        checkpoints_written: checkpoints.written,
+        checkpoints_skipped: checkpoints.skipped,
+        checkpoint_ms,
+        checkpoint_bytes: checkpoints.last_bytes,
+        checkpoint_gather_us: checkpoints.last_gather_us,
+        stopped_by_signal: ticks_run < args.ticks,
     };
     if !args.quiet {
         print_human(&summary);
@@ -297,6 +375,29 @@ fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
+}
+
+/// A flag that SIGINT or SIGTERM sets: the tick loop stops at the next tick, then the run ends
+/// as after its last tick (drain, final checkpoint, summary). A second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let flag = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().context("signal runtime")?;
+    // Installed before the first tick, so a signal never finds the default action (exit).
+    let (mut int, mut term) = rt.block_on(async {
+        Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+    })?;
+    let set = Arc::clone(&flag);
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        rt.block_on(async move {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            eprintln!("headless: stopping after this tick (signal); send it again to exit at once");
+            set.store(true, Ordering::Relaxed);
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            std::process::exit(130);
+        });
+    })?;
+    Ok(flag)
 }
 
 /// Spawns plain NPCs spread over the ground, then mining agents in a voxel world generated for

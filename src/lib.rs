@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+pub mod checkpoint;
 pub mod config;
 pub mod perf;
 pub mod pipeline;
+pub mod resume;
 mod server_config;
 
 pub use terrarium_codec as codec;

@@ -23,22 +23,26 @@
 //! # let _ = id;
 //! ```
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use terrarium_engine::Engine;
+use terrarium_engine::{Engine, EngineBuilder};
 use terrarium_persistence::{
-    Backend, ShutdownReport, StorageError, StorageStack, WriteBehind, WriteBehindError, WriteBehindHandle,
-    WriteBehindStats,
+    Backend, CheckpointConfig, ResumePoint, ShutdownReport, StorageError, StorageStack, WriteBehind,
+    WriteBehindError, WriteBehindHandle, WriteBehindStats,
 };
 
 use crate::Config;
+use crate::checkpoint::{CheckpointError, CheckpointStats, Checkpointer, Job};
+use crate::resume::{ResumeError, ResumeReport};
 
 /// The storage side of a running world. Dropping it without [`StoragePipeline::shutdown`]
 /// still drains what it can (see `WriteBehind`'s drop), but only `shutdown` reports.
 pub struct StoragePipeline {
-    // Field order is drop order: the write-behind stops before the stack and the runtime
-    // they run on.
+    // Field order is drop order: the checkpoint writer and the write-behind stop before the
+    // stack and the runtime they run on.
+    checkpointer: Mutex<Checkpointer>,
+    checkpoint: CheckpointConfig,
     write_behind: WriteBehind<StorageStack>,
     stack: Arc<StorageStack>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -77,6 +81,22 @@ pub enum PipelineError {
     /// The write-behind refused to start or did not drain in time.
     #[error("write-behind")]
     WriteBehind(#[from] WriteBehindError),
+    /// The store's world could not be read back (a damaged database, a checkpoint that fails
+    /// its checksum: the message names the file or schema).
+    #[error("cannot read the stored world from the {backend} store")]
+    Resume {
+        /// `storage.backend`.
+        backend: &'static str,
+        /// Why.
+        #[source]
+        source: StorageError,
+    },
+    /// The stored world could not be rebuilt.
+    #[error("cannot rebuild the stored world")]
+    Rebuild(#[from] ResumeError),
+    /// A checkpoint could not be written.
+    #[error("checkpoint")]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl StoragePipeline {
@@ -110,8 +130,142 @@ impl StoragePipeline {
             .map_err(|source| PipelineError::Storage { backend, source })?;
         let stack = Arc::new(stack);
         let write_behind = WriteBehind::start_on(handle, Arc::clone(&stack), cfg.write_behind.clone())?;
+        let checkpointer =
+            Checkpointer::start(Arc::clone(&stack), handle.clone(), cfg.storage.checkpoint.keep)
+                .map_err(PipelineError::Runtime)?;
         tracing::info!(backend, run = write_behind.run_id(), "storage pipeline started");
-        Ok(Self { write_behind, stack, runtime: None, handle: handle.clone() })
+        Ok(Self {
+            checkpointer: Mutex::new(checkpointer),
+            checkpoint: cfg.storage.checkpoint.clone(),
+            write_behind,
+            stack,
+            runtime: None,
+            handle: handle.clone(),
+        })
+    }
+
+    /// What the store holds of a world to resume, or `None` for a new world (no checkpoint).
+    /// Replays the outbox first, so batches spilled by the previous run are in the store.
+    ///
+    /// # Errors
+    /// [`PipelineError::WriteBehind`] when the outbox can't be replayed within the checkpoint
+    /// drain timeout; [`PipelineError::Resume`] for a damaged store or checkpoint (naming the
+    /// file or schema).
+    pub fn resume_point(&self) -> Result<Option<ResumePoint>, PipelineError> {
+        self.write_behind.flush(Duration::from_millis(self.checkpoint.drain_timeout_ms))?;
+        self.handle.block_on(self.stack.backend().resume_point()).map_err(|source| PipelineError::Resume {
+            backend: terrarium_persistence::Storage::name(self.stack.backend()),
+            source,
+        })
+    }
+
+    /// Resumes the world the store holds with `builder`'s configuration and plugins (add
+    /// [`StoragePipeline::batching_plugin`] to it), or builds an empty world when the store
+    /// holds none (the report is then `None`: spawn the population).
+    ///
+    /// # Errors
+    /// As [`StoragePipeline::resume_point`], [`PipelineError::Rebuild`] when the checkpoint
+    /// does not decode, and the builder's errors.
+    pub fn build_engine(
+        &self,
+        builder: EngineBuilder,
+    ) -> Result<(Engine, Option<ResumeReport>), PipelineError> {
+        let started = Instant::now();
+        match self.resume_point()? {
+            Some(point) => {
+                let (engine, mut report) = crate::resume::resume(builder, point)?;
+                report.ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(?report, "world resumed from storage");
+                Ok((engine, Some(report)))
+            }
+            None => {
+                let engine = builder.build().map_err(|e| ResumeError::Checkpoint { tick: 0, source: e })?;
+                Ok((engine, None))
+            }
+        }
+    }
+
+    /// Deletes everything the store holds (rows and checkpoints): the next start is a new
+    /// world. For `--new-world --wipe`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Resume`] when the store can't be written.
+    pub fn wipe(&self) -> Result<(), PipelineError> {
+        self.handle.block_on(self.stack.backend().wipe()).map_err(|source| PipelineError::Resume {
+            backend: terrarium_persistence::Storage::name(self.stack.backend()),
+            source,
+        })
+    }
+
+    /// Call after every tick: every `storage.checkpoint.every_ticks` ticks it cuts a batch
+    /// (so the store holds everything up to this tick), copies the world out and hands it to
+    /// the checkpoint writer, which encodes and stores it once that batch is committed. The
+    /// tick thread pays the copy only (and skips a checkpoint while the previous one is still
+    /// being written). Returns true when a checkpoint was handed over.
+    pub fn maybe_checkpoint(&self, engine: &mut Engine) -> bool {
+        let every = self.checkpoint.every_ticks;
+        let tick = engine.clock().tick;
+        if every == 0 || tick == 0 || !tick.is_multiple_of(every) {
+            return false;
+        }
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = Instant::now();
+        terrarium_systems::batching::flush_now(engine);
+        let body = engine.snapshot_body();
+        let job = Job {
+            body,
+            run: self.write_behind.run_id(),
+            seq: self.write_behind.stats().batches_submitted,
+            clean: false,
+            gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        checkpointer.offer(job)
+    }
+
+    /// Writes a checkpoint now, on the calling thread: waits for the checkpoint being written,
+    /// cuts a last batch, waits until the store has everything, then stores the world. What a
+    /// clean shutdown does after the last tick (`clean` true: nothing happens after it).
+    ///
+    /// # Errors
+    /// [`PipelineError::WriteBehind`] when the store does not take the batches within
+    /// `storage.checkpoint.drain_timeout_ms`; [`PipelineError::Checkpoint`] when it can't be
+    /// stored.
+    pub fn checkpoint_now(&self, engine: &mut Engine, clean: bool) -> Result<CheckpointStats, PipelineError> {
+        let mut checkpointer = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        checkpointer.stop();
+        let t = Instant::now();
+        terrarium_systems::batching::flush_now(engine);
+        let drain = Duration::from_millis(self.checkpoint.drain_timeout_ms);
+        self.write_behind.flush(drain)?;
+        let body = engine.snapshot_body();
+        let job = Job {
+            body,
+            run: self.write_behind.run_id(),
+            seq: self.write_behind.stats().batches_submitted,
+            clean,
+            gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        crate::checkpoint::write(
+            &self.stack,
+            &self.handle,
+            job,
+            self.checkpoint.keep,
+            &checkpointer.counters,
+            drain,
+        )?;
+        let stats = checkpointer.counters.stats();
+        if !clean {
+            *checkpointer =
+                Checkpointer::start(Arc::clone(&self.stack), self.handle.clone(), self.checkpoint.keep)
+                    .map_err(PipelineError::Runtime)?;
+        }
+        Ok(stats)
+    }
+
+    /// The checkpoint writer's counters now.
+    #[must_use]
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).counters.stats()
     }
 
     /// The batching plugin, feeding this pipeline's write-behind.
@@ -178,7 +332,8 @@ impl StoragePipeline {
         timeout: Duration,
         last_look: impl FnOnce(&StorageStack) -> T,
     ) -> Result<(ShutdownReport, T), PipelineError> {
-        let Self { write_behind, stack, runtime, handle } = self;
+        let Self { checkpointer, write_behind, stack, runtime, handle, .. } = self;
+        drop(checkpointer);
         let report = write_behind.shutdown(timeout)?;
         let seen = last_look(&stack);
         {
@@ -207,6 +362,16 @@ fn written_by(stack: &StorageStack) -> WrittenRows {
         #[cfg(feature = "postgres")]
         Backend::Postgres(pg) => {
             let m = pg.metrics();
+            WrittenRows {
+                positions: m.position_rows,
+                metrics: m.metric_rows,
+                events: m.event_rows,
+                npc_upserts: m.npc_upserts,
+            }
+        }
+        #[cfg(feature = "file-store")]
+        Backend::Embedded(f) => {
+            let m = f.metrics();
             WrittenRows {
                 positions: m.position_rows,
                 metrics: m.metric_rows,

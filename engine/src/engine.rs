@@ -240,6 +240,13 @@ impl Engine {
         self.next_id.store(id, Ordering::Relaxed);
     }
 
+    /// Makes sure no id below `id` is handed out from now on (the counter only goes up): a
+    /// world resumed from storage calls it with one past every id the store ever saw.
+    pub fn reserve_npc_ids_below(&mut self, id: u64) {
+        self.next_id.fetch_max(id, Ordering::Relaxed);
+        self.world.resource_mut::<NpcIndex>().reserve_to(id);
+    }
+
     /// Spawns one NPC now and returns its id.
     pub fn spawn_npc(&mut self, spec: NpcSpec) -> NpcId {
         let id = NpcId(self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -298,7 +305,9 @@ impl Engine {
         NpcIdRange { next: first, end: first + n }
     }
 
-    pub(crate) fn spawn_with_id(&mut self, id: NpcId, spec: &NpcSpec) -> bool {
+    /// Spawns one NPC with the id it names (a world rebuilt from storage); false when that id
+    /// is alive. The id counter moves past it.
+    pub fn spawn_with_id(&mut self, id: NpcId, spec: &NpcSpec) -> bool {
         if self.entity(id).is_some() {
             return false;
         }
@@ -451,6 +460,13 @@ impl Engine {
     /// iteration order (NPCs are hashed in `NpcId` order).
     pub fn world_hash(&mut self) -> u64 {
         crate::hash::world_hash(&mut self.world)
+    }
+
+    /// Copies the whole simulation out of the world, to be encoded elsewhere
+    /// ([`crate::SnapshotBody::write`]): what a checkpoint takes on the tick thread.
+    pub fn snapshot_body(&mut self) -> crate::SnapshotBody {
+        let next_id = self.next_npc_id().0;
+        crate::snapshot::gather(&mut self.world, next_id)
     }
 
     /// Writes a snapshot of the whole simulation; returns its size in bytes.

@@ -30,6 +30,7 @@ pub use error::{CommandError, ConfigError, EngineError, SnapshotError};
 pub use resources::{NpcIndex, ParPool, SimClock, TickLog, WorldBounds};
 pub use rng::SimRng;
 pub use schedule::{StageTimings, TickSet};
+pub use snapshot::SnapshotBody;
 pub use spawn::{AgentBundle, NpcBundle, NpcSpec, PlainNpcBundle};
 
 /// The types most users need.

@@ -148,6 +148,57 @@ pub(crate) fn save(
     next_id: u64,
     writer: &mut impl std::io::Write,
 ) -> Result<u64, SnapshotError> {
+    gather(world, next_id).write(writer)
+}
+
+/// The whole simulation copied out of the world, not encoded yet: taking it is column copies
+/// (the tick thread's part); encoding it can run on another thread.
+pub struct SnapshotBody(Body);
+
+impl std::fmt::Debug for SnapshotBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotBody")
+            .field("tick", &self.0.clock.tick)
+            .field("npcs", &(self.0.plain.len() + self.0.agents.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotBody {
+    /// Tick of the world it holds.
+    #[must_use]
+    pub fn tick(&self) -> u64 {
+        self.0.clock.tick
+    }
+
+    /// NPCs it holds (agents included).
+    #[must_use]
+    pub fn npcs(&self) -> usize {
+        self.0.plain.len() + self.0.agents.len()
+    }
+
+    /// Encodes it and writes it as one snapshot frame; returns the bytes written.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Encode`], or [`SnapshotError::Io`] when the writer fails.
+    pub fn write(&self, writer: &mut impl std::io::Write) -> Result<u64, SnapshotError> {
+        let payload = terrarium_codec::encode(&self.0).map_err(SnapshotError::Encode)?;
+        Ok(terrarium_codec::write_frame(writer, MAGIC, FORMAT_VERSION, &payload)?)
+    }
+
+    /// The snapshot frame, in memory.
+    ///
+    /// # Errors
+    /// As [`SnapshotBody::write`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut out = Vec::new();
+        self.write(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// Copies the world into a [`SnapshotBody`].
+pub(crate) fn gather(world: &mut World, next_id: u64) -> SnapshotBody {
     let plain = Columns::gather::<Without<Agent>>(world);
     let mut wanders = Vec::with_capacity(plain.len());
     let mut q = world.query_filtered::<&Wander, Without<Agent>>();
@@ -159,7 +210,7 @@ pub(crate) fn save(
     let mut move_targets: Vec<(NpcId, MoveTarget)> =
         world.query::<(&NpcId, &MoveTarget)>().iter(world).map(|(id, t)| (*id, *t)).collect();
     move_targets.sort_unstable_by_key(|(id, _)| *id);
-    let body = Body {
+    SnapshotBody(Body {
         clock: *world.resource::<SimClock>(),
         rng: world.resource::<SimRng>().clone(),
         next_id,
@@ -170,9 +221,7 @@ pub(crate) fn save(
         minds,
         move_targets,
         voxels: world.get_resource::<VoxelWorld>().map(VoxelWorld::to_record),
-    };
-    let payload = terrarium_codec::encode(&body).map_err(SnapshotError::Encode)?;
-    Ok(terrarium_codec::write_frame(writer, MAGIC, FORMAT_VERSION, &payload)?)
+    })
 }
 
 /// Reads and checks a frame and decodes its body; nothing is spawned yet.

@@ -61,10 +61,27 @@ impl WorldFlags {
 /// Where batched updates go.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StorageFlags {
-    /// Where batched updates go: `none` (no batching), `memory` (the embedded default, no
-    /// server) or `postgres` (needs a build with `--features postgres` and a database URL).
+    /// Where batched updates go: `none` (no batching), `memory` (in process, nothing outlives
+    /// it), `embedded` (SQLite in `--data-dir`, no server) or `postgres` (needs a build with
+    /// `--features postgres` and a database URL). A durable store that holds a world resumes it.
     #[arg(long = "storage", value_enum, default_value_t = StorageKind::Memory)]
     pub kind: StorageKind,
+    /// Directory of the embedded store (`--storage embedded`): the database is
+    /// `DIR/terrarium.db` (else `storage.embedded.path`, default `./terrarium-data/terrarium.db`).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Ticks between checkpoints of the whole world (0 = only at a clean shutdown); else
+    /// `storage.checkpoint.every_ticks` (default 1200).
+    #[arg(long = "checkpoint-every")]
+    pub checkpoint_every: Option<u64>,
+    /// Start a new world instead of resuming the stored one; only with `--wipe`, which deletes
+    /// the stored world first.
+    #[arg(long = "new-world", requires = "wipe")]
+    pub new_world: bool,
+    /// Delete everything the store holds (rows and checkpoints) before starting; only with
+    /// `--new-world`.
+    #[arg(long, requires = "new_world")]
+    pub wipe: bool,
     /// PostgreSQL URL for `--storage postgres` (else `storage.postgres.url` of the
     /// configuration, else the `DATABASE_URL` environment variable).
     #[arg(long = "database-url")]
@@ -82,6 +99,8 @@ pub enum StorageKind {
     None,
     /// Batching and write-behind into the in-process store.
     Memory,
+    /// Batching and write-behind into the embedded on-disk store (SQLite).
+    Embedded,
     /// Batching and write-behind into PostgreSQL (through the storage stack).
     Postgres,
 }
@@ -91,8 +110,18 @@ impl StorageFlags {
     pub fn apply(&self, cfg: &mut Config) {
         cfg.storage.backend = match self.kind {
             StorageKind::Postgres => BackendKind::Postgres,
+            StorageKind::Embedded => BackendKind::Embedded,
             StorageKind::None | StorageKind::Memory => BackendKind::Memory,
         };
+        if let Some(dir) = &self.data_dir {
+            cfg.storage.embedded.path = dir.join("terrarium.db");
+        }
+        match self.checkpoint_every {
+            Some(n) => cfg.storage.checkpoint.every_ticks = n,
+            // Nothing outlives the memory store: a checkpoint there would only cost time.
+            None if self.kind == StorageKind::Memory => cfg.storage.checkpoint.every_ticks = 0,
+            None => {}
+        }
         if let Some(url) = &self.database_url {
             cfg.storage.postgres.url.clone_from(url);
         } else if self.kind == StorageKind::Postgres
@@ -122,6 +151,17 @@ impl StorageFlags {
             Some(handle) => StoragePipeline::start_on(handle, cfg),
             None => StoragePipeline::start(cfg),
         };
-        pipeline.map(Some).context("cannot start storage")
+        let pipeline = pipeline.context("cannot start storage")?;
+        if self.wipe {
+            pipeline.wipe().context("cannot wipe the stored world")?;
+            eprintln!("--new-world --wipe: the stored world was deleted; starting a new one");
+        }
+        Ok(Some(pipeline))
+    }
+
+    /// True when the store outlives the process (a stopped world is stored to resume).
+    #[allow(dead_code, reason = "each binary including this file uses part of it")]
+    pub fn durable(&self) -> bool {
+        matches!(self.kind, StorageKind::Embedded | StorageKind::Postgres)
     }
 }

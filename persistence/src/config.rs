@@ -22,7 +22,11 @@ pub struct StorageConfig {
     pub backend: BackendKind,
     /// PostgreSQL (used when `backend = "postgres"`).
     pub postgres: PostgresConfig,
-    /// Deleting old history and events from PostgreSQL.
+    /// The embedded on-disk store (used when `backend = "embedded"`).
+    pub embedded: EmbeddedConfig,
+    /// Checkpoints of the whole world, what a restart resumes from.
+    pub checkpoint: CheckpointConfig,
+    /// Deleting old history and events (PostgreSQL and the embedded store).
     pub retention: RetentionConfig,
     /// The Redis cache (off while `url` is empty).
     pub redis: RedisConfig,
@@ -43,6 +47,8 @@ pub enum BackendKind {
     Memory,
     /// `PgStore` (feature `postgres`).
     Postgres,
+    /// `FileStore` (feature `file-store`): SQLite in one file on local disk, no server.
+    Embedded,
 }
 
 impl BackendKind {
@@ -52,6 +58,7 @@ impl BackendKind {
         match self {
             Self::Memory => "memory",
             Self::Postgres => "postgres",
+            Self::Embedded => "embedded",
         }
     }
 }
@@ -93,6 +100,46 @@ impl Default for PostgresConfig {
             recycle_timeout_ms: 2_000,
             statement_timeout_ms: 30_000,
         }
+    }
+}
+
+/// The embedded store: one SQLite database file (WAL mode, so also `<path>-wal` and
+/// `<path>-shm` beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// The database file; its directory is created when missing.
+    pub path: std::path::PathBuf,
+    /// How long a statement waits for another process's lock, milliseconds, 0 ..= 600 000.
+    pub busy_timeout_ms: u64,
+    /// Page cache per connection, MiB, 1 ..= 16 384.
+    pub cache_mib: u64,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self { path: "terrarium-data/terrarium.db".into(), busy_timeout_ms: 5_000, cache_mib: 64 }
+    }
+}
+
+/// Checkpoints: the whole world (the engine's snapshot frame) stored every `every_ticks`
+/// ticks and at every clean shutdown, with the batch it follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Ticks between checkpoints, 0 (only at a clean shutdown) ..= 10 000 000. Default 1200
+    /// (a minute at 20 Hz).
+    pub every_ticks: u64,
+    /// Checkpoints kept in the store, 1 ..= 100 (the newest; older ones are deleted).
+    pub keep: u32,
+    /// Longest wait at a clean shutdown for the batches a final checkpoint follows,
+    /// milliseconds, 1 ..= 3 600 000.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every_ticks: 1200, keep: 2, drain_timeout_ms: 120_000 }
     }
 }
 
@@ -249,6 +296,19 @@ impl StorageConfig {
         range("storage.postgres.create_timeout_ms", pg.create_timeout_ms, 1, 600_000)?;
         range("storage.postgres.recycle_timeout_ms", pg.recycle_timeout_ms, 1, 600_000)?;
         range("storage.postgres.statement_timeout_ms", pg.statement_timeout_ms, 0, 3_600_000)?;
+        let emb = &self.embedded;
+        if emb.path.as_os_str().is_empty() {
+            return Err(StorageConfigError::Invalid {
+                key: "storage.embedded.path".into(),
+                reason: "must name a file".into(),
+            });
+        }
+        range("storage.embedded.busy_timeout_ms", emb.busy_timeout_ms, 0, 600_000)?;
+        range("storage.embedded.cache_mib", emb.cache_mib, 1, 16_384)?;
+        let cp = &self.checkpoint;
+        range("storage.checkpoint.every_ticks", cp.every_ticks, 0, 10_000_000)?;
+        range("storage.checkpoint.keep", u64::from(cp.keep), 1, 100)?;
+        range("storage.checkpoint.drain_timeout_ms", cp.drain_timeout_ms, 1, 3_600_000)?;
         let ret = &self.retention;
         range("storage.retention.max_age_s", ret.max_age_s, 60, 3650 * 24 * 3600)?;
         range("storage.retention.chunk_rows", u64::from(ret.chunk_rows), 1, 1_000_000)?;

@@ -4,6 +4,10 @@ mod breaker;
 mod clock;
 mod config;
 mod error;
+#[cfg(feature = "file-store")]
+mod file;
+#[cfg(feature = "file-store")]
+mod fold;
 mod l1;
 mod memory;
 mod outbox;
@@ -23,10 +27,12 @@ mod write_behind;
 pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{
-    BackendKind, BreakerConfig, L1Config, PostgresConfig, RedisConfig, RetentionConfig, RetryConfig,
-    StorageConfig, WriteBehindConfig, is_identifier,
+    BackendKind, BreakerConfig, CheckpointConfig, EmbeddedConfig, L1Config, PostgresConfig, RedisConfig,
+    RetentionConfig, RetryConfig, StorageConfig, WriteBehindConfig, is_identifier,
 };
 pub use error::{StorageConfigError, StorageError, WriteBehindError};
+#[cfg(feature = "file-store")]
+pub use file::{FileMetrics, FileStore};
 pub use l1::{L1Cache, L1Metrics, TierMetrics};
 pub use memory::{MemoryStats, MemoryStore};
 #[cfg(feature = "postgres")]
@@ -34,8 +40,8 @@ pub use postgres::{
     EventQuery, MigrationReport, PgMetrics, PgStore, PoolMetrics, RetentionReport, RowCounts,
 };
 pub use record::{
-    BatchId, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionColumns,
-    PositionRow, WriteBatch,
+    BatchId, Checkpoint, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page,
+    PositionColumns, PositionRow, ResumePoint, WriteBatch,
 };
 #[cfg(feature = "redis")]
 pub use redis::{EventSubscriber, RedisCache, RedisMetrics, Tier};

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 
 use crate::{
-    BatchId, EntityKind, EventRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, Storage, StorageError,
-    WriteBatch,
+    BatchId, Checkpoint, EntityKind, EventRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, Storage,
+    StorageError, WriteBatch,
 };
 
 /// What a [`MemoryStore`] keeps and counts.
@@ -22,6 +22,7 @@ struct Inner {
     events: VecDeque<EventRow>,
     event_ids: HashMap<u64, ()>,
     applied: HashMap<u64, u64>,
+    checkpoint: Option<Checkpoint>,
     stats: MemoryStats,
 }
 
@@ -118,6 +119,35 @@ impl MemoryStore {
     #[must_use]
     pub fn applied_seq(&self, run: u64) -> Option<u64> {
         self.lock().applied.get(&run).copied()
+    }
+
+    /// Keeps `checkpoint` as the newest (this store keeps one; it is gone with the process).
+    pub fn save_checkpoint(&self, checkpoint: Checkpoint) {
+        self.lock().checkpoint = Some(checkpoint);
+    }
+
+    /// The newest checkpoint and the current state after it (see [`crate::ResumePoint`]).
+    #[must_use]
+    pub fn resume_point(&self) -> Option<crate::ResumePoint> {
+        let inner = self.lock();
+        let checkpoint = inner.checkpoint.clone()?;
+        let ids = inner.npcs.keys().copied().collect();
+        let newer = inner
+            .npcs
+            .values()
+            .map(|r| inner.current(r))
+            .filter(|r| r.updated_tick > checkpoint.tick)
+            .collect();
+        let batches_committed =
+            checkpoint.seq == 0 || inner.applied.get(&checkpoint.run).is_some_and(|&m| m >= checkpoint.seq);
+        Some(crate::ResumePoint { checkpoint, ids, newer, batches_committed })
+    }
+
+    /// Forgets everything stored (a new world starts here).
+    pub fn wipe(&self) {
+        let mut inner = self.lock();
+        let stats = inner.stats;
+        *inner = Inner { stats, ..Inner::default() };
     }
 
     fn apply(&self, inner: &mut Inner, b: &WriteBatch) {

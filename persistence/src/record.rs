@@ -254,3 +254,36 @@ pub struct NpcPage {
     /// Pass as `Page::after` to get the next page.
     pub next: Option<u64>,
 }
+
+/// A stored snapshot of the whole world (the engine's snapshot frame, opaque here), and the
+/// batch it follows: every batch of `run` up to `seq` was committed before it was stored, and
+/// the world it holds is the one at `tick`, after that batch was cut.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// The producer run whose batches it follows.
+    pub run: u64,
+    /// The last batch of `run` cut at or before `tick` (0: none).
+    pub seq: u64,
+    /// Tick of the world it holds.
+    pub tick: u64,
+    /// Written by a clean shutdown (after the last tick and the drain): nothing happened after it.
+    pub clean: bool,
+    /// The snapshot frame.
+    pub bytes: Vec<u8>,
+}
+
+/// What a store holds of a world to resume: its newest checkpoint and the current state the
+/// batches committed since.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResumePoint {
+    /// The newest checkpoint (checksum verified).
+    pub checkpoint: Checkpoint,
+    /// Every NPC id in the current state (`npcs`), ascending.
+    pub ids: Vec<u64>,
+    /// The current state of the NPCs changed after the checkpoint's tick
+    /// (`updated_tick > checkpoint.tick`), ascending by id.
+    pub newer: Vec<NpcRecord>,
+    /// Whether every batch the checkpoint follows is committed (`applied_batches` of its run
+    /// has reached its seq). False only when a checkpoint was stored ahead of its batches.
+    pub batches_committed: bool,
+}

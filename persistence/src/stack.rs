@@ -13,7 +13,7 @@ use crate::{
 #[derive(Debug)]
 #[non_exhaustive]
 #[cfg_attr(
-    feature = "postgres",
+    any(feature = "postgres", feature = "file-store"),
     expect(clippy::large_enum_variant, reason = "one per stack; boxing buys nothing")
 )]
 pub enum Backend {
@@ -22,6 +22,81 @@ pub enum Backend {
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres(crate::PgStore),
+    /// The embedded on-disk store (SQLite).
+    #[cfg(feature = "file-store")]
+    Embedded(crate::FileStore),
+}
+
+impl Backend {
+    /// Stores a checkpoint and keeps the newest `keep`. Checkpoints go to the store directly,
+    /// not through the caches, retries and breaker of the stack (the caller, the checkpoint
+    /// writer, retries on its own schedule).
+    ///
+    /// # Errors
+    /// As the store's write.
+    pub async fn save_checkpoint(
+        &self,
+        checkpoint: crate::Checkpoint,
+        keep: u32,
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::Memory(s) => {
+                let _ = keep; // memory keeps one
+                s.save_checkpoint(checkpoint);
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.save_checkpoint(&checkpoint, keep).await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.save_checkpoint(checkpoint, keep).await,
+        }
+    }
+
+    /// What the store holds of a world to resume (`None`: no checkpoint, a new world).
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] (naming the file or schema) for a damaged database or a
+    /// checkpoint that fails its checksum; otherwise as the store's reads.
+    pub async fn resume_point(&self) -> Result<Option<crate::ResumePoint>, StorageError> {
+        match self {
+            Self::Memory(s) => Ok(s.resume_point()),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.resume_point().await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.resume_point().await,
+        }
+    }
+
+    /// Highest batch `seq` the store applied for `run`.
+    ///
+    /// # Errors
+    /// As the store's reads.
+    pub async fn applied_seq(&self, run: u64) -> Result<Option<u64>, StorageError> {
+        match self {
+            Self::Memory(s) => Ok(s.applied_seq(run)),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.applied_seq(run).await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.applied_seq(run).await,
+        }
+    }
+
+    /// Deletes every stored row and checkpoint: the next start is a new world.
+    ///
+    /// # Errors
+    /// As the store's writes.
+    pub async fn wipe(&self) -> Result<(), StorageError> {
+        match self {
+            Self::Memory(s) => {
+                s.wipe();
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.wipe().await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.wipe().await,
+        }
+    }
 }
 
 impl Storage for Backend {
@@ -30,6 +105,8 @@ impl Storage for Backend {
             Self::Memory(s) => s.name(),
             #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.name(),
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.name(),
         }
     }
 
@@ -38,6 +115,8 @@ impl Storage for Backend {
             Self::Memory(s) => s.write(batches).await,
             #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.write(batches).await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.write(batches).await,
         }
     }
 
@@ -46,6 +125,8 @@ impl Storage for Backend {
             Self::Memory(s) => s.get_npc(id).await,
             #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.get_npc(id).await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.get_npc(id).await,
         }
     }
 
@@ -54,6 +135,8 @@ impl Storage for Backend {
             Self::Memory(s) => s.list_npcs(filter, page).await,
             #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.list_npcs(filter, page).await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.list_npcs(filter, page).await,
         }
     }
 
@@ -62,6 +145,8 @@ impl Storage for Backend {
             Self::Memory(s) => s.load_npcs().await,
             #[cfg(feature = "postgres")]
             Self::Postgres(s) => s.load_npcs().await,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.load_npcs().await,
         }
     }
 }
@@ -196,10 +281,13 @@ impl StorageStack {
         let backend = match cfg.backend {
             BackendKind::Memory => Backend::Memory(MemoryStore::default()),
             BackendKind::Postgres => postgres_backend(cfg).await?,
+            BackendKind::Embedded => embedded_backend(cfg).await?,
         };
         let retention = match &backend {
             #[cfg(feature = "postgres")]
             Backend::Postgres(pg) if cfg.retention.enabled => Some(pg.spawn_retention(&cfg.retention)),
+            #[cfg(feature = "file-store")]
+            Backend::Embedded(f) if cfg.retention.enabled => Some(f.spawn_retention(&cfg.retention)),
             _ => None,
         };
         let stack = Self::assemble(backend, cfg, retention).await?;
@@ -261,7 +349,16 @@ impl StorageStack {
     pub fn postgres(&self) -> Option<&crate::PgStore> {
         match self.backend() {
             Backend::Postgres(pg) => Some(pg),
-            Backend::Memory(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The embedded store, when it is the backend.
+    #[cfg(feature = "file-store")]
+    pub fn embedded(&self) -> Option<&crate::FileStore> {
+        match self.backend() {
+            Backend::Embedded(f) => Some(f),
+            _ => None,
         }
     }
 
@@ -335,6 +432,20 @@ async fn postgres_backend(_: &StorageConfig) -> Result<Backend, StorageError> {
     Err(StorageConfigError::Invalid {
         key: "storage.backend".into(),
         reason: "\"postgres\" needs the `postgres` feature, which this build does not have".into(),
+    }
+    .into())
+}
+
+#[cfg(feature = "file-store")]
+async fn embedded_backend(cfg: &StorageConfig) -> Result<Backend, StorageError> {
+    Ok(Backend::Embedded(crate::FileStore::open(&cfg.embedded).await?))
+}
+
+#[cfg(not(feature = "file-store"))]
+async fn embedded_backend(_: &StorageConfig) -> Result<Backend, StorageError> {
+    Err(StorageConfigError::Invalid {
+        key: "storage.backend".into(),
+        reason: "\"embedded\" needs the `file-store` feature, which this build does not have".into(),
     }
     .into())
 }

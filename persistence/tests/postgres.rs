@@ -21,7 +21,7 @@ async fn migrations_run_from_empty_then_change_nothing() {
     let store = PgStore::connect_lazy(&cfg).unwrap();
     let guard = PgSchema { store: store.clone(), url: url.clone() };
     let first = store.migrate().await.unwrap();
-    assert_eq!((first.applied.as_slice(), first.version), (&[1][..], 1));
+    assert_eq!((first.applied.as_slice(), first.version), (&[1, 2][..], 2));
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty());
     assert_eq!(store.row_counts().await.unwrap(), Default::default());
@@ -319,4 +319,52 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(
         lazy.write(&[WriteBatch { id: BatchId { run: 1, seq: 1 }, ..Default::default() }]).await.is_err()
     );
+}
+
+#[tokio::test]
+async fn checkpoints_and_what_came_after_them_are_read_back_for_a_resume() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let store = &s.store;
+    assert!(store.resume_point().await.unwrap().is_none(), "an empty schema holds no world");
+    let cp = |tick: u64, clean| terrarium_persistence::Checkpoint {
+        run: 7,
+        seq: 1,
+        tick,
+        clean,
+        bytes: (0..10_000u32).map(|i| (u64::from(i) * tick) as u8).collect(),
+    };
+    store.write(&[WriteBatch { npcs: (1..=5).map(npc).collect(), ..batch(7, 1) }]).await.unwrap();
+    for tick in [10, 20, 30] {
+        store.save_checkpoint(&cp(tick, false), 2).await.unwrap();
+    }
+    let mut nine = npc(9);
+    nine.updated_tick = 36;
+    store
+        .write(&[WriteBatch {
+            positions: vec![position(2, 35)],
+            npcs: vec![nine],
+            removed: vec![3],
+            ..batch(7, 2)
+        }])
+        .await
+        .unwrap();
+    let p = store.resume_point().await.unwrap().unwrap();
+    assert_eq!(p.checkpoint, cp(30, false));
+    assert!(p.batches_committed);
+    assert_eq!(p.ids, [1, 2, 4, 5, 9]);
+    assert_eq!(p.newer.iter().map(|r| (r.id, r.updated_tick)).collect::<Vec<_>>(), [(2, 35), (9, 36)]);
+    assert_eq!(store.applied_seq(7).await.unwrap(), Some(2));
+
+    // A checkpoint whose bytes no longer match its checksum: a typed error naming the schema.
+    let sql = sql_client(&url, store.schema()).await;
+    sql.execute("UPDATE checkpoints SET bytes = decode(repeat('00', 10000), 'hex') WHERE tick = 30", &[])
+        .await
+        .unwrap();
+    let err = store.resume_point().await.unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(store.schema()) && err.to_string().contains("checksum"), "{err}");
+    store.wipe().await.unwrap();
+    assert!(store.resume_point().await.unwrap().is_none());
+    assert_eq!(store.row_counts().await.unwrap(), Default::default());
 }

@@ -17,8 +17,10 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("migrations/V1__initial.sql") }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", sql: include_str!("migrations/V1__initial.sql") },
+    Migration { version: 2, name: "checkpoints", sql: include_str!("migrations/V2__checkpoints.sql") },
+];
 
 /// What [`PgStore::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

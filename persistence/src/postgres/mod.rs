@@ -2,6 +2,7 @@
 //! migrations, COPY BINARY for history, set-based upserts for current state, exactly once per
 //! batch id, cursor-paginated reads and a retention job.
 
+mod checkpoint;
 mod migrate;
 mod read;
 mod retention;

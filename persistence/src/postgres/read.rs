@@ -16,7 +16,8 @@ use crate::{
 /// Largest inventory accepted when decoding a stored row.
 const INVENTORY_LIMIT: usize = 64 * 1024;
 
-const NPC_COLUMNS: &str = "id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick";
+pub(super) const NPC_COLUMNS: &str =
+    "id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick";
 
 /// Which events [`PgStore::events`] returns (newest first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +259,7 @@ impl PgStore {
     }
 }
 
-fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
+pub(super) fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
     let inventory: &[u8] = r.get(9);
     Ok(NpcRecord {
         id: from_i64("npcs.id", r.get(0))?,

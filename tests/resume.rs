@@ -1,0 +1,202 @@
+//! The world outlives the process: `headless` on a durable store resumes what it stored.
+//!
+//! - Resume equals continue: 600 ticks in one run, and 300 + 300 in two runs (the second
+//!   resuming from the store), end with the same `world_hash`, on the embedded store and on
+//!   PostgreSQL, with mining agents.
+//! - A run killed with SIGKILL resumes from its last checkpoint and what was committed after it;
+//!   a run stopped with SIGTERM drains, checkpoints and reports like a finished one.
+//! - A damaged database or checkpoint stops the start with an error naming the file; a new
+//!   world needs `--new-world --wipe`.
+#![cfg(feature = "file-store")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::example;
+
+fn headless(args: &[&str]) -> Command {
+    let mut cmd = Command::new(example("headless"));
+    cmd.args(["--quiet", "--json", "--seed", "21", "--threads", "2"]).args(args);
+    cmd
+}
+
+fn embedded(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = headless(&["--storage", "embedded", "--data-dir"]);
+    cmd.arg(dir).args(args);
+    cmd
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "headless failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("a summary")).expect("the last line is JSON")
+}
+
+fn run(mut cmd: Command) -> serde_json::Value {
+    summary(&cmd.output().expect("headless starts"))
+}
+
+const WORLD: [&str; 6] = ["--npcs", "3000", "--agents", "300", "--checkpoint-every", "100"];
+
+#[test]
+fn resume_equals_continue_on_the_embedded_store() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = run(embedded(one.path(), &[&WORLD[..], &["--ticks", "600"]].concat()));
+    assert_eq!((straight["resumed"].as_bool(), straight["final_tick"].as_u64()), (Some(false), Some(600)));
+    assert!(straight["checkpoints_written"].as_u64().unwrap() >= 2, "{straight}");
+
+    let first = run(embedded(two.path(), &[&WORLD[..], &["--ticks", "300"]].concat()));
+    assert_eq!(first["resumed"], false);
+    let second = run(embedded(two.path(), &[&WORLD[..], &["--ticks", "300"]].concat()));
+    assert_eq!(second["resumed"], true, "{second}");
+    assert_eq!(second["resumed_tick"], 300);
+    assert_eq!(second["resumed_npcs"], 3300);
+    assert_eq!(second["resumed_agents"], 300);
+    assert!(second["resume_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(second["final_tick"], 600);
+    assert_eq!(second["writes_dropped"], 0);
+    assert_eq!(second["world_hash"], straight["world_hash"], "resumed {second}\nstraight {straight}");
+    // Ore is conserved across the restart: what the first run mined stays mined.
+    assert_ne!(second["ore_mined"], serde_json::json!({}));
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn resume_equals_continue_on_postgres() {
+    use terrarium::persistence::testing::{service_url, unique_name};
+    let Some(url) = service_url("TERRARIUM_TEST_PG_URL") else { return };
+    let pg = |schema: &str, ticks: &str| {
+        let mut cmd = headless(&["--storage", "postgres", "--database-url", &url]);
+        cmd.args(WORLD).args(["--ticks", ticks]).env("TERRARIUM_STORAGE__POSTGRES__SCHEMA", schema);
+        cmd
+    };
+    let (a, b) = (unique_name(), unique_name());
+    let straight = run(pg(&a, "600"));
+    assert_eq!(run(pg(&b, "300"))["resumed"], false);
+    let second = run(pg(&b, "300"));
+    assert_eq!((second["resumed"].as_bool(), second["resumed_tick"].as_u64()), (Some(true), Some(300)));
+    assert_eq!(second["world_hash"], straight["world_hash"]);
+    drop_schemas(&url, &[&a, &b]);
+}
+
+#[cfg(feature = "postgres")]
+fn drop_schemas(url: &str, schemas: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        for s in schemas {
+            // Names come from unique_name(): plain identifiers.
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE")).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn sigterm_drains_checkpoints_and_the_next_run_resumes_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd =
+        embedded(dir.path(), &["--npcs", "5000", "--ticks", "100000", "--realtime", "--tick-hz", "50"]);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    signal(child.id(), "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let first = summary(&out);
+    assert_eq!(first["stopped_by_signal"], true, "{first}");
+    let stopped_at = first["final_tick"].as_u64().unwrap();
+    assert!(stopped_at > 0 && stopped_at < 100_000);
+    assert_eq!(first["writes_dropped"], 0);
+    assert!(first["checkpoint_ms"].as_f64().unwrap() > 0.0);
+    let second = run(embedded(dir.path(), &["--ticks", "10"]));
+    assert_eq!(
+        (second["resumed"].as_bool(), second["resumed_tick"].as_u64()),
+        (Some(true), Some(stopped_at))
+    );
+    assert_eq!(second["resumed_npcs"], 5000);
+    assert_eq!(second["final_tick"].as_u64(), Some(stopped_at + 10));
+}
+
+#[test]
+fn sigkill_resumes_from_the_last_checkpoint_and_what_was_committed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = embedded(
+        dir.path(),
+        &["--npcs", "4000", "--ticks", "100000", "--checkpoint-every", "40", "--realtime", "--tick-hz", "50"],
+    );
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    // Wait for a checkpoint, then kill without warning.
+    let db = dir.path().join("terrarium.db");
+    while started.elapsed() < Duration::from_secs(60) && checkpoint_ticks(&db).is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (count, max_tick) = committed(&db);
+    let second = run(embedded(dir.path(), &["--ticks", "20"]));
+    assert_eq!(second["resumed"], true, "{second}");
+    assert_eq!(second["resumed_npcs"].as_u64(), Some(count), "NPCs = what the store committed");
+    assert!(second["resumed_tick"].as_u64().unwrap() >= max_tick, "{second} vs {max_tick}");
+    assert_eq!(second["writes_dropped"], 0);
+}
+
+#[test]
+fn a_damaged_store_stops_the_start_with_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    run(embedded(dir.path(), &["--npcs", "20000", "--ticks", "30"]));
+    let db = dir.path().join("terrarium.db");
+    let bytes = std::fs::read(&db).unwrap();
+    std::fs::write(&db, &bytes[..bytes.len() / 3]).unwrap();
+    let out = embedded(dir.path(), &["--ticks", "5"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("terrarium.db") && stderr.contains("truncated"), "{stderr}");
+
+    // A checkpoint that fails its checksum.
+    std::fs::write(&db, &bytes).unwrap();
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    sql.execute("UPDATE checkpoints SET bytes = zeroblob(size)", []).unwrap();
+    drop(sql);
+    let out = embedded(dir.path(), &["--ticks", "5"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("terrarium.db") && stderr.contains("checksum"), "{stderr}");
+
+    // Starting over is explicit, and needs both flags.
+    let out = embedded(dir.path(), &["--ticks", "5", "--new-world"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let fresh = run(embedded(dir.path(), &["--npcs", "100", "--ticks", "5", "--new-world", "--wipe"]));
+    assert_eq!((fresh["resumed"].as_bool(), fresh["npcs"].as_u64()), (Some(false), Some(100)));
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn checkpoint_ticks(db: &Path) -> Vec<i64> {
+    let Ok(sql) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return vec![];
+    };
+    let Ok(mut stmt) = sql.prepare("SELECT tick FROM checkpoints") else { return vec![] };
+    stmt.query_map([], |r| r.get(0)).map(|rows| rows.filter_map(Result::ok).collect()).unwrap_or_default()
+}
+
+/// NPCs in the store, and the newest tick it holds.
+fn committed(db: &Path) -> (u64, u64) {
+    let sql = rusqlite::Connection::open(db).unwrap();
+    sql.query_row("SELECT count(*), coalesce(max(updated_tick), 0) FROM npcs", [], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
+    .unwrap()
+}
