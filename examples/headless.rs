@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
@@ -33,6 +33,8 @@ use terrarium::systems::batching::{self, BatcherStats};
 mod common;
 #[path = "common/flags.rs"]
 mod flags;
+#[path = "common/progress.rs"]
+mod progress;
 
 use flags::{StorageFlags, StorageKind, WorldFlags};
 
@@ -225,7 +227,7 @@ fn run(args: &Args) -> Result<()> {
     let agents = engine.agent_count() as u64;
 
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
-    let bar = if show_progress { progress_bar(args.ticks) } else { ProgressBar::hidden() };
+    let bar = if show_progress { progress::progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handed = batches_created(&engine);
@@ -417,16 +419,6 @@ fn batches_created(engine: &Engine) -> u64 {
     engine.world().get_resource::<BatcherStats>().map_or(0, |s| s.batches_created)
 }
 
-fn progress_bar(ticks: u64) -> ProgressBar {
-    let bar = ProgressBar::new(ticks);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} tick {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 fn print_human(s: &Summary) {
     println!(
         "{} NPCs + {} agents, {} ticks at {} Hz on {} threads (seed {}, storage {:?})",
@@ -480,7 +472,7 @@ fn report_line(p: &PerformanceSnapshot) -> String {
         l.p95_ms,
         l.p99_ms,
         l.max_ms,
-        p.ticks_per_sec,
+        p.window_ticks_per_sec,
         p.npcs,
         p.agents,
         p.rss_bytes as f64 / f64::from(1u32 << 20),
