@@ -81,7 +81,8 @@ async fn writes_invalidate_by_key_and_positions_are_written_through() {
     let ttl: i64 = r.ttl(key(&c, &cache_prefix(&c), "npc", 3)).await.unwrap();
     assert!((1..=60).contains(&ttl), "npc:3 ttl {ttl}");
     let ttl: i64 = r.ttl(key(&c, &cache_prefix(&c), "npc", 1)).await.unwrap();
-    assert!(ttl > 60 || ttl == -2, "untouched records keep the warm tier: {ttl}");
+    // npc:1 was invalidated by the upsert and cached again by the read after it (awaited).
+    assert!(ttl > 60, "untouched records keep the warm tier (-2: the key is missing): {ttl}");
     c.clear_prefix().await.unwrap();
 }
 
