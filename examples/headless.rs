@@ -74,6 +74,10 @@ struct Args {
     /// Print a one-line performance summary every N ticks (0 = never).
     #[arg(long = "report-every", default_value_t = 0)]
     report_every: u64,
+    /// After the drain, read every NPC back from the store (through the whole storage stack)
+    /// and compare it with the final world (JSON `store_verified`, `store_mismatches`).
+    #[arg(long = "verify-store")]
+    verify_store: bool,
 }
 
 /// The JSON summary. Keys are a contract with other tools: add, never rename.
@@ -116,6 +120,13 @@ struct Summary {
     store_calls: u64,
     /// Rows that never reached the store (must be 0).
     writes_dropped: u64,
+    /// Outbox frames found damaged and lost (their rows are in `writes_dropped` when known).
+    outbox_frames_lost: u64,
+    /// `--verify-store`: true when every NPC of the final world was read back from the store
+    /// at its final position and the store holds no other NPC.
+    store_verified: bool,
+    /// `--verify-store`: NPCs missing, stored elsewhere, or stored but not in the world.
+    store_mismatches: u64,
     /// Batches written to the outbox file.
     outbox_spilled: u64,
     /// Store calls that failed (and were retried later, or spilled): non-zero after an outage.
@@ -288,7 +299,19 @@ fn run(args: &Args) -> Result<()> {
     }
     let checkpoints = storage.as_ref().map(terrarium::StoragePipeline::checkpoint_stats).unwrap_or_default();
     batching::flush_now(&mut engine);
+    let mut check = None;
     let written = match storage {
+        Some(pipeline) if args.verify_store => {
+            let world: Vec<(u64, [f32; 3])> = engine
+                .world_mut()
+                .query::<(&terrarium::engine::NpcId, &terrarium::engine::Position)>()
+                .iter(engine.world())
+                .map(|(id, p)| (id.0, [p.x, p.y, p.z]))
+                .collect();
+            let (rows, stats, c) = pipeline.verified_after_drain(Duration::from_secs(600), &world)?;
+            check = Some(c);
+            Some((rows, stats))
+        }
         Some(pipeline) => {
             let rows = pipeline.written_after_drain(Duration::from_secs(600))?;
             Some(rows)
@@ -340,6 +363,9 @@ fn run(args: &Args) -> Result<()> {
         events_deduplicated: batcher.events_deduplicated,
         store_calls: written.map_or(0, |(_, w)| w.store_calls),
         writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
+        outbox_frames_lost: written.map_or(0, |(_, w)| w.outbox_frames_lost),
+        store_verified: check.is_some_and(|c| c.mismatches == 0),
+        store_mismatches: check.map_or(0, |c| c.mismatches),
         outbox_spilled: written.map_or(0, |(_, w)| w.batches_spilled),
         store_errors: written.map_or(0, |(_, w)| w.store_errors),
         batches: batcher.batches_created,

@@ -197,9 +197,11 @@ fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
         "outbox_spilled",
     ];
     let common = ["--npcs", "3000", "--agents", "10", "--ticks", "60", "--seed", "5", "--quiet", "--json"];
-    let out = run(&[&common[..], &["--storage", "memory"]].concat());
+    let out = run(&[&common[..], &["--storage", "memory", "--verify-store"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mem = last_json(&out);
+    assert_eq!(mem["store_verified"], true, "{mem}");
+    assert_eq!(mem["store_mismatches"], 0);
     for key in keys {
         assert!(mem[key].is_u64(), "missing key {key} in {mem}");
     }

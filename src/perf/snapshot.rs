@@ -358,6 +358,7 @@ pub(crate) fn fill_storage(snap: &mut PerformanceSnapshot, backend: &str, m: &St
         }
     }
     snap.circuit_breakers.push(BreakerFigures::new(format!("storage.{backend}"), m.breaker));
+    snap.circuit_breakers.push(BreakerFigures::new(format!("storage.{backend}.reads"), m.read_breaker));
     #[cfg(feature = "postgres")]
     if let Some(pg) = &m.postgres {
         let p = pg.pool;

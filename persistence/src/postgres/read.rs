@@ -48,7 +48,7 @@ pub struct RowCounts {
 impl PgStore {
     pub(super) async fn read_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
         let Ok(id) = i64::try_from(id) else { return Ok(None) };
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let stmt = client
             .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE id = $1"))
             .await
@@ -90,7 +90,7 @@ impl PgStore {
         }
         params.push(&fetch);
         sql += &format!(" ORDER BY id LIMIT ${}", params.len());
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(|e| self.pg_error(e))?;
         let rows = client.query(&stmt, &params).await.map_err(|e| self.pg_error(e))?;
         let mut npcs = rows.iter().map(npc_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -106,7 +106,7 @@ impl PgStore {
     /// Every NPC by id, streamed from the server and decoded row by row.
     pub(super) async fn read_all(&self) -> Result<Vec<NpcRecord>, StorageError> {
         let err = |e| self.pg_error(e);
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let stmt = client
             .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs ORDER BY id"))
             .await
@@ -129,7 +129,7 @@ impl PgStore {
         ticks: Range<u64>,
     ) -> Result<Vec<PositionRow>, StorageError> {
         let (id, from, to) = (to_i64("npc id", npc_id)?, clamp_i64(ticks.start), clamp_i64(ticks.end));
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = self
             .timed(async {
                 client
@@ -161,7 +161,7 @@ impl PgStore {
     /// When the server can't be reached or a stored row is out of range.
     pub async fn metric_rows(&self, name: &str, ticks: Range<u64>) -> Result<Vec<MetricRow>, StorageError> {
         let (from, to) = (clamp_i64(ticks.start), clamp_i64(ticks.end));
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = self
             .timed(async {
                 client
@@ -197,7 +197,7 @@ impl PgStore {
         const COLUMNS: &str = "event_id, correlation_id, event_type, entity_kind, entity_id, tick, sim_time_ms, \
                                payload, compressed, count";
         let limit = i64::from(limit.clamp(1, 1000));
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let order = "ORDER BY recorded_at DESC, event_id DESC LIMIT";
         let rows = self
             .timed(async {
@@ -245,7 +245,7 @@ impl PgStore {
     /// # Errors
     /// When the server can't be reached.
     pub async fn row_counts(&self) -> Result<RowCounts, StorageError> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM npcs), (SELECT count(*) FROM npc_positions), \
