@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
@@ -33,6 +33,8 @@ use terrarium::systems::batching::{self, BatcherStats, PersistenceHealth};
 mod common;
 #[path = "common/flags.rs"]
 mod flags;
+#[path = "common/progress.rs"]
+mod progress;
 
 use flags::{StorageFlags, StorageKind, WorldFlags};
 
@@ -72,6 +74,10 @@ struct Args {
     /// Print a one-line performance summary every N ticks (0 = never).
     #[arg(long = "report-every", default_value_t = 0)]
     report_every: u64,
+    /// After the drain, read every NPC back from the store (through the whole storage stack)
+    /// and compare it with the final world (JSON `store_verified`, `store_mismatches`).
+    #[arg(long = "verify-store")]
+    verify_store: bool,
 }
 
 /// The JSON summary. Keys are a contract with other tools: add, never rename.
@@ -114,6 +120,13 @@ struct Summary {
     store_calls: u64,
     /// Rows that never reached the store (must be 0).
     writes_dropped: u64,
+    /// Outbox frames found damaged and lost (their rows are in `writes_dropped` when known).
+    outbox_frames_lost: u64,
+    /// `--verify-store`: true when every NPC of the final world was read back from the store
+    /// at its final position and the store holds no other NPC.
+    store_verified: bool,
+    /// `--verify-store`: NPCs missing, stored elsewhere, or stored but not in the world.
+    store_mismatches: u64,
     /// Batches written to the outbox file.
     outbox_spilled: u64,
     /// Store calls that failed (and were retried later, or spilled): non-zero after an outage.
@@ -230,7 +243,7 @@ fn run(args: &Args) -> Result<()> {
     let agents = engine.agent_count() as u64;
 
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
-    let bar = if show_progress { progress_bar(args.ticks) } else { ProgressBar::hidden() };
+    let bar = if show_progress { progress::progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut store_lag = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).context("histogram bounds")?;
@@ -295,7 +308,19 @@ fn run(args: &Args) -> Result<()> {
     }
     let checkpoints = storage.as_ref().map(terrarium::StoragePipeline::checkpoint_stats).unwrap_or_default();
     batching::flush_now(&mut engine);
+    let mut check = None;
     let written = match storage {
+        Some(pipeline) if args.verify_store => {
+            let world: Vec<(u64, [f32; 3])> = engine
+                .world_mut()
+                .query::<(&terrarium::engine::NpcId, &terrarium::engine::Position)>()
+                .iter(engine.world())
+                .map(|(id, p)| (id.0, [p.x, p.y, p.z]))
+                .collect();
+            let (rows, stats, c) = pipeline.verified_after_drain(Duration::from_secs(600), &world)?;
+            check = Some(c);
+            Some((rows, stats))
+        }
         Some(pipeline) => {
             let rows = pipeline.written_after_drain(Duration::from_secs(600))?;
             Some(rows)
@@ -347,6 +372,9 @@ fn run(args: &Args) -> Result<()> {
         events_deduplicated: batcher.events_deduplicated,
         store_calls: written.map_or(0, |(_, w)| w.store_calls),
         writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
+        outbox_frames_lost: written.map_or(0, |(_, w)| w.outbox_frames_lost),
+        store_verified: check.is_some_and(|c| c.mismatches == 0),
+        store_mismatches: check.map_or(0, |c| c.mismatches),
         outbox_spilled: written.map_or(0, |(_, w)| w.batches_spilled),
         store_errors: written.map_or(0, |(_, w)| w.store_errors),
         batches: batcher.batches_created,
@@ -429,16 +457,6 @@ fn batches_created(engine: &Engine) -> u64 {
     engine.world().get_resource::<BatcherStats>().map_or(0, |s| s.batches_created)
 }
 
-fn progress_bar(ticks: u64) -> ProgressBar {
-    let bar = ProgressBar::new(ticks);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} tick {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 fn print_human(s: &Summary) {
     println!(
         "{} NPCs + {} agents, {} ticks at {} Hz on {} threads (seed {}, storage {:?})",
@@ -496,7 +514,7 @@ fn report_line(p: &PerformanceSnapshot) -> String {
         l.p95_ms,
         l.p99_ms,
         l.max_ms,
-        p.ticks_per_sec,
+        p.window_ticks_per_sec,
         p.npcs,
         p.agents,
         p.rss_bytes as f64 / f64::from(1u32 << 20),

@@ -362,7 +362,7 @@ async fn open_breaker_rejects() -> anyhow::Result<()> {
     let faulty = FaultyStore::new(MemoryStore::default());
     faulty.inject_always(Fault::Unavailable);
     let breaker = CircuitBreaker::new(faulty, cfg);
-    anyhow::ensure!(breaker.get_npc(1).await.is_err() && breaker.state() == BreakerState::Open);
+    anyhow::ensure!(breaker.get_npc(1).await.is_err() && breaker.read_metrics().state == BreakerState::Open);
     let n = 1_000_000u64;
     let t = Instant::now();
     for i in 0..n {

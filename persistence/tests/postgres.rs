@@ -459,6 +459,61 @@ async fn partitions(sql: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200k_world_lands_with_a_store_call_timeout_forced_low() {
+    // Issue 14 item 1 / issue 13 defect 3: a store call whose size grows with the population
+    // (the first write of a large world) ran into the fixed 5 s call timeout on every try and
+    // never landed. Here the fixed part of every timeout is 50 ms: the calls must still fit.
+    use std::sync::Arc;
+    use terrarium_persistence::{
+        Backend, BatchSink, BreakerConfig, Handoff, PositionColumns, StorageConfig, StorageStack,
+        WriteBehind, WriteBehindConfig,
+    };
+    let Some(url) = service_url(PG) else { return };
+    const N: u64 = 200_000;
+    // A floor well under what the slowest CI machine writes, so the test is about the timeouts
+    // fitting the rows, not about the machine.
+    const FLOOR: u64 = 5_000;
+    let pg = PgSchema::with(&url, |c| c.statement_timeout_ms = 0).await;
+    let cfg = StorageConfig {
+        breaker: BreakerConfig { call_timeout_ms: 50, write_rows_per_s: FLOOR, ..Default::default() },
+        ..Default::default()
+    };
+    let stack =
+        Arc::new(StorageStack::with_backend(Backend::Postgres(pg.store.clone()), &cfg).await.unwrap());
+    let wb_cfg = WriteBehindConfig { write_timeout_ms: 50, write_rows_per_s: FLOOR, ..Default::default() };
+    let wb = WriteBehind::start_on(&tokio::runtime::Handle::current(), Arc::clone(&stack), wb_cfg).unwrap();
+    let sink = wb.handle();
+    let columns = |tick: u64| PositionColumns {
+        tick,
+        ids: (1..=N).collect(),
+        xyz: (1..=N).map(|id| [id as f32, tick as f32, 0.0]).collect(),
+    };
+    let first = WriteBatch { npcs: (1..=N).map(npc).collect(), ..WriteBatch::default() };
+    sink.submit(Handoff { batch: first, positions: columns(1), covers_all_positions: true }).unwrap();
+    for tick in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sink.submit(Handoff {
+            batch: WriteBatch::default(),
+            positions: columns(tick),
+            covers_all_positions: true,
+        })
+        .unwrap();
+    }
+    wb.flush_async(Duration::from_secs(300)).await.expect("everything landed");
+    let st = wb.stats();
+    assert_eq!((st.failed_batches, st.writes_dropped), (0, 0), "{st:?}");
+    let sql = sql_client(&url, pg.store.schema()).await;
+    let at_last: i64 = sql
+        .query_one("SELECT count(*) FROM npcs_now WHERE updated_tick = 4 AND y = 4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(at_last, N as i64, "every NPC's stored position is the last one");
+    wb.shutdown_async(Duration::from_secs(10)).await.unwrap();
+    drop(stack);
+}
+
 #[tokio::test]
 async fn checkpoints_and_what_came_after_them_are_read_back_for_a_resume() {
     let Some(url) = service_url(PG) else { return };

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use terrarium_persistence::testing::FaultyStore;
+use terrarium_persistence::testing::{Fault, FaultyStore};
 use terrarium_persistence::{
-    BatchId, BatchSink, EntityKind, EventRow, Handoff, MemoryStore, PositionColumns, PositionRow, Storage,
-    WriteBatch, WriteBehind, WriteBehindConfig, WriteBehindError,
+    BatchId, BatchSink, EntityKind, EventRow, Handoff, MemoryStore, NpcFilter, Page, PositionColumns,
+    PositionRow, Storage, WriteBatch, WriteBehind, WriteBehindConfig, WriteBehindError,
 };
 
 type Store = FaultyStore<MemoryStore>;
@@ -381,10 +381,28 @@ fn bad_settings_are_refused_by_name() {
     assert!(matches!(err, WriteBehindError::Config { key: "spill_queued_rows", .. }), "{err}");
 }
 
+/// Reads reach the inner store (what it holds comes back, each read is counted); faults
+/// planned with `inject` reach reads too, while `fail_next` is for writes only.
 #[tokio::test(start_paused = true)]
 async fn reads_pass_through_the_faulty_store() {
     let s = store();
     assert!(s.get_npc(1).await.unwrap().is_none());
+    let npcs = vec![terrarium_persistence::testing::npc(1, 3), terrarium_persistence::testing::npc(2, 4)];
+    s.inner().write(&[WriteBatch { tick: 1, npcs, ..WriteBatch::default() }]).await.unwrap();
+    let want = s.inner().get_npc(1).await.unwrap();
+    assert_eq!(want.as_ref().map(|r| (r.id, r.swarm)), Some((1, 3)));
+    assert_eq!(s.get_npc(1).await.unwrap(), want, "a get reaches the inner store");
+    let page = s.list_npcs(&NpcFilter::default(), Page { after: None, limit: 10 }).await.unwrap();
+    assert_eq!(page.npcs.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(s.load_npcs().await.unwrap().len(), 2);
+
+    s.fail_next(3);
+    assert_eq!(s.get_npc(1).await.unwrap(), want, "fail_next leaves reads alone");
+    s.inject(1, Fault::Unavailable);
+    assert!(s.get_npc(1).await.is_err(), "an injected fault reaches a read");
+    assert_eq!(s.get_npc(1).await.unwrap(), want, "then reads pass again");
+    let reads = s.reads();
+    assert_eq!((reads.gets, reads.lists, reads.loads), (5, 1, 1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -164,7 +164,7 @@ impl Performance {
             uptime_s: now.saturating_duration_since(self.shared.created).as_secs_f64(),
             window_s: span,
             tick_latency: Latency::from_us(&tick_h),
-            ticks_per_sec: if span > 0.0 { in_window as f64 / span } else { 0.0 },
+            window_ticks_per_sec: if span > 0.0 { in_window as f64 / span } else { 0.0 },
             ticks_total: side.ticks_total,
             stages: recorder::stage_names()
                 .zip(&stage_h)

@@ -53,7 +53,7 @@ pub struct RowCounts {
 impl PgStore {
     pub(super) async fn read_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
         let Ok(id) = i64::try_from(id) else { return Ok(None) };
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let stmt = client
             .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM {NPC_FROM} WHERE n.id = $1"))
             .await
@@ -95,7 +95,7 @@ impl PgStore {
         }
         params.push(&fetch);
         sql += &format!(" ORDER BY n.id LIMIT ${}", params.len());
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(|e| self.pg_error(e))?;
         let rows = client.query(&stmt, &params).await.map_err(|e| self.pg_error(e))?;
         let mut npcs = rows.iter().map(npc_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -112,7 +112,7 @@ impl PgStore {
     /// over it (two sequential scans, no join per NPC).
     pub(super) async fn read_all(&self) -> Result<Vec<NpcRecord>, StorageError> {
         let err = |e| self.pg_error(e);
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick \
@@ -163,7 +163,7 @@ impl PgStore {
     ) -> Result<Vec<PositionRow>, StorageError> {
         let (id, from, to) = (to_i64("npc id", npc_id)?, clamp_i64(ticks.start), clamp_i64(ticks.end));
         let block = id / 64;
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = self
             .timed(async {
                 let stmt = client
@@ -196,7 +196,7 @@ impl PgStore {
     /// When the server can't be reached or a stored row is out of range.
     pub async fn metric_rows(&self, name: &str, ticks: Range<u64>) -> Result<Vec<MetricRow>, StorageError> {
         let (from, to) = (clamp_i64(ticks.start), clamp_i64(ticks.end));
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let rows = self
             .timed(async {
                 client
@@ -232,7 +232,7 @@ impl PgStore {
         const COLUMNS: &str = "event_id, correlation_id, event_type, entity_kind, entity_id, tick, sim_time_ms, \
                                payload, compressed, count";
         let limit = i64::from(limit.clamp(1, 1000));
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let order = "ORDER BY recorded_at DESC, event_id DESC LIMIT";
         let rows = self
             .timed(async {
@@ -280,7 +280,7 @@ impl PgStore {
     /// # Errors
     /// When the server can't be reached.
     pub async fn row_counts(&self) -> Result<RowCounts, StorageError> {
-        let client = self.client().await?;
+        let client = self.read_client().await?;
         let row = client
             .query_one(
                 "SELECT (SELECT count(*) FROM npcs), (SELECT count(*) FROM npc_positions), \
