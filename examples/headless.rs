@@ -22,17 +22,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::systems::agents::{MiningStats, PathStats};
-use terrarium::systems::batching::{self, BatcherStats};
+use terrarium::systems::batching::{self, BatcherStats, PersistenceHealth};
 
 mod common;
 #[path = "common/flags.rs"]
 mod flags;
+#[path = "common/progress.rs"]
+mod progress;
 
 use flags::{StorageFlags, StorageKind, WorldFlags};
 
@@ -141,6 +143,11 @@ struct Summary {
     handoff_us_max: f64,
     /// Milliseconds the final drain (`WriteBehind::shutdown`) took.
     drain_ms: f64,
+    /// Storage lag, sampled at the end of every tick: simulated milliseconds between the
+    /// current tick and the newest tick the store had committed (0 without storage).
+    store_lag_ms_p50: f64,
+    store_lag_ms_p99: f64,
+    store_lag_ms_max: f64,
     /// Items the agents mined, per ore kind (empty without agents).
     ore_mined: std::collections::BTreeMap<&'static str, u64>,
     /// Agents' path requests answered with a path.
@@ -236,9 +243,10 @@ fn run(args: &Args) -> Result<()> {
     let agents = engine.agent_count() as u64;
 
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
-    let bar = if show_progress { progress_bar(args.ticks) } else { ProgressBar::hidden() };
+    let bar = if show_progress { progress::progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut store_lag = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).context("histogram bounds")?;
     let mut handed = batches_created(&engine);
     let dt = cfg.engine.dt();
     let loop_started = Instant::now();
@@ -254,6 +262,9 @@ fn run(args: &Args) -> Result<()> {
             p.maybe_checkpoint(&mut engine);
         }
         hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+        if let Some(h) = engine.world().get_resource::<PersistenceHealth>() {
+            store_lag.saturating_record(h.store_lag_ms);
+        }
         let now_handed = batches_created(&engine);
         if now_handed > handed {
             let flush = engine.stage_timings().last[TickSet::Flush.index()];
@@ -372,6 +383,9 @@ fn run(args: &Args) -> Result<()> {
         handoff_us_p50: if handoff.is_empty() { 0.0 } else { handoff.value_at_quantile(0.5) as f64 / 1e3 },
         handoff_us_max: if handoff.is_empty() { 0.0 } else { handoff.max() as f64 / 1e3 },
         drain_ms,
+        store_lag_ms_p50: store_lag.value_at_quantile(0.5) as f64,
+        store_lag_ms_p99: store_lag.value_at_quantile(0.99) as f64,
+        store_lag_ms_max: store_lag.max() as f64,
         ore_mined: engine
             .world()
             .get_resource::<MiningStats>()
@@ -443,16 +457,6 @@ fn batches_created(engine: &Engine) -> u64 {
     engine.world().get_resource::<BatcherStats>().map_or(0, |s| s.batches_created)
 }
 
-fn progress_bar(ticks: u64) -> ProgressBar {
-    let bar = ProgressBar::new(ticks);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} tick {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 fn print_human(s: &Summary) {
     println!(
         "{} NPCs + {} agents, {} ticks at {} Hz on {} threads (seed {}, storage {:?})",
@@ -474,7 +478,8 @@ fn print_human(s: &Summary) {
     if s.storage != StorageKind::None {
         println!(
             "storage: {} batches, {} position / {} metric / {} event rows written in {} store calls, \
-             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms",
+             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms; \
+             store lag ms p50 {:.0}, p99 {:.0}, max {:.0}",
             s.batches,
             s.position_rows_written,
             s.metric_rows_written,
@@ -484,7 +489,10 @@ fn print_human(s: &Summary) {
             s.outbox_spilled,
             s.handoff_us_p50,
             s.handoff_us_max,
-            s.drain_ms
+            s.drain_ms,
+            s.store_lag_ms_p50,
+            s.store_lag_ms_p99,
+            s.store_lag_ms_max
         );
     }
     if let (Some(ms), Some(bytes)) = (s.snapshot_save_ms, s.snapshot_bytes) {
@@ -506,7 +514,7 @@ fn report_line(p: &PerformanceSnapshot) -> String {
         l.p95_ms,
         l.p99_ms,
         l.max_ms,
-        p.ticks_per_sec,
+        p.window_ticks_per_sec,
         p.npcs,
         p.agents,
         p.rss_bytes as f64 / f64::from(1u32 << 20),

@@ -271,6 +271,26 @@ fn pathfind_names_the_line_of_a_malformed_map() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 6, column 2"), "{err}");
+    assert!(err.contains("bad.map"), "the error names the file: {err}");
+}
+
+/// A scenario whose optimal length is wrong is reported, and the run exits 1 after its summary.
+#[test]
+fn pathfind_fails_when_a_path_is_not_optimal() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("open.map");
+    std::fs::write(&map, "type octile\nheight 2\nwidth 3\nmap\n...\n...\n").unwrap();
+    let scen = dir.path().join("open.map.scen");
+    // From (0,0) to (2,0) is 2 steps; the file claims 1.5.
+    std::fs::write(&scen, "version 1\n0\topen.map\t3\t2\t0\t0\t2\t0\t1.5\n").unwrap();
+    let out = Command::new(example("pathfind"))
+        .args(["--map", map.to_str().unwrap(), "--scen", scen.to_str().unwrap(), "--json"])
+        .output()
+        .expect("example starts");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = last_json(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!((summary["scenarios"].as_u64(), summary["optimal"].as_u64()), (Some(1), Some(0)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 1 paths were not optimal"));
 }
 
 #[test]
