@@ -315,7 +315,7 @@ fn run(args: &Args) -> Result<()> {
         threads: engine.threads(),
         seed: engine.world().resource::<terrarium::engine::SimRng>().seed(),
         tick_hz: cfg.engine.tick_hz,
-        storage: args.storage.kind,
+        storage: args.storage.kind(),
         tick_ms_p50: q(0.50),
         tick_ms_p95: q(0.95),
         tick_ms_p99: q(0.99),
