@@ -22,17 +22,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::systems::agents::{MiningStats, PathStats};
-use terrarium::systems::batching::{self, BatcherStats};
+use terrarium::systems::batching::{self, BatcherStats, PersistenceHealth};
 
 mod common;
 #[path = "common/flags.rs"]
 mod flags;
+#[path = "common/progress.rs"]
+mod progress;
 
 use flags::{StorageFlags, StorageKind, WorldFlags};
 
@@ -72,6 +74,10 @@ struct Args {
     /// Print a one-line performance summary every N ticks (0 = never).
     #[arg(long = "report-every", default_value_t = 0)]
     report_every: u64,
+    /// After the drain, read every NPC back from the store (through the whole storage stack)
+    /// and compare it with the final world (JSON `store_verified`, `store_mismatches`).
+    #[arg(long = "verify-store")]
+    verify_store: bool,
 }
 
 /// The JSON summary. Keys are a contract with other tools: add, never rename.
@@ -114,6 +120,13 @@ struct Summary {
     store_calls: u64,
     /// Rows that never reached the store (must be 0).
     writes_dropped: u64,
+    /// Outbox frames found damaged and lost (their rows are in `writes_dropped` when known).
+    outbox_frames_lost: u64,
+    /// `--verify-store`: true when every NPC of the final world was read back from the store
+    /// at its final position and the store holds no other NPC.
+    store_verified: bool,
+    /// `--verify-store`: NPCs missing, stored elsewhere, or stored but not in the world.
+    store_mismatches: u64,
     /// Batches written to the outbox file.
     outbox_spilled: u64,
     /// Store calls that failed (and were retried later, or spilled): non-zero after an outage.
@@ -130,6 +143,11 @@ struct Summary {
     handoff_us_max: f64,
     /// Milliseconds the final drain (`WriteBehind::shutdown`) took.
     drain_ms: f64,
+    /// Storage lag, sampled at the end of every tick: simulated milliseconds between the
+    /// current tick and the newest tick the store had committed (0 without storage).
+    store_lag_ms_p50: f64,
+    store_lag_ms_p99: f64,
+    store_lag_ms_max: f64,
     /// Items the agents mined, per ore kind (empty without agents).
     ore_mined: std::collections::BTreeMap<&'static str, u64>,
     /// Agents' path requests answered with a path.
@@ -225,9 +243,10 @@ fn run(args: &Args) -> Result<()> {
     let agents = engine.agent_count() as u64;
 
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
-    let bar = if show_progress { progress_bar(args.ticks) } else { ProgressBar::hidden() };
+    let bar = if show_progress { progress::progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut store_lag = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).context("histogram bounds")?;
     let mut handed = batches_created(&engine);
     let dt = cfg.engine.dt();
     let loop_started = Instant::now();
@@ -243,6 +262,9 @@ fn run(args: &Args) -> Result<()> {
             p.maybe_checkpoint(&mut engine);
         }
         hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+        if let Some(h) = engine.world().get_resource::<PersistenceHealth>() {
+            store_lag.saturating_record(h.store_lag_ms);
+        }
         let now_handed = batches_created(&engine);
         if now_handed > handed {
             let flush = engine.stage_timings().last[TickSet::Flush.index()];
@@ -286,7 +308,19 @@ fn run(args: &Args) -> Result<()> {
     }
     let checkpoints = storage.as_ref().map(terrarium::StoragePipeline::checkpoint_stats).unwrap_or_default();
     batching::flush_now(&mut engine);
+    let mut check = None;
     let written = match storage {
+        Some(pipeline) if args.verify_store => {
+            let world: Vec<(u64, [f32; 3])> = engine
+                .world_mut()
+                .query::<(&terrarium::engine::NpcId, &terrarium::engine::Position)>()
+                .iter(engine.world())
+                .map(|(id, p)| (id.0, [p.x, p.y, p.z]))
+                .collect();
+            let (rows, stats, c) = pipeline.verified_after_drain(Duration::from_secs(600), &world)?;
+            check = Some(c);
+            Some((rows, stats))
+        }
         Some(pipeline) => {
             let rows = pipeline.written_after_drain(Duration::from_secs(600))?;
             Some(rows)
@@ -338,6 +372,9 @@ fn run(args: &Args) -> Result<()> {
         events_deduplicated: batcher.events_deduplicated,
         store_calls: written.map_or(0, |(_, w)| w.store_calls),
         writes_dropped: written.map_or(0, |(_, w)| w.writes_dropped),
+        outbox_frames_lost: written.map_or(0, |(_, w)| w.outbox_frames_lost),
+        store_verified: check.is_some_and(|c| c.mismatches == 0),
+        store_mismatches: check.map_or(0, |c| c.mismatches),
         outbox_spilled: written.map_or(0, |(_, w)| w.batches_spilled),
         store_errors: written.map_or(0, |(_, w)| w.store_errors),
         batches: batcher.batches_created,
@@ -346,6 +383,9 @@ fn run(args: &Args) -> Result<()> {
         handoff_us_p50: if handoff.is_empty() { 0.0 } else { handoff.value_at_quantile(0.5) as f64 / 1e3 },
         handoff_us_max: if handoff.is_empty() { 0.0 } else { handoff.max() as f64 / 1e3 },
         drain_ms,
+        store_lag_ms_p50: store_lag.value_at_quantile(0.5) as f64,
+        store_lag_ms_p99: store_lag.value_at_quantile(0.99) as f64,
+        store_lag_ms_max: store_lag.max() as f64,
         ore_mined: engine
             .world()
             .get_resource::<MiningStats>()
@@ -417,16 +457,6 @@ fn batches_created(engine: &Engine) -> u64 {
     engine.world().get_resource::<BatcherStats>().map_or(0, |s| s.batches_created)
 }
 
-fn progress_bar(ticks: u64) -> ProgressBar {
-    let bar = ProgressBar::new(ticks);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} tick {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 fn print_human(s: &Summary) {
     println!(
         "{} NPCs + {} agents, {} ticks at {} Hz on {} threads (seed {}, storage {:?})",
@@ -448,7 +478,8 @@ fn print_human(s: &Summary) {
     if s.storage != StorageKind::None {
         println!(
             "storage: {} batches, {} position / {} metric / {} event rows written in {} store calls, \
-             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms",
+             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms; \
+             store lag ms p50 {:.0}, p99 {:.0}, max {:.0}",
             s.batches,
             s.position_rows_written,
             s.metric_rows_written,
@@ -458,7 +489,10 @@ fn print_human(s: &Summary) {
             s.outbox_spilled,
             s.handoff_us_p50,
             s.handoff_us_max,
-            s.drain_ms
+            s.drain_ms,
+            s.store_lag_ms_p50,
+            s.store_lag_ms_p99,
+            s.store_lag_ms_max
         );
     }
     if let (Some(ms), Some(bytes)) = (s.snapshot_save_ms, s.snapshot_bytes) {
@@ -480,7 +514,7 @@ fn report_line(p: &PerformanceSnapshot) -> String {
         l.p95_ms,
         l.p99_ms,
         l.max_ms,
-        p.ticks_per_sec,
+        p.window_ticks_per_sec,
         p.npcs,
         p.agents,
         p.rss_bytes as f64 / f64::from(1u32 << 20),

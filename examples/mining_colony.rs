@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use terrarium::engine::voxel::{Ore, VoxelWorld};
 use terrarium::engine::{Engine, EngineConfig, TickSet};
 use terrarium::systems::agents::{MiningStats, PathStats, spawn_colony};
 
 mod common;
+#[path = "common/progress.rs"]
+mod progress;
 
 /// Runs a mining colony and reports what it mined and how fast it ticked.
 #[derive(Parser, Debug)]
@@ -111,13 +113,7 @@ fn run(args: &Args) -> Result<()> {
     };
 
     let bar = if !args.quiet && std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(args.ticks);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} tick {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        bar
+        progress::progress_bar(args.ticks)
     } else {
         ProgressBar::hidden()
     };

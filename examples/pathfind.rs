@@ -8,7 +8,8 @@
 //! ```
 //!
 //! With `--json`, the last line of stdout is one JSON object with the keys `map`, `scenarios`,
-//! `optimal`, `scen_per_s`, `mean_us`, `p99_us` and `threads`.
+//! `optimal`, `scen_per_s`, `mean_us`, `p99_us` and `threads`. It exits 1 when any path is
+//! not optimal (after the summary), and names the file in any parse error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,7 +84,8 @@ fn run(args: &Args) -> Result<()> {
     ensure!(args.threads >= 1, "--threads must be at least 1");
     let grid = load_map(&args.map)?;
     let all = load_scenarios(&args.scen)?;
-    check_scenarios(&grid, &all)?;
+    check_scenarios(&grid, &all)
+        .with_context(|| format!("{} does not fit {}", args.scen.display(), args.map.display()))?;
     let step = usize::try_from(args.every).unwrap_or(usize::MAX);
     let scenarios: Vec<Scenario> = all.into_iter().step_by(step).collect();
     let pool = ParPool::new(args.threads).context("cannot start the worker threads")?;
@@ -119,6 +121,13 @@ fn run(args: &Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     }
+    // Both searches are exact: a path that is not optimal (or missing) is a bug, not a figure.
+    ensure!(
+        summary.optimal == summary.scenarios,
+        "{} of {} paths were not optimal",
+        summary.scenarios - summary.optimal,
+        summary.scenarios
+    );
     Ok(())
 }
 

@@ -9,6 +9,8 @@
 #   scripts/services.sh kill-pg | kill-redis        SIGKILL the server (fault tests)
 #   scripts/services.sh restart-pg | restart-redis  start it again (after kill-*: crash recovery)
 #   scripts/services.sh pause-redis | resume-redis  SIGSTOP / SIGCONT Redis: it hangs, data kept
+#   scripts/services.sh freeze-pg | thaw-pg          SIGSTOP / SIGCONT our postgres and its backends
+#   scripts/services.sh readonly-pg | readwrite-pg   default_transaction_read_only on / off (a failover)
 #
 # `start`, `env` and `restart-*` print only `export NAME=value` lines on stdout (progress goes to
 # stderr): DATABASE_URL, REDIS_URL, TERRARIUM_TEST_PG_URL, TERRARIUM_TEST_REDIS_URL.
@@ -183,6 +185,36 @@ pg_kill() {
   kill_server postgres "$pid"
 }
 
+# SIGSTOP / SIGCONT ($1) our postmaster and its children (backends, background workers): the
+# server hangs with every connection open, as under a stalled disk or a VM pause. Only the
+# postmaster named by our pid file and its direct children are signalled.
+pg_signal() {
+  local pid children
+  pid=$(pg_pid) || fail "postgres not running"
+  children=$(ps -o pid= --ppid "$pid" | tr -s ' \n' ' ')
+  say "SIG$1 postgres (pid $pid and its children)"
+  if [[ $1 == STOP ]]; then
+    kill "-$1" "$pid"
+    [[ -n "${children// /}" ]] && kill "-$1" $children 2>/dev/null || true
+  else
+    [[ -n "${children// /}" ]] && kill "-$1" $children 2>/dev/null || true
+    kill "-$1" "$pid"
+  fi
+}
+
+# Turns default_transaction_read_only on or off ($1) and reloads: every new transaction of
+# every session is then read-only, as on a standby after a failover. (psql's own session is
+# read-write whatever the setting, so it can turn it off again.)
+pg_readonly() {
+  pg_pid >/dev/null || fail "postgres not running"
+  say "default_transaction_read_only = $1"
+  local sql
+  for sql in "ALTER SYSTEM SET default_transaction_read_only = $1" "SELECT pg_reload_conf()"; do
+    as_owner env PGOPTIONS="-c default_transaction_read_only=off" "$PG_BIN/psql" -h "$HOST" \
+      -p "$PG_PORT" -U "$PG_SUPERUSER" -d postgres -Atqc "$sql" >/dev/null
+  done
+}
+
 pg_status() {
   if pg_pid >/dev/null && pg_ready; then
     echo "postgres: running on $HOST:$PG_PORT (pid $(pg_pid), data $PGDATA)"
@@ -300,8 +332,12 @@ case "${1:-start}" in
   restart-pg) pg_stop; pg_start; print_env ;;
   kill-redis) redis_kill ;;
   restart-redis) redis_stop; redis_start; print_env ;;
+  freeze-pg) pg_signal STOP ;;
+  thaw-pg) pg_signal CONT ;;
+  readonly-pg) pg_readonly on ;;
+  readwrite-pg) pg_readonly off ;;
   pause-redis) redis_signal STOP ;;
   resume-redis) redis_signal CONT ;;
-  -h | --help | help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) fail "unknown command '$1' (try: $0 help)" ;;
 esac

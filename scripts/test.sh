@@ -6,9 +6,9 @@
 # Steps: services (PostgreSQL + Redis on 127.0.0.1, installed when missing, see
 # scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
-# features), docs with -D warnings, a build of the feature matrix (none / default / all), doc
-# tests, then every test with nextest. Every cargo call is --locked. The last line printed is the
-# test runner's summary.
+# features), docs with -D warnings, a build of the feature matrix (none / default / all), the
+# unit and integration tests without default features, doc tests, then every test with nextest.
+# Every cargo call is --locked. The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +48,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --all-features --no-de
 step "feature matrix"
 cargo check --locked --workspace --no-default-features --quiet
 cargo check --locked --workspace --quiet
+
+# The sequential build (`parallel` off, and no file store) is a build of its own: run its unit
+# and integration tests too, so it is held to the same pinned world hash
+# (systems/tests/pinned_world.rs) and flocking checksums (tests/examples.rs) as the parallel
+# build. Doc tests and benches are left to the default build: they exercise no code path of
+# their own without `parallel`. The service suites (postgres, redis, faults) need features
+# that are off here, so they compile to nothing.
+step "tests without default features (sequential)"
+cargo test --locked --workspace --no-default-features --lib --tests --quiet
 
 step "doc tests"
 cargo test --locked --workspace --all-features --doc --quiet

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use terrarium_engine::{Engine, EngineBuilder};
 use terrarium_persistence::{
-    Backend, CheckpointConfig, ResumePoint, ShutdownReport, StorageError, StorageStack, WriteBehind,
-    WriteBehindError, WriteBehindHandle, WriteBehindStats,
+    Backend, CheckpointConfig, NpcFilter, Page, ResumePoint, ShutdownReport, Storage, StorageError,
+    StorageStack, WriteBehind, WriteBehindError, WriteBehindHandle, WriteBehindStats,
 };
 
 use crate::Config;
@@ -47,6 +47,17 @@ pub struct StoragePipeline {
     stack: Arc<StorageStack>,
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
+}
+
+/// How the store compares with the world after the drain (`headless --verify-store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCheck {
+    /// NPCs in the world.
+    pub world_npcs: u64,
+    /// NPCs read back from the store (through every layer of the stack).
+    pub stored_npcs: u64,
+    /// NPCs missing from the store, stored at another position, or stored but not in the world.
+    pub mismatches: u64,
 }
 
 /// Rows that reached the backend, by kind (what the store itself counted).
@@ -81,6 +92,13 @@ pub enum PipelineError {
     /// The write-behind refused to start or did not drain in time.
     #[error("write-behind")]
     WriteBehind(#[from] WriteBehindError),
+    /// `verified_after_drain` could not read the store back.
+    #[error("cannot read the store back to verify it")]
+    Verify {
+        /// The last error.
+        #[source]
+        source: StorageError,
+    },
     /// The store's world could not be read back (a damaged database, a checkpoint that fails
     /// its checksum: the message names the file or schema).
     #[error("cannot read the stored world from the {backend} store")]
@@ -316,6 +334,24 @@ impl StoragePipeline {
         self.stop(timeout, written_by).map(|(report, rows)| (rows, report.stats))
     }
 
+    /// [`StoragePipeline::written_after_drain`], and then every NPC read back from the store
+    /// through the whole stack (caches included, a page at a time) and compared with `world`
+    /// (id and position of every NPC in the world after the last batch was cut).
+    ///
+    /// # Errors
+    /// As [`StoragePipeline::shutdown`], and [`PipelineError::Verify`] when the store could
+    /// not be read (after retries).
+    pub fn verified_after_drain(
+        self,
+        timeout: Duration,
+        world: &[(u64, [f32; 3])],
+    ) -> Result<(WrittenRows, WriteBehindStats, StoreCheck), PipelineError> {
+        let handle = self.handle.clone();
+        let (report, (rows, check)) =
+            self.stop(timeout, |stack| (written_by(stack), handle.block_on(read_back(stack, world))))?;
+        Ok((rows, report.stats, check?))
+    }
+
     /// Drains the write-behind (everything handed over reaches the store, or the outbox when
     /// the store is still down after `timeout`), then stops the stack and the runtime.
     ///
@@ -370,6 +406,50 @@ fn periodic_checkpoint(
         gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
     };
     checkpointer.offer(job)
+}
+
+/// Reads every NPC back from `stack`, a page at a time, and compares with `world`.
+async fn read_back(stack: &StorageStack, world: &[(u64, [f32; 3])]) -> Result<StoreCheck, PipelineError> {
+    let mut stored = std::collections::HashMap::with_capacity(world.len());
+    let mut page = Page::first(Page::MAX_LIMIT);
+    loop {
+        let mut tries = 0;
+        let got = loop {
+            match stack.list_npcs(&NpcFilter::default(), page).await {
+                Ok(got) => break got,
+                // A breaker still half-open after a fault, a restarting server: wait and retry.
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "verify-store: read failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(source) => return Err(PipelineError::Verify { source }),
+            }
+        };
+        for r in &got.npcs {
+            stored.insert(r.id, [r.x, r.y, r.z]);
+        }
+        match got.next {
+            Some(after) => page = Page { after: Some(after), limit: Page::MAX_LIMIT },
+            None => break,
+        }
+    }
+    let mut check =
+        StoreCheck { world_npcs: world.len() as u64, stored_npcs: stored.len() as u64, mismatches: 0 };
+    for (id, xyz) in world {
+        match stored.remove(id) {
+            Some(s) if s == *xyz => {}
+            other => {
+                if check.mismatches < 10 {
+                    tracing::error!(id, world = ?xyz, stored = ?other, "verify-store: mismatch");
+                }
+                check.mismatches += 1;
+            }
+        }
+    }
+    // Whatever is left is stored but not in the world.
+    check.mismatches += stored.len() as u64;
+    Ok(check)
 }
 
 /// Rows the backend of `stack` has stored so far.

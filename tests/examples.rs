@@ -10,26 +10,62 @@ use std::process::Command;
 
 use common::{example, last_json, run};
 
+/// 5 000 boids are five chunks of the parallel step (1 024 boids each): on 2 and 4 threads
+/// they really run on several threads, and must still give the 1-thread checksum.
 #[test]
 fn flocking_prints_the_json_contract_and_parallel_mode_ignores_the_thread_count() {
-    let args = ["--boids", "300", "--steps", "20", "--seed", "9", "--mode", "parallel", "--json"];
-    let one = last_json(&run("flocking", &[&args[..], &["--threads", "1"]].concat()));
-    let two = last_json(&run("flocking", &[&args[..], &["--threads", "2"]].concat()));
+    let args = [
+        "--boids", "5000", "--extent", "300", "--steps", "20", "--seed", "9", "--mode", "parallel", "--json",
+    ];
+    let on = |threads: &str| last_json(&run("flocking", &[&args[..], &["--threads", threads]].concat()));
+    let (one, two, four) = (on("1"), on("2"), on("4"));
     for key in ["boids", "steps", "mode", "threads", "loop_s", "checksum"] {
         assert!(one.get(key).is_some(), "missing key {key} in {one}");
     }
-    assert_eq!(one["boids"], 300);
+    assert_eq!(one["boids"], 5000);
     assert_eq!(one["mode"], "parallel");
-    assert_eq!((one["threads"].as_u64(), two["threads"].as_u64()), (Some(1), Some(2)));
+    assert_eq!((one["threads"].as_u64(), four["threads"].as_u64()), (Some(1), Some(4)));
     assert!(one["loop_s"].as_f64().unwrap() > 0.0);
-    assert_eq!(one["checksum"], two["checksum"], "parallel mode depends on the thread count");
+    assert_eq!(one["checksum"], two["checksum"], "parallel mode depends on the thread count (2)");
+    assert_eq!(one["checksum"], four["checksum"], "parallel mode depends on the thread count (4)");
 
     let faithful = last_json(&run("flocking", &["--boids", "300", "--steps", "20", "--seed", "9", "--json"]));
     assert_eq!(faithful["mode"], "faithful");
     assert_eq!(faithful["threads"], 1);
-    assert_ne!(faithful["checksum"], one["checksum"], "the two modes update boids differently");
+    let parallel = last_json(&run(
+        "flocking",
+        &["--boids", "300", "--steps", "20", "--seed", "9", "--mode", "parallel", "--json"],
+    ));
+    assert_ne!(faithful["checksum"], parallel["checksum"], "the two modes update boids differently");
     let again = last_json(&run("flocking", &["--boids", "300", "--steps", "20", "--seed", "9", "--json"]));
     assert_eq!(faithful["checksum"], again["checksum"], "the same seed gives the same flock");
+}
+
+/// The checksums `BENCHMARKS.md` publishes ("seed 42, any machine, any thread count for
+/// `parallel`"), pinned: built with or without the `parallel` feature (`scripts/test.sh` runs
+/// this file both ways), the example must reproduce them.
+#[test]
+fn flocking_reproduces_the_checksums_benchmarks_md_publishes() {
+    // The 100k case runs once, on 2 threads: the thread count is checked above.
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("small", &[], "a62d70d605dbee3b"),
+        ("large", &["--boids", "400", "--extent", "150", "--vision", "15"], "2ea9f7d93c16d529"),
+        ("10k", &["--boids", "10000"], "7735c721ce26b277"),
+        (
+            "100k parallel, 2 threads",
+            &["--boids", "100000", "--extent", "2236", "--mode", "parallel", "--threads", "2"],
+            "d4c2edc7ffcd8075",
+        ),
+    ];
+    let benchmarks = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md")).unwrap();
+    for (name, args, want) in cases {
+        assert!(
+            benchmarks.contains(&format!("`{want}`")),
+            "BENCHMARKS.md no longer publishes {want} ({name})"
+        );
+        let got = last_json(&run("flocking", &[args, &["--json"][..]].concat()));
+        assert_eq!(got["checksum"], want, "{name}, parallel feature = {}", cfg!(feature = "parallel"));
+    }
 }
 
 #[test]
@@ -126,7 +162,51 @@ fn a_tiny_scaling_sweep_of_every_workload_writes_the_csv_and_the_charts() {
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
-    assert!(summary["slopes"].is_array());
+    assert_eq!(summary["slopes"], serde_json::json!([]), "no slope below 10k NPCs");
+
+    // The slopes, from a CSV with runs where they are computed (10k to 1M NPCs): the median
+    // grows as NPCs¹ and the mean as NPCs^½, so the fitted slopes are 1 and ½; runs under 10k
+    // NPCs and a workload with one point in range are left out.
+    let fitted = tempfile::tempdir().unwrap();
+    let template = of("movement")[0].clone();
+    let mut w = csv::Writer::from_path(fitted.path().join("scaling.csv")).unwrap();
+    w.write_record(&header).unwrap();
+    for (workload, npcs) in [
+        ("movement", 1_000u64),
+        ("movement", 10_000),
+        ("movement", 100_000),
+        ("movement", 1_000_000),
+        ("flocking", 100_000),
+    ] {
+        let row: Vec<String> = header
+            .iter()
+            .zip(template.iter())
+            .map(|(h, v)| match h.as_str() {
+                "workload" => workload.to_string(),
+                "npcs" => npcs.to_string(),
+                "threads" => "1".to_string(),
+                "tick_ms_p50" => (npcs as f64 / 1e4).to_string(),
+                "tick_ms_mean" => (npcs as f64 / 1e4).sqrt().to_string(),
+                _ => v.to_string(),
+            })
+            .collect();
+        w.write_record(&row).unwrap();
+    }
+    w.flush().unwrap();
+    run("scaling", &["--replot", "--out", fitted.path().to_str().unwrap()]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fitted.path().join("summary.json")).unwrap()).unwrap();
+    let slopes = summary["slopes"].as_array().unwrap();
+    assert_eq!(slopes.len(), 1, "{summary}");
+    let s = &slopes[0];
+    assert_eq!(
+        (s["workload"].as_str(), s["threads"].as_u64(), s["points"].as_u64()),
+        (Some("movement"), Some(1), Some(3)),
+        "{s}"
+    );
+    assert_eq!((s["from_npcs"].as_u64(), s["to_npcs"].as_u64()), (Some(10_000), Some(1_000_000)), "{s}");
+    assert!((s["slope"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{s}");
+    assert!((s["slope_mean"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{s}");
 
     // --replot draws the charts again from the CSV alone, measuring nothing.
     for chart in ["tick_ms_vs_npcs.png", "ticks_per_sec_vs_threads.png", "bytes_per_npc.png", "summary.json"]
@@ -191,6 +271,26 @@ fn pathfind_names_the_line_of_a_malformed_map() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 6, column 2"), "{err}");
+    assert!(err.contains("bad.map"), "the error names the file: {err}");
+}
+
+/// A scenario whose optimal length is wrong is reported, and the run exits 1 after its summary.
+#[test]
+fn pathfind_fails_when_a_path_is_not_optimal() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("open.map");
+    std::fs::write(&map, "type octile\nheight 2\nwidth 3\nmap\n...\n...\n").unwrap();
+    let scen = dir.path().join("open.map.scen");
+    // From (0,0) to (2,0) is 2 steps; the file claims 1.5.
+    std::fs::write(&scen, "version 1\n0\topen.map\t3\t2\t0\t0\t2\t0\t1.5\n").unwrap();
+    let out = Command::new(example("pathfind"))
+        .args(["--map", map.to_str().unwrap(), "--scen", scen.to_str().unwrap(), "--json"])
+        .output()
+        .expect("example starts");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = last_json(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!((summary["scenarios"].as_u64(), summary["optimal"].as_u64()), (Some(1), Some(0)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 1 paths were not optimal"));
 }
 
 #[test]

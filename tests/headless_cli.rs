@@ -54,41 +54,79 @@ fn json_summary_has_the_contract_keys() {
     assert_eq!(v["world_hash"].as_str().unwrap().len(), 16);
 }
 
+/// Wanderers over several parallel chunks of the movement pass (and a few agents), on 1, 2
+/// and 4 threads: one chunk would run on one thread whatever the count, and prove nothing.
 #[test]
 fn same_seed_same_hash_whatever_the_threads() {
+    const NPCS: u64 = 50_000;
+    assert!(NPCS > 3 * terrarium::systems::par::CHUNK as u64, "several chunks of the movement pass");
     let hash = |threads: &str| {
         let out = run(&[
             "--npcs",
-            "5000",
+            &NPCS.to_string(),
+            "--agents",
+            "40",
             "--ticks",
-            "50",
+            "40",
             "--seed",
             "3",
             "--threads",
             threads,
+            "--storage",
+            "none",
             "--quiet",
             "--json",
         ]);
-        assert!(out.status.success());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         last_json(&out)["world_hash"].as_str().unwrap().to_string()
     };
-    assert_eq!(hash("1"), hash("2"));
+    let one = hash("1");
+    assert_eq!(hash("2"), one, "2 threads");
+    assert_eq!(hash("4"), one, "4 threads");
 }
 
+/// A run saved after 40 ticks and continued for 60 from the snapshot (on another thread count)
+/// ends where one run of 100 ticks ends; loading alone changes nothing. 40 ticks in, the agents
+/// hold deposits and paths, which the loaded world must honour.
 #[test]
 fn snapshot_out_then_in_continues_the_same_world() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("w.snap");
     let snap = snap.to_str().unwrap();
-    let a =
-        run(&["--npcs", "3000", "--ticks", "20", "--seed", "4", "--quiet", "--json", "--snapshot-out", snap]);
+    let world = ["--npcs", "3000", "--agents", "30", "--seed", "4", "--storage", "none", "--quiet", "--json"];
+    let a = run(&[&world[..], &["--ticks", "40", "--threads", "2", "--snapshot-out", snap]].concat());
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
-    let b = run(&["--snapshot-in", snap, "--ticks", "0", "--quiet", "--json"]);
-    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
-    let (a, b) = (last_json(&a), last_json(&b));
-    assert_eq!(a["world_hash"], b["world_hash"]);
-    assert_eq!(b["npcs"], 3000, "--npcs is ignored with --snapshot-in");
-    assert_eq!(b["seed"], 4, "the seed comes from the snapshot");
+    let loaded = run(&["--snapshot-in", snap, "--ticks", "0", "--storage", "none", "--quiet", "--json"]);
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let continued = run(&[
+        "--snapshot-in",
+        snap,
+        "--ticks",
+        "60",
+        "--threads",
+        "1",
+        "--storage",
+        "none",
+        "--quiet",
+        "--json",
+    ]);
+    assert!(continued.status.success(), "{}", String::from_utf8_lossy(&continued.stderr));
+    let straight = run(&[&world[..], &["--ticks", "100", "--threads", "2"]].concat());
+    assert!(straight.status.success(), "{}", String::from_utf8_lossy(&straight.stderr));
+    let (a, loaded, continued, straight) =
+        (last_json(&a), last_json(&loaded), last_json(&continued), last_json(&straight));
+    assert_eq!(a["world_hash"], loaded["world_hash"], "loading changes nothing");
+    assert_ne!(a["world_hash"], straight["world_hash"], "60 more ticks change the world");
+    assert_eq!(
+        continued["world_hash"], straight["world_hash"],
+        "the loaded world carries on as the saved one would"
+    );
+    assert_eq!(
+        (loaded["npcs"].as_u64(), loaded["agents"].as_u64()),
+        (Some(3000), Some(30)),
+        "from the snapshot"
+    );
+    assert_eq!(loaded["seed"], 4, "the seed comes from the snapshot");
 }
 
 #[test]
@@ -159,15 +197,21 @@ fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
         "outbox_spilled",
     ];
     let common = ["--npcs", "3000", "--agents", "10", "--ticks", "60", "--seed", "5", "--quiet", "--json"];
-    let out = run(&[&common[..], &["--storage", "memory"]].concat());
+    let out = run(&[&common[..], &["--storage", "memory", "--verify-store"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mem = last_json(&out);
+    assert_eq!(mem["store_verified"], true, "{mem}");
+    assert_eq!(mem["store_mismatches"], 0);
     for key in keys {
         assert!(mem[key].is_u64(), "missing key {key} in {mem}");
     }
     assert_eq!(mem["storage"], "memory");
     assert_eq!(mem["writes_dropped"], 0);
     assert!(mem["store_calls"].as_u64().unwrap() > 0);
+    // Storage lag (simulated ms, sampled every tick): a memory store keeps up within a second.
+    let lag = |k: &str| mem[k].as_f64().unwrap_or_else(|| panic!("missing {k} in {mem}"));
+    let (p50, p99, max) = (lag("store_lag_ms_p50"), lag("store_lag_ms_p99"), lag("store_lag_ms_max"));
+    assert!(p50 <= p99 && p99 <= max && max < 1000.0, "{p50} {p99} {max}");
     // Every row batched was written, or overwritten by a later row for the same NPC.
     let written = mem["position_rows_written"].as_u64().unwrap();
     let coalesced = mem["position_rows_coalesced"].as_u64().unwrap();

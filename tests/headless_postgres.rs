@@ -92,14 +92,24 @@ fn every_npcs_final_position_reaches_postgres() {
     let Some(url) = service_url("TERRARIUM_TEST_PG_URL") else { return };
     let dir = tempfile::tempdir().unwrap();
     let schema = unique_name();
-    let child = headless(&url, &schema, dir.path(), &["--npcs", "3000", "--agents", "8", "--ticks", "120"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("headless starts");
+    let child = headless(
+        &url,
+        &schema,
+        dir.path(),
+        &["--npcs", "3000", "--agents", "8", "--ticks", "120", "--verify-store"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("headless starts");
     let summary = finish(child);
     assert_nothing_lost(&summary);
     assert!(summary["position_rows_written"].as_u64().unwrap() >= 3008, "{summary}");
+    // The example's own check, through the whole stack, agrees with the one below.
+    assert_eq!(
+        (summary["store_verified"].as_bool(), summary["store_mismatches"].as_u64()),
+        (Some(true), Some(0))
+    );
     assert_same_world(&stored_positions(&url, &schema), &final_positions(&dir.path().join("final.snap")));
 }
 

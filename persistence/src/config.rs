@@ -247,11 +247,21 @@ pub struct BreakerConfig {
     pub call_timeout_ms: u64,
     /// How long the circuit stays open before a trial call, milliseconds, 1 ..= 3 600 000.
     pub reset_timeout_ms: u64,
+    /// The slowest rate, in rows per second, a write is expected to reach: a write may take
+    /// `call_timeout_ms` plus its rows at this rate, so a write whose size grows with the world
+    /// still fits its timeout. 1 ..= 1 000 000 000.
+    pub write_rows_per_s: u64,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, success_threshold: 2, call_timeout_ms: 5_000, reset_timeout_ms: 60_000 }
+        Self {
+            failure_threshold: 5,
+            success_threshold: 2,
+            call_timeout_ms: 5_000,
+            reset_timeout_ms: 60_000,
+            write_rows_per_s: 20_000,
+        }
     }
 }
 
@@ -339,6 +349,7 @@ impl StorageConfig {
         range("storage.breaker.success_threshold", u64::from(b.success_threshold), 1, 1000)?;
         range("storage.breaker.call_timeout_ms", b.call_timeout_ms, 1, 600_000)?;
         range("storage.breaker.reset_timeout_ms", b.reset_timeout_ms, 1, 3_600_000)?;
+        range("storage.breaker.write_rows_per_s", b.write_rows_per_s, 1, 1_000_000_000)?;
         let rt = &self.retry;
         range("storage.retry.max_attempts", u64::from(rt.max_attempts), 1, 20)?;
         range("storage.retry.base_delay_ms", rt.base_delay_ms, 1, 60_000)?;

@@ -139,6 +139,22 @@ pub enum WriteBehindError {
         #[source]
         source: std::io::Error,
     },
+    /// The outbox holds an intact frame of a format or `WriteBatch` layout this build can't
+    /// read (written by another version). Nothing was skipped or cut: start the version that
+    /// wrote it to drain it, or move the file away.
+    #[error(
+        "outbox file {path}: frame at offset {offset} has format version {version}, batch layout {layout}, which this build can't read"
+    )]
+    OutboxUnreadable {
+        /// The outbox file.
+        path: PathBuf,
+        /// Where the frame starts.
+        offset: u64,
+        /// Its format version.
+        version: u32,
+        /// Its `WriteBatch` layout.
+        layout: u32,
+    },
     /// The runtime for the write-behind task could not be started.
     #[error("could not start the write-behind runtime")]
     Runtime(#[source] std::io::Error),

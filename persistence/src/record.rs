@@ -192,6 +192,12 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// Version of the encoded layout of a `WriteBatch` (with `terrarium_codec`). Outbox frames
+    /// carry it, and an outbox with frames of another layout is refused at start-up rather than
+    /// skipped. Bump it with any change to this type or to the types it holds; the test
+    /// `the_encoded_layout_is_pinned` fails until you do.
+    pub const LAYOUT: u32 = 1;
+
     /// Rows of every kind in the batch.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -286,4 +292,65 @@ pub struct ResumePoint {
     /// Whether every batch the checkpoint follows is committed (`applied_batches` of its run
     /// has reached its seq). False only when a checkpoint was stored ahead of its batches.
     pub batches_committed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a batch with one row of every kind, as the outbox stores them.
+    fn sample() -> Vec<u8> {
+        let batch = WriteBatch {
+            id: BatchId { run: 0x0102_0304_0506_0708, seq: 9 },
+            tick: 10,
+            positions: vec![PositionRow { npc_id: 11, tick: 12, x: 1.5, y: -2.5, z: 3.0 }],
+            metrics: vec![MetricRow {
+                entity_kind: EntityKind::System,
+                entity_id: 13,
+                name: "m".into(),
+                tick: 14,
+                value: 15.5,
+                samples: 16,
+            }],
+            events: vec![EventRow {
+                event_id: 17,
+                correlation_id: 18,
+                event_type: "e".into(),
+                entity_kind: EntityKind::Npc,
+                entity_id: 19,
+                tick: 20,
+                time_ms: 21,
+                payload: vec![22, 23],
+                compressed: true,
+                count: 24,
+            }],
+            npcs: vec![NpcRecord {
+                id: 25,
+                role: "r".into(),
+                status: "s".into(),
+                swarm: 26,
+                agent: true,
+                x: 27.0,
+                y: 28.0,
+                z: 29.0,
+                health: 30,
+                inventory: vec![(31, 32)],
+                updated_tick: 33,
+            }],
+            removed: vec![34],
+        };
+        terrarium_codec::encode(&batch).expect("encodes")
+    }
+
+    #[test]
+    fn the_encoded_layout_is_pinned() {
+        // If this fails, the encoded layout of `WriteBatch` changed: bump `WriteBatch::LAYOUT`
+        // (outboxes written before then are refused with a clear error, not misread), then pin
+        // the new checksum here.
+        assert_eq!(
+            (WriteBatch::LAYOUT, terrarium_codec::checksum(&sample())),
+            (1, 17_425_014_916_331_903_242),
+            "WriteBatch's encoding changed: bump WriteBatch::LAYOUT"
+        );
+    }
 }

@@ -228,8 +228,10 @@ pub struct StorageMetrics {
     pub redis: Option<crate::RedisMetrics>,
     /// Retries of transient failures.
     pub retry: RetryMetrics,
-    /// The circuit breaker.
+    /// The circuit breaker's write circuit (the one the write-behind depends on).
     pub breaker: BreakerMetrics,
+    /// The circuit breaker's read circuit (`get_npc`, `list_npcs`, `load_npcs`).
+    pub read_breaker: BreakerMetrics,
     /// PostgreSQL: the pool (active, idle, waiting, query time percentiles) and write counters,
     /// when it is the backend.
     #[cfg(feature = "postgres")]
@@ -379,6 +381,7 @@ impl StorageStack {
             redis: self.redis().map(crate::RedisCache::metrics),
             retry: self.layers.inner().inner().metrics(),
             breaker: self.breaker().metrics(),
+            read_breaker: self.breaker().read_metrics(),
             #[cfg(feature = "postgres")]
             postgres: self.postgres().map(crate::PgStore::metrics),
         }
@@ -492,7 +495,8 @@ mod tests {
         assert_eq!(stack.get_npc(1).await.unwrap().map(|r| r.swarm), Some(2));
         let m = stack.metrics();
         assert_eq!((m.l1.tier.hits, m.l1.tier.misses), (1, 1));
-        assert_eq!((m.retry.calls, m.breaker.calls, m.breaker.state), (2, 2, BreakerState::Closed));
+        assert_eq!((m.retry.calls, m.breaker.calls, m.breaker.state), (2, 1, BreakerState::Closed));
+        assert_eq!(m.read_breaker.calls, 1);
         assert!(matches!(stack.backend(), Backend::Memory(_)));
     }
 

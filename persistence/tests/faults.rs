@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use common::{batch, event, npc, position, service_url, unique_name};
 use terrarium_persistence::testing::OwnServers;
 use terrarium_persistence::{
-    BackendKind, BreakerConfig, BreakerState, L1Config, NpcFilter, Page, PostgresConfig, RedisConfig,
-    RetentionConfig, RetryConfig, Storage, StorageConfig, StorageError, StorageStack, WriteBatch,
+    BackendKind, BatchSink, BreakerConfig, BreakerState, Handoff, L1Config, NpcFilter, Page, PostgresConfig,
+    RedisConfig, RetentionConfig, RetryConfig, Storage, StorageConfig, StorageError, StorageStack,
+    WriteBatch, WriteBehind, WriteBehindConfig,
 };
 
 /// Polls `done` every 20 ms until it holds, or panics after `limit`.
@@ -64,6 +65,7 @@ async fn postgres_killed_mid_stream_loses_and_duplicates_nothing() {
             success_threshold: 2,
             call_timeout_ms: 2000,
             reset_timeout_ms: 300,
+            ..Default::default()
         },
         retry: RetryConfig { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 50 },
         ..Default::default()
@@ -261,4 +263,93 @@ async fn redis_paused_during_a_write_never_serves_what_it_missed() {
     let m = stack.metrics().redis.unwrap();
     assert!(m.epoch > epoch, "a new epoch after the missed invalidation: {m:?}");
     assert_eq!(stack.get_npc(1).await.unwrap(), Some(changed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_never_serves_the_record_an_invalidation_skipped() {
+    // Issue 13 defect 7 (review M9): keys were built with the old epoch before the bump, so
+    // the first read after a skipped invalidation served the stale record.
+    if service_url("TERRARIUM_TEST_REDIS_URL").is_none() {
+        return;
+    }
+    let servers = OwnServers::new();
+    servers.run("start-redis");
+    let stack = redis_stack(&servers.url("REDIS_URL"), 1500).await;
+    stack.write(&[WriteBatch { npcs: vec![npc(1)], ..batch(1, 1) }]).await.unwrap();
+    stack.get_npc(1).await.unwrap();
+    stack.get_npc(1).await.unwrap();
+    assert_eq!(stack.metrics().redis.unwrap().warm.hits, 1, "npc 1 is cached");
+    // A read fails (Redis hangs), so Redis is skipped for 1.5 s...
+    servers.run("pause-redis");
+    stack.get_npc(2).await.unwrap();
+    servers.run("resume-redis");
+    // ...and NPC 1 changes meanwhile: its invalidation is never sent.
+    let mut changed = npc(1);
+    changed.status = "changed while redis was skipped".into();
+    stack.write(&[WriteBatch { npcs: vec![changed.clone()], ..batch(1, 2) }]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(stack.get_npc(1).await.unwrap(), Some(changed.clone()), "not the stale record");
+    assert_eq!(stack.get_npc(1).await.unwrap(), Some(changed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_keeps_every_batch_and_opens_the_breaker() {
+    // Issue 13 defect 4 (review M6): `read_only_sql_transaction` (a failover to a standby) was
+    // a refusal of the batch: each was given up after a few tries, and the breaker counted it
+    // as a success.
+    if service_url("TERRARIUM_TEST_PG_URL").is_none() {
+        return;
+    }
+    let servers = OwnServers::new();
+    servers.run("start-pg");
+    let cfg = StorageConfig {
+        backend: BackendKind::Postgres,
+        postgres: PostgresConfig {
+            url: servers.url("DATABASE_URL"),
+            schema: unique_name(),
+            min_size: 1,
+            max_size: 4,
+            ..Default::default()
+        },
+        retention: RetentionConfig { enabled: false, ..Default::default() },
+        breaker: BreakerConfig { failure_threshold: 3, reset_timeout_ms: 300, ..Default::default() },
+        retry: RetryConfig { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 50 },
+        ..Default::default()
+    };
+    let stack = Arc::new(StorageStack::build(&cfg).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let wb_cfg = WriteBehindConfig {
+        outbox_path: Some(dir.path().join("outbox.bin")),
+        max_attempts: 2,
+        retry_min_ms: 10,
+        retry_max_ms: 200,
+        commit_interval_ms: 20,
+        ..Default::default()
+    };
+    let wb = WriteBehind::start_on(&tokio::runtime::Handle::current(), Arc::clone(&stack), wb_cfg).unwrap();
+    let sink = wb.handle();
+    let mut rows = 0;
+    for t in 1..=60u64 {
+        match t {
+            10 => drop(servers.run("readonly-pg")),
+            40 => drop(servers.run("readwrite-pg")),
+            _ => {}
+        }
+        // Ids never repeat, so nothing coalesces and every row must arrive.
+        let b = WriteBatch {
+            positions: (0..20).map(|i| position(t * 100 + i, t)).collect(),
+            ..Default::default()
+        };
+        rows += b.positions.len() as u64;
+        sink.submit(Handoff { batch: b, ..Handoff::default() }).unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    wb.flush_async(Duration::from_secs(60)).await.unwrap();
+    let st = wb.stats();
+    assert_eq!((st.failed_batches, st.writes_dropped), (0, 0), "{st:?}");
+    assert!(st.store_errors > 0, "the read-only spell was seen: {st:?}");
+    assert!(stack.breaker().metrics().opened >= 1, "{:?}", stack.breaker().metrics());
+    let pg = stack.postgres().unwrap();
+    assert_eq!(pg.row_counts().await.unwrap().positions, rows);
+    wb.shutdown_async(Duration::from_secs(5)).await.unwrap();
 }

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use terrarium_persistence::testing::FaultyStore;
+use terrarium_persistence::testing::{Fault, FaultyStore};
 use terrarium_persistence::{
-    BatchId, BatchSink, EntityKind, EventRow, Handoff, MemoryStore, PositionColumns, PositionRow, Storage,
-    WriteBatch, WriteBehind, WriteBehindConfig, WriteBehindError,
+    BatchId, BatchSink, EntityKind, EventRow, Handoff, MemoryStore, NpcFilter, Page, PositionColumns,
+    PositionRow, Storage, WriteBatch, WriteBehind, WriteBehindConfig, WriteBehindError,
 };
 
 type Store = FaultyStore<MemoryStore>;
@@ -381,8 +381,55 @@ fn bad_settings_are_refused_by_name() {
     assert!(matches!(err, WriteBehindError::Config { key: "spill_queued_rows", .. }), "{err}");
 }
 
+/// Reads reach the inner store (what it holds comes back, each read is counted); faults
+/// planned with `inject` reach reads too, while `fail_next` is for writes only.
 #[tokio::test(start_paused = true)]
 async fn reads_pass_through_the_faulty_store() {
     let s = store();
     assert!(s.get_npc(1).await.unwrap().is_none());
+    let npcs = vec![terrarium_persistence::testing::npc(1, 3), terrarium_persistence::testing::npc(2, 4)];
+    s.inner().write(&[WriteBatch { tick: 1, npcs, ..WriteBatch::default() }]).await.unwrap();
+    let want = s.inner().get_npc(1).await.unwrap();
+    assert_eq!(want.as_ref().map(|r| (r.id, r.swarm)), Some((1, 3)));
+    assert_eq!(s.get_npc(1).await.unwrap(), want, "a get reaches the inner store");
+    let page = s.list_npcs(&NpcFilter::default(), Page { after: None, limit: 10 }).await.unwrap();
+    assert_eq!(page.npcs.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(s.load_npcs().await.unwrap().len(), 2);
+
+    s.fail_next(3);
+    assert_eq!(s.get_npc(1).await.unwrap(), want, "fail_next leaves reads alone");
+    s.inject(1, Fault::Unavailable);
+    assert!(s.get_npc(1).await.is_err(), "an injected fault reaches a read");
+    assert_eq!(s.get_npc(1).await.unwrap(), want, "then reads pass again");
+    let reads = s.reads();
+    assert_eq!((reads.gets, reads.lists, reads.loads), (5, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn positions_are_wanted_only_while_no_position_batch_waits_and_progress_is_reported() {
+    let s = store();
+    s.stall();
+    let wb = start(&s, config(31));
+    let sink = wb.handle();
+    assert!(sink.wants_positions(), "nothing waits");
+    assert_eq!(wb.stats().committed_tick, None);
+    sink.submit(handoff(batch(1, 0..100, 1.0), true)).unwrap();
+    until(10, || wb.stats().queued_batches == 0).await; // in flight, stalled
+    assert!(sink.wants_positions(), "the batch in flight does not wait in the queue");
+    sink.submit(handoff(batch(2, 0..100, 2.0), true)).unwrap();
+    assert!(!sink.wants_positions(), "a position batch waits: the next one would overwrite it");
+    let mut events_only = batch(3, 0..0, 0.0);
+    events_only.events[0].event_id = 77;
+    sink.submit(handoff(events_only, false)).unwrap();
+    assert!(!sink.wants_positions(), "a batch without positions does not change that");
+    assert_eq!(wb.stats().unsettled_batches, 3);
+    assert_eq!(sink.health().committed_tick, None);
+    s.release();
+    wb.flush_async(Duration::from_secs(60)).await.unwrap();
+    assert!(sink.wants_positions());
+    let st = wb.stats();
+    assert_eq!((st.committed_tick, st.unsettled_batches), (Some(3), 0));
+    assert_eq!(sink.health().unsettled_batches, 0);
+    assert_eq!(s.inner().last_position(5).unwrap().x, 2.0, "the latest position reached the store");
+    wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
 }

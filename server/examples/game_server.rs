@@ -181,7 +181,12 @@ async fn run(
         storage: flags.kind(),
         ticks: end.engine.clock().tick,
         npcs: end.engine.npc_count() as u64,
-        ticks_per_sec: end.performance.ticks_per_sec,
+        // The average over the whole run, as in `headless` (the snapshot's figure is the window's).
+        ticks_per_sec: if end.performance.uptime_s > 0.0 {
+            end.performance.ticks_total as f64 / end.performance.uptime_s
+        } else {
+            0.0
+        },
         tick_ms_p99: end.performance.tick_latency.p99_ms,
         http_requests: figures.http_requests,
         ws_connections: figures.ws_accepted,

@@ -44,6 +44,12 @@ use tokio_tungstenite::tungstenite::Message;
 #[path = "../../examples/common/mod.rs"]
 mod common;
 
+/// NPCs of the world started in process when `--npcs` is not given.
+const DEFAULT_NPCS: u64 = 100_000;
+
+/// How long one request (connecting included) may take before the load test gives up on it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Load-tests the game server's HTTP API and WebSocket streams on loopback.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -54,10 +60,11 @@ struct Args {
     /// Length of the HTTP phase, seconds.
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
-    /// NPCs in the world (ids 1 ..= npcs are requested). Also the size of the world started
-    /// in process.
-    #[arg(long, default_value_t = 100_000)]
-    npcs: u64,
+    /// NPCs in the world (ids 1 ..= npcs are requested). The size of the world started in
+    /// process (default 100000); with `--url`, at most the server's NPC count, which is also the
+    /// default there.
+    #[arg(long)]
+    npcs: Option<u64>,
     /// Ticks per second of the server started in process.
     #[arg(long = "tick-hz", default_value_t = 20)]
     tick_hz: u32,
@@ -113,8 +120,10 @@ struct HttpReport {
     seconds: f64,
     requests: u64,
     req_per_s: f64,
-    /// Answers other than 200, and connections that failed (each reconnects).
+    /// Answers other than 200 and 429, and connections that failed (each reconnects).
     errors: u64,
+    /// Answers 429: the server's rate limit refused the request (working as configured).
+    rate_limited: u64,
     p50_ms: f64,
     p95_ms: f64,
     p99_ms: f64,
@@ -170,7 +179,7 @@ fn run(args: &Args) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the client runtime")?;
-    let mut report = Report { npcs: args.npcs, ..Report::default() };
+    let mut report = Report::default();
     let (target, local) = match &args.url {
         Some(url) => {
             let key = args.api_key.clone().context("--url needs --api-key (or TERRARIUM_SERVER__API_KEY)")?;
@@ -181,20 +190,38 @@ fn run(args: &Args) -> Result<()> {
             (Target { addr, key }, None)
         }
         None => {
-            let local = LocalServer::start(args)?;
+            let local = LocalServer::start(args, args.npcs.unwrap_or(DEFAULT_NPCS))?;
             report.server = "in-process".into();
             (local.target(), Some(local))
         }
     };
     let target = Arc::new(target);
-    eprintln!("load_test: server at {}; waiting until NPC {} is readable", target.addr, args.npcs);
-    client_rt.block_on(target.wait_ready(args.npcs))?;
+    let npcs = match &args.url {
+        None => args.npcs.unwrap_or(DEFAULT_NPCS),
+        Some(url) => {
+            let on_server = client_rt.block_on(target.npc_count())?;
+            ensure!(on_server > 0, "the server at {url} has no NPCs to read");
+            match args.npcs {
+                Some(n) if n > on_server => {
+                    eprintln!(
+                        "load_test: the server has {on_server} NPCs; requesting ids 1 ..= {on_server}, not {n}"
+                    );
+                    on_server
+                }
+                Some(n) => n,
+                None => on_server,
+            }
+        }
+    };
+    report.npcs = npcs;
+    eprintln!("load_test: server at {}; waiting until NPC {npcs} is readable", target.addr);
+    client_rt.block_on(target.wait_ready(npcs))?;
 
     if args.clients > 0 {
-        let http = client_rt.block_on(http_phase(args, &target))?;
+        let http = client_rt.block_on(http_phase(args, &target, npcs))?;
         eprintln!(
-            "http: {} clients, {:.0} req/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors; \
-             tick {:.1}/s (of {} Hz), p99 {:.2} ms",
+            "http: {} clients, {:.0} req/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors, \
+             {} rate-limited (429); tick {:.1}/s (of {} Hz), p99 {:.2} ms",
             http.clients,
             http.req_per_s,
             http.p50_ms,
@@ -202,6 +229,7 @@ fn run(args: &Args) -> Result<()> {
             http.p99_ms,
             http.max_ms,
             http.errors,
+            http.rate_limited,
             http.tick.ticks_per_s,
             http.tick.tick_hz,
             http.tick.tick_p99_ms
@@ -243,20 +271,39 @@ struct Target {
 }
 
 impl Target {
-    /// `GET path` on a fresh connection; the status and the JSON body.
+    /// `GET path` on a fresh connection; the status and the JSON body. Gives up after
+    /// [`REQUEST_TIMEOUT`] (a frozen server accepts connections and never answers).
     async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
-        let mut conn = Conn::open(self).await?;
-        let (status, body) = conn.get(self, path).await?;
+        let call = async {
+            let mut conn = Conn::open(self).await?;
+            conn.get(self, path).await
+        };
+        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, call).await.with_context(|| {
+            format!("GET {path} got no answer from {} within {REQUEST_TIMEOUT:?}", self.addr)
+        })??;
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
+    /// The server's live NPC count (`npcs` of `/api/performance`).
+    async fn npc_count(&self) -> Result<u64> {
+        let (status, p) = self.get_json("/api/performance").await?;
+        ensure!(status != 401, "the server refused the API key");
+        ensure!(status == 200, "GET /api/performance answered {status}");
+        p["npcs"].as_u64().context("/api/performance has no `npcs`")
+    }
+
     /// Waits (up to a minute) until NPC `last` can be read: the whole population is stored.
+    /// Nothing listening at the address fails at once.
     async fn wait_ready(&self, last: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match self.get_json(&format!("/api/npcs/{last}")).await {
                 Ok((200, _)) => return Ok(()),
                 Ok((401, _)) => bail!("the server refused the API key"),
+                Err(e) if refused(&e) => bail!("nothing listens at {}: {e:#}", self.addr),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("NPC {last} was not readable within a minute")));
+                }
                 _ if Instant::now() > deadline => bail!("NPC {last} was not readable within a minute"),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -302,7 +349,10 @@ struct Conn {
 
 impl Conn {
     async fn open(target: &Target) -> Result<Self> {
-        let stream = TcpStream::connect(target.addr).await.context("cannot connect")?;
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(target.addr))
+            .await
+            .with_context(|| format!("connecting to {} timed out", target.addr))?
+            .with_context(|| format!("cannot connect to {}", target.addr))?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -324,33 +374,43 @@ impl Conn {
     }
 }
 
+/// Whether `e` is a refused TCP connection (nothing listens there).
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
 /// What one HTTP client measured.
 struct ClientTally {
     latency_us: Histogram<u64>,
     errors: u64,
+    rate_limited: u64,
 }
 
-async fn http_phase(args: &Args, target: &Arc<Target>) -> Result<HttpReport> {
+async fn http_phase(args: &Args, target: &Arc<Target>, npcs: u64) -> Result<HttpReport> {
     let run_for = Duration::from_secs_f64(args.seconds);
     let phase = async {
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(args.clients);
         for i in 0..args.clients {
-            let (target, npcs) = (Arc::clone(target), args.npcs);
+            let target = Arc::clone(target);
             tasks.push(tokio::spawn(
                 async move { http_client(&target, npcs, i as u64, start + run_for).await },
             ));
         }
         let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid");
-        let mut errors = 0;
+        let (mut errors, mut rate_limited) = (0, 0);
         for t in tasks {
             let tally = t.await.context("an HTTP client panicked")??;
             total.add(&tally.latency_us).context("histograms share their bounds")?;
             errors += tally.errors;
+            rate_limited += tally.rate_limited;
         }
-        Ok((total, errors, start.elapsed()))
+        Ok((total, errors, rate_limited, start.elapsed()))
     };
-    let ((h, errors, elapsed), tick) = target.measure_tick(phase).await?;
+    let ((h, errors, rate_limited, elapsed), tick) = target.measure_tick(phase).await?;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
     Ok(HttpReport {
         clients: args.clients,
@@ -358,6 +418,7 @@ async fn http_phase(args: &Args, target: &Arc<Target>) -> Result<HttpReport> {
         requests: h.len(),
         req_per_s: h.len() as f64 / elapsed.as_secs_f64(),
         errors,
+        rate_limited,
         p50_ms: ms(0.5),
         p95_ms: ms(0.95),
         p99_ms: ms(0.99),
@@ -371,6 +432,7 @@ async fn http_client(target: &Target, npcs: u64, seed: u64, until: Instant) -> R
     let mut tally = ClientTally {
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid"),
         errors: 0,
+        rate_limited: 0,
     };
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut conn = None;
@@ -390,11 +452,15 @@ async fn http_client(target: &Target, npcs: u64, seed: u64, until: Instant) -> R
         path.clear();
         std::fmt::Write::write_fmt(&mut path, format_args!("/api/npcs/{}", rng.u64(1..=npcs)))?;
         let sent = Instant::now();
-        match c.get(target, &path).await {
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, c.get(target, &path))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")));
+        match answer {
             Ok((200, _)) => {
                 let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tally.latency_us.saturating_record(us.max(1));
             }
+            Ok((429, _)) => tally.rate_limited += 1,
             Ok(_) => tally.errors += 1,
             Err(_) => {
                 tally.errors += 1;
@@ -556,7 +622,7 @@ struct LocalServer {
 }
 
 impl LocalServer {
-    fn start(args: &Args) -> Result<Self> {
+    fn start(args: &Args, npcs: u64) -> Result<Self> {
         let key = "load-test-key-0123456789".to_string();
         let mut cfg = Config::default();
         cfg.engine.seed = args.seed;
@@ -585,8 +651,8 @@ impl LocalServer {
         let mut engine =
             Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin).build()?;
         let spawned = Instant::now();
-        terrarium::systems::wander::spawn_wanderers(&mut engine, args.npcs);
-        eprintln!("load_test: spawned {} NPCs in {:.0} ms", args.npcs, spawned.elapsed().as_secs_f64() * 1e3);
+        terrarium::systems::wander::spawn_wanderers(&mut engine, npcs);
+        eprintln!("load_test: spawned {npcs} NPCs in {:.0} ms", spawned.elapsed().as_secs_f64() * 1e3);
         let server = runtime.block_on(Server::start(&cfg, engine, Some(storage)))?;
         let addr = server.local_addr();
         Ok(Self { runtime, server: Some(server), addr, key })

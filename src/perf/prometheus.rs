@@ -51,7 +51,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("terrarium_ticks_total", "Ticks recorded since the start."),
     ("terrarium_batches_total", "Batches the batchers handed to the write-behind."),
     ("terrarium_batch_rows_total", "Rows put into batches, by stream."),
-    ("terrarium_batch_coalesced_total", "Updates folded into a waiting row, by stream."),
+    ("terrarium_batch_folded_total", "Updates folded into a waiting row inside the batcher, by stream."),
     ("terrarium_events_deduplicated_total", "Events folded into an identical one within the dedup window."),
     ("terrarium_batches_refused_total", "Batches the write-behind refused."),
     ("terrarium_write_behind_store_calls_total", "Calls to the store, successful or not."),
@@ -83,6 +83,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "terrarium_stage_duration_seconds",
         "Wall-clock time of a stage over the window, by stage and quantile.",
+    ),
+    (
+        "terrarium_store_lag_seconds",
+        "Storage lag over the window, by quantile (1 = max): simulated time between the current tick and the newest tick the store has committed, sampled every tick.",
     ),
     ("terrarium_npcs", "Live NPCs, agents included."),
     ("terrarium_agents", "Live agents."),
@@ -161,10 +165,13 @@ fn record_snapshot(s: &PerformanceSnapshot) {
     counter!("terrarium_ticks_total").absolute(s.ticks_total);
     gauge!("terrarium_tick").set(s.tick as f64);
     gauge!("terrarium_tick_hz").set(f64::from(s.tick_hz));
-    gauge!("terrarium_ticks_per_second").set(s.ticks_per_sec);
+    gauge!("terrarium_ticks_per_second").set(s.window_ticks_per_sec);
     quantiles("terrarium_tick_duration_seconds", &[], &s.tick_latency);
     for st in &s.stages {
         quantiles("terrarium_stage_duration_seconds", &[("stage", &st.name)], &st.latency);
+    }
+    if let Some(lag) = &s.store_lag {
+        quantiles("terrarium_store_lag_seconds", &[], lag);
     }
     gauge!("terrarium_npcs").set(s.npcs as f64);
     gauge!("terrarium_agents").set(s.agents as f64);
@@ -175,7 +182,7 @@ fn record_snapshot(s: &PerformanceSnapshot) {
         counter!("terrarium_batches_refused_total").absolute(b.refused);
         for st in &b.streams {
             counter!("terrarium_batch_rows_total", "stream" => st.name.clone()).absolute(st.items);
-            counter!("terrarium_batch_coalesced_total", "stream" => st.name.clone()).absolute(st.coalesced);
+            counter!("terrarium_batch_folded_total", "stream" => st.name.clone()).absolute(st.folded);
             gauge!("terrarium_batch_pending_rows", "stream" => st.name.clone()).set(st.pending as f64);
         }
         if let Some(r) = b.compression_ratio {

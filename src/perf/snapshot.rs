@@ -25,8 +25,10 @@ pub struct PerformanceSnapshot {
     /// Wall-clock time of a whole tick (commands and every stage), over the window.
     pub tick_latency: Latency,
     /// Ticks that ran per wall-clock second over the window, pauses between ticks included
-    /// (a server paced at 20 Hz that keeps up shows 20).
-    pub ticks_per_sec: f64,
+    /// (a server paced at 20 Hz that keeps up shows 20). Named apart from the examples'
+    /// `ticks_per_sec`, which is the average over a whole run.
+    #[serde(alias = "ticks_per_sec")]
+    pub window_ticks_per_sec: f64,
     /// Ticks recorded since the start.
     pub ticks_total: u64,
     /// Time per stage (each stage is one system set), in run order.
@@ -39,6 +41,10 @@ pub struct PerformanceSnapshot {
     pub rss_bytes: u64,
     /// The batchers (`None` without batching).
     pub batchers: Option<BatcherFigures>,
+    /// Storage lag over the window: simulated time between the current tick and the newest
+    /// tick the store is caught up with, sampled every tick (`None` without batching). The
+    /// figures are milliseconds of simulated time, not wall-clock latency.
+    pub store_lag: Option<Latency>,
     /// The write-behind queue (`None` without one).
     pub write_behind: Option<WriteBehindFigures>,
     /// The database connection pool (`None` unless PostgreSQL is the backend).
@@ -70,6 +76,21 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The figures of a histogram of milliseconds.
+    pub(crate) fn from_ms(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            samples: h.len(),
+            p50_ms: h.value_at_quantile(0.50) as f64,
+            p95_ms: h.value_at_quantile(0.95) as f64,
+            p99_ms: h.value_at_quantile(0.99) as f64,
+            max_ms: h.max() as f64,
+            mean_ms: h.mean(),
+        }
+    }
+
     /// The figures of a histogram of microseconds.
     pub(crate) fn from_us(h: &hdrhistogram::Histogram<u64>) -> Self {
         if h.is_empty() {
@@ -111,8 +132,10 @@ pub struct BatcherFigures {
     pub pending: u64,
     /// Events folded into an identical one within the dedup window.
     pub deduplicated: u64,
-    /// Updates folded into a waiting row (moves of an NPC already waiting, metric samples).
-    pub coalesced: u64,
+    /// Updates folded into a waiting row inside the batcher (moves of an NPC already waiting,
+    /// metric samples). Not the write-behind's `rows_coalesced`, which counts whole rows
+    /// superseded by a later batch before they were written.
+    pub folded: u64,
     /// Compressed over raw size of the event payloads that were compressed (`None` before the
     /// first); below 1 saves space.
     pub compression_ratio: Option<f64>,
@@ -134,8 +157,8 @@ pub struct StreamFigures {
     pub flushes: u64,
     /// Rows batched.
     pub items: u64,
-    /// Updates folded into a waiting row.
-    pub coalesced: u64,
+    /// Updates folded into a waiting row (see [`BatcherFigures::folded`]).
+    pub folded: u64,
     /// Rows waiting.
     pub pending: u64,
 }
@@ -146,7 +169,7 @@ impl BatcherFigures {
             name: name.to_string(),
             flushes: st.flushes,
             items: st.items_batched,
-            coalesced: st.items_coalesced,
+            folded: st.items_coalesced,
             pending: st.pending_items,
         };
         Self {
@@ -154,7 +177,7 @@ impl BatcherFigures {
             items: s.items_batched(),
             pending: s.pending_items(),
             deduplicated: s.events_deduplicated,
-            coalesced: s.items_coalesced(),
+            folded: s.items_coalesced(),
             compression_ratio: s.average_compression_ratio(),
             refused: s.batches_refused,
             writes_dropped: s.writes_dropped,
@@ -354,6 +377,7 @@ pub(crate) fn fill_storage(snap: &mut PerformanceSnapshot, backend: &str, m: &St
         }
     }
     snap.circuit_breakers.push(BreakerFigures::new(format!("storage.{backend}"), m.breaker));
+    snap.circuit_breakers.push(BreakerFigures::new(format!("storage.{backend}.reads"), m.read_breaker));
     #[cfg(feature = "postgres")]
     if let Some(pg) = &m.postgres {
         let p = pg.pool;

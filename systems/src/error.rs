@@ -15,6 +15,15 @@ pub enum MapError {
         #[source]
         source: std::io::Error,
     },
+    /// Parsing a file failed: which file, and the error within it.
+    #[error("in {path}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it (with its line number).
+        #[source]
+        source: Box<MapError>,
+    },
     /// A header line is missing or wrong (`type octile`, `height N`, `width N`, `map`; `version 1`
     /// for scenarios).
     #[error("line {line}: expected {expected}, found {found:?}")]

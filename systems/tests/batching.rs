@@ -147,12 +147,12 @@ fn a_bulk_spawn_writes_one_event_for_all_but_the_first_few() {
     assert_eq!(count, 1000 - DomainEvents::PER_NPC_LIMIT as u64);
 }
 
-/// The production guides' setting: 100 NPCs moving every tick at 20 Hz for 60 simulated
-/// seconds, positions batched 100 rows / 500 ms, everything written through the write-behind.
-/// Each handed-over batch is written before the next tick (a flush per tick), so store calls
-/// count the batcher's flushes, not the write-behind's merging.
-#[test]
-fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() {
+/// Runs `npcs` NPCs moving every tick at 20 Hz for `seconds` simulated seconds with the default
+/// batching (positions 100 rows / 500 ms) through the write-behind into a store, writing each
+/// handed-over batch before the next tick (a flush per tick), so store calls count the
+/// batcher's flushes, not the write-behind's merging. Returns the engine, the store, the ids and
+/// the store calls.
+fn production(npcs: u64, seconds: u32) -> (Engine, Arc<FaultyStore<MemoryStore>>, Vec<NpcId>, u64) {
     let store = Arc::new(FaultyStore::new(MemoryStore::default()));
     let wb = WriteBehind::start(
         Arc::clone(&store),
@@ -166,13 +166,26 @@ fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() 
         .unwrap();
     assert_eq!(engine.config().batching.positions.max_items, 100);
     assert_eq!(engine.config().batching.positions.max_age_ms, 500);
-    let ids: Vec<NpcId> = engine.spawn_batch((0..100).map(|i| walker(i as f32 * 5.0))).collect();
-    let seconds = 60;
+    let ids: Vec<NpcId> = engine.spawn_batch((0..npcs).map(|i| walker(i as f32 * 5.0))).collect();
     for _ in 0..seconds * 20 {
         engine.tick();
         wb.flush(Duration::from_secs(30)).unwrap();
     }
     let calls = store.calls();
+    let report = wb.shutdown(Duration::from_secs(30)).unwrap();
+    assert_eq!(report.stats.writes_dropped, 0);
+    (engine, store, ids, calls)
+}
+
+/// The production guides' setting: 100 NPCs moving every tick, 60 simulated seconds. 100 rows
+/// is exactly `max_items`, and a batch is due by size only when *more* rows wait, so the age
+/// rule (500 ms) paces the writes: at most two store calls per simulated second. The two sides
+/// of that boundary are checked too, so the scenario can't pass by sitting on it: 99 NPCs are
+/// paced the same way, 101 are due by size every tick.
+#[test]
+fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() {
+    let seconds = 60;
+    let (engine, store, ids, calls) = production(100, seconds);
     let per_second = calls as f64 / f64::from(seconds);
     eprintln!("production scenario: {calls} store calls in {seconds} simulated s ({per_second:.2}/s)");
     assert!(per_second <= 2.0, "{calls} store calls in {seconds} s ({per_second:.2}/s)");
@@ -183,12 +196,19 @@ fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() 
         "metrics are written too ({} flushes), in the same calls",
         s.metrics.flushes
     );
-    let report = wb.shutdown(Duration::from_secs(30)).unwrap();
-    assert_eq!(report.stats.writes_dropped, 0);
     // Nothing was lost on the way: the store has every NPC where the world will have it once
     // the last moves are flushed.
     let last_flush_tick = store.inner().last_position(ids[0].0).unwrap().tick;
     assert!(engine.clock().tick - last_flush_tick <= 11);
+
+    let seconds = 10;
+    let (.., below) = production(99, seconds);
+    assert!((15..=20).contains(&below), "99 NPCs: paced by age, {below} calls in {seconds} s");
+    let (.., above) = production(101, seconds);
+    assert!(
+        above >= u64::from(seconds) * 20 - 1,
+        "101 NPCs: due by size every tick, {above} calls in {seconds} s"
+    );
 }
 
 /// Runs `ticks` ticks on a thread; fails if they do not finish within `limit` (a tick that
@@ -342,4 +362,54 @@ fn batches_spilled_while_the_store_is_down_reach_it_after_a_restart() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     assert_eq!(rt.block_on(up.inner().load_npcs()).unwrap().len(), 500);
     wb.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn positions_wait_while_the_sink_cannot_take_them_then_the_latest_of_every_npc_arrives() {
+    let sink = Arc::new(RecordingSink::new(1));
+    sink.set_wants_positions(false);
+    let mut engine = engine_with(config(), sink.clone());
+    let ids: Vec<NpcId> = (0..300).map(|i| engine.spawn_npc(walker(10.0 + i as f32))).collect();
+    engine.run_ticks(40);
+    let rows: usize = sink.batches().iter().map(|b| b.positions.len()).sum();
+    assert_eq!(rows, 0, "no position batch is cut while the sink can't take one");
+    let lag = engine.world().resource::<PersistenceHealth>().store_lag_ms;
+    assert_eq!(lag, 40 * 50, "nothing committed since the start: 40 ticks of 50 ms behind");
+    sink.set_wants_positions(true);
+    engine.tick();
+    let batches = sink.batches();
+    let last = batches.last().unwrap();
+    assert_eq!(last.positions.len(), ids.len(), "one row per NPC, its latest position");
+    assert_eq!(last.npcs.len(), ids.len(), "the spawns come with their first positions");
+    for (row, id) in last.positions.iter().zip(&ids) {
+        let p = position(&engine, *id);
+        assert_eq!((row.npc_id, row.x, row.z), (id.0, p.x, p.z));
+    }
+    assert_eq!(
+        engine.world().resource::<PersistenceHealth>().store_lag_ms,
+        0,
+        "the recorder commits at once"
+    );
+    // Shutdown: a forced cut takes positions even when the sink says no.
+    sink.set_wants_positions(false);
+    engine.run_ticks(3);
+    assert!(batching::flush_now(&mut engine));
+    let last = sink.batches().pop().unwrap();
+    assert_eq!(last.positions.len(), ids.len(), "nothing is lost at shutdown");
+    assert_eq!(last.positions[0].x, position(&engine, ids[0]).x);
+}
+
+#[test]
+fn batching_that_waits_for_the_store_leaves_the_world_hash_alone() {
+    let run = |wants: bool| {
+        let sink = Arc::new(RecordingSink::new(1));
+        sink.set_wants_positions(wants);
+        let mut engine = engine_with(config(), sink);
+        for i in 0..200 {
+            engine.spawn_npc(walker(10.0 + i as f32));
+        }
+        engine.run_ticks(30);
+        engine.world_hash()
+    };
+    assert_eq!(run(true), run(false));
 }

@@ -4,7 +4,8 @@
 //! The two maps in `assets/maps/` always run, every scenario. The full benchmark set in
 //! `../shared/movingai/` (or the directory named by `TERRARIUM_MOVINGAI_DIR`) runs when present:
 //! every 4th scenario of every map, plus every scenario of `arena2`. When it is absent the test
-//! prints a note and checks the bundled maps only.
+//! prints a note and checks the bundled maps only, except in CI (`CI` set), where a missing set
+//! fails the test.
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,12 @@ fn bundled_maps_every_scenario_is_optimal() {
 #[test]
 fn shared_benchmark_maps_are_solved_optimally() {
     let Some(dir) = shared_dir() else {
+        // CI must never pass by skipping: there the set is part of the environment.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but no ../shared/movingai was found: CI runs the full Moving AI set \
+             (put it there or set TERRARIUM_MOVINGAI_DIR)"
+        );
         eprintln!(
             "skipping: no ../shared/movingai (set TERRARIUM_MOVINGAI_DIR to run the full benchmark set)"
         );
@@ -89,4 +96,5 @@ fn shared_benchmark_maps_are_solved_optimally() {
         total += check_map(map, if whole { 1 } else { 4 });
     }
     eprintln!("{total} scenarios over {} maps in {}", maps.len(), dir.display());
+    assert!(total > 1_000, "only {total} scenarios of the shared set ran");
 }

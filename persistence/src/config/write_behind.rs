@@ -45,7 +45,21 @@ pub struct WriteBehindConfig {
     /// (kept in `<outbox>.dead`, counted, logged). Transient errors are retried forever.
     /// 1 ..= 1000.
     pub max_attempts: u32,
-    /// Producer id for batch ids; `None` picks a fresh random one per start (the usual case).
+    /// At start-up, queue the batches of `<outbox>.dead` (given up earlier) again, with fresh
+    /// ids, before anything new; the file is removed once they are in the outbox. For after
+    /// the cause (a bad deploy, a constraint) is fixed. Needs `outbox_path`.
+    pub replay_dead: bool,
+    /// The slowest rate, in rows per second, a store call is expected to reach: a call may take
+    /// `write_timeout_ms` plus its rows at this rate, so a call whose size grows with the world
+    /// (the first write of a large world, a catch-up) is not cut off for its size alone.
+    /// 1 ..= 1 000 000 000.
+    pub write_rows_per_s: u64,
+    /// Producer id for batch ids, for tests only: `None` (always, outside tests) picks a fresh
+    /// random one per start. Not read from configuration files or the environment: a fixed id
+    /// reused by a second start would make every store skip that start's batches as already
+    /// applied (issue 13, defect 6).
+    #[serde(skip)]
+    #[doc(hidden)]
     pub run_id: Option<u64>,
 }
 
@@ -64,6 +78,8 @@ impl Default for WriteBehindConfig {
             retry_min_ms: 50,
             retry_max_ms: 5_000,
             max_attempts: 5,
+            replay_dead: false,
+            write_rows_per_s: 20_000,
             run_id: None,
         }
     }
@@ -100,6 +116,7 @@ impl WriteBehindConfig {
             (self.retry_min_ms..=3_600_000).contains(&self.retry_max_ms),
             "retry_min_ms ..= 3600000",
         )?;
-        check("max_attempts", (1..=1000).contains(&self.max_attempts), "1 ..= 1000")
+        check("max_attempts", (1..=1000).contains(&self.max_attempts), "1 ..= 1000")?;
+        check("write_rows_per_s", (1..=1_000_000_000).contains(&self.write_rows_per_s), "1 ..= 1000000000")
     }
 }

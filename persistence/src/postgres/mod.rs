@@ -75,10 +75,13 @@ pub struct PgMetrics {
 
 /// The PostgreSQL store.
 ///
-/// Tables (schema from versioned migrations, see `postgres/migrations/`): `npcs` (current state),
-/// `npc_positions` and `metrics` (append-only history, written with COPY BINARY), `events`
-/// (unique by event id), `applied_batches` (the exactly-once high-water mark per producer run),
-/// `schema_migrations`. All live in one schema ([`PostgresConfig::schema`]), set as the
+/// Tables (schema from versioned migrations, see `postgres/migrations/`): `npcs` (the registry:
+/// role, status, swarm, health, inventory; never touched by a position), `position_blocks`
+/// (current positions, one row per block of 64 ids holding arrays), `position_history`
+/// (hourly partitions, one row per block per flush tick) and `metrics` (append-only history,
+/// written with COPY BINARY), `events` (unique by event id), `applied_batches` (the exactly-once
+/// high-water mark per producer run), `schema_migrations`. Views `npc_positions`,
+/// `npc_current_positions` and `npcs_now` show one row per NPC to people. All live in one schema ([`PostgresConfig::schema`]), set as the
 /// connections' `search_path`.
 ///
 /// A `write` is one transaction: it locks the runs' rows in `applied_batches`, drops the
@@ -92,11 +95,16 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Connections readers may hold at once: the pool less the writer's reserve, so a burst of
+    /// reads can never leave the write-behind waiting for a connection.
+    readers: tokio::sync::Semaphore,
     schema: String,
     statement_timeout: Duration,
     wait_timeout: Duration,
     query_us: Mutex<Histogram<u64>>,
     counters: Counters,
+    /// End of the newest history partition known to exist (server time).
+    partitions_until: Mutex<Option<std::time::SystemTime>>,
 }
 
 #[derive(Default)]
@@ -181,11 +189,13 @@ impl PgStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                readers: tokio::sync::Semaphore::new(reader_slots(cfg.max_size)),
                 schema: cfg.schema.clone(),
                 statement_timeout,
                 wait_timeout,
                 query_us: Mutex::new(query_us),
                 counters: Counters::default(),
+                partitions_until: Mutex::new(None),
             }),
         })
     }
@@ -268,6 +278,18 @@ impl PgStore {
         })
     }
 
+    /// A connection for a read: waits (up to the pool's wait timeout) for one of the reader
+    /// slots first, so readers never take the connections kept for the writer.
+    async fn read_client(&self) -> Result<ReadClient<'_>, StorageError> {
+        let wait = self.inner.wait_timeout;
+        let permit = match tokio::time::timeout(wait, self.inner.readers.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(closed)) => return Err(StorageError::unavailable(BACKEND, closed)),
+            Err(_) => return Err(StorageError::Timeout(wait)),
+        };
+        Ok(ReadClient { client: self.client().await?, _permit: permit })
+    }
+
     /// Times one store call into the query histogram.
     async fn timed<T>(&self, call: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
         let start = Instant::now();
@@ -293,7 +315,8 @@ impl PgStore {
             let transient = c.starts_with("08") // connection exception
                 || c.starts_with("53") // insufficient resources (too many connections, disk full)
                 || c.starts_with("57P") // admin/crash shutdown, cannot connect now
-                || matches!(c, "40001" | "40P01" | "55P03" | "58030");
+                || matches!(c, "40001" | "40P01" | "55P03" | "58030")
+                || is_outage(c);
             return if transient {
                 StorageError::unavailable(BACKEND, e)
             } else {
@@ -339,6 +362,48 @@ impl Storage for PgStore {
 
     async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
         self.timed(self.read_all()).await
+    }
+}
+
+/// SQLSTATEs that every call gets alike until someone fixes the server or its settings (a
+/// credential rotation, a failover to a read-only standby, revoked rights, a dropped database
+/// or schema): an outage, not a bad batch. They are transient, so the breaker opens and the
+/// write-behind keeps the batches (memory, then outbox) and retries with backoff, instead of
+/// giving each batch up after a few tries (issue 13, defect 4).
+fn is_outage(code: &str) -> bool {
+    code.starts_with("28") // invalid authorization (28000), invalid password (28P01)
+        || matches!(
+            code,
+            "25006" // read_only_sql_transaction: a standby, or default_transaction_read_only
+                | "42501" // insufficient_privilege
+                | "3D000" // invalid_catalog_name: the database is gone
+                | "3F000" // invalid_schema_name
+                | "42P01" // undefined_table: our statements name only our own tables
+        )
+}
+
+/// Connections held back from readers for the writer: a quarter of the pool (at least one once
+/// the pool has two).
+#[must_use]
+fn writer_reserve(max_size: usize) -> usize {
+    if max_size < 2 { 0 } else { (max_size / 4).max(1) }
+}
+
+/// Reader slots of a pool of `max_size`.
+fn reader_slots(max_size: usize) -> usize {
+    max_size - writer_reserve(max_size)
+}
+
+/// A pooled connection held by a reader, with its reader slot.
+struct ReadClient<'a> {
+    client: Object,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for ReadClient<'_> {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        &self.client
     }
 }
 

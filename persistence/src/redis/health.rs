@@ -132,6 +132,23 @@ impl<S> RedisCache<S> {
         }
     }
 
+    /// Starts the new epoch a failed write asked for (when Redis may be used) and returns the
+    /// epoch keys are to be built with. Keys must be built after this, never before: a key of
+    /// the old epoch read after the bump could serve the record a failed invalidation left
+    /// behind (issue 13, defect 7).
+    pub(super) async fn fresh_epoch(&self) -> u64 {
+        if self.dirty.load(Ordering::Acquire) && self.usable() {
+            self.ensure_epoch().await;
+        }
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// True when keys built with `epoch` are still current (no bump since, none pending), so
+    /// what they returned may be served.
+    pub(super) fn same_epoch(&self, epoch: u64) -> bool {
+        !self.dirty.load(Ordering::Acquire) && self.epoch.load(Ordering::Acquire) == epoch
+    }
+
     /// Runs one Redis call, unless Redis is being skipped. `None` is a miss (counted).
     pub(super) async fn redis<T>(
         &self,

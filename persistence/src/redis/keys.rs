@@ -27,12 +27,17 @@ impl<S> RedisCache<S> {
     }
 
     pub(super) fn ttl(&self, tier: Tier) -> Expiration {
+        Expiration::EX(self.ttl_s(tier))
+    }
+
+    /// A tier's TTL in seconds.
+    pub(super) fn ttl_s(&self, tier: Tier) -> i64 {
         let s = match tier {
             Tier::Hot => self.cfg.hot_ttl_s,
             Tier::Warm => self.cfg.warm_ttl_s,
             Tier::Cold => self.cfg.cold_ttl_s,
         };
-        Expiration::EX(i64::try_from(s).unwrap_or(i64::MAX))
+        i64::try_from(s).unwrap_or(i64::MAX)
     }
 }
 

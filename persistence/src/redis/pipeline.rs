@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use fred::clients::Pipeline;
-use fred::prelude::{ClientLike, Expiration, KeysInterface, PubsubInterface, SetsInterface, Value};
+use fred::prelude::{ClientLike, Expiration, KeysInterface, PubsubInterface, Value};
 use fred::types::{ClusterHash, CustomCommand};
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::RedisCache;
 use super::keys::Tier;
-use super::scripts::{INVALIDATE_TAG, POSITIONS_PER_CALL, SET_POSITIONS};
+use super::scripts::{INVALIDATE_TAG, POSITIONS_PER_CALL, SET_POSITIONS, TAG_ADD};
 use crate::{PositionRow, WriteBatch};
 
 /// Keys per pipeline: bounds the memory of one round trip, and makes enough pipelines to keep
@@ -24,6 +24,7 @@ impl<S> RedisCache<S> {
     /// Drops one NPC's cached record (by key). Returns false when Redis could not be reached
     /// (the next use of Redis then starts a new epoch).
     pub async fn invalidate_npc(&self, id: u64) -> bool {
+        self.fresh_epoch().await;
         let key = self.key("npc", id);
         self.invalidate_keys(vec![key]).await
     }
@@ -42,6 +43,7 @@ impl<S> RedisCache<S> {
     /// Returns false when it was not cached.
     pub async fn put_value<T: Serialize + ?Sized>(&self, tier: Tier, name: &str, value: &T) -> bool {
         let Ok(bytes) = terrarium_codec::encode(value) else { return false };
+        self.fresh_epoch().await;
         let key = self.key("val", name);
         let ttl = self.ttl(tier);
         self.redis("put_value", self.pool.set::<Value, _, _>(key, bytes, Some(ttl), None, false))
@@ -89,15 +91,16 @@ impl<S> RedisCache<S> {
                         pipeline.custom(eval, args.clone()).await
                     }
                     Command::Del(k) => pipeline.del(k.as_str()).await,
-                    Command::Tag(tag, k) => {
-                        let _: Result<(), _> = pipeline.sadd(tag.as_str(), k.as_str()).await;
-                        pipeline
-                            .expire(
-                                tag.as_str(),
-                                i64::try_from(self.cfg.cold_ttl_s).unwrap_or(i64::MAX),
-                                None,
-                            )
-                            .await
+                    Command::Tag(tag, k, ttl_s) => {
+                        let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
+                        let args = vec![
+                            Value::from_static_str(TAG_ADD),
+                            Value::from(1),
+                            Value::from(tag.as_str()),
+                            Value::from(k.as_str()),
+                            Value::from(*ttl_s),
+                        ];
+                        pipeline.custom(eval, args).await
                     }
                     Command::Publish(channel, v) => pipeline.publish(channel.as_str(), v.clone()).await,
                 };
@@ -166,6 +169,8 @@ impl<S> RedisCache<S> {
             }
         }
         let changed_npcs = !stale.is_empty();
+        // Keys are built from the epoch in use after any pending bump (see `fresh_epoch`).
+        self.fresh_epoch().await;
         let mut commands = Vec::with_capacity(stale.len() + latest.len());
         if !stored {
             // It may or may not have been stored: forget everything it touched.
@@ -225,8 +230,8 @@ pub(super) enum Command {
     /// never outlives the position that supersedes it.
     SetPositions(Vec<Value>),
     Del(String),
-    /// Add a key to a tag set (and refresh the set's TTL).
-    Tag(String, String),
+    /// Add a key, which lives this many seconds, to a tag ([`TAG_ADD`]).
+    Tag(String, String, i64),
     Publish(String, Vec<u8>),
 }
 

@@ -49,10 +49,12 @@ impl<S: Storage> RedisCache<S> {
 
     /// `Storage::get_npc` through the cache.
     pub(super) async fn get_npc_cached(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
+        let epoch = self.fresh_epoch().await;
         let (npc_key, pos_key) = (self.key("npc", id), self.key("pos", id));
         if let Some(Value::Array(v)) =
             self.redis("get_npc", self.pool.mget::<Value, _>(vec![npc_key.clone(), pos_key.clone()])).await
             && v.len() == 2
+            && self.same_epoch(epoch)
         {
             let record: Option<NpcRecord> =
                 if v[0].is_null() { None } else { self.decode(&npc_key, &v[0]).await };
@@ -85,8 +87,10 @@ impl<S: Storage> RedisCache<S> {
         page: Page,
     ) -> Result<NpcPage, StorageError> {
         let request = terrarium_codec::encode(&(filter, page)).unwrap_or_default();
+        let epoch = self.fresh_epoch().await;
         let key = self.key("list", format_args!("{:016x}", terrarium_codec::checksum(&request)));
         if let Some(v) = self.redis("list_npcs", self.pool.get::<Value, _>(key.clone())).await
+            && self.same_epoch(epoch)
             && !v.is_null()
             && let Some(cached) = self.decode::<CachedPage>(&key, &v).await
             && cached.filter == *filter
@@ -113,10 +117,14 @@ impl<S: Storage> RedisCache<S> {
             // outlive them.
             let mut commands = vec![
                 Command::Set(key.clone(), bytes, self.ttl(Tier::Hot)),
-                Command::Tag(self.tag_key("lists"), key.clone()),
+                Command::Tag(self.tag_key("lists"), key.clone(), self.ttl_s(Tier::Hot)),
             ];
             if let Some(swarm) = filter.swarm {
-                commands.push(Command::Tag(self.tag_key(&format!("swarm:{swarm}")), key.clone()));
+                commands.push(Command::Tag(
+                    self.tag_key(&format!("swarm:{swarm}")),
+                    key.clone(),
+                    self.ttl_s(Tier::Hot),
+                ));
             }
             if self.pipelined("fill_list", commands).await
                 && self.generation.load(Ordering::Acquire) != generation
@@ -131,6 +139,7 @@ impl<S: Storage> RedisCache<S> {
 impl<S> RedisCache<S> {
     /// A value cached with [`RedisCache::put_value`], counted as a hit or miss of `tier`.
     pub async fn get_value<T: DeserializeOwned>(&self, tier: Tier, name: &str) -> Option<T> {
+        self.fresh_epoch().await;
         let key = self.key("val", name);
         let found = self.redis("get_value", self.pool.get::<Value, _>(key.clone())).await;
         let value = match found {
@@ -160,11 +169,16 @@ impl<S> RedisCache<S> {
     async fn fill_npcs(&self, records: &[NpcRecord], generation: u64) -> bool {
         let mut commands = Vec::with_capacity(records.len() * 2);
         let ttl = self.ttl(Tier::Warm);
+        self.fresh_epoch().await;
         for r in records {
             let Ok(bytes) = terrarium_codec::encode(r) else { continue };
             let key = self.key("npc", r.id);
             commands.push(Command::Set(key.clone(), bytes, ttl.clone()));
-            commands.push(Command::Tag(self.tag_key(&format!("swarm:{}", r.swarm)), key));
+            commands.push(Command::Tag(
+                self.tag_key(&format!("swarm:{}", r.swarm)),
+                key,
+                self.ttl_s(Tier::Warm),
+            ));
         }
         let ok = self.pipelined("fill", commands).await;
         if ok && self.generation.load(Ordering::Acquire) != generation {
@@ -179,11 +193,15 @@ impl<S> RedisCache<S> {
         if ids.is_empty() {
             return Vec::new();
         }
+        let epoch = self.fresh_epoch().await;
         let keys: Vec<String> = ids.iter().map(|&id| self.key("pos", id)).collect();
         let Some(Value::Array(values)) = self.redis("mget", self.pool.mget::<Value, _>(keys.clone())).await
         else {
             return vec![None; ids.len()];
         };
+        if !self.same_epoch(epoch) {
+            return vec![None; ids.len()];
+        }
         let mut out = Vec::with_capacity(ids.len());
         for (key, v) in keys.iter().zip(values.iter()) {
             out.push(if v.is_null() { None } else { self.decode(key, v).await });

@@ -9,15 +9,31 @@ use super::keys::escape_glob;
 use super::{RedisCache, unavailable};
 use crate::StorageError;
 
-/// Deletes every key in the set `KEYS[1]`, then the set. Atomic, so no key cached under the tag
-/// while it runs escapes.
+/// Deletes every key in the tag `KEYS[1]` (a sorted set, see [`TAG_ADD`]), then the tag.
+/// Atomic, so no key cached under the tag while it runs escapes.
 pub(super) const INVALIDATE_TAG: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 for i = 1, #members, 1000 do
   redis.call('DEL', unpack(members, i, math.min(i + 999, #members)))
 end
 redis.call('DEL', KEYS[1])
 return #members
+";
+
+/// Adds key `ARGV[1]`, which lives `ARGV[2]` seconds, to the tag `KEYS[1]`: a sorted set scored
+/// by when each member expires. Members already expired are trimmed first, so a tag holds
+/// only keys that still live (it never grows without bound, whatever keys clients make us
+/// cache), and the tag itself lives as long as its longest-lived member, so no live member is
+/// ever orphaned from invalidation.
+pub(super) const TAG_ADD: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('TTL', KEYS[1]) < ttl then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return redis.call('ZCARD', KEYS[1])
 ";
 
 /// Writes positions: for each pair of keys, SETs `KEYS[i]` (the position, `ARGV[k + 1]`) with a

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Instant as TokioInstant;
 
 use crate::WriteBehindConfig;
-use crate::outbox::Outbox;
+use crate::outbox::{OpenError, Outbox};
 use crate::{
     BatchId, BatchSink, Handoff, PositionColumns, PositionRow, SinkHealth, Storage, WriteBehindError,
 };
@@ -64,10 +64,22 @@ pub struct WriteBehindStats {
     pub outbox_batches: u64,
     /// Size of the outbox file now, bytes.
     pub outbox_bytes: u64,
+    /// Outbox frames found damaged (at start-up or at replay) and lost; their batches are in
+    /// `failed_batches`, their rows (when the frame's header said how many) in
+    /// `writes_dropped`, their bytes in `<outbox>.corrupt`.
+    pub outbox_frames_lost: u64,
+    /// Bytes of those frames.
+    pub outbox_bytes_lost: u64,
+    /// Batches of `<outbox>.dead` queued again at start-up (`replay_dead`).
+    pub dead_requeued: u64,
     /// True from a failed store call until the next successful one.
     pub degraded: bool,
     /// True while the store answers with an open circuit breaker.
     pub breaker_open: bool,
+    /// Tick of the newest batch of this run the store acknowledged (`None` before the first).
+    pub committed_tick: Option<u64>,
+    /// Batches of this run accepted by `submit` and not yet written or given up.
+    pub unsettled_batches: u64,
 }
 
 /// Writes batches to a [`Storage`] behind the tick's back, on tokio.
@@ -121,6 +133,31 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     degraded: AtomicBool,
     breaker_open: AtomicBool,
+    /// Progress of this run's batches in the store, for the storage lag.
+    progress: Mutex<Progress>,
+}
+
+/// How far the store has got with this run's batches.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Tick of the newest batch of this run the store acknowledged.
+    committed_tick: Option<u64>,
+    /// Seqs of this run settled (written or given up) that are above `settled_through`.
+    settled_above: std::collections::BTreeSet<u64>,
+    /// Every seq up to this one is settled.
+    settled_through: u64,
+}
+
+impl Progress {
+    fn settle(&mut self, seq: u64) {
+        if seq <= self.settled_through {
+            return;
+        }
+        self.settled_above.insert(seq);
+        while self.settled_above.remove(&(self.settled_through + 1)) {
+            self.settled_through += 1;
+        }
+    }
 }
 
 /// Batches handed over and not yet taken by the worker, in submit order.
@@ -169,6 +206,12 @@ struct Counters {
     writes_dropped: AtomicU64,
     outbox_batches: AtomicU64,
     outbox_bytes: AtomicU64,
+    outbox_frames_lost: AtomicU64,
+    outbox_bytes_lost: AtomicU64,
+    dead_requeued: AtomicU64,
+    /// The group in the store call now, when it came from memory (lost if the task never stops).
+    in_flight_batches: AtomicU64,
+    in_flight_rows: AtomicU64,
 }
 
 impl Queue {
@@ -238,15 +281,40 @@ impl<S: Storage> WriteBehind<S> {
     ) -> Result<Self, WriteBehindError> {
         config.validate()?;
         let counters = Counters::default();
+        let run_id = config.run_id.unwrap_or_else(fresh_run_id);
+        let mut next_seq = 0;
         let outbox = match &config.outbox_path {
             Some(path) => {
-                let (outbox, rec) = Outbox::open(path, config.max_frame_bytes)
-                    .map_err(|source| WriteBehindError::Outbox { path: path.clone(), source })?;
-                if rec.frames > 0 || rec.cut_bytes > 0 {
+                let outbox_error = |e: OpenError| match e {
+                    OpenError::Io(source) => WriteBehindError::Outbox { path: path.clone(), source },
+                    OpenError::Unreadable { offset, version, layout } => {
+                        WriteBehindError::OutboxUnreadable { path: path.clone(), offset, version, layout }
+                    }
+                };
+                let (mut outbox, rec) = Outbox::open(path, config.max_frame_bytes).map_err(outbox_error)?;
+                if rec.frames > 0 {
                     tracing::info!(path = %path.display(), frames = rec.frames, "outbox holds batches from an earlier run; replaying them first");
                 }
-                if rec.cut_bytes > 0 {
-                    tracing::error!(path = %path.display(), bytes = rec.cut_bytes, "outbox had a damaged tail; it was moved to <outbox>.corrupt");
+                if rec.lost_frames > 0 {
+                    tracing::error!(path = %path.display(), frames = rec.lost_frames, rows = rec.lost_rows, bytes = rec.lost_bytes, "outbox had damaged frames; they were moved to <outbox>.corrupt and are counted as dropped");
+                    counters.failed_batches.fetch_add(rec.lost_frames, Ordering::Relaxed);
+                    counters.writes_dropped.fetch_add(rec.lost_rows, Ordering::Relaxed);
+                    counters.outbox_frames_lost.fetch_add(rec.lost_frames, Ordering::Relaxed);
+                    counters.outbox_bytes_lost.fetch_add(rec.lost_bytes, Ordering::Relaxed);
+                }
+                if config.replay_dead {
+                    // Fresh ids of this run: their old ids are at or below their run's mark in
+                    // the store, which would skip them as already applied.
+                    let requeued = outbox
+                        .requeue_dead(|b| {
+                            next_seq += 1;
+                            b.id = BatchId { run: run_id, seq: next_seq };
+                        })
+                        .map_err(outbox_error)?;
+                    if requeued > 0 {
+                        tracing::info!(path = %path.display(), batches = requeued, "dead-letter batches queued again");
+                    }
+                    counters.dead_requeued.store(requeued, Ordering::Relaxed);
                 }
                 counters.outbox_batches.store(outbox.pending(), Ordering::Relaxed);
                 counters.outbox_bytes.store(outbox.bytes(), Ordering::Relaxed);
@@ -255,9 +323,9 @@ impl<S: Storage> WriteBehind<S> {
             None => None,
         };
         let shared = Arc::new(Shared {
-            run_id: config.run_id.unwrap_or_else(fresh_run_id),
+            run_id,
             max_queued_rows: config.max_queued_rows,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue { next_seq, ..Queue::default() }),
             changed: Condvar::new(),
             wake: tokio::sync::Notify::new(),
             idle_notify: tokio::sync::Notify::new(),
@@ -265,6 +333,7 @@ impl<S: Storage> WriteBehind<S> {
             last_error: Mutex::new(None),
             degraded: AtomicBool::new(false),
             breaker_open: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
         });
         let worker = worker::Worker::new(Arc::clone(&shared), Arc::clone(&store), &config, outbox);
         handle.spawn(worker.run());
@@ -415,7 +484,21 @@ impl<S: Storage> WriteBehind<S> {
         if !stopped {
             let pending =
                 q.batches.len() as u64 + self.shared.counters.outbox_batches.load(Ordering::Relaxed);
-            tracing::error!(pending, "write-behind task did not stop in time; batches in memory are lost");
+            // What is only in memory (waiting, or in the call that did not stop) is lost with
+            // the task: count it, as the docs promise.
+            let c = &self.shared.counters;
+            let (in_flight_batches, in_flight_rows) =
+                (c.in_flight_batches.swap(0, Ordering::Relaxed), c.in_flight_rows.swap(0, Ordering::Relaxed));
+            let lost_batches = q.batches.len() as u64 + in_flight_batches;
+            let lost_rows = q.rows as u64 + in_flight_rows;
+            c.failed_batches.fetch_add(lost_batches, Ordering::Relaxed);
+            c.writes_dropped.fetch_add(lost_rows, Ordering::Relaxed);
+            tracing::error!(
+                pending,
+                lost_batches,
+                lost_rows,
+                "write-behind task did not stop in time; batches in memory are lost (counted as dropped)"
+            );
             return Err(WriteBehindError::Timeout { timeout, pending_batches: pending });
         }
         let left_in_outbox = q.left_in_outbox;
@@ -544,7 +627,14 @@ impl BatchSink for WriteBehindHandle {
             degraded: s.degraded,
             queued_rows: s.queued_rows,
             outbox_batches: s.outbox_batches,
+            committed_tick: s.committed_tick,
+            unsettled_batches: s.unsettled_batches,
         }
+    }
+
+    fn wants_positions(&self) -> bool {
+        let q = self.shared.lock();
+        q.batches.range(q.positions_from..).all(|h| h.positions.is_empty() && h.batch.positions.is_empty())
     }
 }
 
@@ -585,10 +675,29 @@ impl Shared {
         self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lock_progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that the store has this run's batches (written, or given up and counted).
+    fn settle<'a>(&self, batches: impl IntoIterator<Item = &'a crate::WriteBatch>, written: bool) {
+        let mut p = self.lock_progress();
+        for b in batches.into_iter().filter(|b| b.id.run == self.run_id) {
+            p.settle(b.id.seq);
+            if written {
+                p.committed_tick = Some(p.committed_tick.map_or(b.tick, |t| t.max(b.tick)));
+            }
+        }
+    }
+
     fn stats(&self) -> WriteBehindStats {
-        let (queued_rows, queued_batches) = {
+        let (queued_rows, queued_batches, submitted) = {
             let q = self.lock();
-            (q.rows as u64, q.batches.len() as u64)
+            (q.rows as u64, q.batches.len() as u64, q.next_seq)
+        };
+        let (committed_tick, settled) = {
+            let p = self.lock_progress();
+            (p.committed_tick, p.settled_through + p.settled_above.len() as u64)
         };
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -611,8 +720,13 @@ impl Shared {
             queued_batches,
             outbox_batches: get(&c.outbox_batches),
             outbox_bytes: get(&c.outbox_bytes),
+            outbox_frames_lost: get(&c.outbox_frames_lost),
+            outbox_bytes_lost: get(&c.outbox_bytes_lost),
+            dead_requeued: get(&c.dead_requeued),
             degraded: self.degraded.load(Ordering::Relaxed),
             breaker_open: self.breaker_open.load(Ordering::Relaxed),
+            committed_tick,
+            unsettled_batches: submitted.saturating_sub(settled),
         }
     }
 }

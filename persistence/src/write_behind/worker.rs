@@ -24,6 +24,7 @@ struct Settings {
     retry_min: Duration,
     retry_max: Duration,
     max_attempts: u32,
+    write_rows_per_s: u64,
 }
 
 /// Batches being written (or retried) in one store call.
@@ -46,6 +47,11 @@ pub(super) struct Worker<S> {
     attempts: u32,
     /// Take one batch only next time (to find which batch of a group the store refuses).
     isolate: bool,
+    /// Most batches and rows in the next group: the settings, halved after each call that
+    /// timed out and doubled back after each success, so a group too big for its timeout
+    /// shrinks until it lands instead of being retried unchanged forever.
+    group_batches: usize,
+    group_rows: usize,
     /// No spill attempt before this (after a failed spill: disk full, outbox bound).
     spill_paused_until: Option<Instant>,
     /// Row buffers of written batches, to turn the next columns into rows without page faults.
@@ -69,6 +75,7 @@ impl<S: Storage> Worker<S> {
                 retry_min: ms(c.retry_min_ms),
                 retry_max: ms(c.retry_max_ms),
                 max_attempts: c.max_attempts,
+                write_rows_per_s: c.write_rows_per_s,
             },
             seen: IdSet::default(),
             current: None,
@@ -76,6 +83,8 @@ impl<S: Storage> Worker<S> {
             backoff: ms(c.retry_min_ms),
             attempts: 0,
             isolate: false,
+            group_batches: c.max_group_batches,
+            group_rows: c.max_group_rows,
             spill_paused_until: None,
             rows_pool: Vec::new(),
         }
@@ -157,9 +166,10 @@ impl<S: Storage> Worker<S> {
     /// The next batches to write: from the outbox while it holds any (they are older), else
     /// from memory; position rows that a later batch of the group overwrites are dropped.
     async fn next_group(&mut self) -> Option<Group> {
-        let max = if self.isolate { 1 } else { self.s.max_group_batches };
+        let max = if self.isolate { 1 } else { self.group_batches };
+        let max_rows = self.group_rows;
         if let Some(ob) = self.outbox.as_mut().filter(|o| o.pending() > 0) {
-            let mut g = match ob.read_group(max, self.s.max_group_rows) {
+            let mut g = match blocking(|| ob.read_group(max, max_rows)) {
                 Ok(g) => g,
                 Err(e) => {
                     let text = format!("cannot read outbox {}: {e}", ob.path().display());
@@ -169,13 +179,17 @@ impl<S: Storage> Worker<S> {
                     return None;
                 }
             };
-            for size in &g.skipped {
-                tracing::error!(path = %ob.path().display(), bytes = size, "damaged outbox frame skipped");
-                self.shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+            for &(bytes, rows) in &g.skipped {
+                tracing::error!(path = %ob.path().display(), bytes, rows, "damaged outbox frame lost");
+                let c = &self.shared.counters;
+                c.failed_batches.fetch_add(1, Ordering::Relaxed);
+                c.writes_dropped.fetch_add(rows, Ordering::Relaxed);
+                c.outbox_frames_lost.fetch_add(1, Ordering::Relaxed);
+                c.outbox_bytes_lost.fetch_add(bytes, Ordering::Relaxed);
             }
             let mut batches = std::mem::take(&mut g.batches);
             if batches.is_empty() {
-                if let Err(e) = ob.consume(&g) {
+                if let Err(e) = blocking(|| ob.consume(&g)) {
                     tracing::error!(error = %e, "cannot advance the outbox");
                 }
                 self.update_outbox_gauges();
@@ -188,7 +202,7 @@ impl<S: Storage> Worker<S> {
         {
             let mut q = self.shared.lock();
             let mut rows = 0usize;
-            while taken.len() < max && (taken.is_empty() || rows < self.s.max_group_rows) {
+            while taken.len() < max && (taken.is_empty() || rows < max_rows) {
                 let Some(h) = q.batches.pop_front() else { break };
                 rows += h.len();
                 taken.push(h);
@@ -199,8 +213,11 @@ impl<S: Storage> Worker<S> {
         if taken.is_empty() {
             return None;
         }
-        let mut batches = self.materialize(taken);
-        self.coalesce(&mut batches);
+        let batches = blocking(|| {
+            let mut batches = self.materialize(taken);
+            self.coalesce(&mut batches);
+            batches
+        });
         Some(Group { batches, outbox: None })
     }
 
@@ -213,14 +230,22 @@ impl<S: Storage> Worker<S> {
         let group = self.current.as_ref().expect("called with a group");
         // While shutting down, a call may not outlive the deadline (what it held then goes to
         // the outbox instead).
+        let rows: usize = group.batches.iter().map(WriteBatch::len).sum();
+        let timeout = self.s.write_timeout + rows_time(rows, self.s.write_rows_per_s);
         let limit = match deadline {
-            Some(d) => self
-                .s
-                .write_timeout
-                .min(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))),
-            None => self.s.write_timeout,
+            Some(d) => {
+                timeout.min(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(10)))
+            }
+            None => timeout,
         };
+        let c = &self.shared.counters;
+        let from_memory = group.outbox.is_none();
+        c.in_flight_batches
+            .store(if from_memory { group.batches.len() as u64 } else { 0 }, Ordering::Relaxed);
+        c.in_flight_rows.store(if from_memory { rows as u64 } else { 0 }, Ordering::Relaxed);
         let result = tokio::time::timeout(limit, self.store.write(&group.batches)).await;
+        c.in_flight_batches.store(0, Ordering::Relaxed);
+        c.in_flight_rows.store(0, Ordering::Relaxed);
         self.shared.counters.store_calls.fetch_add(1, Ordering::Relaxed);
         self.last_call = Some(Instant::now());
         match result {
@@ -241,10 +266,11 @@ impl<S: Storage> Worker<S> {
             add(&c.npc_rows_written, b.npcs.len() + b.removed.len());
         }
         add(&c.batches_written, group.batches.len());
+        self.shared.settle(&group.batches, true);
         if let Some(g) = &group.outbox {
             add(&c.batches_replayed, group.batches.len());
             if let Some(ob) = self.outbox.as_mut()
-                && let Err(e) = ob.consume(g)
+                && let Err(e) = blocking(|| ob.consume(g))
             {
                 // The frames stay; a later replay sends them again, and the store skips them.
                 tracing::error!(error = %e, "cannot advance the outbox after a replay");
@@ -260,6 +286,8 @@ impl<S: Storage> Worker<S> {
         self.backoff = self.s.retry_min;
         self.attempts = 0;
         self.isolate = false;
+        self.group_batches = (self.group_batches.saturating_mul(2)).min(self.s.max_group_batches);
+        self.group_rows = (self.group_rows.saturating_mul(2)).min(self.s.max_group_rows);
     }
 
     async fn on_failure(&mut self, e: StorageError, deadline: Option<Instant>) {
@@ -277,6 +305,9 @@ impl<S: Storage> Worker<S> {
         if !e.is_transient() && retry_after.is_none() {
             self.refused(&text);
         }
+        if matches!(e, StorageError::Timeout(_)) && deadline.is_none() {
+            self.shrink();
+        }
         // Keep what failed on disk while the store is down (the outbox is empty whenever the
         // group came from memory, so order is kept).
         if self.current.as_ref().is_some_and(|g| g.outbox.is_none()) && self.outbox.is_some() {
@@ -286,6 +317,30 @@ impl<S: Storage> Worker<S> {
             }
         }
         self.wait_backoff(retry_after, deadline).await;
+    }
+
+    /// The group timed out: halve the next groups (batches and rows), and cut the current one
+    /// down to the first half (the rest goes back to the front of the queue, in order; a group
+    /// from the outbox is read again with the smaller limits).
+    fn shrink(&mut self) {
+        let Some(group) = self.current.as_mut() else { return };
+        let rows: usize = group.batches.iter().map(WriteBatch::len).sum();
+        self.group_batches = (group.batches.len() / 2).max(1);
+        self.group_rows = (rows / 2).max(1);
+        tracing::warn!(
+            batches = group.batches.len(),
+            rows,
+            next_batches = self.group_batches,
+            "store call timed out; halving the group"
+        );
+        if group.batches.len() > 1 {
+            if group.outbox.is_some() {
+                self.current = None;
+            } else {
+                let rest = group.batches.split_off(self.group_batches);
+                self.put_back(rest);
+            }
+        }
     }
 
     /// The store refused the group with a non-transient error: narrow it down to one batch,
@@ -311,18 +366,24 @@ impl<S: Storage> Worker<S> {
         self.attempts = 0;
         self.isolate = false;
         let group = self.current.take().expect("checked above");
+        self.shared.settle(&group.batches, false);
         for b in &group.batches {
-            tracing::error!(batch = %b.id, rows = b.len(), error = text, "store refused the batch {} times; giving up (kept in <outbox>.dead)", self.s.max_attempts);
+            let kept = if self.outbox.is_some() {
+                "kept in <outbox>.dead; replay_dead queues it again"
+            } else {
+                "no outbox: lost"
+            };
+            tracing::error!(batch = %b.id, rows = b.len(), error = text, "store refused the batch {} times; giving up ({kept})", self.s.max_attempts);
             self.shared.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
             self.shared.counters.writes_dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
             if let Some(ob) = self.outbox.as_mut()
-                && let Err(e) = ob.dead_letter(b)
+                && let Err(e) = blocking(|| ob.dead_letter(b))
             {
                 tracing::error!(error = %e, "cannot write the dead-letter file");
             }
         }
         if let (Some(g), Some(ob)) = (&group.outbox, self.outbox.as_mut())
-            && let Err(e) = ob.consume(g)
+            && let Err(e) = blocking(|| ob.consume(g))
         {
             tracing::error!(error = %e, "cannot advance the outbox");
         }
@@ -342,9 +403,16 @@ impl<S: Storage> Worker<S> {
                 () = tokio::time::sleep_until(end) => return,
                 () = self.shared.wake.notified() => {
                     self.free_garbage();
-                    let q = self.shared.lock();
-                    if let (true, Some(d)) = (q.closed, q.deadline) {
-                        end = end.min(d);
+                    {
+                        let q = self.shared.lock();
+                        if let (true, Some(d)) = (q.closed, q.deadline) {
+                            end = end.min(d);
+                        }
+                    }
+                    // While the store is down (an open breaker can mean a minute), what arrives
+                    // goes to disk now rather than waiting in memory for the backoff to end.
+                    if self.shared.degraded.load(Ordering::Relaxed) {
+                        self.spill_queue();
                     }
                 }
             }
@@ -368,8 +436,11 @@ impl<S: Storage> Worker<S> {
         if taken.is_empty() {
             return;
         }
-        let mut batches = self.materialize(taken);
-        self.coalesce(&mut batches);
+        let batches = blocking(|| {
+            let mut batches = self.materialize(taken);
+            self.coalesce(&mut batches);
+            batches
+        });
         if let Err(batches) = self.spill(batches) {
             self.put_back(batches);
         }
@@ -413,7 +484,8 @@ impl<S: Storage> Worker<S> {
     /// Appends batches to the outbox; gives them back when that fails.
     fn spill(&mut self, batches: Vec<WriteBatch>) -> Result<(), Vec<WriteBatch>> {
         let Some(ob) = self.outbox.as_mut() else { return Err(batches) };
-        match ob.append(&batches, self.s.max_outbox_bytes) {
+        let max_bytes = self.s.max_outbox_bytes;
+        match blocking(|| ob.append(&batches, max_bytes)) {
             Ok(_) => {
                 self.shared.counters.batches_spilled.fetch_add(batches.len() as u64, Ordering::Relaxed);
                 self.spill_paused_until = None;
@@ -444,6 +516,7 @@ impl<S: Storage> Worker<S> {
         if !left.is_empty() {
             self.coalesce(&mut left);
             if let Err(lost) = self.spill(left) {
+                self.shared.settle(&lost, false);
                 let rows: usize = lost.iter().map(WriteBatch::len).sum();
                 tracing::error!(
                     batches = lost.len(),
@@ -498,6 +571,23 @@ impl<S: Storage> Worker<S> {
     fn set_error(&self, text: &str) {
         *self.shared.lock_error() = Some(text.to_string());
     }
+}
+
+/// Runs blocking work (file I/O with fsync, converting or coalescing millions of rows) so that
+/// it does not hold up other tasks of the runtime: on a multi-threaded runtime (a game server's
+/// HTTP runtime) the thread hands its other tasks over first; on a current-thread runtime
+/// (tests) it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// How long `rows` take at `rows_per_s`.
+fn rows_time(rows: usize, rows_per_s: u64) -> Duration {
+    let micros = (rows as u128 * 1_000_000) / u128::from(rows_per_s.max(1));
+    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
 }
 
 /// An error and its sources, `outer: inner: …`.

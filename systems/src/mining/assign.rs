@@ -323,17 +323,34 @@ mod tests {
         }
     }
 
+    /// The round a greedy scheduler would run: miners in id order, each taking its best
+    /// candidate that nobody took yet (the same candidates and scores as [`assign`]).
+    fn greedy(index: &DepositIndex, miners: &[Miner], params: &AssignParams) -> i64 {
+        let (mut taken, mut near, mut total) = (Vec::new(), Vec::new(), 0);
+        for m in miners {
+            let keep = |d: &Deposit| Some(d.pos) != m.avoid && (d.pos.y - m.cell.y).abs() <= params.reach_y;
+            index.nearest(m.cell, params.candidates, params.radius, keep, &mut near);
+            let best = near
+                .iter()
+                .map(|n| (score(m, n, params.walk_speed), n.deposit.pos))
+                .filter(|&(s, p)| s > 0 && !taken.contains(&p))
+                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            if let Some((s, p)) = best {
+                taken.push(p);
+                total += s;
+            }
+        }
+        total
+    }
+
     #[test]
     fn kuhn_munkres_beats_greedy_and_the_auction_comes_close() {
-        // Two miners, two deposits: greedy would give the best deposit to the first miner.
+        // 60 miners crowded over a field of deposits: taking the best deposit for each miner in
+        // turn leaves later miners worse off than an assignment of the whole group.
         let index = field(12, 4);
         let crowd: Vec<Miner> = (0..60).map(|i| miner(i, 20 + (i as i32 % 5), 20 + (i as i32 / 5))).collect();
-        let exact = assign(
-            &ParPool::new(2).unwrap(),
-            &index,
-            &crowd,
-            &AssignParams { exact_group: 1000, ..AssignParams::default() },
-        );
+        let exact_params = AssignParams { exact_group: 1000, ..AssignParams::default() };
+        let exact = assign(&ParPool::new(2).unwrap(), &index, &crowd, &exact_params);
         let auction = assign(
             &ParPool::new(2).unwrap(),
             &index,
@@ -344,6 +361,9 @@ mod tests {
         check_unique(&auction);
         assert_eq!((exact.exact_groups, exact.auction_groups), (1, 0));
         assert_eq!((auction.exact_groups, auction.auction_groups), (0, 1));
+        let greedy = greedy(&index, &crowd, &exact_params);
+        assert!(exact.total_score > greedy, "exact {} vs greedy {greedy}", exact.total_score);
+        assert!(auction.total_score > greedy, "auction {} vs greedy {greedy}", auction.total_score);
         assert!(exact.total_score >= auction.total_score);
         let slack = crowd.len() as i64 * (exact.total_score / 1000).max(1);
         assert!(

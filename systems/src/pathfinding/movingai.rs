@@ -134,7 +134,8 @@ pub fn parse_scenarios(text: &str) -> Result<Vec<Scenario>, MapError> {
 /// # Errors
 /// [`MapError::Io`] when the file can't be read, otherwise as [`parse_map`].
 pub fn load_map(path: impl AsRef<Path>) -> Result<Grid2d, MapError> {
-    parse_map(&read(path.as_ref())?)
+    let path = path.as_ref();
+    parse_map(&read(path)?).map_err(|e| in_file(path, e))
 }
 
 /// Reads and parses a scenario file.
@@ -142,7 +143,13 @@ pub fn load_map(path: impl AsRef<Path>) -> Result<Grid2d, MapError> {
 /// # Errors
 /// [`MapError::Io`] when the file can't be read, otherwise as [`parse_scenarios`].
 pub fn load_scenarios(path: impl AsRef<Path>) -> Result<Vec<Scenario>, MapError> {
-    parse_scenarios(&read(path.as_ref())?)
+    let path = path.as_ref();
+    parse_scenarios(&read(path)?).map_err(|e| in_file(path, e))
+}
+
+/// Names the file a parse error is in.
+fn in_file(path: &Path, source: MapError) -> MapError {
+    MapError::InFile { path: path.to_path_buf(), source: Box::new(source) }
 }
 
 /// Checks that every scenario fits `grid`: same size, both ends inside and passable.
