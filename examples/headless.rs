@@ -28,7 +28,7 @@ use terrarium::engine::voxel::Ore;
 use terrarium::engine::{Engine, TickSet};
 use terrarium::perf::{Performance, PerformanceSnapshot, publish_now};
 use terrarium::systems::agents::{MiningStats, PathStats};
-use terrarium::systems::batching::{self, BatcherStats};
+use terrarium::systems::batching::{self, BatcherStats, PersistenceHealth};
 
 mod common;
 #[path = "common/flags.rs"]
@@ -143,6 +143,11 @@ struct Summary {
     handoff_us_max: f64,
     /// Milliseconds the final drain (`WriteBehind::shutdown`) took.
     drain_ms: f64,
+    /// Storage lag, sampled at the end of every tick: simulated milliseconds between the
+    /// current tick and the newest tick the store had committed (0 without storage).
+    store_lag_ms_p50: f64,
+    store_lag_ms_p99: f64,
+    store_lag_ms_max: f64,
     /// Items the agents mined, per ore kind (empty without agents).
     ore_mined: std::collections::BTreeMap<&'static str, u64>,
     /// Agents' path requests answered with a path.
@@ -244,6 +249,7 @@ fn run(args: &Args) -> Result<()> {
     let bar = if show_progress { progress::progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut store_lag = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).context("histogram bounds")?;
     let mut handed = batches_created(&engine);
     let dt = cfg.engine.dt();
     let loop_started = Instant::now();
@@ -259,6 +265,9 @@ fn run(args: &Args) -> Result<()> {
             p.maybe_checkpoint(&mut engine);
         }
         hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+        if let Some(h) = engine.world().get_resource::<PersistenceHealth>() {
+            store_lag.saturating_record(h.store_lag_ms);
+        }
         let now_handed = batches_created(&engine);
         if now_handed > handed {
             let flush = engine.stage_timings().last[TickSet::Flush.index()];
@@ -377,6 +386,9 @@ fn run(args: &Args) -> Result<()> {
         handoff_us_p50: if handoff.is_empty() { 0.0 } else { handoff.value_at_quantile(0.5) as f64 / 1e3 },
         handoff_us_max: if handoff.is_empty() { 0.0 } else { handoff.max() as f64 / 1e3 },
         drain_ms,
+        store_lag_ms_p50: store_lag.value_at_quantile(0.5) as f64,
+        store_lag_ms_p99: store_lag.value_at_quantile(0.99) as f64,
+        store_lag_ms_max: store_lag.max() as f64,
         ore_mined: engine
             .world()
             .get_resource::<MiningStats>()
@@ -469,7 +481,8 @@ fn print_human(s: &Summary) {
     if s.storage != StorageKind::None {
         println!(
             "storage: {} batches, {} position / {} metric / {} event rows written in {} store calls, \
-             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms",
+             {} dropped, {} spilled; handoff p50 {:.1} us, max {:.1} us; drain {:.0} ms; \
+             store lag ms p50 {:.0}, p99 {:.0}, max {:.0}",
             s.batches,
             s.position_rows_written,
             s.metric_rows_written,
@@ -479,7 +492,10 @@ fn print_human(s: &Summary) {
             s.outbox_spilled,
             s.handoff_us_p50,
             s.handoff_us_max,
-            s.drain_ms
+            s.drain_ms,
+            s.store_lag_ms_p50,
+            s.store_lag_ms_p99,
+            s.store_lag_ms_max
         );
     }
     if let (Some(ms), Some(bytes)) = (s.snapshot_save_ms, s.snapshot_bytes) {

@@ -6,19 +6,24 @@
 //!     --database-url "$DATABASE_URL" --redis-url "$REDIS_URL" --rows 1000000 --json
 //! ```
 //!
-//! Measures position rows per second written to `npc_positions` by: one INSERT per row
-//! (autocommit, on a sample), multi-row VALUES (1000 rows per statement), `PgStore::write` (the
-//! batched path: COPY BINARY + current-state update + exactly-once bookkeeping, one
-//! transaction per call; it sorts the call's rows by `(npc_id, tick)`), and raw COPY BINARY (one
-//! statement, nothing else, rows in arrival order; also printed with the rows sorted); then the
+//! Measures position rows per second written by: one INSERT per row (autocommit, on a sample),
+//! multi-row VALUES (1000 rows per statement) and raw COPY BINARY (one statement, nothing else,
+//! rows in arrival order; also printed with the rows sorted), all three into
+//! `npc_positions_rows`, a table with the one-row-per-position layout `PgStore` had before its
+//! position blocks (kept here as the baseline); `PgStore::write` (the batched path: history and
+//! current positions in blocks of 64 ids + exactly-once bookkeeping, one transaction per call);
+//! the production path (`production_*`: a `WriteBehind` over a default `StorageStack` on
+//! PostgreSQL, fed a whole population every tick at 20 Hz the way the batcher feeds it: a
+//! position batch only when the write-behind can take one); then the
 //! current-state upsert (NPCs per second, insert and update passes), Redis pipelined writes
 //! (keys per second) and L1 hits (ns per hit); it also prints how fast an open circuit breaker
-//! refuses a call. Every PostgreSQL case starts from an empty
-//! `npc_positions` in a schema of its own, dropped at the end. With `--json`, the last line of
+//! refuses a call. Every PostgreSQL case starts from empty tables in a schema of its own,
+//! dropped at the end. With `--json`, the last line of
 //! stdout is one JSON object.
 
 use std::pin::pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,8 +31,9 @@ use clap::Parser;
 use serde::Serialize;
 use terrarium::persistence::testing::{Fault, FaultyStore};
 use terrarium::persistence::{
-    BatchId, BreakerConfig, BreakerState, CircuitBreaker, L1Cache, L1Config, MemoryStore, NpcRecord, PgStore,
-    PositionRow, PostgresConfig, RedisCache, RedisConfig, Storage, StorageError, WriteBatch,
+    BackendKind, BatchId, BatchSink, BreakerConfig, BreakerState, CircuitBreaker, Handoff, L1Cache, L1Config,
+    MemoryStore, NpcRecord, PgStore, PositionRow, PostgresConfig, RedisCache, RedisConfig, Storage,
+    StorageConfig, StorageError, StorageStack, WriteBatch, WriteBehind, WriteBehindConfig, WriteBehindHandle,
 };
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -63,6 +69,12 @@ struct Args {
     /// Rows in the multi-row VALUES sample.
     #[arg(long, default_value_t = 200_000)]
     values_sample: usize,
+    /// NPCs in the production case (each tick moves all of them).
+    #[arg(long, default_value_t = 1_000_000)]
+    production_npcs: usize,
+    /// Ticks (at 20 Hz, real time) the production case feeds before it drains.
+    #[arg(long, default_value_t = 200)]
+    production_ticks: u64,
     /// Keys in the Redis case.
     #[arg(long, default_value_t = 200_000)]
     redis_keys: usize,
@@ -81,6 +93,11 @@ struct Figures {
     upsert_rows_per_s: f64,
     redis_keys_per_s: f64,
     l1_hit_ns: f64,
+    /// Positions persisted per second through WriteBehind → StorageStack → PgStore (drain
+    /// included).
+    production_rows_per_s: f64,
+    /// Storage lag over the production case's ticks, simulated ms (as `headless` samples it).
+    production_lag_ms_p99: f64,
 }
 
 fn main() -> ExitCode {
@@ -115,8 +132,14 @@ async fn run(args: &Args) -> anyhow::Result<Figures> {
     let (sql, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     sql.batch_execute(&format!("SET search_path TO {schema}")).await?;
-    let result = measure(args, &store, &sql).await;
+    let mut result = measure(args, &store, &sql).await;
     store.drop_schema().await.context("dropping the bench schema")?;
+    if let Ok(f) = &mut result {
+        let schema = format!("bench_{:016x}", fastrand::u64(..));
+        let cfg = PostgresConfig { url: args.database_url.clone(), schema, ..PostgresConfig::default() };
+        let (rate, lag) = production(args, &cfg).await?;
+        (f.production_rows_per_s, f.production_lag_ms_p99) = (rate, lag);
+    }
     result
 }
 
@@ -154,10 +177,19 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     report("upsert (insert pass)", args.npcs, insert, "NPCs");
     report("upsert (update pass)", args.npcs, update, "NPCs");
 
+    // The row layout of the baselines (PgStore's before V3): one row per position.
+    sql.batch_execute(
+        "CREATE TABLE npc_positions_rows (npc_id bigint NOT NULL, tick bigint NOT NULL, x real NOT NULL, \
+         y real NOT NULL, z real NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now()); \
+         CREATE INDEX ON npc_positions_rows (npc_id, tick); \
+         CREATE INDEX ON npc_positions_rows USING brin (recorded_at)",
+    )
+    .await?;
     // One INSERT per row, each its own transaction.
-    sql.batch_execute("TRUNCATE npc_positions").await?;
-    let one =
-        sql.prepare("INSERT INTO npc_positions (npc_id, tick, x, y, z) VALUES ($1, $2, $3, $4, $5)").await?;
+    sql.batch_execute("TRUNCATE npc_positions_rows").await?;
+    let one = sql
+        .prepare("INSERT INTO npc_positions_rows (npc_id, tick, x, y, z) VALUES ($1, $2, $3, $4, $5)")
+        .await?;
     let sample = positions(0);
     let n = args.naive_sample.min(sample.len());
     let t = Instant::now();
@@ -168,7 +200,7 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     report("one INSERT per row", n, f.naive_rows_per_s, "rows");
 
     // Multi-row VALUES, 1000 rows per statement, each statement its own transaction.
-    sql.batch_execute("TRUNCATE npc_positions").await?;
+    sql.batch_execute("TRUNCATE npc_positions_rows").await?;
     let n = args.values_sample.min(rows);
     let t = Instant::now();
     let mut done = 0;
@@ -178,7 +210,7 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
             positions(tick).into_iter().skip(done % args.npcs).take(1000.min(n - done)).collect();
         let ids: Vec<i64> = chunk.iter().map(|p| p.npc_id as i64).collect();
         let tick = tick as i64;
-        let mut text = String::from("INSERT INTO npc_positions (npc_id, tick, x, y, z) VALUES ");
+        let mut text = String::from("INSERT INTO npc_positions_rows (npc_id, tick, x, y, z) VALUES ");
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 5);
         for (i, p) in chunk.iter().enumerate() {
             let b = i * 5;
@@ -200,7 +232,7 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     report("multi-row VALUES", n, f.values_rows_per_s, "rows");
 
     // The batched path: PgStore::write, `group` ticks of `batch_rows`-row batches per call.
-    sql.batch_execute("TRUNCATE npc_positions").await?;
+    sql.batch_execute("TRUNCATE position_history, position_blocks").await?;
     let mut seq = 0;
     let batches: Vec<Vec<WriteBatch>> = (0..ticks)
         .map(|tick| {
@@ -236,7 +268,7 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     let mut all: Vec<PositionRow> = (0..ticks).flat_map(|tick| positions(tick + 10)).collect();
     f.copy_rows_per_s = raw_copy(sql, &all).await?;
     report("raw COPY BINARY", rows, f.copy_rows_per_s, "rows");
-    // The same, sorted by (npc_id, tick) as PgStore::write sorts a call's rows (printed only).
+    // The same, sorted by (npc_id, tick) (printed only).
     all.sort_unstable_by_key(|p| (p.npc_id, p.tick));
     let sorted = raw_copy(sql, &all).await?;
     report("raw COPY BINARY, rows sorted", rows, sorted, "rows");
@@ -246,6 +278,82 @@ async fn measure(args: &Args, store: &PgStore, sql: &tokio_postgres::Client) -> 
     f.l1_hit_ns = l1_hits().await?;
     open_breaker_rejects().await?;
     Ok(f)
+}
+
+/// The production path: a `WriteBehind` with default settings over a default `StorageStack`
+/// on PostgreSQL (schema of `cfg`, dropped at the end), fed as the batcher feeds it: a spawn
+/// batch (registry rows and first positions of every NPC), then every tick (20 Hz, real time)
+/// every NPC moves, and a position batch covering all of them is handed over whenever the
+/// write-behind can take one. Returns (positions persisted per second, drain included; p99 of
+/// the storage lag sampled every tick, simulated ms).
+async fn production(args: &Args, cfg: &PostgresConfig) -> anyhow::Result<(f64, f64)> {
+    let storage =
+        StorageConfig { backend: BackendKind::Postgres, postgres: cfg.clone(), ..StorageConfig::default() };
+    let stack = Arc::new(StorageStack::build(&storage).await.context("building the storage stack")?);
+    let wb = WriteBehind::start_on(
+        &tokio::runtime::Handle::current(),
+        Arc::clone(&stack),
+        WriteBehindConfig::default(),
+    )?;
+    let sink = wb.handle();
+    let n = args.production_npcs as u64;
+    let columns = |sink: &WriteBehindHandle, tick: u64| {
+        let mut c = sink.reuse_columns().unwrap_or_default();
+        c.tick = tick;
+        c.ids.clear();
+        c.xyz.clear();
+        c.ids.extend(1..=n);
+        c.xyz.extend((1..=n).map(|id| [id as f32 * 0.01 + tick as f32, 64.0, 0.5]));
+        c
+    };
+    let spawn = WriteBatch { tick: 1, npcs: (1..=n).map(npc).collect(), ..WriteBatch::default() };
+    sink.submit(Handoff { batch: spawn, positions: columns(&sink, 1), covers_all_positions: true })?;
+    let mut last_cut = 1u64;
+    let mut lag = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 86_400_000, 3)?;
+    let dt = Duration::from_millis(50);
+    let start = tokio::time::Instant::now();
+    for tick in 2..=args.production_ticks.max(2) {
+        tokio::time::sleep_until(start + dt * u32::try_from(tick).unwrap_or(u32::MAX)).await;
+        if sink.wants_positions() {
+            sink.submit(Handoff {
+                positions: columns(&sink, tick),
+                covers_all_positions: true,
+                ..Handoff::default()
+            })?;
+            last_cut = tick;
+        }
+        // As the batcher computes it: what the store holds, but not past the last cut (every
+        // NPC has moved since).
+        let h = sink.health();
+        let stored = if h.unsettled_batches == 0 { tick } else { h.committed_tick.unwrap_or(0) };
+        lag.saturating_record((tick - stored.min(last_cut)) * 50);
+    }
+    let report = wb.shutdown_async(Duration::from_secs(600)).await?;
+    let elapsed = start.elapsed();
+    let s = report.stats;
+    anyhow::ensure!(s.writes_dropped == 0 && report.left_in_outbox == 0, "production case lost rows: {s:?}");
+    let rate = per_s(usize::try_from(s.position_rows_written).unwrap_or(usize::MAX), elapsed);
+    report_line(
+        &format!("production: WriteBehind → StorageStack, {n} NPCs at 20 Hz"),
+        s.position_rows_written,
+        rate,
+    );
+    eprintln!(
+        "production: {} store calls, {} positions coalesced, lag p50 {} ms, p99 {} ms, max {} ms",
+        s.store_calls,
+        s.rows_coalesced,
+        lag.value_at_quantile(0.5),
+        lag.value_at_quantile(0.99),
+        lag.max()
+    );
+    if let Some(pg) = stack.postgres() {
+        pg.drop_schema().await.context("dropping the production schema")?;
+    }
+    Ok((rate, lag.value_at_quantile(0.99) as f64))
+}
+
+fn report_line(what: &str, n: u64, rate: f64) {
+    report(what, usize::try_from(n).unwrap_or(usize::MAX), rate, "positions");
 }
 
 /// An open circuit breaker refusing calls (printed only; not a JSON key).
@@ -265,11 +373,12 @@ async fn open_breaker_rejects() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One COPY BINARY of `rows` into an emptied `npc_positions`; rows per second.
+/// One COPY BINARY of `rows` into an emptied `npc_positions_rows`; rows per second.
 async fn raw_copy(sql: &tokio_postgres::Client, rows: &[PositionRow]) -> anyhow::Result<f64> {
-    sql.batch_execute("TRUNCATE npc_positions").await?;
+    sql.batch_execute("TRUNCATE npc_positions_rows").await?;
     let t = Instant::now();
-    let sink = sql.copy_in("COPY npc_positions (npc_id, tick, x, y, z) FROM STDIN (FORMAT binary)").await?;
+    let sink =
+        sql.copy_in("COPY npc_positions_rows (npc_id, tick, x, y, z) FROM STDIN (FORMAT binary)").await?;
     let types = [Type::INT8, Type::INT8, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4];
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
     for p in rows {

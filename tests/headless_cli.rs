@@ -208,6 +208,10 @@ fn storage_memory_batches_and_writes_everything_and_none_turns_it_off() {
     assert_eq!(mem["storage"], "memory");
     assert_eq!(mem["writes_dropped"], 0);
     assert!(mem["store_calls"].as_u64().unwrap() > 0);
+    // Storage lag (simulated ms, sampled every tick): a memory store keeps up within a second.
+    let lag = |k: &str| mem[k].as_f64().unwrap_or_else(|| panic!("missing {k} in {mem}"));
+    let (p50, p99, max) = (lag("store_lag_ms_p50"), lag("store_lag_ms_p99"), lag("store_lag_ms_max"));
+    assert!(p50 <= p99 && p99 <= max && max < 1000.0, "{p50} {p99} {max}");
     // Every row batched was written, or overwritten by a later row for the same NPC.
     let written = mem["position_rows_written"].as_u64().unwrap();
     let coalesced = mem["position_rows_coalesced"].as_u64().unwrap();

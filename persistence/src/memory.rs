@@ -16,7 +16,7 @@ use crate::{
 struct Inner {
     /// Current state as upserted; the position in it may be older than `last_position`'s,
     /// which reads lay over it (so a position row costs one array store, not a tree lookup).
-    npcs: BTreeMap<u64, NpcRecord>,
+    npcs: Registry,
     last_position: PositionTable,
     metrics: HashMap<(EntityKind, u64, String), (f64, u64)>,
     events: VecDeque<EventRow>,
@@ -131,11 +131,11 @@ impl MemoryStore {
     pub fn resume_point(&self) -> Option<crate::ResumePoint> {
         let inner = self.lock();
         let checkpoint = inner.checkpoint.clone()?;
-        let ids = inner.npcs.keys().copied().collect();
+        let ids = inner.npcs.iter_from(0).map(|(id, _)| id).collect();
         let newer = inner
             .npcs
-            .values()
-            .map(|r| inner.current(r))
+            .iter_from(0)
+            .map(|(id, c)| inner.current(id, c))
             .filter(|r| r.updated_tick > checkpoint.tick)
             .collect();
         let batches_committed =
@@ -159,7 +159,8 @@ impl MemoryStore {
         inner.applied.insert(run, seq);
         inner.stats.batches += 1;
         for r in &b.npcs {
-            inner.npcs.insert(r.id, r.clone());
+            let compact = inner.npcs.compact(r);
+            inner.npcs.insert(r.id, compact);
             inner.stats.npc_upserts += 1;
         }
         for p in &b.positions {
@@ -185,7 +186,7 @@ impl MemoryStore {
             }
         }
         for id in &b.removed {
-            if inner.npcs.remove(id).is_some() {
+            if inner.npcs.remove(*id) {
                 inner.stats.npc_removals += 1;
             }
             inner.last_position.remove(*id);
@@ -195,14 +196,146 @@ impl MemoryStore {
 
 impl Inner {
     /// The stored record with the last stored position laid over it.
-    fn current(&self, r: &NpcRecord) -> NpcRecord {
-        let mut r = r.clone();
+    fn current(&self, id: u64, c: &Compact) -> NpcRecord {
+        let mut r = self.npcs.expand(id, c);
         if let Some(p) = self.last_position.get(r.id)
             && p.tick >= r.updated_tick
         {
             (r.x, r.y, r.z, r.updated_tick) = (p.x, p.y, p.z, p.tick);
         }
         r
+    }
+}
+
+/// An upserted record, compact: role and status interned, the inventory in one boxed slice
+/// (no allocation when empty). 48 bytes where an `NpcRecord` takes 112 plus two strings.
+#[derive(Debug, Clone)]
+struct Compact {
+    updated_tick: u64,
+    inventory: Box<[(u16, u16)]>,
+    x: f32,
+    y: f32,
+    z: f32,
+    swarm: u32,
+    role: u16,
+    status: u16,
+    health: u16,
+    agent: bool,
+}
+
+/// Role and status names, each stored once.
+#[derive(Debug, Default)]
+struct Names {
+    names: Vec<String>,
+    index: HashMap<String, u16>,
+}
+
+impl Names {
+    fn find(&self, name: &str) -> Option<u16> {
+        self.index.get(name).copied()
+    }
+
+    /// The name's number; past 65,535 distinct names (never, in practice) the last one is
+    /// reused rather than panicking, which only blurs filters on the overflow names.
+    fn intern(&mut self, name: &str) -> u16 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let Ok(i) = u16::try_from(self.names.len()) else { return u16::MAX };
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        i
+    }
+
+    fn name(&self, i: u16) -> String {
+        self.names.get(usize::from(i)).cloned().unwrap_or_default()
+    }
+}
+
+/// Upserted records by id: a dense array for the low ids the engine hands out, a tree above
+/// it. Every id in `sparse` is at least `dense.len()`, so dense then sparse is id order.
+#[derive(Debug, Default)]
+struct Registry {
+    dense: Vec<Option<Compact>>,
+    sparse: BTreeMap<u64, Compact>,
+    names: Names,
+}
+
+impl Registry {
+    /// How far past the end of the dense array an id may be and still extend it.
+    const SLACK: u64 = 1 << 16;
+
+    fn compact(&mut self, r: &NpcRecord) -> Compact {
+        Compact {
+            updated_tick: r.updated_tick,
+            inventory: r.inventory.clone().into_boxed_slice(),
+            x: r.x,
+            y: r.y,
+            z: r.z,
+            swarm: r.swarm,
+            role: self.names.intern(&r.role),
+            status: self.names.intern(&r.status),
+            health: r.health,
+            agent: r.agent,
+        }
+    }
+
+    fn expand(&self, id: u64, c: &Compact) -> NpcRecord {
+        NpcRecord {
+            id,
+            role: self.names.name(c.role),
+            status: self.names.name(c.status),
+            swarm: c.swarm,
+            agent: c.agent,
+            x: c.x,
+            y: c.y,
+            z: c.z,
+            health: c.health,
+            inventory: c.inventory.to_vec(),
+            updated_tick: c.updated_tick,
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<&Compact> {
+        match usize::try_from(id).ok().filter(|&i| i < self.dense.len()) {
+            Some(i) => self.dense[i].as_ref(),
+            None => self.sparse.get(&id),
+        }
+    }
+
+    fn insert(&mut self, id: u64, c: Compact) {
+        if id < self.dense.len() as u64 + Self::SLACK {
+            let i = usize::try_from(id).expect("dense ids fit in usize");
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, None);
+                // Keep every sparse id above the dense array.
+                let above = self.sparse.split_off(&(self.dense.len() as u64));
+                for (k, v) in std::mem::replace(&mut self.sparse, above) {
+                    self.dense[usize::try_from(k).expect("below the dense length")] = Some(v);
+                }
+            }
+            self.dense[i] = Some(c);
+        } else {
+            self.sparse.insert(id, c);
+        }
+    }
+
+    /// True when there was a record.
+    fn remove(&mut self, id: u64) -> bool {
+        match usize::try_from(id).ok().filter(|&i| i < self.dense.len()) {
+            Some(i) => self.dense[i].take().is_some(),
+            None => self.sparse.remove(&id).is_some(),
+        }
+    }
+
+    /// Records with id ≥ `start`, by id.
+    fn iter_from(&self, start: u64) -> impl Iterator<Item = (u64, &Compact)> {
+        let from = usize::try_from(start).unwrap_or(usize::MAX).min(self.dense.len());
+        let dense = self.dense[from..]
+            .iter()
+            .enumerate()
+            .filter_map(move |(k, c)| c.as_ref().map(|c| ((from + k) as u64, c)));
+        dense.chain(self.sparse.range(start..).map(|(&id, c)| (id, c)))
     }
 }
 
@@ -265,26 +398,34 @@ impl Storage for MemoryStore {
 
     async fn get_npc(&self, id: u64) -> Result<Option<NpcRecord>, StorageError> {
         let inner = self.lock();
-        Ok(inner.npcs.get(&id).map(|r| inner.current(r)))
+        Ok(inner.npcs.get(id).map(|c| inner.current(id, c)))
     }
 
     async fn list_npcs(&self, filter: &NpcFilter, page: Page) -> Result<NpcPage, StorageError> {
         let inner = self.lock();
         let limit = page.limit.clamp(1, Page::MAX_LIMIT) as usize;
-        let start = page.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let start = page.after.map_or(0, |a| a.saturating_add(1));
         let mut npcs = Vec::with_capacity(limit);
         let mut more = false;
-        for r in inner
-            .npcs
-            .range((start, std::ops::Bound::Unbounded))
-            .map(|(_, r)| r)
-            .filter(|r| filter.matches(r))
-        {
+        if page.after == Some(u64::MAX) {
+            return Ok(NpcPage { npcs, next: None });
+        }
+        // A filter on a name nobody has matches nothing.
+        let want = |name: &Option<String>| name.as_deref().map(|n| inner.npcs.names.find(n).ok_or(()));
+        let (Ok(status), Ok(role)) = (want(&filter.status).transpose(), want(&filter.role).transpose())
+        else {
+            return Ok(NpcPage { npcs, next: None });
+        };
+        for (id, c) in inner.npcs.iter_from(start).filter(|(_, c)| {
+            status.is_none_or(|s| c.status == s)
+                && role.is_none_or(|r| c.role == r)
+                && filter.swarm.is_none_or(|w| c.swarm == w)
+        }) {
             if npcs.len() == limit {
                 more = true;
                 break;
             }
-            npcs.push(inner.current(r));
+            npcs.push(inner.current(id, c));
         }
         let next = if more { npcs.last().map(|r| r.id) } else { None };
         Ok(NpcPage { npcs, next })
@@ -292,7 +433,7 @@ impl Storage for MemoryStore {
 
     async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
         let inner = self.lock();
-        Ok(inner.npcs.values().map(|r| inner.current(r)).collect())
+        Ok(inner.npcs.iter_from(0).map(|(id, c)| inner.current(id, c)).collect())
     }
 }
 
@@ -389,6 +530,30 @@ mod tests {
             assert_eq!(seen, (1..=250).filter(|i| i % 2 == 0).collect::<Vec<_>>());
             let big = s.list_npcs(&NpcFilter::default(), Page { after: None, limit: 1000 }).await.unwrap();
             assert_eq!(big.npcs.len(), 100, "limit is capped at 100");
+        });
+    }
+
+    #[test]
+    fn records_keep_their_names_and_order_when_the_dense_table_grows_past_a_sparse_id() {
+        rt().block_on(async {
+            let s = MemoryStore::default();
+            let far = Registry::SLACK + 10; // sparse at first
+            let mut rec = npc(far, "working", 4);
+            rec.inventory = vec![(3, 7)];
+            let write = |seq, npcs| WriteBatch { id: BatchId { run: 1, seq }, npcs, ..Default::default() };
+            s.write(&[write(1, vec![rec.clone()])]).await.unwrap();
+            // Ids up to past `far` make the dense table grow over it.
+            let step = Registry::SLACK / 2;
+            let many: Vec<_> = (1..=4).map(|k| npc(k * step, "idle", 1)).collect();
+            s.write(&[write(2, many)]).await.unwrap();
+            assert_eq!(s.get_npc(far).await.unwrap(), Some(rec.clone()));
+            let ids: Vec<u64> = s.load_npcs().await.unwrap().iter().map(|r| r.id).collect();
+            assert_eq!(ids, [step, 2 * step, far, 3 * step, 4 * step]);
+            let working = NpcFilter { status: Some("working".into()), ..Default::default() };
+            assert_eq!(s.list_npcs(&working, Page::first(10)).await.unwrap().npcs, vec![rec]);
+            let nobody = NpcFilter { role: Some("nobody".into()), ..Default::default() };
+            assert!(s.list_npcs(&nobody, Page::first(10)).await.unwrap().npcs.is_empty());
+            assert_eq!(std::mem::size_of::<Option<Compact>>(), 48);
         });
     }
 

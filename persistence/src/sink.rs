@@ -69,6 +69,14 @@ pub trait BatchSink: Send + Sync + 'static {
     fn health(&self) -> SinkHealth {
         SinkHealth::default()
     }
+
+    /// True when the sink can take a batch of position rows now: no batch holding positions
+    /// waits for the store. A batcher that holds its positions back while this is false copies
+    /// a population once per store call instead of once per tick (what would wait here would
+    /// be coalesced away by the next batch anyway). Sinks that write at once always say true.
+    fn wants_positions(&self) -> bool {
+        true
+    }
 }
 
 /// A point-in-time view of a sink's health, mirrored into the ECS each tick by the batching
@@ -89,4 +97,9 @@ pub struct SinkHealth {
     pub queued_rows: u64,
     /// Batches waiting in the outbox file.
     pub outbox_batches: u64,
+    /// Tick of the newest batch of this run the store has committed (`None` before the first).
+    pub committed_tick: Option<u64>,
+    /// Batches of this run accepted and not yet settled (written, or given up and counted).
+    /// 0 means the store holds everything the sink was given.
+    pub unsettled_batches: u64,
 }

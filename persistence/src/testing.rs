@@ -300,13 +300,20 @@ pub fn npc(id: u64, swarm: u32) -> NpcRecord {
 pub struct RecordingSink {
     run_id: u64,
     handoffs: Mutex<Vec<Handoff>>,
+    refuse_positions: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingSink {
     /// An empty recorder for producer `run_id`.
     #[must_use]
     pub fn new(run_id: u64) -> Self {
-        Self { run_id, handoffs: Mutex::new(Vec::new()) }
+        Self { run_id, handoffs: Mutex::new(Vec::new()), refuse_positions: false.into() }
+    }
+
+    /// Makes [`BatchSink::wants_positions`] answer `wants` (true at start), as a write-behind
+    /// with a position batch waiting answers false.
+    pub fn set_wants_positions(&self, wants: bool) {
+        self.refuse_positions.store(!wants, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every handoff so far, exactly as given (ids assigned).
@@ -330,6 +337,16 @@ impl BatchSink for RecordingSink {
 
     fn run_id(&self) -> u64 {
         self.run_id
+    }
+
+    fn wants_positions(&self) -> bool {
+        !self.refuse_positions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Everything recorded counts as committed at once.
+    fn health(&self) -> crate::SinkHealth {
+        let all = self.handoffs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::SinkHealth { committed_tick: all.last().map(|h| h.batch.tick), ..crate::SinkHealth::default() }
     }
 }
 

@@ -404,3 +404,32 @@ async fn reads_pass_through_the_faulty_store() {
     let reads = s.reads();
     assert_eq!((reads.gets, reads.lists, reads.loads), (5, 1, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn positions_are_wanted_only_while_no_position_batch_waits_and_progress_is_reported() {
+    let s = store();
+    s.stall();
+    let wb = start(&s, config(31));
+    let sink = wb.handle();
+    assert!(sink.wants_positions(), "nothing waits");
+    assert_eq!(wb.stats().committed_tick, None);
+    sink.submit(handoff(batch(1, 0..100, 1.0), true)).unwrap();
+    until(10, || wb.stats().queued_batches == 0).await; // in flight, stalled
+    assert!(sink.wants_positions(), "the batch in flight does not wait in the queue");
+    sink.submit(handoff(batch(2, 0..100, 2.0), true)).unwrap();
+    assert!(!sink.wants_positions(), "a position batch waits: the next one would overwrite it");
+    let mut events_only = batch(3, 0..0, 0.0);
+    events_only.events[0].event_id = 77;
+    sink.submit(handoff(events_only, false)).unwrap();
+    assert!(!sink.wants_positions(), "a batch without positions does not change that");
+    assert_eq!(wb.stats().unsettled_batches, 3);
+    assert_eq!(sink.health().committed_tick, None);
+    s.release();
+    wb.flush_async(Duration::from_secs(60)).await.unwrap();
+    assert!(sink.wants_positions());
+    let st = wb.stats();
+    assert_eq!((st.committed_tick, st.unsettled_batches), (Some(3), 0));
+    assert_eq!(sink.health().unsettled_batches, 0);
+    assert_eq!(s.inner().last_position(5).unwrap().x, 2.0, "the latest position reached the store");
+    wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
+}

@@ -153,6 +153,7 @@ impl Performance {
         let side = self.shared.tick.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let now = Instant::now();
         let (tick_h, stage_h) = side.current.merged(&side.previous);
+        let lag_h = side.current.merged_lag(&side.previous);
         let first = if side.previous.ticks > 0 { side.previous.started } else { side.current.started };
         let span = first.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         let in_window = side.current.ticks + side.previous.ticks;
@@ -178,6 +179,7 @@ impl Performance {
             agents: side.agents,
             rss_bytes: memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64),
             batchers: side.batcher.as_ref().map(BatcherFigures::from_stats),
+            store_lag: (!lag_h.is_empty()).then(|| Latency::from_ms(&lag_h)),
             pathfinding: PathfindingFigures {
                 threads: side.threads,
                 busy: paths.last_searches.min(side.threads),

@@ -84,6 +84,10 @@ const GAUGES: &[(&str, &str)] = &[
         "terrarium_stage_duration_seconds",
         "Wall-clock time of a stage over the window, by stage and quantile.",
     ),
+    (
+        "terrarium_store_lag_seconds",
+        "Storage lag over the window, by quantile (1 = max): simulated time between the current tick and the newest tick the store has committed, sampled every tick.",
+    ),
     ("terrarium_npcs", "Live NPCs, agents included."),
     ("terrarium_agents", "Live agents."),
     ("process_resident_memory_bytes", "Resident set size of the process."),
@@ -165,6 +169,9 @@ fn record_snapshot(s: &PerformanceSnapshot) {
     quantiles("terrarium_tick_duration_seconds", &[], &s.tick_latency);
     for st in &s.stages {
         quantiles("terrarium_stage_duration_seconds", &[("stage", &st.name)], &st.latency);
+    }
+    if let Some(lag) = &s.store_lag {
+        quantiles("terrarium_store_lag_seconds", &[], lag);
     }
     gauge!("terrarium_npcs").set(s.npcs as f64);
     gauge!("terrarium_agents").set(s.agents as f64);

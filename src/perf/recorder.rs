@@ -8,7 +8,7 @@ use bevy_ecs::prelude::*;
 use hdrhistogram::Histogram;
 use terrarium_engine::{Agent, NpcIndex, ParPool, SimClock, StageTimings, TickSet};
 use terrarium_systems::agents::PathStats;
-use terrarium_systems::batching::BatcherStats;
+use terrarium_systems::batching::{BatcherStats, PersistenceHealth};
 
 use super::Performance;
 
@@ -18,6 +18,9 @@ const MAX_PENDING: usize = 256;
 
 /// Histogram range in microseconds: 1 µs to one minute; longer samples count as one minute.
 const MAX_US: u64 = 60_000_000;
+
+/// Storage lag range in milliseconds: up to one day; longer samples count as one day.
+const MAX_LAG_MS: u64 = 86_400_000;
 
 /// The resource the recording system works from.
 #[derive(Resource)]
@@ -41,6 +44,8 @@ struct Sample {
     started: Instant,
     tick_us: u64,
     stage_us: [u64; 6],
+    /// Storage lag at the end of the tick (`None` without batching).
+    store_lag_ms: Option<u64>,
 }
 
 /// What the tick thread publishes; readers copy it under the lock and compute outside it.
@@ -93,6 +98,9 @@ impl TickSide {
         for (h, &us) in self.current.stages.iter_mut().zip(&s.stage_us) {
             h.saturating_record(us.min(MAX_US));
         }
+        if let Some(ms) = s.store_lag_ms {
+            self.current.store_lag_ms.saturating_record(ms.min(MAX_LAG_MS));
+        }
         self.ticks_total += 1;
         self.last_stage_us = s.stage_us;
     }
@@ -108,21 +116,33 @@ pub(crate) struct Window {
     pub(crate) tick: Histogram<u64>,
     /// Each stage, microseconds, indexed by `TickSet::index`.
     pub(crate) stages: [Histogram<u64>; 6],
+    /// Storage lag sampled at the end of each tick, milliseconds of simulated time.
+    pub(crate) store_lag_ms: Histogram<u64>,
 }
 
 impl Window {
     fn new() -> Self {
         let h = || Histogram::new_with_bounds(1, MAX_US, 2).expect("static bounds are valid");
-        Self { started: None, ticks: 0, tick: h(), stages: std::array::from_fn(|_| h()) }
+        let lag = Histogram::new_with_bounds(1, MAX_LAG_MS, 2).expect("static bounds are valid");
+        Self { started: None, ticks: 0, tick: h(), stages: std::array::from_fn(|_| h()), store_lag_ms: lag }
     }
 
     fn clear(&mut self, started: Instant) {
         self.started = Some(started);
         self.ticks = 0;
         self.tick.reset();
+        self.store_lag_ms.reset();
         for h in &mut self.stages {
             h.reset();
         }
+    }
+
+    /// Storage lag of this window and `older` together (milliseconds).
+    pub(crate) fn merged_lag(&self, older: &Window) -> Histogram<u64> {
+        let mut lag = self.store_lag_ms.clone();
+        // Same bounds and precision on both sides, so adding can't fail.
+        let _ = lag.add(&older.store_lag_ms);
+        lag
     }
 
     /// This window and `older` together.
@@ -146,6 +166,7 @@ type Counters<'w, 's> = (
     Option<Res<'w, BatcherStats>>,
     Option<Res<'w, PathStats>>,
     Res<'w, ParPool>,
+    Option<Res<'w, PersistenceHealth>>,
 );
 
 /// Records the last finished tick (its times are known only once it has ended, so this runs
@@ -153,6 +174,7 @@ type Counters<'w, 's> = (
 /// publishes the engine's counters. Reads no clock: the engine measured the tick.
 pub(crate) fn record(mut probe: ResMut<Probe>, timings: Res<StageTimings>, counters: Counters) {
     let probe = &mut *probe;
+    let store_lag_ms = counters.6.as_ref().map(|h| h.store_lag_ms);
     if timings.ticks > probe.recorded_through {
         probe.recorded_through = timings.ticks;
         if let Some(started) = timings.last_started {
@@ -160,6 +182,7 @@ pub(crate) fn record(mut probe: ResMut<Probe>, timings: Res<StageTimings>, count
                 started,
                 tick_us: micros(timings.last_tick),
                 stage_us: std::array::from_fn(|i| micros(timings.last[i])),
+                store_lag_ms,
             };
             if probe.pending.len() < MAX_PENDING {
                 probe.pending.push(sample);
@@ -178,7 +201,7 @@ pub(crate) fn record(mut probe: ResMut<Probe>, timings: Res<StageTimings>, count
     for s in probe.pending.drain(..) {
         side.add(&s, shared.window);
     }
-    let (clock, index, agents, batcher, paths, pool) = counters;
+    let (clock, index, agents, batcher, paths, pool, _) = counters;
     side.samples_lost = probe.lost;
     side.tick = clock.tick;
     side.tick_hz = clock.tick_hz;

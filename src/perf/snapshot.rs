@@ -41,6 +41,10 @@ pub struct PerformanceSnapshot {
     pub rss_bytes: u64,
     /// The batchers (`None` without batching).
     pub batchers: Option<BatcherFigures>,
+    /// Storage lag over the window: simulated time between the current tick and the newest
+    /// tick the store is caught up with, sampled every tick (`None` without batching). The
+    /// figures are milliseconds of simulated time, not wall-clock latency.
+    pub store_lag: Option<Latency>,
     /// The write-behind queue (`None` without one).
     pub write_behind: Option<WriteBehindFigures>,
     /// The database connection pool (`None` unless PostgreSQL is the backend).
@@ -72,6 +76,21 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// The figures of a histogram of milliseconds.
+    pub(crate) fn from_ms(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            samples: h.len(),
+            p50_ms: h.value_at_quantile(0.50) as f64,
+            p95_ms: h.value_at_quantile(0.95) as f64,
+            p99_ms: h.value_at_quantile(0.99) as f64,
+            max_ms: h.max() as f64,
+            mean_ms: h.mean(),
+        }
+    }
+
     /// The figures of a histogram of microseconds.
     pub(crate) fn from_us(h: &hdrhistogram::Histogram<u64>) -> Self {
         if h.is_empty() {

@@ -363,3 +363,53 @@ fn batches_spilled_while_the_store_is_down_reach_it_after_a_restart() {
     assert_eq!(rt.block_on(up.inner().load_npcs()).unwrap().len(), 500);
     wb.shutdown(Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn positions_wait_while_the_sink_cannot_take_them_then_the_latest_of_every_npc_arrives() {
+    let sink = Arc::new(RecordingSink::new(1));
+    sink.set_wants_positions(false);
+    let mut engine = engine_with(config(), sink.clone());
+    let ids: Vec<NpcId> = (0..300).map(|i| engine.spawn_npc(walker(10.0 + i as f32))).collect();
+    engine.run_ticks(40);
+    let rows: usize = sink.batches().iter().map(|b| b.positions.len()).sum();
+    assert_eq!(rows, 0, "no position batch is cut while the sink can't take one");
+    let lag = engine.world().resource::<PersistenceHealth>().store_lag_ms;
+    assert_eq!(lag, 40 * 50, "nothing committed since the start: 40 ticks of 50 ms behind");
+    sink.set_wants_positions(true);
+    engine.tick();
+    let batches = sink.batches();
+    let last = batches.last().unwrap();
+    assert_eq!(last.positions.len(), ids.len(), "one row per NPC, its latest position");
+    assert_eq!(last.npcs.len(), ids.len(), "the spawns come with their first positions");
+    for (row, id) in last.positions.iter().zip(&ids) {
+        let p = position(&engine, *id);
+        assert_eq!((row.npc_id, row.x, row.z), (id.0, p.x, p.z));
+    }
+    assert_eq!(
+        engine.world().resource::<PersistenceHealth>().store_lag_ms,
+        0,
+        "the recorder commits at once"
+    );
+    // Shutdown: a forced cut takes positions even when the sink says no.
+    sink.set_wants_positions(false);
+    engine.run_ticks(3);
+    assert!(batching::flush_now(&mut engine));
+    let last = sink.batches().pop().unwrap();
+    assert_eq!(last.positions.len(), ids.len(), "nothing is lost at shutdown");
+    assert_eq!(last.positions[0].x, position(&engine, ids[0]).x);
+}
+
+#[test]
+fn batching_that_waits_for_the_store_leaves_the_world_hash_alone() {
+    let run = |wants: bool| {
+        let sink = Arc::new(RecordingSink::new(1));
+        sink.set_wants_positions(wants);
+        let mut engine = engine_with(config(), sink);
+        for i in 0..200 {
+            engine.spawn_npc(walker(10.0 + i as f32));
+        }
+        engine.run_ticks(30);
+        engine.world_hash()
+    };
+    assert_eq!(run(true), run(false));
+}

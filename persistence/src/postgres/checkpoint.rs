@@ -5,7 +5,7 @@ use std::pin::pin;
 
 use futures_util::TryStreamExt;
 
-use super::read::{NPC_COLUMNS, npc_from_row};
+use super::read::{NPC_COLUMNS, NPC_FROM, npc_from_row};
 use super::{BACKEND, PgStore, bits, to_i64, unbits};
 use crate::{Checkpoint, ResumePoint, StorageError};
 
@@ -113,7 +113,12 @@ impl PgStore {
         drop(ids_rows);
         let tick = to_i64("tick", checkpoint.tick)?;
         let stmt = tx
-            .prepare(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE updated_tick > $1 ORDER BY id"))
+            // Newer: the registry row changed, or the NPC's position in its block did (positions
+            // do not touch `npcs`); a block untouched since the checkpoint is skipped whole.
+            .prepare(&format!(
+                "SELECT {NPC_COLUMNS} FROM {NPC_FROM} WHERE n.updated_tick > $1 \
+                 OR (b.tick > $1 AND b.ticks[k.i] > $1) ORDER BY n.id"
+            ))
             .await
             .map_err(err)?;
         let mut rows = pin!(tx.query_raw(&stmt, [tick]).await.map_err(err)?);
@@ -148,7 +153,8 @@ impl PgStore {
         let client = self.client().await?;
         client
             .batch_execute(
-                "TRUNCATE npcs, npc_positions, metrics, events, applied_batches, checkpoints RESTART IDENTITY",
+                "TRUNCATE npcs, position_blocks, position_history, metrics, events, applied_batches, checkpoints \
+                 RESTART IDENTITY",
             )
             .await
             .map_err(|e| self.pg_error(e))

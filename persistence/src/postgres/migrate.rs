@@ -20,6 +20,11 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("migrations/V1__initial.sql") },
     Migration { version: 2, name: "checkpoints", sql: include_str!("migrations/V2__checkpoints.sql") },
+    Migration {
+        version: 3,
+        name: "position_blocks",
+        sql: include_str!("migrations/V3__position_blocks.sql"),
+    },
 ];
 
 /// What [`PgStore::migrate`] did.

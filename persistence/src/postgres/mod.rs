@@ -75,10 +75,13 @@ pub struct PgMetrics {
 
 /// The PostgreSQL store.
 ///
-/// Tables (schema from versioned migrations, see `postgres/migrations/`): `npcs` (current state),
-/// `npc_positions` and `metrics` (append-only history, written with COPY BINARY), `events`
-/// (unique by event id), `applied_batches` (the exactly-once high-water mark per producer run),
-/// `schema_migrations`. All live in one schema ([`PostgresConfig::schema`]), set as the
+/// Tables (schema from versioned migrations, see `postgres/migrations/`): `npcs` (the registry:
+/// role, status, swarm, health, inventory; never touched by a position), `position_blocks`
+/// (current positions, one row per block of 64 ids holding arrays), `position_history`
+/// (hourly partitions, one row per block per flush tick) and `metrics` (append-only history,
+/// written with COPY BINARY), `events` (unique by event id), `applied_batches` (the exactly-once
+/// high-water mark per producer run), `schema_migrations`. Views `npc_positions`,
+/// `npc_current_positions` and `npcs_now` show one row per NPC to people. All live in one schema ([`PostgresConfig::schema`]), set as the
 /// connections' `search_path`.
 ///
 /// A `write` is one transaction: it locks the runs' rows in `applied_batches`, drops the
@@ -100,6 +103,8 @@ struct Inner {
     wait_timeout: Duration,
     query_us: Mutex<Histogram<u64>>,
     counters: Counters,
+    /// End of the newest history partition known to exist (server time).
+    partitions_until: Mutex<Option<std::time::SystemTime>>,
 }
 
 #[derive(Default)]
@@ -190,6 +195,7 @@ impl PgStore {
                 wait_timeout,
                 query_us: Mutex::new(query_us),
                 counters: Counters::default(),
+                partitions_until: Mutex::new(None),
             }),
         })
     }

@@ -16,8 +16,13 @@ use crate::{
 /// Largest inventory accepted when decoding a stored row.
 const INVENTORY_LIMIT: usize = 64 * 1024;
 
-pub(super) const NPC_COLUMNS: &str =
-    "id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick";
+/// Registry columns, then the NPC's current position from its block (NULL when it has none).
+pub(super) const NPC_COLUMNS: &str = "n.id, n.role, n.status, n.swarm, n.agent, n.x, n.y, n.z, n.health, n.inventory, \
+                           n.updated_tick, b.ticks[k.i], b.xs[k.i], b.ys[k.i], b.zs[k.i]";
+
+/// `npcs` with each NPC's block and its place in it (`k.i`).
+pub(super) const NPC_FROM: &str = "npcs AS n LEFT JOIN position_blocks AS b ON b.block = n.id / 64 \
+                        LEFT JOIN LATERAL (SELECT array_position(b.ids, n.id) AS i) AS k ON true";
 
 /// Which events [`PgStore::events`] returns (newest first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +42,7 @@ pub enum EventQuery {
 pub struct RowCounts {
     /// `npcs`.
     pub npcs: u64,
-    /// `npc_positions`.
+    /// Position history: one per NPC per flush (`npc_positions`, a view over the blocks).
     pub positions: u64,
     /// `metrics`.
     pub metrics: u64,
@@ -50,7 +55,7 @@ impl PgStore {
         let Ok(id) = i64::try_from(id) else { return Ok(None) };
         let client = self.read_client().await?;
         let stmt = client
-            .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE id = $1"))
+            .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM {NPC_FROM} WHERE n.id = $1"))
             .await
             .map_err(|e| self.pg_error(e))?;
         client
@@ -75,21 +80,21 @@ impl PgStore {
         let fetch = i64::from(limit) + 1;
         let swarm = filter.swarm.map(i64::from);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after];
-        let mut sql = format!("SELECT {NPC_COLUMNS} FROM npcs WHERE id > $1");
+        let mut sql = format!("SELECT {NPC_COLUMNS} FROM {NPC_FROM} WHERE n.id > $1");
         if let Some(status) = &filter.status {
             params.push(status);
-            sql += &format!(" AND status = ${}", params.len());
+            sql += &format!(" AND n.status = ${}", params.len());
         }
         if let Some(role) = &filter.role {
             params.push(role);
-            sql += &format!(" AND role = ${}", params.len());
+            sql += &format!(" AND n.role = ${}", params.len());
         }
         if let Some(swarm) = &swarm {
             params.push(swarm);
-            sql += &format!(" AND swarm = ${}", params.len());
+            sql += &format!(" AND n.swarm = ${}", params.len());
         }
         params.push(&fetch);
-        sql += &format!(" ORDER BY id LIMIT ${}", params.len());
+        sql += &format!(" ORDER BY n.id LIMIT ${}", params.len());
         let client = self.read_client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(|e| self.pg_error(e))?;
         let rows = client.query(&stmt, &params).await.map_err(|e| self.pg_error(e))?;
@@ -103,12 +108,16 @@ impl PgStore {
         Ok(NpcPage { npcs, next })
     }
 
-    /// Every NPC by id, streamed from the server and decoded row by row.
+    /// Every NPC by id: the registry streamed row by row, then every block's positions laid
+    /// over it (two sequential scans, no join per NPC).
     pub(super) async fn read_all(&self) -> Result<Vec<NpcRecord>, StorageError> {
         let err = |e| self.pg_error(e);
         let client = self.read_client().await?;
         let stmt = client
-            .prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs ORDER BY id"))
+            .prepare_cached(
+                "SELECT id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick \
+                 FROM npcs ORDER BY id",
+            )
             .await
             .map_err(err)?;
         let mut rows = pin!(client.query_raw(&stmt, std::iter::empty::<i64>()).await.map_err(err)?);
@@ -116,10 +125,34 @@ impl PgStore {
         while let Some(row) = rows.try_next().await.map_err(err)? {
             out.push(npc_from_row(&row)?);
         }
+        let stmt = client
+            .prepare_cached("SELECT ids, ticks, xs, ys, zs FROM position_blocks ORDER BY block")
+            .await
+            .map_err(err)?;
+        let mut blocks = pin!(client.query_raw(&stmt, std::iter::empty::<i64>()).await.map_err(err)?);
+        // Both in id order: walk them together.
+        let mut at = 0usize;
+        while let Some(row) = blocks.try_next().await.map_err(err)? {
+            let (ids, ticks): (Vec<i64>, Vec<i64>) = (row.get(0), row.get(1));
+            let (xs, ys, zs): (Vec<f32>, Vec<f32>, Vec<f32>) = (row.get(2), row.get(3), row.get(4));
+            if [ticks.len(), xs.len(), ys.len(), zs.len()].iter().any(|&n| n != ids.len()) {
+                return Err(corrupt("position_blocks arrays"));
+            }
+            for (k, &id) in ids.iter().enumerate() {
+                let id = from_i64("position_blocks.ids", id)?;
+                while at < out.len() && out[at].id < id {
+                    at += 1;
+                }
+                if at < out.len() && out[at].id == id {
+                    overlay(&mut out[at], Some(ticks[k]), Some(xs[k]), Some(ys[k]), Some(zs[k]))?;
+                }
+            }
+        }
         Ok(out)
     }
 
-    /// An NPC's positions with `tick` in `ticks`, by tick (`npc_positions_npc_tick_idx`).
+    /// An NPC's positions with `tick` in `ticks`, by tick: its block's history rows
+    /// (`position_history_block_tick_idx`), its element picked from each.
     ///
     /// # Errors
     /// When the server can't be reached or a stored row is out of range.
@@ -129,27 +162,29 @@ impl PgStore {
         ticks: Range<u64>,
     ) -> Result<Vec<PositionRow>, StorageError> {
         let (id, from, to) = (to_i64("npc id", npc_id)?, clamp_i64(ticks.start), clamp_i64(ticks.end));
+        let block = id / 64;
         let client = self.read_client().await?;
         let rows = self
             .timed(async {
-                client
-                    .query(
-                        "SELECT npc_id, tick, x, y, z FROM npc_positions \
-                         WHERE npc_id = $1 AND tick >= $2 AND tick < $3 ORDER BY tick",
-                        &[&id, &from, &to],
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT h.tick, h.xs[k.i], h.ys[k.i], h.zs[k.i] FROM position_history AS h \
+                         CROSS JOIN LATERAL (SELECT array_position(h.ids, $1::int8) AS i) AS k \
+                         WHERE h.block = $2 AND h.tick >= $3 AND h.tick < $4 AND k.i IS NOT NULL ORDER BY h.tick",
                     )
                     .await
-                    .map_err(|e| self.pg_error(e))
+                    .map_err(|e| self.pg_error(e))?;
+                client.query(&stmt, &[&id, &block, &from, &to]).await.map_err(|e| self.pg_error(e))
             })
             .await?;
         rows.iter()
             .map(|r| {
                 Ok(PositionRow {
-                    npc_id: from_i64("npc_positions.npc_id", r.get(0))?,
-                    tick: from_i64("npc_positions.tick", r.get(1))?,
-                    x: r.get(2),
-                    y: r.get(3),
-                    z: r.get(4),
+                    npc_id,
+                    tick: from_i64("position_history.tick", r.get(0))?,
+                    x: r.get(1),
+                    y: r.get(2),
+                    z: r.get(3),
                 })
             })
             .collect()
@@ -259,9 +294,11 @@ impl PgStore {
     }
 }
 
+/// A registry row (11 columns), with the block position (4 more, maybe NULL) laid over it
+/// when the row has them.
 pub(super) fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
     let inventory: &[u8] = r.get(9);
-    Ok(NpcRecord {
+    let mut rec = NpcRecord {
         id: from_i64("npcs.id", r.get(0))?,
         role: r.get(1),
         status: r.get(2),
@@ -274,7 +311,29 @@ pub(super) fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
         inventory: terrarium_codec::decode(inventory, INVENTORY_LIMIT)
             .map_err(|_| corrupt("npcs.inventory"))?,
         updated_tick: from_i64("npcs.updated_tick", r.get(10))?,
-    })
+    };
+    if r.len() >= 15 {
+        overlay(&mut rec, r.get(11), r.get(12), r.get(13), r.get(14))?;
+    }
+    Ok(rec)
+}
+
+/// Lays a block position over a registry record when it is not older (what `MemoryStore`
+/// does with its last positions).
+fn overlay(
+    rec: &mut NpcRecord,
+    tick: Option<i64>,
+    x: Option<f32>,
+    y: Option<f32>,
+    z: Option<f32>,
+) -> Result<(), StorageError> {
+    if let (Some(tick), Some(x), Some(y), Some(z)) = (tick, x, y, z) {
+        let tick = from_i64("position_blocks.ticks", tick)?;
+        if tick >= rec.updated_tick {
+            (rec.x, rec.y, rec.z, rec.updated_tick) = (x, y, z, tick);
+        }
+    }
+    Ok(())
 }
 
 fn kind_from(name: &str) -> Result<EntityKind, StorageError> {

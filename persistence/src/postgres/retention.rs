@@ -8,13 +8,17 @@ use super::PgStore;
 use crate::{RetentionConfig, StorageError};
 
 /// Tables the job trims. Constants: the only table names spliced into SQL text.
-const TABLES: [&str; 3] = ["npc_positions", "metrics", "events"];
+/// Position history is dropped a partition at a time; only its default partition (rows that
+/// found no hourly partition) is trimmed here.
+const TABLES: [&str; 3] = ["position_history_default", "metrics", "events"];
 
 /// What one retention run deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
-    /// Rows deleted from `npc_positions`.
+    /// History rows (one per block and flush tick) deleted from `position_history_default`.
     pub positions: u64,
+    /// Hourly `position_history` partitions dropped whole.
+    pub partitions_dropped: u64,
     /// Rows deleted from `metrics`.
     pub metrics: u64,
     /// Rows deleted from `events`.
@@ -24,8 +28,10 @@ pub struct RetentionReport {
 }
 
 impl PgStore {
-    /// Deletes rows stored more than `max_age` ago from `npc_positions`, `metrics` and `events`,
-    /// at most `chunk_rows` per statement. The age is measured on the server's clock.
+    /// Drops the hourly position history partitions that end more than `max_age` ago, then
+    /// deletes rows stored more than `max_age` ago from the history's default partition,
+    /// `metrics` and `events`, at most `chunk_rows` per statement. The age is measured on the
+    /// server's clock.
     ///
     /// # Errors
     /// When the server can't be reached; what was deleted before stays deleted.
@@ -37,6 +43,19 @@ impl PgStore {
         let age_s = max_age.as_secs_f64();
         let chunk = i64::from(chunk_rows.max(1));
         let mut report = RetentionReport::default();
+        let client = self.client().await?;
+        let dropped: i32 = self
+            .timed(async {
+                client
+                    .query_one("SELECT drop_position_partitions(now() - $1 * interval '1 second')", &[&age_s])
+                    .await
+                    .map_err(|e| self.pg_error(e))
+            })
+            .await?
+            .get(0);
+        drop(client);
+        report.partitions_dropped = u64::try_from(dropped).unwrap_or(0);
+        report.statements += 1;
         for table in TABLES {
             // `ctid` picks the chunk's rows without a second index; the BRIN (positions,
             // metrics) or btree (events) index on recorded_at finds them.
@@ -55,7 +74,7 @@ impl PgStore {
                 report.statements += 1;
                 self.inner.counters.retention_deleted.fetch_add(n, Ordering::Relaxed);
                 match table {
-                    "npc_positions" => report.positions += n,
+                    "position_history_default" => report.positions += n,
                     "metrics" => report.metrics += n,
                     _ => report.events += n,
                 }

@@ -11,15 +11,47 @@ use tokio_postgres::types::Type;
 use super::{PgStore, bits, to_i64};
 use crate::{NpcRecord, PositionRow, StorageError, WriteBatch};
 
-/// What one `write` call does to `npcs`, per NPC, after folding its batches in order.
+/// Ids per position block: a block is the NPCs with ids `block * BLOCK ..= block * BLOCK + 63`,
+/// one row of `position_blocks` (current) and one row of `position_history` per flush tick.
+/// 64 ids keep a row's arrays (64 × 28 bytes) under PostgreSQL's 2 kB TOAST threshold.
+pub(super) const BLOCK: u64 = 64;
+
+/// What one `write` call does to `npcs` (the registry), per NPC, after folding its batches.
 #[derive(Debug)]
-enum NpcChange<'a> {
-    /// Insert or replace the whole row (a later position in the same call already applied).
+enum NpcChange {
+    /// Insert or replace the whole row.
     Upsert(NpcRecord),
-    /// Move an existing row, unless it holds a newer tick.
-    Move(&'a PositionRow),
     /// Delete the row.
     Remove,
+}
+
+/// One history row: a block's positions at one tick, ids ascending.
+#[derive(Debug, Default)]
+struct BlockRows {
+    block: i64,
+    tick: i64,
+    ids: Vec<i64>,
+    ticks: Vec<i64>,
+    xs: Vec<f32>,
+    ys: Vec<f32>,
+    zs: Vec<f32>,
+    /// Ids to take out of the block (removed NPCs); current blocks only.
+    removed: Vec<i64>,
+}
+
+impl BlockRows {
+    fn new(block: i64, tick: i64) -> Self {
+        Self { block, tick, ..Self::default() }
+    }
+
+    fn push(&mut self, p: &PositionRow, id: i64, tick: i64) {
+        self.ids.push(id);
+        self.ticks.push(tick);
+        self.xs.push(p.x);
+        self.ys.push(p.y);
+        self.zs.push(p.z);
+        self.tick = self.tick.max(tick);
+    }
 }
 
 impl PgStore {
@@ -29,6 +61,8 @@ impl PgStore {
         }
         let err = |e| self.pg_error(e);
         let mut client = self.client().await?;
+        // Outside the transaction: partitions made here stay even if the write rolls back.
+        self.ensure_partitions(&client).await?;
         let tx = client.transaction().await.map_err(err)?;
         let fresh = self.claim(&tx, batches).await?;
         let c = &self.inner.counters;
@@ -37,17 +71,12 @@ impl PgStore {
             tx.commit().await.map_err(err)?;
             return Ok(());
         }
-        let mut rows: Vec<&PositionRow> = Vec::with_capacity(fresh.iter().map(|b| b.positions.len()).sum());
-        for b in &fresh {
-            rows.extend(b.positions.iter());
-        }
-        // In index order: an NPC's rows of the call land next to each other in the (npc_id, tick)
-        // index (fewer pages touched per insert) and in the heap (its history reads fewer pages).
-        rows.sort_unstable_by_key(|p| (p.npc_id, p.tick));
-        let positions = self.copy_positions(&tx, &rows).await?;
+        let history = history_blocks(&fresh)?;
+        let positions = self.copy_history(&tx, &history).await?;
         let metrics = self.copy_metrics(&tx, &fresh).await?;
         let events = self.insert_events(&tx, &fresh).await?;
-        let (upserts, moves, removals) = self.apply_npc_changes(&tx, &fresh).await?;
+        let (upserts, removals) = self.apply_registry_changes(&tx, &fresh).await?;
+        let moves = self.apply_current_positions(&tx, &fresh).await?;
         self.raise_high_water(&tx, &fresh).await?;
         tx.commit().await.map_err(err)?;
         c.batches_applied.fetch_add(fresh.len() as u64, Ordering::Relaxed);
@@ -124,28 +153,51 @@ impl PgStore {
         Ok(())
     }
 
-    /// COPY BINARY into `npc_positions`; returns the rows copied.
-    pub(super) async fn copy_positions(
-        &self,
-        tx: &Transaction<'_>,
-        rows: &[&PositionRow],
-    ) -> Result<u64, StorageError> {
+    /// COPY BINARY into `position_history`, one row per block and tick; returns the positions
+    /// copied.
+    async fn copy_history(&self, tx: &Transaction<'_>, blocks: &[BlockRows]) -> Result<u64, StorageError> {
         let err = |e| self.pg_error(e);
-        if rows.is_empty() {
+        if blocks.is_empty() {
             return Ok(0);
         }
         let stmt = tx
-            .prepare_cached("COPY npc_positions (npc_id, tick, x, y, z) FROM STDIN (FORMAT binary)")
+            .prepare_cached("COPY position_history (block, tick, ids, xs, ys, zs) FROM STDIN (FORMAT binary)")
             .await
             .map_err(err)?;
         let sink = tx.copy_in(&stmt).await.map_err(err)?;
-        let types = [Type::INT8, Type::INT8, Type::FLOAT4, Type::FLOAT4, Type::FLOAT4];
+        let types = [
+            Type::INT8,
+            Type::INT8,
+            Type::INT8_ARRAY,
+            Type::FLOAT4_ARRAY,
+            Type::FLOAT4_ARRAY,
+            Type::FLOAT4_ARRAY,
+        ];
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-        for p in rows {
-            let (id, tick) = (to_i64("npc id", p.npc_id)?, to_i64("tick", p.tick)?);
-            writer.as_mut().write(&[&id, &tick, &p.x, &p.y, &p.z]).await.map_err(err)?;
+        let mut n = 0u64;
+        for b in blocks {
+            writer.as_mut().write(&[&b.block, &b.tick, &b.ids, &b.xs, &b.ys, &b.zs]).await.map_err(err)?;
+            n += b.ids.len() as u64;
         }
-        writer.finish().await.map_err(err)
+        writer.finish().await.map_err(err)?;
+        Ok(n)
+    }
+
+    /// Creates the history partitions for this hour and the next two when the last ones known
+    /// end within the hour (asked of the server once an hour or so, not per write).
+    async fn ensure_partitions(&self, client: &tokio_postgres::Client) -> Result<(), StorageError> {
+        let now = std::time::SystemTime::now();
+        let known = *self.inner.partitions_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.is_some_and(|until| now + std::time::Duration::from_secs(3600) < until) {
+            return Ok(());
+        }
+        let row = client
+            .query_one("SELECT ensure_position_partitions(now(), 2)", &[])
+            .await
+            .map_err(|e| self.pg_error(e))?;
+        let until: std::time::SystemTime = row.get(0);
+        *self.inner.partitions_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+        Ok(())
     }
 
     /// COPY BINARY into `metrics`; returns the rows copied.
@@ -230,59 +282,42 @@ impl PgStore {
         Ok(events.len() as u64)
     }
 
-    /// Folds the batches' upserts, positions and removals per NPC (in batch order, as
+    /// Folds the batches' registry upserts and removals per NPC (in batch order, as
     /// [`crate::MemoryStore`] applies them one by one), then runs at most one statement of each
-    /// kind. Returns (rows upserted, rows moved, rows deleted).
-    async fn apply_npc_changes(
+    /// kind. Positions do not touch `npcs` (they go to `position_blocks`). Returns (rows
+    /// upserted, rows deleted).
+    async fn apply_registry_changes(
         &self,
         tx: &Transaction<'_>,
         fresh: &[&WriteBatch],
-    ) -> Result<(u64, u64, u64), StorageError> {
-        let mut changes: HashMap<u64, NpcChange<'_>> = HashMap::new();
+    ) -> Result<(u64, u64), StorageError> {
+        let mut changes: HashMap<u64, NpcChange> = HashMap::new();
         for b in fresh {
             for r in &b.npcs {
                 changes.insert(r.id, NpcChange::Upsert(r.clone()));
             }
-            for p in &b.positions {
-                match changes.get_mut(&p.npc_id) {
-                    Some(NpcChange::Upsert(r)) => {
-                        if p.tick >= r.updated_tick {
-                            (r.x, r.y, r.z, r.updated_tick) = (p.x, p.y, p.z, p.tick);
-                        }
-                    }
-                    Some(NpcChange::Move(q)) => {
-                        if p.tick >= q.tick {
-                            *q = p;
-                        }
-                    }
-                    Some(NpcChange::Remove) => {}
-                    None => {
-                        changes.insert(p.npc_id, NpcChange::Move(p));
-                    }
-                }
-            }
             for &id in &b.removed {
                 changes.insert(id, NpcChange::Remove);
             }
+        }
+        if changes.is_empty() {
+            return Ok((0, 0));
         }
         let mut ids: Vec<u64> = changes.keys().copied().collect();
         // Rows are locked in id order, so concurrent writers can't deadlock on them.
         ids.sort_unstable();
         let mut removed = Vec::new();
         let mut upserts = Vec::new();
-        let mut moves = Vec::new();
         for id in ids {
             match changes.remove(&id) {
                 Some(NpcChange::Remove) => removed.push(to_i64("npc id", id)?),
                 Some(NpcChange::Upsert(r)) => upserts.push(r),
-                Some(NpcChange::Move(p)) => moves.push(p),
                 None => {}
             }
         }
         let deleted = self.delete_npcs(tx, &removed).await?;
         let upserted = self.upsert_npcs(tx, &upserts).await?;
-        let moved = self.move_npcs(tx, &moves).await?;
-        Ok((upserted, moved, deleted))
+        Ok((upserted, deleted))
     }
 
     async fn delete_npcs(&self, tx: &Transaction<'_>, ids: &[i64]) -> Result<u64, StorageError> {
@@ -294,9 +329,9 @@ impl PgStore {
         tx.execute(&stmt, &[&ids]).await.map_err(|e| self.pg_error(e))
     }
 
-    /// Inserts or replaces whole rows, one statement for all of them (`unnest` of column arrays).
-    /// A row equal to the stored one is left alone (no new row version, no WAL); the count is of
-    /// rows written.
+    /// Inserts or replaces whole registry rows, one statement for all of them (`unnest` of
+    /// column arrays). A row equal to the stored one is left alone (no new row version, no WAL);
+    /// the count is of rows written.
     pub(super) async fn upsert_npcs(
         &self,
         tx: &Transaction<'_>,
@@ -348,31 +383,169 @@ impl PgStore {
         .map_err(|e| self.pg_error(e))
     }
 
-    /// Moves existing rows to their latest position, unless a row holds a newer tick.
-    async fn move_npcs(&self, tx: &Transaction<'_>, rows: &[&PositionRow]) -> Result<u64, StorageError> {
-        if rows.is_empty() {
+    /// Brings `position_blocks` up to date: each NPC's latest position of the call (removed
+    /// NPCs taken out), one staged row per block touched, then one statement for the blocks
+    /// whose NPCs are the same as stored (the steady state: replace the arrays) and one that
+    /// merges the others element by element. Returns the positions written.
+    async fn apply_current_positions(
+        &self,
+        tx: &Transaction<'_>,
+        fresh: &[&WriteBatch],
+    ) -> Result<u64, StorageError> {
+        let blocks = current_blocks(fresh)?;
+        if blocks.is_empty() {
             return Ok(0);
         }
-        let n = rows.len();
-        let (mut ids, mut ticks) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut xs, mut ys, mut zs) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for p in rows {
-            ids.push(to_i64("npc id", p.npc_id)?);
-            ticks.push(to_i64("tick", p.tick)?);
-            xs.push(p.x);
-            ys.push(p.y);
-            zs.push(p.z);
-        }
+        let err = |e| self.pg_error(e);
+        tx.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS position_stage (block bigint, tick bigint, ids bigint[], \
+             ticks bigint[], xs real[], ys real[], zs real[], removed bigint[]) ON COMMIT DELETE ROWS",
+        )
+        .await
+        .map_err(err)?;
         let stmt = tx
             .prepare_cached(
-                "UPDATE npcs AS n SET x = u.x, y = u.y, z = u.z, updated_tick = u.tick \
-                 FROM unnest($1::int8[], $2::int8[], $3::float4[], $4::float4[], $5::float4[]) \
-                 AS u(id, tick, x, y, z) WHERE n.id = u.id AND n.updated_tick <= u.tick",
+                "COPY position_stage (block, tick, ids, ticks, xs, ys, zs, removed) FROM STDIN (FORMAT binary)",
             )
             .await
-            .map_err(|e| self.pg_error(e))?;
-        tx.execute(&stmt, &[&ids, &ticks, &xs, &ys, &zs]).await.map_err(|e| self.pg_error(e))
+            .map_err(err)?;
+        let sink = tx.copy_in(&stmt).await.map_err(err)?;
+        let types = [
+            Type::INT8,
+            Type::INT8,
+            Type::INT8_ARRAY,
+            Type::INT8_ARRAY,
+            Type::FLOAT4_ARRAY,
+            Type::FLOAT4_ARRAY,
+            Type::FLOAT4_ARRAY,
+            Type::INT8_ARRAY,
+        ];
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+        let mut n = 0u64;
+        for b in &blocks {
+            writer
+                .as_mut()
+                .write(&[&b.block, &b.tick, &b.ids, &b.ticks, &b.xs, &b.ys, &b.zs, &b.removed])
+                .await
+                .map_err(err)?;
+            n += b.ids.len() as u64;
+        }
+        writer.finish().await.map_err(err)?;
+        // Same NPCs as stored, nothing older: replace the arrays (no unnest, no sort).
+        let same = tx
+            .prepare_cached(
+                "UPDATE position_blocks AS p SET tick = s.tick, ticks = s.ticks, xs = s.xs, ys = s.ys, zs = s.zs \
+                 FROM position_stage AS s WHERE p.block = s.block AND p.ids = s.ids AND p.tick <= s.tick \
+                 AND cardinality(s.removed) = 0",
+            )
+            .await
+            .map_err(err)?;
+        tx.execute(&same, &[]).await.map_err(err)?;
+        // Everything else: new blocks, NPCs that appeared or went, older ticks. Per NPC the
+        // newest tick wins (the staged row on a tie); removed NPCs are left out.
+        let merge = tx
+            .prepare_cached(
+                "INSERT INTO position_blocks AS p (block, tick, ids, ticks, xs, ys, zs) \
+                 SELECT s.block, m.tick, m.ids, m.ticks, m.xs, m.ys, m.zs \
+                 FROM position_stage AS s LEFT JOIN position_blocks AS o ON o.block = s.block \
+                 CROSS JOIN LATERAL ( \
+                   SELECT max(t) AS tick, array_agg(id ORDER BY id) AS ids, array_agg(t ORDER BY id) AS ticks, \
+                          array_agg(x ORDER BY id) AS xs, array_agg(y ORDER BY id) AS ys, array_agg(z ORDER BY id) AS zs \
+                   FROM (SELECT DISTINCT ON (id) id, t, x, y, z FROM ( \
+                           SELECT n.*, 0 AS src FROM unnest(s.ids, s.ticks, s.xs, s.ys, s.zs) AS n(id, t, x, y, z) \
+                           UNION ALL \
+                           SELECT q.*, 1 AS src FROM unnest(o.ids, o.ticks, o.xs, o.ys, o.zs) AS q(id, t, x, y, z) \
+                         ) AS a ORDER BY id, t DESC, src) AS d \
+                   WHERE id <> ALL (s.removed) \
+                 ) AS m \
+                 WHERE m.ids IS NOT NULL \
+                   AND NOT (o.ids IS NOT DISTINCT FROM s.ids AND o.tick <= s.tick AND cardinality(s.removed) = 0) \
+                 ON CONFLICT (block) DO UPDATE SET tick = EXCLUDED.tick, ids = EXCLUDED.ids, ticks = EXCLUDED.ticks, \
+                 xs = EXCLUDED.xs, ys = EXCLUDED.ys, zs = EXCLUDED.zs",
+            )
+            .await
+            .map_err(err)?;
+        tx.execute(&merge, &[]).await.map_err(err)?;
+        // Blocks whose every NPC was removed.
+        let emptied = tx
+            .prepare_cached(
+                "DELETE FROM position_blocks AS p USING position_stage AS s \
+                 WHERE p.block = s.block AND cardinality(s.removed) > 0 AND p.ids <@ s.removed",
+            )
+            .await
+            .map_err(err)?;
+        tx.execute(&emptied, &[]).await.map_err(err)?;
+        Ok(n)
     }
+}
+
+/// The call's position rows as history rows: one per block and tick, ids ascending.
+fn history_blocks(fresh: &[&WriteBatch]) -> Result<Vec<BlockRows>, StorageError> {
+    let mut rows: Vec<&PositionRow> = Vec::with_capacity(fresh.iter().map(|b| b.positions.len()).sum());
+    for b in fresh {
+        rows.extend(b.positions.iter());
+    }
+    // Grouped by block, then tick; ids ascending inside a group.
+    rows.sort_unstable_by_key(|p| (p.npc_id / BLOCK, p.tick, p.npc_id));
+    let mut out: Vec<BlockRows> = Vec::new();
+    for p in rows {
+        let (id, tick) = (to_i64("npc id", p.npc_id)?, to_i64("tick", p.tick)?);
+        let block = id / BLOCK as i64;
+        match out.last_mut() {
+            Some(b) if b.block == block && b.tick == tick => b.push(p, id, tick),
+            _ => {
+                let mut b = BlockRows::new(block, tick);
+                b.push(p, id, tick);
+                out.push(b);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each NPC's latest position of the call, or its removal, grouped into blocks.
+fn current_blocks(fresh: &[&WriteBatch]) -> Result<Vec<BlockRows>, StorageError> {
+    // (id, order in the call, the position or None for a removal); the last per id wins.
+    let mut all: Vec<(u64, u32, Option<&PositionRow>)> = Vec::new();
+    let mut order = 0u32;
+    for b in fresh {
+        for p in &b.positions {
+            all.push((p.npc_id, order, Some(p)));
+        }
+        order += 1;
+        for &id in &b.removed {
+            all.push((id, order, None));
+        }
+        order += 1;
+    }
+    all.sort_unstable_by_key(|&(id, order, _)| (id, order));
+    let mut out: Vec<BlockRows> = Vec::new();
+    let mut i = 0;
+    while i < all.len() {
+        let id = all[i].0;
+        let mut j = i;
+        // The last entry of this id; a position never replaces a newer one of the call.
+        let mut pick = all[i].2;
+        while j + 1 < all.len() && all[j + 1].0 == id {
+            j += 1;
+            pick = match (pick, all[j].2) {
+                (Some(old), Some(new)) if new.tick < old.tick => Some(old),
+                (_, next) => next,
+            };
+        }
+        i = j + 1;
+        let sid = to_i64("npc id", id)?;
+        let block = sid / BLOCK as i64;
+        if out.last().is_none_or(|b| b.block != block) {
+            out.push(BlockRows::new(block, 0));
+        }
+        let b = out.last_mut().expect("pushed above");
+        match pick {
+            Some(p) => b.push(p, sid, to_i64("tick", p.tick)?),
+            None => b.removed.push(sid),
+        }
+    }
+    Ok(out)
 }
 
 /// Inventories are stored as codec bytes: `(item kind, count)` stacks.

@@ -76,6 +76,10 @@ pub struct WriteBehindStats {
     pub degraded: bool,
     /// True while the store answers with an open circuit breaker.
     pub breaker_open: bool,
+    /// Tick of the newest batch of this run the store acknowledged (`None` before the first).
+    pub committed_tick: Option<u64>,
+    /// Batches of this run accepted by `submit` and not yet written or given up.
+    pub unsettled_batches: u64,
 }
 
 /// Writes batches to a [`Storage`] behind the tick's back, on tokio.
@@ -129,6 +133,31 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     degraded: AtomicBool,
     breaker_open: AtomicBool,
+    /// Progress of this run's batches in the store, for the storage lag.
+    progress: Mutex<Progress>,
+}
+
+/// How far the store has got with this run's batches.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Tick of the newest batch of this run the store acknowledged.
+    committed_tick: Option<u64>,
+    /// Seqs of this run settled (written or given up) that are above `settled_through`.
+    settled_above: std::collections::BTreeSet<u64>,
+    /// Every seq up to this one is settled.
+    settled_through: u64,
+}
+
+impl Progress {
+    fn settle(&mut self, seq: u64) {
+        if seq <= self.settled_through {
+            return;
+        }
+        self.settled_above.insert(seq);
+        while self.settled_above.remove(&(self.settled_through + 1)) {
+            self.settled_through += 1;
+        }
+    }
 }
 
 /// Batches handed over and not yet taken by the worker, in submit order.
@@ -304,6 +333,7 @@ impl<S: Storage> WriteBehind<S> {
             last_error: Mutex::new(None),
             degraded: AtomicBool::new(false),
             breaker_open: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
         });
         let worker = worker::Worker::new(Arc::clone(&shared), Arc::clone(&store), &config, outbox);
         handle.spawn(worker.run());
@@ -597,7 +627,14 @@ impl BatchSink for WriteBehindHandle {
             degraded: s.degraded,
             queued_rows: s.queued_rows,
             outbox_batches: s.outbox_batches,
+            committed_tick: s.committed_tick,
+            unsettled_batches: s.unsettled_batches,
         }
+    }
+
+    fn wants_positions(&self) -> bool {
+        let q = self.shared.lock();
+        q.batches.range(q.positions_from..).all(|h| h.positions.is_empty() && h.batch.positions.is_empty())
     }
 }
 
@@ -638,10 +675,29 @@ impl Shared {
         self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lock_progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that the store has this run's batches (written, or given up and counted).
+    fn settle<'a>(&self, batches: impl IntoIterator<Item = &'a crate::WriteBatch>, written: bool) {
+        let mut p = self.lock_progress();
+        for b in batches.into_iter().filter(|b| b.id.run == self.run_id) {
+            p.settle(b.id.seq);
+            if written {
+                p.committed_tick = Some(p.committed_tick.map_or(b.tick, |t| t.max(b.tick)));
+            }
+        }
+    }
+
     fn stats(&self) -> WriteBehindStats {
-        let (queued_rows, queued_batches) = {
+        let (queued_rows, queued_batches, submitted) = {
             let q = self.lock();
-            (q.rows as u64, q.batches.len() as u64)
+            (q.rows as u64, q.batches.len() as u64, q.next_seq)
+        };
+        let (committed_tick, settled) = {
+            let p = self.lock_progress();
+            (p.committed_tick, p.settled_through + p.settled_above.len() as u64)
         };
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -669,6 +725,8 @@ impl Shared {
             dead_requeued: get(&c.dead_requeued),
             degraded: self.degraded.load(Ordering::Relaxed),
             breaker_open: self.breaker_open.load(Ordering::Relaxed),
+            committed_tick,
+            unsettled_batches: submitted.saturating_sub(settled),
         }
     }
 }

@@ -266,6 +266,7 @@ impl<S: Storage> Worker<S> {
             add(&c.npc_rows_written, b.npcs.len() + b.removed.len());
         }
         add(&c.batches_written, group.batches.len());
+        self.shared.settle(&group.batches, true);
         if let Some(g) = &group.outbox {
             add(&c.batches_replayed, group.batches.len());
             if let Some(ob) = self.outbox.as_mut()
@@ -365,6 +366,7 @@ impl<S: Storage> Worker<S> {
         self.attempts = 0;
         self.isolate = false;
         let group = self.current.take().expect("checked above");
+        self.shared.settle(&group.batches, false);
         for b in &group.batches {
             let kept = if self.outbox.is_some() {
                 "kept in <outbox>.dead; replay_dead queues it again"
@@ -514,6 +516,7 @@ impl<S: Storage> Worker<S> {
         if !left.is_empty() {
             self.coalesce(&mut left);
             if let Err(lost) = self.spill(left) {
+                self.shared.settle(&lost, false);
                 let rows: usize = lost.iter().map(WriteBatch::len).sum();
                 tracing::error!(
                     batches = lost.len(),

@@ -72,6 +72,8 @@ async fn metrics_parse_as_prometheus_text() {
     assert!(p50 > 0.0 && p99 >= p50 && p99 < 1.0, "seconds: {p50} {p99}");
     assert!(value("terrarium_stage_duration_seconds", &[("stage", "act"), ("quantile", "0.99")]) > 0.0);
     assert!(value("terrarium_batches_total", &[]) > 0.0);
+    let lag = value("terrarium_store_lag_seconds", &[("quantile", "0.99")]);
+    assert!((0.0..60.0).contains(&lag), "storage lag, simulated seconds: {lag}");
     assert!(value("terrarium_batch_rows_total", &[("stream", "positions")]) > 0.0);
     assert!(value("terrarium_write_behind_batches_written_total", &[]) > 0.0);
     assert_eq!(value("terrarium_write_behind_rows_dropped_total", &[]), 0.0);

@@ -3,8 +3,8 @@
 //! write-behind queue).
 //!
 //! # Streams and when they flush
-//! All limits come from `EngineConfig::batching`; ages are simulated time (ticks), so the
-//! batches a run produces depend only on its seed and inputs.
+//! All limits come from `EngineConfig::batching`; ages are simulated time (ticks). Positions
+//! also wait for the sink (below).
 //!
 //! - **Positions**: one row per NPC whose `Position` changed since the last position flush,
 //!   with its latest position (latest wins). Due when *more than* `max_items` NPCs wait (the
@@ -26,6 +26,18 @@
 //! waits for the next position flush (at most the positions' `max_age_ms` later), so every
 //! stream shares one store call. A cut batch carries every waiting position, event and
 //! registry row, and the metrics only when they are due (their interval is what aggregates).
+//!
+//! # Positions wait for the sink
+//! Positions (and the spawns found with them) are cut only when the sink can take them
+//! ([`BatchSink::wants_positions`]: no position batch waits in the write-behind). A batch that
+//! would wait there is overwritten by the next one (latest wins), so cutting it every tick
+//! copied a whole population per tick for nothing; now a population is copied once per store
+//! call, and the NPCs' own `Position` components are the buffer in between. While positions
+//! wait for the sink they count as "no position row waits" above, so other streams flush on
+//! their own. The consequence: *which* ticks batches are cut at depends on how fast the store
+//! is, not only on seed and inputs (with a sink that always says yes, like
+//! `testing::RecordingSink`, it still depends only on them). The world never depends on
+//! batching, so `world_hash` is unaffected.
 
 mod events;
 mod metrics;
@@ -97,7 +109,8 @@ pub fn register(engine: &mut Engine, sink: Arc<dyn BatchSink>, options: Batching
     let world = engine.world_mut();
     world.insert_resource(EventBatcher::new(sink.run_id(), ev.dedup_window_ms, ev.compress_threshold_bytes));
     world.insert_resource(Sink(sink));
-    world.insert_resource(PositionBatcher::default());
+    let started_tick = world.get_resource::<SimClock>().map_or(0, |c| c.tick);
+    world.insert_resource(PositionBatcher { started_tick, ..PositionBatcher::default() });
     world.insert_resource(Metrics::default());
     world.insert_resource(DomainEvents::default());
     world.insert_resource(Registry::default());
@@ -173,6 +186,8 @@ struct PositionBatcher {
     added_at_flush: u64,
     /// Cut a batch at the next run whatever the limits say ([`flush_now`]).
     force: bool,
+    /// Tick batching started at: the storage lag counts from here until the first commit.
+    started_tick: u64,
 }
 
 /// Registry rows waiting for the next batch.
@@ -271,7 +286,10 @@ fn cut_batch(
         state.moves_since_flush += count.moved_now;
     }
     let p_pending = count.pending > 0;
-    let p_due = count.capped || aged(state.first_pending_tick, cfg.positions.max_age_ms);
+    // Positions are cut only when the sink can take them: a position batch waiting in the
+    // write-behind would be overwritten by the next one, so copying it would be wasted.
+    let p_ready = p_pending && (force || sink.0.wants_positions());
+    let p_due = p_ready && (count.capped || aged(state.first_pending_tick, cfg.positions.max_age_ms));
     let m_size = b.metrics.pending() > cfg.metrics.max_items;
     let m_due = force || m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
     let e_size = b.events.pending() > cfg.events.max_items;
@@ -285,12 +303,11 @@ fn cut_batch(
         || b.metrics.pending() > 0
         || b.events.pending() > 0
         || b.registry.first_pending_tick.is_some();
-    let mut cut =
-        (force && anything) || p_due || m_size || e_size || (!p_pending && (m_due || e_due || r_due));
+    let mut cut = (force && anything) || p_due || m_size || e_size || (!p_ready && (m_due || e_due || r_due));
     // Without a cut, the registry scan only runs when no position flush is coming to carry it.
-    let positions = cut && p_pending;
+    let positions = cut && p_ready;
     let spawns = positions && index.added_total() != state.added_at_flush;
-    let want = Want { positions, spawns, state: state_due && (cut || !p_pending) };
+    let want = Want { positions, spawns, state: state_due && (cut || !p_ready) };
     let mut columns = PositionColumns::default();
     let mut collected = positions::Collected::default();
     if want.positions || want.state {
@@ -418,9 +435,53 @@ fn hand_over(mut outgoing: ResMut<Outgoing>, sink: Res<Sink>, mut stats: ResMut<
     }
 }
 
-/// Mirrors the sink's health into [`PersistenceHealth`]; transitions become events.
-fn mirror_health(sink: Res<Sink>, mut health: ResMut<PersistenceHealth>, mut queue: ResMut<DomainEvents>) {
-    let now = PersistenceHealth::from(sink.0.health());
+/// What the storage lag reads besides the sink: whether anything waits in the batcher.
+#[derive(SystemParam)]
+struct Waiting<'w> {
+    clock: Res<'w, SimClock>,
+    positions: Res<'w, PositionBatcher>,
+    registry: Res<'w, Registry>,
+    events: Res<'w, EventBatcher>,
+}
+
+impl Waiting<'_> {
+    /// Simulated milliseconds the store is behind the current tick (see
+    /// [`PersistenceHealth::store_lag_ms`]).
+    fn store_lag_ms(&self, sink: &terrarium_persistence::SinkHealth) -> u64 {
+        let tick = self.clock.tick;
+        // What the store holds: everything handed over (when nothing is unsettled), or up to
+        // the newest committed batch.
+        let stored = if sink.unsettled_batches == 0 {
+            tick
+        } else {
+            sink.committed_tick.unwrap_or(self.positions.started_tick)
+        };
+        // What has not been handed over yet: changes since the oldest one waiting here.
+        let oldest_waiting = [
+            self.positions.first_pending_tick,
+            self.registry.first_pending_tick,
+            self.events.first_pending_tick(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let caught_up = oldest_waiting.map_or(stored, |t| stored.min(t.saturating_sub(1)));
+        tick.saturating_sub(caught_up) * 1000 / u64::from(self.clock.tick_hz.max(1))
+    }
+}
+
+/// Mirrors the sink's health into [`PersistenceHealth`] and samples the storage lag;
+/// transitions become events.
+fn mirror_health(
+    sink: Res<Sink>,
+    waiting: Waiting,
+    mut health: ResMut<PersistenceHealth>,
+    mut queue: ResMut<DomainEvents>,
+) {
+    let h = sink.0.health();
+    let lag = waiting.store_lag_ms(&h);
+    let mut now = PersistenceHealth::from(h);
+    now.store_lag_ms = lag;
     if now == *health {
         return;
     }

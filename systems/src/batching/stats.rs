@@ -129,6 +129,14 @@ pub struct PersistenceHealth {
     pub queued_rows: u64,
     /// Batches waiting in the outbox file.
     pub outbox_batches: u64,
+    /// Tick of the newest batch of this run the store has committed (`None` before the first).
+    pub committed_tick: Option<u64>,
+    /// Storage lag: simulated milliseconds between the current tick and the newest tick the
+    /// store is caught up with: the tick of the newest committed batch (the current tick when
+    /// the store holds every batch handed over), but not past the tick before the oldest
+    /// position, registry or event change still waiting in the batcher. Sampled every tick in
+    /// `Flush`. Metrics are not counted: they aggregate over their own interval by design.
+    pub store_lag_ms: u64,
 }
 
 impl From<SinkHealth> for PersistenceHealth {
@@ -141,6 +149,8 @@ impl From<SinkHealth> for PersistenceHealth {
             writes_dropped: h.writes_dropped,
             queued_rows: h.queued_rows,
             outbox_batches: h.outbox_batches,
+            committed_tick: h.committed_tick,
+            store_lag_ms: 0,
         }
     }
 }
