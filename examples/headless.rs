@@ -192,6 +192,9 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let wall = Instant::now();
+    if let Some(path) = &args.snapshot_out {
+        flags::check_parent_dir("--snapshot-out", path)?;
+    }
     let mut cfg = args.world.load()?;
     let perf = Performance::new();
     let mut builder = Engine::builder(cfg.engine.clone())

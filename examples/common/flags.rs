@@ -46,11 +46,21 @@ impl WorldFlags {
         }
         if let Some(threads) = self.threads {
             cfg.engine.threads = threads;
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            if threads > cores {
+                tracing::warn!(
+                    threads,
+                    cores,
+                    "--threads is above the machine's core count: the extra threads only share cores"
+                );
+            }
         }
         if let Some(hz) = self.tick_hz {
             cfg.engine.tick_hz = hz;
         }
         if let Some(path) = &self.outbox {
+            // Creating the directories of a mistyped path would hide the mistake.
+            check_parent_dir("--outbox", path)?;
             cfg.write_behind.outbox_path = Some(path.clone());
         }
         cfg.engine.validate()?;
@@ -173,4 +183,17 @@ impl StorageFlags {
     pub fn durable(&self) -> bool {
         matches!(self.kind(), StorageKind::Embedded | StorageKind::Postgres)
     }
+}
+
+/// Fails (naming `flag`) unless the directory `path` would be created in exists: an output
+/// path is checked before a run, not after it.
+pub fn check_parent_dir(flag: &str, path: &std::path::Path) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    anyhow::ensure!(
+        parent.is_dir(),
+        "{flag} {}: directory {} does not exist",
+        path.display(),
+        parent.display()
+    );
+    Ok(())
 }

@@ -244,7 +244,8 @@ fn config(args: &Args) -> Result<Config> {
     }
     if let Some(r) = args.rate_limit {
         s.rate_limit_per_s = r;
-        s.rate_burst = r.saturating_mul(2);
+        // The burst follows the rate (two seconds' worth), within the burst's own range.
+        s.rate_burst = r.saturating_mul(2).min(terrarium::config::ServerConfig::MAX_RATE).max(r);
     }
     cfg.server.validate()?;
     Ok(cfg)
