@@ -192,6 +192,9 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let wall = Instant::now();
+    if let Some(path) = &args.snapshot_out {
+        flags::check_parent_dir("--snapshot-out", path)?;
+    }
     let mut cfg = args.world.load()?;
     let perf = Performance::new();
     let mut builder = Engine::builder(cfg.engine.clone())
@@ -349,7 +352,7 @@ fn run(args: &Args) -> Result<()> {
         threads: engine.threads(),
         seed: engine.world().resource::<terrarium::engine::SimRng>().seed(),
         tick_hz: cfg.engine.tick_hz,
-        storage: args.storage.kind,
+        storage: args.storage.kind(),
         tick_ms_p50: q(0.50),
         tick_ms_p95: q(0.95),
         tick_ms_p99: q(0.99),

@@ -41,7 +41,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let cfg: Self = load_layered(text, env, Self::ENV_PREFIX)?;
-        cfg.engine.validate()?;
+        cfg.engine.validate().map_err(|e| in_section("engine", e))?;
         cfg.server.validate()?;
         cfg.storage.validate().map_err(|e| match e {
             StorageConfigError::OutOfRange { key, value, allowed } => {
@@ -79,6 +79,19 @@ impl Config {
 }
 
 /// Environment variables without the test suite's.
+/// Names a key of `[section]` by its whole path (`engine.tick_hz`, not `tick_hz`).
+fn in_section(section: &str, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::OutOfRange { key, value, allowed } => {
+            ConfigError::OutOfRange { key: format!("{section}.{key}"), value, allowed }
+        }
+        ConfigError::Invalid { key, reason } => {
+            ConfigError::Invalid { key: format!("{section}.{key}"), reason }
+        }
+        other => other,
+    }
+}
+
 fn config_env(vars: impl IntoIterator<Item = (String, String)>) -> impl Iterator<Item = (String, String)> {
     vars.into_iter().filter(|(k, _)| !k.starts_with(Config::TEST_ENV_PREFIX))
 }
@@ -110,6 +123,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.write_behind.outbox_path.unwrap().to_str(), Some("/var/lib/terrarium/outbox"));
+    }
+
+    /// A bad value from the environment names its variable, not a TOML line the user never
+    /// wrote; a bad file names the key; engine keys are named by their whole path; the message
+    /// does not repeat its source.
+    #[test]
+    fn errors_name_the_variable_or_the_whole_key() {
+        let env = [("TERRARIUM_ENGINE__TICK_HZ".to_string(), "abc".to_string())];
+        let err = Config::from_toml_str("[engine]\nseed = 1\n", env).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Env { var, .. } if var == "TERRARIUM_ENGINE__TICK_HZ"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("\"abc\""), "{err}");
+        // The file is wrong on its own: its error, whatever the environment says.
+        let env = [("TERRARIUM_ENGINE__SEED".to_string(), "2".to_string())];
+        let err = Config::from_toml_str("[engine]\ntick_hz = \"fast\"\n", env).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("config: line 2, column 11 (`tick_hz = \"fast\"`): "), "{err}");
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert!(std::error::Error::source(&err).is_none(), "printed once, not again as a source");
+        // A malformed line that may hold a secret is quoted without its value.
+        let err =
+            Config::from_toml_str("[storage.postgres]\nurl = postgres://u:hunter2@db/x\n", []).unwrap_err();
+        assert!(err.to_string().contains("`url = …`") && !err.to_string().contains("hunter2"), "{err}");
+        let err = Config::from_toml_str("[engine]\ntick_hz = 0\n", []).unwrap_err();
+        assert!(err.to_string().contains("engine.tick_hz = 0"), "{err}");
     }
 
     #[test]

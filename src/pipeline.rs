@@ -41,7 +41,7 @@ use crate::resume::{ResumeError, ResumeReport};
 pub struct StoragePipeline {
     // Field order is drop order: the checkpoint writer and the write-behind stop before the
     // stack and the runtime they run on.
-    checkpointer: Mutex<Checkpointer>,
+    checkpointer: Arc<Mutex<Checkpointer>>,
     checkpoint: CheckpointConfig,
     write_behind: WriteBehind<StorageStack>,
     stack: Arc<StorageStack>,
@@ -153,7 +153,7 @@ impl StoragePipeline {
                 .map_err(PipelineError::Runtime)?;
         tracing::info!(backend, run = write_behind.run_id(), "storage pipeline started");
         Ok(Self {
-            checkpointer: Mutex::new(checkpointer),
+            checkpointer: Arc::new(Mutex::new(checkpointer)),
             checkpoint: cfg.storage.checkpoint.clone(),
             write_behind,
             stack,
@@ -221,23 +221,23 @@ impl StoragePipeline {
     /// tick thread pays the copy only (and skips a checkpoint while the previous one is still
     /// being written). Returns true when a checkpoint was handed over.
     pub fn maybe_checkpoint(&self, engine: &mut Engine) -> bool {
+        periodic_checkpoint(
+            &self.checkpointer,
+            self.checkpoint.every_ticks,
+            &self.write_behind.handle(),
+            engine,
+        )
+    }
+
+    /// [`StoragePipeline::maybe_checkpoint`] as a closure another thread can own (a game
+    /// server's tick thread calls it after every tick).
+    pub fn checkpoint_hook(&self) -> impl FnMut(&mut Engine) + Send + 'static {
+        let checkpointer = Arc::clone(&self.checkpointer);
         let every = self.checkpoint.every_ticks;
-        let tick = engine.clock().tick;
-        if every == 0 || tick == 0 || !tick.is_multiple_of(every) {
-            return false;
+        let write_behind = self.write_behind.handle();
+        move |engine: &mut Engine| {
+            periodic_checkpoint(&checkpointer, every, &write_behind, engine);
         }
-        let checkpointer = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let t = Instant::now();
-        terrarium_systems::batching::flush_now(engine);
-        let body = engine.snapshot_body();
-        let job = Job {
-            body,
-            run: self.write_behind.run_id(),
-            seq: self.write_behind.stats().batches_submitted,
-            clean: false,
-            gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
-        };
-        checkpointer.offer(job)
     }
 
     /// Writes a checkpoint now, on the calling thread: waits for the checkpoint being written,
@@ -381,6 +381,31 @@ impl StoragePipeline {
         }
         Ok((report, seen))
     }
+}
+
+/// Every `every` ticks: cut a batch, copy the world out, offer it to the checkpoint writer.
+fn periodic_checkpoint(
+    checkpointer: &Mutex<Checkpointer>,
+    every: u64,
+    write_behind: &WriteBehindHandle,
+    engine: &mut Engine,
+) -> bool {
+    let tick = engine.clock().tick;
+    if every == 0 || tick == 0 || !tick.is_multiple_of(every) {
+        return false;
+    }
+    let checkpointer = checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let t = Instant::now();
+    terrarium_systems::batching::flush_now(engine);
+    let body = engine.snapshot_body();
+    let job = Job {
+        body,
+        run: terrarium_persistence::BatchSink::run_id(write_behind),
+        seq: write_behind.stats().batches_submitted,
+        clean: false,
+        gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+    };
+    checkpointer.offer(job)
 }
 
 /// Reads every NPC back from `stack`, a page at a time, and compares with `world`.

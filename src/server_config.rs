@@ -80,6 +80,9 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The largest `rate_limit_per_s` and `rate_burst`.
+    pub const MAX_RATE: u32 = 1_000_000;
+
     /// Checks every value against its allowed range (the API key is checked when the server
     /// starts, so a configuration for other binaries needs none).
     ///
@@ -94,8 +97,8 @@ impl ServerConfig {
         }
         in_range("server.max_connections", self.max_connections, &(1..=1_000_000))?;
         in_range("server.max_connections_per_ip", self.max_connections_per_ip, &(1..=self.max_connections))?;
-        in_range("server.rate_limit_per_s", self.rate_limit_per_s, &(1..=1_000_000))?;
-        in_range("server.rate_burst", self.rate_burst, &(1..=1_000_000))?;
+        in_range("server.rate_limit_per_s", self.rate_limit_per_s, &(1..=Self::MAX_RATE))?;
+        in_range("server.rate_burst", self.rate_burst, &(1..=Self::MAX_RATE))?;
         in_range("server.max_body_bytes", self.max_body_bytes, &(64..=16 << 20))?;
         in_range("server.max_ws_message_bytes", self.max_ws_message_bytes, &(64..=16 << 20))?;
         in_range("server.ws_hz", self.ws_hz, &(1..=1000))?;

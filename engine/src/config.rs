@@ -248,20 +248,51 @@ pub fn load_layered<T: DeserializeOwned>(
     env: impl IntoIterator<Item = (String, String)>,
     prefix: &str,
 ) -> Result<T, ConfigError> {
-    let mut table: toml::Table = text.parse().map_err(|source| ConfigError::Parse { source })?;
+    let mut table: toml::Table = text.parse().map_err(|e| ConfigError::parse(text, e))?;
     let mut overrides: Vec<(String, String)> =
         env.into_iter().filter(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len()).collect();
     // Apply in name order so the result never depends on the environment's iteration order.
     overrides.sort();
-    for (var, raw) in overrides {
+    for (var, raw) in &overrides {
         let path: Vec<String> = var[prefix.len()..].split("__").map(str::to_ascii_lowercase).collect();
-        set_path(&mut table, &path, parse_env_value(&raw))
-            .map_err(|reason| ConfigError::Env { var, reason })?;
+        set_path(&mut table, &path, parse_env_value(raw))
+            .map_err(|reason| ConfigError::Env { var: var.clone(), reason })?;
     }
+    let overrides_applied = overrides;
     // Render the merged table back to text so serde errors carry the key path and position.
     let merged = toml::to_string(&table)
         .map_err(|e| ConfigError::Invalid { key: prefix.to_string(), reason: e.to_string() })?;
-    toml::from_str(&merged).map_err(|source| ConfigError::Parse { source })
+    toml::from_str(&merged).map_err(|source| blame::<T>(text, &overrides_applied, prefix, source))
+}
+
+/// The error to report when the merged configuration does not deserialise: the file's own
+/// error when the file alone is wrong, otherwise the first environment variable that makes it
+/// wrong, named (its value never appears in a TOML line the user did not write).
+fn blame<T: DeserializeOwned>(
+    text: &str,
+    overrides: &[(String, String)],
+    prefix: &str,
+    merged_error: toml::de::Error,
+) -> ConfigError {
+    if let Err(e) = toml::from_str::<T>(text) {
+        return ConfigError::parse(text, e);
+    }
+    let Ok(file) = text.parse::<toml::Table>() else { return ConfigError::parse(text, merged_error) };
+    for (var, raw) in overrides {
+        let mut table = file.clone();
+        let path: Vec<String> = var[prefix.len()..].split("__").map(str::to_ascii_lowercase).collect();
+        if set_path(&mut table, &path, parse_env_value(raw)).is_err() {
+            continue;
+        }
+        let Ok(one) = toml::to_string(&table) else { continue };
+        if let Err(e) = toml::from_str::<T>(&one) {
+            return ConfigError::Env { var: var.clone(), reason: format!("{} ({raw:?})", e.message()) };
+        }
+    }
+    // Not reached in practice (some single override fails when all of them do); the merged
+    // text is what the error's position refers to.
+    let merged = toml::to_string(&file).unwrap_or_default();
+    ConfigError::parse(&merged, merged_error)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {

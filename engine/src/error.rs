@@ -4,13 +4,16 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The TOML is malformed, has an unknown key or a value of the wrong type (the message says
-    /// which key, and where).
-    #[error("config: {source}")]
+    /// The TOML is malformed, has an unknown key or a value of the wrong type: the message
+    /// says what, and on which line. The parser's error (with the offending line quoted) is
+    /// kept in `toml`, deliberately not as the error's source: printed as a chain, the same
+    /// problem would appear twice.
+    #[error("config: {message}")]
     Parse {
+        /// What is wrong and where (`line 2, column 11 (`tick_hz = "x"`): invalid type: …`).
+        message: String,
         /// The parser's error.
-        #[source]
-        source: toml::de::Error,
+        toml: Box<toml::de::Error>,
     },
     /// An environment override could not be applied.
     #[error("config: environment variable {var}: {reason}")]
@@ -38,6 +41,37 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Parse`] for `error`, found in `text`.
+    #[must_use]
+    pub fn parse(text: &str, error: toml::de::Error) -> Self {
+        let place = error.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - start + 1;
+            let quoted = redact(text[start..].lines().next().unwrap_or("").trim());
+            format!("line {line}, column {column} (`{quoted}`): ")
+        });
+        Self::Parse {
+            message: format!("{}{}", place.unwrap_or_default(), error.message()),
+            toml: Box::new(error),
+        }
+    }
+}
+
+/// A configuration line as it may appear in an error: the value of a key that may hold a
+/// secret (an API key, a password, a URL with credentials) is left out.
+fn redact(line: &str) -> String {
+    const SECRET_WORDS: [&str; 5] = ["key", "password", "secret", "token", "url"];
+    match line.split_once('=') {
+        Some((key, _)) if SECRET_WORDS.iter().any(|w| key.to_ascii_lowercase().contains(w)) => {
+            format!("{key}= …")
+        }
+        _ => line.to_string(),
+    }
 }
 
 /// A snapshot could not be saved or loaded.

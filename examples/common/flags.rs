@@ -46,11 +46,21 @@ impl WorldFlags {
         }
         if let Some(threads) = self.threads {
             cfg.engine.threads = threads;
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            if threads > cores {
+                tracing::warn!(
+                    threads,
+                    cores,
+                    "--threads is above the machine's core count: the extra threads only share cores"
+                );
+            }
         }
         if let Some(hz) = self.tick_hz {
             cfg.engine.tick_hz = hz;
         }
         if let Some(path) = &self.outbox {
+            // Creating the directories of a mistyped path would hide the mistake.
+            check_parent_dir("--outbox", path)?;
             cfg.write_behind.outbox_path = Some(path.clone());
         }
         cfg.engine.validate()?;
@@ -64,8 +74,12 @@ pub struct StorageFlags {
     /// Where batched updates go: `none` (no batching), `memory` (in process, nothing outlives
     /// it), `embedded` (SQLite in `--data-dir`, no server) or `postgres` (needs a build with
     /// `--features postgres` and a database URL). A durable store that holds a world resumes it.
-    #[arg(long = "storage", value_enum, default_value_t = StorageKind::Memory)]
-    pub kind: StorageKind,
+    /// Default: `memory` for `headless`, `embedded` for `game_server`.
+    #[arg(long = "storage", value_enum)]
+    pub kind_flag: Option<StorageKind>,
+    /// The kind when `--storage` is not given (set by the binary).
+    #[arg(skip = StorageKind::Memory)]
+    pub default_kind: StorageKind,
     /// Directory of the embedded store (`--storage embedded`): the database is
     /// `DIR/terrarium.db` (else `storage.embedded.path`, default `./terrarium-data/terrarium.db`).
     #[arg(long = "data-dir")]
@@ -106,9 +120,14 @@ pub enum StorageKind {
 }
 
 impl StorageFlags {
+    /// The kind asked for: `--storage`, else the binary's default.
+    pub fn kind(&self) -> StorageKind {
+        self.kind_flag.unwrap_or(self.default_kind)
+    }
+
     /// Points the `[storage]` configuration at what the flags ask for.
     pub fn apply(&self, cfg: &mut Config) {
-        cfg.storage.backend = match self.kind {
+        cfg.storage.backend = match self.kind() {
             StorageKind::Postgres => BackendKind::Postgres,
             StorageKind::Embedded => BackendKind::Embedded,
             StorageKind::None | StorageKind::Memory => BackendKind::Memory,
@@ -119,12 +138,12 @@ impl StorageFlags {
         match self.checkpoint_every {
             Some(n) => cfg.storage.checkpoint.every_ticks = n,
             // Nothing outlives the memory store: a checkpoint there would only cost time.
-            None if self.kind == StorageKind::Memory => cfg.storage.checkpoint.every_ticks = 0,
+            None if self.kind() == StorageKind::Memory => cfg.storage.checkpoint.every_ticks = 0,
             None => {}
         }
         if let Some(url) = &self.database_url {
             cfg.storage.postgres.url.clone_from(url);
-        } else if self.kind == StorageKind::Postgres
+        } else if self.kind() == StorageKind::Postgres
             && cfg.storage.postgres.url.is_empty()
             && let Ok(url) = std::env::var("DATABASE_URL")
         {
@@ -143,7 +162,7 @@ impl StorageFlags {
         cfg: &mut Config,
         runtime: Option<&tokio::runtime::Handle>,
     ) -> Result<Option<StoragePipeline>> {
-        if self.kind == StorageKind::None {
+        if self.kind() == StorageKind::None {
             return Ok(None);
         }
         self.apply(cfg);
@@ -162,6 +181,19 @@ impl StorageFlags {
     /// True when the store outlives the process (a stopped world is stored to resume).
     #[allow(dead_code, reason = "each binary including this file uses part of it")]
     pub fn durable(&self) -> bool {
-        matches!(self.kind, StorageKind::Embedded | StorageKind::Postgres)
+        matches!(self.kind(), StorageKind::Embedded | StorageKind::Postgres)
     }
+}
+
+/// Fails (naming `flag`) unless the directory `path` would be created in exists: an output
+/// path is checked before a run, not after it.
+pub fn check_parent_dir(flag: &str, path: &std::path::Path) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    anyhow::ensure!(
+        parent.is_dir(),
+        "{flag} {}: directory {} does not exist",
+        path.display(),
+        parent.display()
+    );
+    Ok(())
 }

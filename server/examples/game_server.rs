@@ -10,7 +10,11 @@
 //!
 //! The first line on stdout is `listening on http://ADDR`. SIGINT or SIGTERM stops it
 //! gracefully: requests in flight finish, WebSockets close, the last batch is cut and the
-//! write-behind drained; then one summary line (JSON with `--json`).
+//! write-behind drained, a final checkpoint stored; then one summary line (JSON with `--json`).
+//!
+//! Storage defaults to `embedded` (`./terrarium-data`): a server survives its own restart. A
+//! start on a store that holds a world resumes it (`--npcs`/`--agents` are then ignored);
+//! `--new-world --wipe` starts over.
 
 use std::process::ExitCode;
 
@@ -18,6 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Serialize;
 use terrarium::engine::Engine;
+use terrarium::resume::ResumeReport;
 use terrarium::{Config, StoragePipeline};
 use terrarium_server::Server;
 
@@ -42,10 +47,11 @@ struct Args {
     /// (`TERRARIUM_SERVER__API_KEY`): command lines are visible to other users.
     #[arg(long = "api-key")]
     api_key: Option<String>,
-    /// Plain (wandering) NPCs to spawn.
+    /// Plain (wandering) NPCs to spawn (ignored when a stored world is resumed).
     #[arg(long, default_value_t = 10_000)]
     npcs: u64,
-    /// Mining agents to spawn, in a voxel world generated for them.
+    /// Mining agents to spawn, in a voxel world generated for them (ignored when a stored
+    /// world is resumed).
     #[arg(long, default_value_t = 0)]
     agents: u64,
     #[command(flatten)]
@@ -86,6 +92,16 @@ struct Summary {
     batches_written: u64,
     writes_dropped: u64,
     left_in_outbox: u64,
+    /// True when the world was resumed from the store.
+    resumed: bool,
+    /// The tick it resumed at (0 when not resumed).
+    resumed_tick: u64,
+    /// NPCs (agents included) it resumed with.
+    resumed_npcs: u64,
+    /// Agents it resumed with.
+    resumed_agents: u64,
+    /// Milliseconds from asking the store to a world ready to tick (0 when not resumed).
+    resume_ms: f64,
 }
 
 fn main() -> ExitCode {
@@ -98,15 +114,40 @@ fn main() -> ExitCode {
             .context("cannot start the tokio runtime")?;
         // Storage I/O shares the HTTP runtime: on a small machine, fewer threads than cores
         // matter more than isolation (the write-behind's work per batch is short).
-        let storage = args.storage.start(&mut cfg, Some(runtime.handle()))?;
-        runtime.block_on(run(args, &cfg, storage))
+        let mut flags = args.storage.clone();
+        flags.default_kind = StorageKind::Embedded;
+        let storage = flags.start(&mut cfg, Some(runtime.handle()))?;
+        // Outside the runtime: reading the stored world blocks until it is read.
+        let (engine, resumed) = world(args, &flags, &cfg, storage.as_ref())?;
+        runtime.block_on(run(args, &flags, &cfg, storage, engine, resumed))
     })
 }
 
-async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Result<()> {
+/// The stored world, resumed, or a new one spawned from the flags.
+fn world(
+    args: &Args,
+    flags: &StorageFlags,
+    cfg: &Config,
+    storage: Option<&StoragePipeline>,
+) -> Result<(Engine, Option<ResumeReport>)> {
+    let started = std::time::Instant::now();
     let mut builder = Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin);
-    if args.agents > 0 {
+    let point = match storage {
+        Some(p) if flags.durable() => p.resume_point().context("cannot read the stored world")?,
+        _ => None,
+    };
+    if args.agents > 0 || point.is_some() {
         builder = builder.add_plugin(terrarium::systems::agents::plugin);
+    }
+    if let Some(point) = point {
+        let (engine, mut report) =
+            terrarium::resume::resume(builder, point).context("cannot resume the stored world")?;
+        report.ms = started.elapsed().as_secs_f64() * 1e3;
+        eprintln!(
+            "game_server: resumed the stored world at tick {} ({} NPCs, {} agents); --npcs and --agents are ignored",
+            report.tick, report.npcs, report.agents
+        );
+        return Ok((engine, Some(report)));
     }
     let mut engine = builder.build()?;
     terrarium::systems::wander::spawn_wanderers(&mut engine, args.npcs);
@@ -115,6 +156,17 @@ async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Res
         terrarium::systems::agents::spawn_colony(&mut engine, args.agents, seed)
             .context("cannot set up the mining agents")?;
     }
+    Ok((engine, None))
+}
+
+async fn run(
+    args: &Args,
+    flags: &StorageFlags,
+    cfg: &Config,
+    storage: Option<StoragePipeline>,
+    engine: Engine,
+    resumed: Option<ResumeReport>,
+) -> Result<()> {
     let server = Server::start(cfg, engine, storage).await?;
     let addr = server.local_addr();
     println!("listening on http://{addr}");
@@ -126,7 +178,7 @@ async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Res
     let wb = end.write_behind.unwrap_or_default();
     let summary = Summary {
         addr: addr.to_string(),
-        storage: args.storage.kind,
+        storage: flags.kind(),
         ticks: end.engine.clock().tick,
         npcs: end.engine.npc_count() as u64,
         // The average over the whole run, as in `headless` (the snapshot's figure is the window's).
@@ -142,6 +194,11 @@ async fn run(args: &Args, cfg: &Config, storage: Option<StoragePipeline>) -> Res
         batches_written: wb.stats.batches_written,
         writes_dropped: wb.stats.writes_dropped,
         left_in_outbox: wb.left_in_outbox,
+        resumed: resumed.is_some(),
+        resumed_tick: resumed.map_or(0, |r| r.tick),
+        resumed_npcs: resumed.map_or(0, |r| r.npcs),
+        resumed_agents: resumed.map_or(0, |r| r.agents),
+        resume_ms: resumed.map_or(0.0, |r| r.ms),
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -187,7 +244,8 @@ fn config(args: &Args) -> Result<Config> {
     }
     if let Some(r) = args.rate_limit {
         s.rate_limit_per_s = r;
-        s.rate_burst = r.saturating_mul(2);
+        // The burst follows the rate (two seconds' worth), within the burst's own range.
+        s.rate_burst = r.saturating_mul(2).min(terrarium::config::ServerConfig::MAX_RATE).max(r);
     }
     cfg.server.validate()?;
     Ok(cfg)

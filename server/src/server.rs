@@ -142,7 +142,13 @@ impl Server {
             bounds,
             sc.ws_cell_blocks,
         )?;
-        let tick = TickThread::start(engine, tick_hz, |e| {
+        let mut checkpoint = storage.as_ref().map(StoragePipeline::checkpoint_hook);
+        let after_tick = move |e: &mut Engine| {
+            if let Some(hook) = checkpoint.as_mut() {
+                hook(e);
+            }
+        };
+        let tick = TickThread::start(engine, tick_hz, after_tick, |e| {
             batching::flush_now(e);
             publish_now(e);
         })?;
@@ -268,17 +274,25 @@ impl Server {
         })
         .await
         .map_err(|_| ServerError::TickThread)??;
-        let write_behind = match self.storage.take() {
+        let (engine, write_behind) = match self.storage.take() {
             Some(pipeline) => {
                 let timeout = Duration::from_secs(self.state.config.shutdown_timeout_s);
                 // The drain blocks (and may stop a runtime of the pipeline's own): not on a
-                // runtime worker.
-                let report = tokio::task::spawn_blocking(move || pipeline.shutdown(timeout))
-                    .await
-                    .map_err(|_| ServerError::PipelinePanicked)??;
-                Some(report)
+                // runtime worker. The final checkpoint follows the last batch; a failure is
+                // logged (the batches are stored, the next start resumes from the previous
+                // checkpoint and them).
+                let (engine, report) = tokio::task::spawn_blocking(move || {
+                    let mut engine = engine;
+                    if let Err(e) = pipeline.checkpoint_now(&mut engine, true) {
+                        tracing::error!(error = %e, "final checkpoint not stored");
+                    }
+                    (engine, pipeline.shutdown(timeout))
+                })
+                .await
+                .map_err(|_| ServerError::PipelinePanicked)?;
+                (engine, Some(report?))
             }
-            None => None,
+            None => (engine, None),
         };
         Ok(ShutdownSummary {
             engine,

@@ -55,11 +55,12 @@ pub(crate) struct TickThread {
 }
 
 impl TickThread {
-    /// Starts ticking `engine` at `tick_hz`. `on_stop` runs on the tick thread after the last
-    /// tick (the last flush).
+    /// Starts ticking `engine` at `tick_hz`. `after_tick` runs on the tick thread after every
+    /// tick (the periodic checkpoint); `on_stop` after the last tick (the last flush).
     pub(crate) fn start(
         engine: Engine,
         tick_hz: u32,
+        mut after_tick: impl FnMut(&mut Engine) + Send + 'static,
         on_stop: impl FnOnce(&mut Engine) + Send + 'static,
     ) -> Result<Self, ServerError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -71,7 +72,7 @@ impl TickThread {
             .spawn(move || {
                 crate::priority::favour_the_tick();
                 let mut engine = engine;
-                run(&mut engine, tick_hz, &stop2, &inbox, &status2);
+                run(&mut engine, tick_hz, &stop2, &inbox, &status2, &mut after_tick);
                 on_stop(&mut engine);
                 status2.running.store(false, Ordering::Release);
                 engine
@@ -106,6 +107,7 @@ fn run(
     stop: &AtomicBool,
     inbox: &mpsc::Receiver<Job>,
     status: &TickStatus,
+    after_tick: &mut dyn FnMut(&mut Engine),
 ) {
     let dt = Duration::from_secs(1) / tick_hz.max(1);
     let mut next = Instant::now();
@@ -114,6 +116,7 @@ fn run(
             job(engine);
         }
         let tick = engine.tick();
+        after_tick(engine);
         status.tick.store(tick, Ordering::Relaxed);
         let done = status.started.elapsed();
         status.last_tick_ms.store(u64::try_from(done.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! binary and stop it with SIGTERM). One binary, one file per topic, `harness` shared.
 
 mod api;
+mod crash;
 mod harness;
 mod limits;
 mod load_test;

@@ -97,9 +97,13 @@ fn example_until_sigterm<F: Future<Output = ()>>(
     serde_json::from_str(rest.lines().last().unwrap()).unwrap()
 }
 
+/// The example's default store is the embedded one: SIGTERM drains it and stores a final
+/// checkpoint, and the next start resumes that world (`--npcs` ignored).
 #[test]
-fn the_example_drains_storage_on_sigterm() {
-    let args = ["--port", "0", "--npcs", "2000", "--tick-hz", "30", "--threads", "1"];
+fn the_example_drains_storage_on_sigterm_and_the_next_start_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--port", "0", "--npcs", "2000", "--tick-hz", "30", "--threads", "1", "--data-dir", data];
     let summary = example_until_sigterm(&args, &[], |addr| async move {
         let http = reqwest::Client::new();
         let health: Value =
@@ -116,12 +120,20 @@ fn the_example_drains_storage_on_sigterm() {
     });
     assert_eq!(
         (summary["storage"].as_str(), summary["writes_dropped"].as_u64()),
-        (Some("memory"), Some(0)),
+        (Some("embedded"), Some(0)),
         "{summary}"
     );
     assert_eq!(summary["batches_written"], summary["batches_submitted"], "{summary}");
     assert!(summary["batches_written"].as_u64().unwrap() > 0 && summary["npcs"] == 2000, "{summary}");
     assert!(summary["http_requests"].as_u64().unwrap() >= 2);
+    assert_eq!(summary["resumed"], false);
+
+    let args = ["--port", "0", "--npcs", "10", "--tick-hz", "30", "--threads", "1", "--data-dir", data];
+    let again = example_until_sigterm(&args, &[], |_| async {});
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!((again["resumed_npcs"].as_u64(), again["npcs"].as_u64()), (Some(2000), Some(2000)), "{again}");
+    assert_eq!(again["resumed_tick"], summary["ticks"], "resumed where it stopped: {again}");
+    assert!(again["ticks"].as_u64() > summary["ticks"].as_u64(), "{again}");
 }
 
 /// `--storage postgres --database-url`: the server reads NPCs back from PostgreSQL (through
