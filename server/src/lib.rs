@@ -8,7 +8,7 @@
 //! | `GET /api/npcs/{id}` | one NPC, read through the storage stack's caches (L1 first) |
 //! | `POST /api/npcs` | spawn: `{"role":"miner","position":[x,y,z],"velocity":[..],"swarm":0,"health":100}` → 202 `{"id":..}` |
 //! | `POST /api/npcs/{id}/orders` | `{"order":"move_to","target":[x,y,z]}`, `stop`, `set_role`, `join_swarm`, `teleport`, `despawn` → 202 |
-//! | `GET /api/performance` | the [`PerformanceSnapshot`], plus `server` counters and `ticks_skipped` |
+//! | `GET /api/performance` | the performance snapshot (`terrarium::perf::PerformanceSnapshot`), plus `server` counters and `ticks_skipped` |
 //! | `GET /metrics` | the same figures as Prometheus text |
 //! | `GET /health` | no key needed; 503 when the tick is stuck or the server is stopping |
 //! | `GET /ws` | WebSocket position deltas: see "WebSocket protocol" below |
