@@ -1,6 +1,6 @@
 //! Graceful shutdown: nothing batched is lost, in process and in the example (also on PostgreSQL).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 use reqwest::StatusCode;
@@ -152,9 +152,9 @@ fn the_example_serves_and_drains_into_postgres() {
     let summary = example_until_sigterm(&args, &env, |addr| async move {
         let http = reqwest::Client::new();
         let get = |path: String| http.get(format!("http://{addr}{path}")).header("x-api-key", KEY).send();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while get("/api/npcs/1500".into()).await.unwrap().status() != StatusCode::OK {
-            assert!(Instant::now() < deadline, "NPC 1500 never reached PostgreSQL");
+            assert!(std::time::Instant::now() < deadline, "NPC 1500 never reached PostgreSQL");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let perf: Value = get("/api/performance".into()).await.unwrap().json().await.unwrap();
