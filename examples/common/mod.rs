@@ -37,7 +37,7 @@ pub fn main_with<A: clap::Parser>(name: &str, run: impl FnOnce(&A) -> anyhow::Re
 
 /// Logs to stderr (stdout carries results, and with `--json` the summary is its last line), in
 /// colour only when stderr is a terminal; `RUST_LOG` chooses what is shown (default: warnings
-/// and errors, and Terrarium's own notices at `info`).
+/// and errors; `RUST_LOG=terrarium=info` adds the storage notices).
 pub fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,4 +51,4 @@ pub fn init_logging() {
 }
 
 /// The default log filter when `RUST_LOG` is unset.
-pub const DEFAULT_LOG: &str = "warn,terrarium=info,terrarium_engine=info,terrarium_systems=info,terrarium_persistence=info,terrarium_server=info";
+pub const DEFAULT_LOG: &str = "warn";
