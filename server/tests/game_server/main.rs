@@ -4,6 +4,8 @@
 //! binary and stop it with SIGTERM). One binary, one file per topic, `harness` shared.
 
 mod api;
+// The crash loop resumes from the embedded store (the example's default storage).
+#[cfg(feature = "file-store")]
 mod crash;
 mod harness;
 mod limits;

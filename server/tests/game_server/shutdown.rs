@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use terrarium::engine::{NpcId, Position};
 use terrarium::persistence::{NpcFilter, Page, Storage};
 
@@ -63,11 +63,12 @@ async fn graceful_shutdown_loses_no_batch() {
 
 /// Runs the game_server example with `args` (and `env`), hands its address to `during`, then
 /// stops it with SIGTERM; its JSON summary.
+#[cfg(any(feature = "file-store", feature = "postgres"))]
 fn example_until_sigterm<F: Future<Output = ()>>(
     args: &[&str],
     env: &[(&str, &str)],
     during: impl FnOnce(String) -> F,
-) -> Value {
+) -> serde_json::Value {
     let mut child = std::process::Command::new(crate::harness::example("game_server"))
         .args(args)
         .arg("--json")
@@ -99,6 +100,8 @@ fn example_until_sigterm<F: Future<Output = ()>>(
 
 /// The example's default store is the embedded one: SIGTERM drains it and stores a final
 /// checkpoint, and the next start resumes that world (`--npcs` ignored).
+// The example's default storage is the embedded store.
+#[cfg(feature = "file-store")]
 #[test]
 fn the_example_drains_storage_on_sigterm_and_the_next_start_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +109,7 @@ fn the_example_drains_storage_on_sigterm_and_the_next_start_resumes() {
     let args = ["--port", "0", "--npcs", "2000", "--tick-hz", "30", "--threads", "1", "--data-dir", data];
     let summary = example_until_sigterm(&args, &[], |addr| async move {
         let http = reqwest::Client::new();
-        let health: Value =
+        let health: serde_json::Value =
             http.get(format!("http://{addr}/health")).send().await.unwrap().json().await.unwrap();
         assert_eq!(health["status"], "ok");
         let res = http
@@ -157,7 +160,7 @@ fn the_example_serves_and_drains_into_postgres() {
             assert!(std::time::Instant::now() < deadline, "NPC 1500 never reached PostgreSQL");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let perf: Value = get("/api/performance".into()).await.unwrap().json().await.unwrap();
+        let perf: serde_json::Value = get("/api/performance".into()).await.unwrap().json().await.unwrap();
         assert_eq!(perf["circuit_breakers"][0]["name"], "storage.postgres", "{perf}");
         assert!(
             perf["db_pool"]["max_size"].as_u64().unwrap() > 0
