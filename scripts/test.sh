@@ -7,7 +7,8 @@
 # scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
 # features), docs with -D warnings, a build of the feature matrix (none / default / all), the
-# unit and integration tests without default features, doc tests, then every test with nextest.
+# unit and integration tests without default features, doc tests, schemathesis against a running
+# game_server (scripts/schemathesis.sh, installed when missing), then every test with nextest.
 # Every cargo call is --locked. The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,11 @@ cargo test --locked --workspace --no-default-features --lib --tests --quiet
 
 step "doc tests"
 cargo test --locked --workspace --all-features --doc --quiet
+
+# An outside tool against the running server: no 5xx, responses as /api/openapi.json says
+# (about 10 s once the example is built).
+step "schemathesis (game_server's OpenAPI document)"
+scripts/schemathesis.sh 20
 
 step "tests"
 cargo nextest run --locked --workspace --all-features --no-fail-fast

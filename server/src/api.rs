@@ -19,6 +19,7 @@ use terrarium::persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
 use crate::AppState;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::guard::{deadline, rate_limit, require_api_key};
+use crate::openapi::{AnyObject, ErrorBody};
 use crate::protocol::parse_npc_query;
 use crate::spawns::SpawnRefused;
 use crate::stats::ServerFigures;
@@ -43,6 +44,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(keyed)
         .route("/health", get(health))
+        .route("/api/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
@@ -60,7 +62,23 @@ async fn count_responses(State(state): State<Arc<AppState>>, req: Request, next:
     res
 }
 
-async fn list_npcs(
+/// A page of NPCs, read through the storage stack.
+#[utoipa::path(get, path = "/api/npcs",
+    params(
+        ("status" = Option<String>, Query, description = "only this status"),
+        ("role" = Option<String>, Query, description = "only this role"),
+        ("swarm" = Option<u32>, Query, description = "only this swarm"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "page size, default 50"),
+        ("after" = Option<u64>, Query, description = "cursor: the previous page's next"),
+    ),
+    responses(
+        (status = 200, description = "a page", body = crate::openapi::NpcPage),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+    ))]
+pub(crate) async fn list_npcs(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<NpcPage>, ApiError> {
@@ -75,7 +93,18 @@ async fn list_npcs(
     Ok(axum::Json(page))
 }
 
-async fn get_npc(
+/// One NPC (L1 cache first).
+#[utoipa::path(get, path = "/api/npcs/{id}",
+    params(("id" = u64, Path, description = "the NPC")),
+    responses(
+        (status = 200, description = "the NPC", body = crate::openapi::NpcRecord),
+        (status = 404, description = "no such NPC", body = ErrorBody),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+    ))]
+pub(crate) async fn get_npc(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<axum::Json<NpcRecord>, ApiError> {
@@ -87,9 +116,9 @@ async fn get_npc(
 }
 
 /// Body of `POST /api/npcs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SpawnRequest {
+pub(crate) struct SpawnRequest {
     role: String,
     /// `[x, y, z]`, blocks, inside the world.
     position: [f32; 3],
@@ -104,13 +133,29 @@ struct SpawnRequest {
     health: Option<u16>,
 }
 
-#[derive(Debug, Serialize)]
-struct Queued {
+/// A spawn or order taken: applied at the next tick.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Queued {
     id: u64,
     status: &'static str,
 }
 
-async fn spawn_npc(
+/// Spawns an NPC at the next tick.
+#[utoipa::path(post, path = "/api/npcs",
+    request_body = SpawnRequest,
+    responses(
+        (status = 202, description = "queued", body = Queued),
+        (status = 403, description = "read-only key", body = ErrorBody),
+        (status = 409, description = "the world holds max_npcs", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 422, description = "a value is out of range", body = ErrorBody),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+    ))]
+pub(crate) async fn spawn_npc(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<SpawnRequest>,
 ) -> Result<Response, ApiError> {
@@ -156,9 +201,9 @@ async fn spawn_npc(
 }
 
 /// Body of `POST /api/npcs/{id}/orders`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "order", rename_all = "snake_case", deny_unknown_fields)]
-enum OrderRequest {
+pub(crate) enum OrderRequest {
     /// Walk to `target` (`[x, y, z]`, inside the world).
     MoveTo { target: [f32; 3] },
     /// Stop and go idle.
@@ -173,7 +218,23 @@ enum OrderRequest {
     Despawn,
 }
 
-async fn order_npc(
+/// Gives an NPC an order, applied at the next tick.
+#[utoipa::path(post, path = "/api/npcs/{id}/orders",
+    params(("id" = u64, Path, description = "the NPC")),
+    request_body = OrderRequest,
+    responses(
+        (status = 202, description = "queued", body = Queued),
+        (status = 403, description = "read-only key", body = ErrorBody),
+        (status = 404, description = "no such NPC", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 422, description = "a value is out of range", body = ErrorBody),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+    ))]
+pub(crate) async fn order_npc(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<u64>,
     ApiJson(req): ApiJson<OrderRequest>,
@@ -203,7 +264,7 @@ async fn order_npc(
 
 /// `GET /api/performance`: the snapshot, with the server's own counters under `server`.
 #[derive(Debug, Serialize)]
-struct PerformanceBody {
+pub(crate) struct PerformanceBody {
     #[serde(flatten)]
     snapshot: PerformanceSnapshot,
     server: ServerFigures,
@@ -211,7 +272,16 @@ struct PerformanceBody {
     ticks_skipped: u64,
 }
 
-async fn performance(State(state): State<Arc<AppState>>) -> axum::Json<PerformanceBody> {
+/// The performance snapshot, with the server's counters under `server`.
+#[utoipa::path(get, path = "/api/performance",
+    responses(
+        (status = 200, description = "the figures", body = AnyObject),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+    ))]
+pub(crate) async fn performance(State(state): State<Arc<AppState>>) -> axum::Json<PerformanceBody> {
     axum::Json(PerformanceBody {
         snapshot: state.perf.snapshot(),
         server: state.figures(),
@@ -219,7 +289,16 @@ async fn performance(State(state): State<Arc<AppState>>) -> axum::Json<Performan
     })
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// The same figures as Prometheus text.
+#[utoipa::path(get, path = "/metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+    ))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.perf.snapshot();
     let figures = state.figures();
     let skipped = state.tick.skipped.load(std::sync::atomic::Ordering::Relaxed);
@@ -234,7 +313,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     res
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Response {
+/// Liveness and storage state; no key needed.
+#[utoipa::path(get, path = "/health", security(()),
+    responses(
+        (status = 200, description = "ticking", body = crate::openapi::Health),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "stalled or shutting down", body = crate::openapi::Health),
+    ))]
+pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
     let since = state.tick.since_last_tick();
     // A tick loop that has not ticked for 20 ticks' time (at least 2 s) is stuck.
     let stalled = since > (Duration::from_secs(1) * 20 / state.tick_hz.max(1)).max(Duration::from_secs(2));
@@ -264,6 +350,18 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "storage": storage,
     });
     (code, axum::Json(body)).into_response()
+}
+
+/// This document; no key needed.
+#[utoipa::path(get, path = "/api/openapi.json", security(()),
+    responses(
+        (status = 200, description = "the OpenAPI 3.1 document", body = AnyObject),
+        (status = 429, description = "rate limit", body = ErrorBody),
+    ))]
+pub(crate) async fn openapi_json() -> Response {
+    let mut res = crate::openapi::json().into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
 }
 
 /// `p` if it is finite and inside the world.

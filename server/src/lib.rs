@@ -11,6 +11,7 @@
 //! | `GET /api/performance` | the performance snapshot (`terrarium::perf::PerformanceSnapshot`), plus `server` counters and `ticks_skipped` |
 //! | `GET /metrics` | the same figures as Prometheus text |
 //! | `GET /health` | no key needed; 503 when the tick is stuck or the server is stopping |
+//! | `GET /api/openapi.json` | no key needed; the OpenAPI 3.1 document of these routes (generated from the handlers' types) |
 //! | `GET /ws` | WebSocket position deltas: see "WebSocket protocol" below |
 //!
 //! Reads come from storage, which trails the world by one batch (about `max_age_ms` of the
@@ -90,6 +91,7 @@ mod error;
 mod guard;
 mod http;
 mod keys;
+mod openapi;
 mod priority;
 pub mod protocol;
 mod rate;

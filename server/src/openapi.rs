@@ -1,0 +1,158 @@
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document of the HTTP API, generated (utoipa) from
+//! the handlers' `#[utoipa::path]` attributes and the request and response types. Types that
+//! live in other crates (the NPC records, the performance snapshot) are described here by
+//! mirrors, which a test holds to the JSON the server really sends.
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+use crate::keys::API_KEY_HEADER;
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Terrarium game server", description = "NPCs, orders, performance figures and health of a running world. WebSocket position streams: `GET /ws` (see the crate doc)."),
+    paths(
+        crate::api::list_npcs,
+        crate::api::spawn_npc,
+        crate::api::get_npc,
+        crate::api::order_npc,
+        crate::api::performance,
+        crate::api::metrics,
+        crate::api::health,
+        crate::api::openapi_json,
+    ),
+    components(schemas(ErrorBody, NpcRecord, NpcPage, crate::api::SpawnRequest, crate::api::OrderRequest, crate::api::Queued, Health, AnyObject)),
+    modifiers(&KeyScheme),
+    security(("api_key" = [])),
+)]
+pub(crate) struct ApiDoc;
+
+/// The API key header as the document's security scheme.
+struct KeyScheme;
+
+impl Modify for KeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(API_KEY_HEADER))),
+        );
+    }
+}
+
+/// Every error: `{"error": "...", "status": N}`.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is built by ApiError")]
+pub(crate) struct ErrorBody {
+    /// What went wrong, for people.
+    error: String,
+    /// The HTTP status, again.
+    status: u16,
+}
+
+/// An NPC as stored (`terrarium::persistence::NpcRecord`).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is the persistence crate's NpcRecord")]
+pub(crate) struct NpcRecord {
+    id: u64,
+    /// `miner`, `builder`, `guard`, `trader`, `scout` or `other:N`.
+    role: String,
+    /// `idle`, `moving`, `mining`, `returning`, `depositing`, `fleeing` or `dead`.
+    status: String,
+    /// 0 for none.
+    swarm: u32,
+    /// True for agents.
+    agent: bool,
+    x: f32,
+    y: f32,
+    z: f32,
+    health: u16,
+    /// `[item kind, count]` stacks.
+    inventory: Vec<[u16; 2]>,
+    /// Tick of the last change written.
+    updated_tick: u64,
+}
+
+/// A page of NPCs by ascending id; `next` is the cursor of the next page (null on the last).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is the persistence crate's NpcPage")]
+pub(crate) struct NpcPage {
+    npcs: Vec<NpcRecord>,
+    next: Option<u64>,
+}
+
+/// `GET /health`.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is built as JSON in the handler")]
+pub(crate) struct Health {
+    /// `ok`, `degraded`, `stalled` or `shutting_down`.
+    status: String,
+    tick: u64,
+    tick_hz: u32,
+    since_last_tick_ms: u64,
+    /// The write-behind's state; null without storage.
+    #[schema(value_type = Option<AnyObject>)]
+    storage: Option<()>,
+}
+
+/// A JSON object whose keys are documented elsewhere (the performance snapshot).
+pub(crate) struct AnyObject;
+
+impl PartialSchema for AnyObject {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().into()
+    }
+}
+
+impl ToSchema for AnyObject {}
+
+/// The document as JSON.
+pub(crate) fn json() -> String {
+    ApiDoc::openapi().to_json().expect("the document is plain data and always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in [
+            "/api/npcs",
+            "/api/npcs/{id}",
+            "/api/npcs/{id}/orders",
+            "/api/performance",
+            "/metrics",
+            "/health",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        assert_eq!(doc["components"]["securitySchemes"]["api_key"]["name"], API_KEY_HEADER);
+        // The mirror has exactly the fields the server sends.
+        let record = terrarium::persistence::NpcRecord {
+            id: 1,
+            role: "miner".into(),
+            status: "idle".into(),
+            swarm: 0,
+            agent: false,
+            x: 0.0,
+            y: 0.0,
+            z: 0.0,
+            health: 1,
+            inventory: vec![(1, 2)],
+            updated_tick: 0,
+        };
+        let sent = serde_json::to_value(&record).unwrap();
+        let mut sent_keys: Vec<&String> = sent.as_object().unwrap().keys().collect();
+        let props = doc["components"]["schemas"]["NpcRecord"]["properties"].as_object().unwrap();
+        let mut doc_keys: Vec<&String> = props.keys().collect();
+        sent_keys.sort();
+        doc_keys.sort();
+        assert_eq!(sent_keys, doc_keys);
+        assert_eq!(sent["inventory"], serde_json::json!([[1, 2]]), "a stack is a two-number array");
+    }
+}
