@@ -34,9 +34,34 @@ mod flags;
 
 use flags::{StorageFlags, StorageKind, WorldFlags};
 
+/// What `--help` says after the flags: the `[server]` settings against hostile clients.
+const SERVER_SETTINGS: &str = "\
+Every [server] setting can be set in the configuration file (--config) or the environment as
+TERRARIUM_SERVER__<NAME>. Keys and limits against hostile clients (defaults in brackets):
+  api_key                read-write key, >= 32 printable bytes, required (use the environment)
+  read_api_key           optional read-only key: GET routes and /ws [none]
+  header_read_timeout_s  to send a request's header; also ends an idle keep-alive [10]
+  idle_timeout_s         no byte either way closes an HTTP connection [60]
+  request_timeout_s      one request, header to response, then 503 [30]
+  tcp_keepalive_s        TCP keepalive idle time, 0 off [60]
+  max_connections, max_connections_per_ip   open connections, in all and per client [4096, 64]
+  rate_limit_per_s, rate_burst   requests + WebSocket messages per client (IPv6 per /64) [200, 400]
+  rate_limit_clients     clients whose buckets are kept (bounded map) [65536]
+  ipv6_prefix_bits       an IPv6 client is this prefix [64]
+  trusted_proxies        proxies whose X-Forwarded-For is believed (addresses, CIDR) [none]
+  max_pending_refusals   refusals answered 503; past it closed unanswered [64]
+  max_npcs               spawns over it answer 409 [1000000]
+  spawn_rate_per_s, spawn_burst   spawns per API key (429 over it) [100, 1000]
+  max_ws_connections     open WebSockets [1024]
+  ws_max_buffered_bytes  frames cut and not yet sent, all clients [268435456]
+  ws_reset_interval_ms   shortest time between two resets to one client [1000]
+  ws_ping_interval_s, ws_idle_timeout_s   pings; silence that closes a WebSocket [15, 45]
+A browser passes its key to /ws as the sub-protocols terrarium.v1 and terrarium.key.<KEY>.
+The OpenAPI document is served at /api/openapi.json.";
+
 /// Serves a Terrarium world over HTTP and WebSocket.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = SERVER_SETTINGS)]
 struct Args {
     /// TCP port (0 picks a free one). Default: `server.port` of the configuration (8080).
     #[arg(long)]
@@ -44,8 +69,8 @@ struct Args {
     /// Address to listen on. Default: `server.bind` (127.0.0.1).
     #[arg(long)]
     bind: Option<String>,
-    /// The API key clients send in `x-api-key`. Prefer the environment
-    /// (`TERRARIUM_SERVER__API_KEY`): command lines are visible to other users.
+    /// The read-write API key clients send in `x-api-key` (at least 32 bytes). Prefer the
+    /// environment (`TERRARIUM_SERVER__API_KEY`): command lines are visible to other users.
     #[arg(long = "api-key")]
     api_key: Option<String>,
     /// Plain (wandering) NPCs to spawn (ignored when a stored world is resumed).
@@ -69,10 +94,16 @@ struct Args {
     /// Open connections per client IP.
     #[arg(long = "max-connections-per-ip")]
     max_connections_per_ip: Option<usize>,
-    /// Messages per second per connection (HTTP requests, WebSocket messages); the burst is
-    /// twice that.
+    /// Messages per second per client, all its connections together (HTTP requests,
+    /// WebSocket messages); the burst is twice that.
     #[arg(long = "rate-limit")]
     rate_limit: Option<u32>,
+    /// Most NPCs in the world; spawns over it answer 409 (`server.max_npcs`).
+    #[arg(long = "max-npcs")]
+    max_npcs: Option<u64>,
+    /// Seconds a client has to send a request's header (`server.header_read_timeout_s`).
+    #[arg(long = "header-read-timeout")]
+    header_read_timeout: Option<u64>,
     /// Print the shutdown summary as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -242,6 +273,12 @@ fn config(args: &Args) -> Result<Config> {
     }
     if let Some(n) = args.max_connections_per_ip {
         s.max_connections_per_ip = n;
+    }
+    if let Some(n) = args.max_npcs {
+        s.max_npcs = n;
+    }
+    if let Some(t) = args.header_read_timeout {
+        s.header_read_timeout_s = t;
     }
     if let Some(r) = args.rate_limit {
         s.rate_limit_per_s = r;
