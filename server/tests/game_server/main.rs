@@ -15,4 +15,5 @@ mod limits;
 mod load_test;
 mod metrics;
 mod shutdown;
+mod slowloris;
 mod websocket;
