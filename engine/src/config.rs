@@ -8,7 +8,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use crate::{ConfigError, WorldBounds};
 
 /// Everything the engine needs to build a world. Every field has a default.
 #[derive(bevy_ecs::resource::Resource, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,15 +186,14 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         in_range("tick_hz", self.tick_hz, &(1..=1000))?;
         in_range("threads", self.threads, &(0..=1024))?;
-        for (axis, name) in ["x", "y", "z"].iter().enumerate() {
+        if let Some(axis) = (WorldBounds { min: self.world.min, max: self.world.max }).invalid_axis() {
             let (lo, hi) = (self.world.min[axis], self.world.max[axis]);
-            if !lo.is_finite() || !hi.is_finite() || hi <= lo || hi - lo > 1_000_000.0 {
-                return Err(ConfigError::OutOfRange {
-                    key: format!("world.max[{axis}]"),
-                    value: format!("{hi} (min {lo})"),
-                    allowed: format!("finite, above world.min[{axis}] ({name}) by at most 1000000"),
-                });
-            }
+            let name = ["x", "y", "z"][axis];
+            return Err(ConfigError::OutOfRange {
+                key: format!("world.max[{axis}]"),
+                value: format!("{hi} (min {lo})"),
+                allowed: format!("finite, above world.min[{axis}] ({name}) by at most 1000000"),
+            });
         }
         in_range_f("npc.wander_speed", self.npc.wander_speed, 0.0, 100.0)?;
         in_range_f("npc.turn_min_s", self.npc.turn_min_s, 0.05, 3600.0)?;
