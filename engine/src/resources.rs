@@ -58,14 +58,15 @@ impl WorldBounds {
     /// Largest extent of one axis, in blocks.
     pub const MAX_EXTENT: f32 = 1_000_000.0;
 
-    /// The first axis (0 = x, 1 = y, 2 = z) whose `min` and `max` are not finite, not
-    /// increasing, or more than [`WorldBounds::MAX_EXTENT`] apart; `None` when every axis is
-    /// usable. Clamping into bounds that fail this would panic or pass NaN on.
+    /// The first axis (0 = x, 1 = y, 2 = z) that breaks the rule `EngineConfig::validate`
+    /// applies to `[engine.world]` (`min` within ±10⁹, `max - min` from 0.001 to
+    /// [`WorldBounds::MAX_EXTENT`]); `None` when every axis keeps it. Clamping into bounds that
+    /// break it would panic or pass NaN on.
     #[must_use]
     pub fn invalid_axis(&self) -> Option<usize> {
         (0..3).find(|&axis| {
             let (lo, hi) = (self.min[axis], self.max[axis]);
-            !lo.is_finite() || !hi.is_finite() || hi <= lo || hi - lo > Self::MAX_EXTENT
+            !(-1e9..=1e9).contains(&lo) || !(0.001..=Self::MAX_EXTENT).contains(&(hi - lo))
         })
     }
 
