@@ -123,10 +123,10 @@ pub enum SnapshotError {
     /// a move target or decision state of no NPC, a voxel world that does not add up).
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
-    /// The world bounds on one axis are not finite, not increasing, or more than
-    /// [`crate::WorldBounds::MAX_EXTENT`] apart.
+    /// The world bounds on one axis break the rule of `[engine.world]` (`min` within ±10⁹,
+    /// `max - min` from 0.001 to [`crate::WorldBounds::MAX_EXTENT`]).
     #[error(
-        "snapshot world bounds on axis {axis}: min {min}, max {max} (finite, min < max, extent at most 1000000)"
+        "snapshot world bounds on axis {axis}: min {min}, max {max} (min within 1e9 of 0, max above it by 0.001 ..= 1000000)"
     )]
     Bounds {
         /// 0 = x, 1 = y, 2 = z.
