@@ -7,7 +7,8 @@
 # scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
 # features), docs with -D warnings, a build of the feature matrix (none / default / all), the
-# unit and integration tests without default features, doc tests, then every test with nextest.
+# unit and integration tests without default features, doc tests, the viewer in headless Chromium
+# (scripts/viewer-test.sh), then every test with nextest.
 # Every cargo call is --locked. The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,9 @@ cargo test --locked --workspace --no-default-features --lib --tests --quiet
 
 step "doc tests"
 cargo test --locked --workspace --all-features --doc --quiet
+
+step "viewer in a browser (scripts/viewer-test.sh)"
+scripts/viewer-test.sh
 
 step "tests"
 cargo nextest run --locked --workspace --all-features --no-fail-fast

@@ -12,4 +12,5 @@ mod limits;
 mod load_test;
 mod metrics;
 mod shutdown;
+mod viewer;
 mod websocket;
