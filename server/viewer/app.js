@@ -206,7 +206,7 @@ function onWorker(m) {
       app.frames++;
       if (m.reset) app.resets++;
       app.lastFrameAt = performance.now();
-      app.renderer.upload(m.count, m.pos, m.colour);
+      app.renderer.upload(m.count, m.pos, m.colour, app.palette);
       if (m.behind) banner("behind", "The stream fell behind: the server skipped frames and sent the area again.");
       trackSelected();
       app.dirty = true;
@@ -817,13 +817,27 @@ function positions(n) {
   return out;
 }
 
+// Whether WebGL runs on a GPU (probed on a canvas of its own, then released).
+function gpuWebGl() {
+  const gl = document.createElement("canvas").getContext("webgl");
+  if (!gl) return false;
+  const info = gl.getExtension("WEBGL_debug_renderer_info");
+  const name = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+  const lose = gl.getExtension("WEBGL_lose_context");
+  if (lose) lose.loseContext();
+  return !/swiftshader|llvmpipe|softpipe|software/i.test(name);
+}
+
 // ---- start ----------------------------------------------------------------------------------
 function start() {
   takeKeyFromAddress();
   const params = new URLSearchParams(location.hash.slice(1));
-  const want = params.get("renderer"); // "canvas" forces the 2D canvas (measurements)
+  // "webgl" or "canvas" forces one; otherwise WebGL where a GPU draws it. A software WebGL
+  // (SwiftShader, llvmpipe: headless browsers, machines without a GPU) draws 100k points
+  // several times slower than the 2D canvas through typed arrays (BENCHMARKS.md).
+  const want = params.get("renderer");
   let cv = $("points-layer");
-  if (want !== "canvas") {
+  if (want === "webgl" || (want !== "canvas" && gpuWebGl())) {
     try { app.renderer = new GlRenderer(cv); } catch (e) {
       // A canvas that handed out a WebGL context can't give a 2D one: use a fresh one.
       const fresh = cv.cloneNode(false);

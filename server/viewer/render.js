@@ -24,21 +24,17 @@ export function parseHex(hex) {
 const VS = `
 attribute float a_x;
 attribute float a_z;
-attribute float a_c;
+attribute vec3 a_rgb;
 uniform vec2 u_centre;
 uniform vec2 u_half; // canvas half size, pixels
 uniform float u_scale;
 uniform float u_size;
-uniform vec3 u_palette[32];
 varying vec3 v_colour;
 void main() {
   vec2 p = (vec2(a_x, a_z) - u_centre) * u_scale / u_half;
   gl_Position = vec4(p.x, -p.y, 0.0, 1.0);
   gl_PointSize = u_size;
-  int c = int(a_c);
-  vec3 col = u_palette[0];
-  for (int k = 0; k < 32; k++) { if (k == c) { col = u_palette[k]; } }
-  v_colour = col;
+  v_colour = a_rgb;
 }`;
 
 const FS = `
@@ -67,26 +63,35 @@ export class GlRenderer {
     if (!gl.getProgramParameter(prog, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(prog));
     this.prog = prog;
     this.loc = {
-      x: gl.getAttribLocation(prog, "a_x"), z: gl.getAttribLocation(prog, "a_z"), c: gl.getAttribLocation(prog, "a_c"),
+      x: gl.getAttribLocation(prog, "a_x"), z: gl.getAttribLocation(prog, "a_z"), rgb: gl.getAttribLocation(prog, "a_rgb"),
       centre: gl.getUniformLocation(prog, "u_centre"), half: gl.getUniformLocation(prog, "u_half"),
       scale: gl.getUniformLocation(prog, "u_scale"), size: gl.getUniformLocation(prog, "u_size"),
-      palette: gl.getUniformLocation(prog, "u_palette"),
     };
+    this.rgb = new Uint8Array(0);
     this.posBuf = gl.createBuffer();
     this.colBuf = gl.createBuffer();
     this.count = 0;
   }
 
-  upload(count, pos, colour) {
+  // Colours go to the GPU as RGB bytes per point (a palette lookup per vertex costs more than
+  // these three bytes on a software rasteriser).
+  upload(count, pos, colour, palette) {
     const gl = this.gl;
     gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
     gl.bufferData(gl.ARRAY_BUFFER, pos.subarray(0, count * 3), gl.DYNAMIC_DRAW);
+    if (this.rgb.length < count * 3) this.rgb = new Uint8Array(count * 3 * 2);
+    const rgb = this.rgb, fallback = palette[0];
+    for (let k = 0; k < count; k++) {
+      const c = palette[colour[k]] || fallback;
+      rgb[k * 3] = c[0]; rgb[k * 3 + 1] = c[1]; rgb[k * 3 + 2] = c[2];
+    }
     gl.bindBuffer(gl.ARRAY_BUFFER, this.colBuf);
-    gl.bufferData(gl.ARRAY_BUFFER, colour.subarray(0, count), gl.DYNAMIC_DRAW);
+    gl.bufferData(gl.ARRAY_BUFFER, rgb.subarray(0, count * 3), gl.DYNAMIC_DRAW);
     this.count = count;
   }
 
   draw(cam, palette, size) {
+    void palette; // baked into the colour buffer at upload
     const gl = this.gl, l = this.loc;
     gl.viewport(0, 0, this.canvas.width, this.canvas.height);
     gl.clearColor(0, 0, 0, 0);
@@ -99,17 +104,12 @@ export class GlRenderer {
     gl.enableVertexAttribArray(l.z);
     gl.vertexAttribPointer(l.z, 1, gl.FLOAT, false, 12, 8);
     gl.bindBuffer(gl.ARRAY_BUFFER, this.colBuf);
-    gl.enableVertexAttribArray(l.c);
-    gl.vertexAttribPointer(l.c, 1, gl.UNSIGNED_BYTE, false, 1, 0);
+    gl.enableVertexAttribArray(l.rgb);
+    gl.vertexAttribPointer(l.rgb, 3, gl.UNSIGNED_BYTE, true, 3, 0);
     gl.uniform2f(l.centre, cam.cx, cam.cz);
     gl.uniform2f(l.half, cam.w / 2, cam.h / 2);
     gl.uniform1f(l.scale, cam.scale);
     gl.uniform1f(l.size, size);
-    const flat = new Float32Array(32 * 3);
-    for (let k = 0; k < Math.min(32, palette.length); k++) {
-      flat[k * 3] = palette[k][0] / 255; flat[k * 3 + 1] = palette[k][1] / 255; flat[k * 3 + 2] = palette[k][2] / 255;
-    }
-    gl.uniform3fv(l.palette, flat);
     gl.drawArrays(gl.POINTS, 0, this.count);
   }
 }
@@ -160,13 +160,4 @@ export class CanvasRenderer {
     }
     this.ctx.putImageData(this.image, 0, 0);
   }
-}
-
-// WebGL unless `want` is "canvas" or WebGL is unavailable.
-export function makeRenderer(canvas, want) {
-  if (want !== "canvas") {
-    try { return new GlRenderer(canvas); } catch (e) { /* fall back */ }
-    // A canvas that gave out a WebGL context can't give a 2D one: use a fresh one.
-  }
-  return new CanvasRenderer(canvas);
 }

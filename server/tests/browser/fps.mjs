@@ -12,7 +12,7 @@
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { KEY, startServer, launch, figures, until, load } from "./lib.mjs";
+import { KEY, startServer, launch, figures, until, load, devRoutes } from "./lib.mjs";
 
 const opt = { npcs: 100000, seconds: 10, renderer: "both", side: 1024, screenshot: null, storage: "none" };
 for (let i = 2; i < process.argv.length; i += 2) {
@@ -33,6 +33,7 @@ try {
     try {
       const page = await browser.context.newPage();
       page.setDefaultTimeout(120000);
+      await devRoutes(page);
       await page.goto(`${server.base}/#key=${encodeURIComponent(KEY)}&renderer=${r}`);
       await until("the whole population in view", async () => {
         const f = await figures(page);

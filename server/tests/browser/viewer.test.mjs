@@ -129,9 +129,19 @@ async function main() {
   const page2 = await browser.context.newPage();
   await devRoutes(page2);
   page2.on("request", (r) => { if (r.url().includes(KEY)) leaked.push(r.url()); });
-  await page2.goto(server.base + "/#key=" + encodeURIComponent(KEY));
+  // The other renderer too: this page forces WebGL (the first one chose the canvas when
+  // WebGL was software).
+  const other = f1.renderer === "webgl" ? "canvas" : "webgl";
+  await page2.goto(server.base + "/#key=" + encodeURIComponent(KEY) + "&renderer=" + other);
   await until("live from the fragment's key", async () => (await figures(page2)).state === "live");
-  assert.equal(await page2.evaluate(() => location.hash), "", "the key left the address bar");
+  assert.equal(await page2.evaluate(() => location.hash), "#renderer=" + other, "the key left the address bar");
+  const f2 = await until("points drawn by the other renderer", async () => {
+    const f = await figures(page2);
+    return f.count > 0 && f.drawn === f.count ? f : null;
+  });
+  assert.equal(f2.renderer, other);
+  const px = await until("its lit pixels", async () => { const p = await pointPixels(page2); return p.lit > 50 ? p : null; });
+  log(`${other}: ${f2.count} NPCs, ${px.lit} lit pixels`);
   assert.equal(await page2.evaluate(() => sessionStorage.getItem("terrarium.key")), KEY);
   await page2.close();
   assert.deepEqual(leaked, [], "no request URL carried the key");
