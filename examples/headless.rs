@@ -528,7 +528,7 @@ fn report_line(p: &PerformanceSnapshot) -> String {
     if let Some(w) = &p.write_behind {
         line += &format!(
             "  write-behind: {} rows queued, {} written batches, {} dropped",
-            w.queue_rows, w.batches_written, w.writes_dropped
+            w.queued_rows, w.batches_written, w.writes_dropped
         );
     }
     if p.agents > 0 {

@@ -16,6 +16,7 @@ mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod region;
 mod retry;
 mod sink;
 mod stack;

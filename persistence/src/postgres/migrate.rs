@@ -25,6 +25,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "position_blocks",
         sql: include_str!("migrations/V3__position_blocks.sql"),
     },
+    Migration { version: 4, name: "regions", sql: include_str!("migrations/V4__regions.sql") },
 ];
 
 /// What [`PgStore::migrate`] did.

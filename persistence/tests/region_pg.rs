@@ -1,0 +1,161 @@
+//! The region tables against a real PostgreSQL (`TERRARIUM_TEST_PG_URL`): leases and their
+//! expiry on PostgreSQL's clock, the fence refusing a process whose lease was taken, and a
+//! hand-off applied exactly once even when it is sent again. Each test owns a schema.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PgSchema, service_url};
+use terrarium_persistence::PostgresConfig;
+use terrarium_persistence::region::{
+    Move, MoveResult, NpcState, OwnerRow, RegionCore, RegionError, RegionId, RegionStore,
+};
+
+const PG: &str = "TERRARIUM_TEST_PG_URL";
+const A: RegionId = RegionId(0);
+const B: RegionId = RegionId(1);
+
+fn state(x: f32) -> NpcState {
+    NpcState { role: "scout".into(), swarm: 0, position: [x, 0.0, 1.0], velocity: [1.0, 0.0, 0.0] }
+}
+
+fn row(npc: u64, region: RegionId) -> OwnerRow<NpcState> {
+    OwnerRow { npc, region, seq: 0, adopted: true, state: state(npc as f32) }
+}
+
+async fn store(schema: &PgSchema) -> RegionStore {
+    let cfg = PostgresConfig {
+        url: schema.url.clone(),
+        schema: schema.store.schema().to_owned(),
+        ..Default::default()
+    };
+    RegionStore::connect(&cfg).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_lease_is_taken_once_renewed_and_taken_over_only_after_it_expires() {
+    let Some(url) = service_url(PG) else { return };
+    let schema = PgSchema::new(&url).await;
+    let (one, two) = (store(&schema).await, store(&schema).await);
+    let ttl = Duration::from_millis(600);
+    let e1 = one.take_lease(A, "one", ttl).await.unwrap().expect("a free lease is taken");
+    assert_eq!(two.take_lease(A, "two", ttl).await.unwrap(), None, "a running lease is refused");
+    // Renewing keeps it past its first expiry.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        one.renew(A, e1, ttl).await.unwrap();
+        assert_eq!(two.take_lease(A, "two", ttl).await.unwrap(), None);
+    }
+    // Left to expire (PostgreSQL's clock), it is taken with a higher epoch.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(one.lease(A).await.unwrap(), Some((e1, true)));
+    let e2 = two.take_lease(A, "two", ttl).await.unwrap().expect("an expired lease is taken");
+    assert!(e2 > e1);
+    // The old holder's renewal is refused and logged.
+    let err = one.renew(A, e1, ttl).await.unwrap_err();
+    assert!(
+        matches!(err, RegionError::Fenced { epoch, current: Some(c), .. } if epoch == e1 && c == e2),
+        "{err:?}"
+    );
+    assert_eq!(two.summary().await.unwrap().fence_rejections, 1);
+    // Other regions' leases are their own.
+    assert!(one.take_lease(B, "one", ttl).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_zombie_write_is_refused_after_another_process_took_the_lease() {
+    let Some(url) = service_url(PG) else { return };
+    let schema = PgSchema::new(&url).await;
+    let (mut zombie, mut fresh) = (store(&schema).await, store(&schema).await);
+    zombie.seed(&[row(1, A), row(2, A), row(3, B)]).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let old = zombie.take_lease(A, "zombie", ttl).await.unwrap().unwrap();
+    assert_eq!(zombie.load(A, old).await.unwrap().len(), 2);
+    // The zombie is "frozen" past its lease; a new process takes the region over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = fresh.take_lease(A, "fresh", ttl).await.unwrap().unwrap();
+    assert_eq!(fresh.load(A, new).await.unwrap().len(), 2);
+    // Thawed, every write it tries is refused and changes nothing.
+    let mv = Move { npc: 1, from: A, to: B, seq: 0, state: state(99.0) };
+    let err = zombie.hand_off(A, old, std::slice::from_ref(&mv), &[Duration::ZERO]).await.unwrap_err();
+    assert!(err.is_fenced(), "{err:?}");
+    let err = zombie.sync(A, old, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap_err();
+    assert!(err.is_fenced(), "{err:?}");
+    assert!(zombie.adopt(A, old, 100).await.unwrap_err().is_fenced());
+    assert!(zombie.load(A, old).await.unwrap_err().is_fenced());
+    assert_eq!(fresh.read_owners(&[1]).await.unwrap(), vec![(1, Some((A, 0)))], "the row did not move");
+    let rows = fresh.load(A, new).await.unwrap();
+    assert_eq!(rows[0].state.position, [1.0, 0.0, 1.0], "the zombie's sync did not land");
+    assert_eq!(fresh.summary().await.unwrap().fence_rejections, 4);
+    // The rightful holder writes.
+    assert_eq!(fresh.sync(A, new, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_hand_off_moves_once_even_when_sent_again_and_is_adopted_once() {
+    let Some(url) = service_url(PG) else { return };
+    let schema = PgSchema::new(&url).await;
+    let (mut src, mut dst) = (store(&schema).await, store(&schema).await);
+    src.seed(&[row(1, A), row(2, A), row(3, B)]).await.unwrap();
+    let ttl = Duration::from_secs(30);
+    let (ea, eb) = (
+        src.take_lease(A, "a", ttl).await.unwrap().unwrap(),
+        dst.take_lease(B, "b", ttl).await.unwrap().unwrap(),
+    );
+    dst.listen(B).await.unwrap();
+    let mut a = RegionCore::new(A);
+    a.on_lease(ea);
+    assert_eq!(a.on_loaded(src.load(A, ea).await.unwrap()).len(), 2);
+    let mut b = RegionCore::new(B);
+    b.on_lease(eb);
+    assert_eq!(b.on_loaded(dst.load(B, eb).await.unwrap()).len(), 1);
+
+    assert!(a.crossed(1, B, state(50.0)));
+    let moves = a.take_sendable(10);
+    let first = src.hand_off(A, ea, &moves, &[Duration::from_millis(5)]).await.unwrap();
+    assert_eq!(first, vec![(1, MoveResult::Moved)]);
+    // The same transaction sent again (a retry after a lost reply) moves nothing...
+    let again = src.hand_off(A, ea, &moves, &[Duration::ZERO]).await.unwrap();
+    assert_eq!(again, vec![(1, MoveResult::Stale)]);
+    // ...and reading the row back says the first one committed.
+    a.on_commit_unknown();
+    let read = src.read_owners(&a.unresolved()).await.unwrap();
+    assert_eq!(read, vec![(1, Some((B, 1)))]);
+    a.on_rows_read(&read);
+    assert_eq!((a.outgoing_len(), a.stats().handed_off), (0, 1));
+
+    // The destination was notified (only after the commit) and adopts it once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !dst.take_notifications() {
+        assert!(tokio::time::Instant::now() < deadline, "no notification");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let adopted = dst.adopt(B, eb, 100).await.unwrap();
+    assert!(adopted.commit_known);
+    assert_eq!(adopted.rows.len(), 1);
+    assert_eq!(adopted.rows[0].state.position, [50.0, 0.0, 1.0], "the state travelled with the row");
+    assert!(
+        adopted.latency_ms[0] >= 5.0,
+        "time out of any world counts from leaving: {:?}",
+        adopted.latency_ms
+    );
+    let spawn = b.on_arrivals(adopted.rows.clone());
+    assert_eq!(spawn.len(), 1);
+    assert!(dst.adopt(B, eb, 100).await.unwrap().rows.is_empty(), "adopted rows are not offered again");
+    assert!(b.on_arrivals(adopted.rows).is_empty(), "a duplicate offer spawns nothing");
+    assert!(b.holds(1) && !a.holds(1));
+
+    // Back again: seq 1 → 2; a stale seq can't move it.
+    assert!(b.crossed(1, A, state(10.0)));
+    let back = b.take_sendable(10);
+    assert_eq!(back[0].seq, 1);
+    assert_eq!(dst.hand_off(B, eb, &back, &[]).await.unwrap(), vec![(1, MoveResult::Moved)]);
+    let stale = Move { npc: 1, from: A, to: B, seq: 0, state: state(0.0) };
+    assert_eq!(src.hand_off(A, ea, &[stale], &[]).await.unwrap(), vec![(1, MoveResult::Stale)]);
+    let summary = src.summary().await.unwrap();
+    assert_eq!((summary.rows, summary.handoffs, summary.not_adopted), (3, 2, 1));
+    assert_eq!(summary.per_region, vec![(A, 2), (B, 1)]);
+    assert_eq!(src.owned_by(A).await.unwrap(), vec![1, 2]);
+}
