@@ -139,6 +139,11 @@ async function connect() {
   }
   banner("conn", null);
   app.world = await res.json();
+  // A colony's NPCs are all miners: their status says more than their role.
+  if (!app.colourChosen) {
+    app.colourBy = app.world.agents * 2 > app.world.npcs ? "status" : "role";
+    $("colour-by").value = app.colourBy;
+  }
   document.body.dataset.state = "connecting";
   showWorld();
   fit();
@@ -394,7 +399,9 @@ function showLegend() {
     e.append(s, text);
     return e;
   };
-  $("legend").replaceChildren(...app.legend.map((l) => {
+  // Kinds nobody in the area has are left out (all of them, before the first count).
+  const shown = app.legend.some((l) => l.count) ? app.legend.filter((l) => l.count) : app.legend;
+  $("legend").replaceChildren(...shown.map((l) => {
     const e = li(l.colour, `${l.name} (${l.count})`);
     e.dataset.name = l.name;
     return e;
@@ -742,7 +749,7 @@ function setupInput() {
   $("zoom-in").onclick = () => zoomAt(app.camera.w / 2, app.camera.h / 2, 2);
   $("zoom-out").onclick = () => zoomAt(app.camera.w / 2, app.camera.h / 2, 0.5);
   $("fit").onclick = fit;
-  $("colour-by").onchange = (e) => { app.colourBy = e.target.value; recolour(); };
+  $("colour-by").onchange = (e) => { app.colourBy = e.target.value; app.colourChosen = true; recolour(); };
   $("key-form").onsubmit = (e) => {
     e.preventDefault();
     const k = $("key").value.trim();

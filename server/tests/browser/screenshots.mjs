@@ -4,8 +4,10 @@
 //   GAME_SERVER=target/release/examples/game_server node server/tests/browser/screenshots.mjs docs
 //
 // Writes DIR/viewer-plain.png and DIR/viewer-mining.png (960 x 600).
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { KEY, startServer, launch, figures, until } from "./lib.mjs";
+import { KEY, startServer, launch, figures, until, devRoutes } from "./lib.mjs";
 
 const out = resolve(process.argv[2] || "docs");
 
@@ -15,6 +17,7 @@ async function shoot(name, args, prepare) {
   try {
     const page = await browser.context.newPage();
     await page.setViewportSize({ width: 960, height: 600 });
+    await devRoutes(page);
     await page.goto(`${server.base}/#key=${encodeURIComponent(KEY)}`);
     await until("points", async () => { const f = await figures(page); return f.state === "live" && f.count > 0; }, 60000);
     await prepare(page);
@@ -32,9 +35,11 @@ async function shoot(name, args, prepare) {
   }
 }
 
-await shoot("plain", ["--npcs", "20000"], async (page) => {
-  await page.evaluate(() => window.viewer.zoomAt(480 - 150, 300, 2.5));
-});
+// The plain world: 20k wanderers on 768 x 768 blocks, all of it in view.
+const dir = mkdtempSync(join(tmpdir(), "terrarium-shots-"));
+writeFileSync(join(dir, "world.toml"), "[engine.world]\nmin = [0.0, 0.0, 0.0]\nmax = [768.0, 256.0, 768.0]\n");
+await shoot("plain", ["--npcs", "20000", "--config", join(dir, "world.toml")], async () => {});
+rmSync(dir, { recursive: true, force: true });
 await shoot("mining", ["--npcs", "0", "--agents", "400"], async (page) => {
   await until("the map", async () => (await figures(page)).map !== null, 30000);
   await page.evaluate(() => window.viewer.fit());
