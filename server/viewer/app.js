@@ -52,6 +52,7 @@ const app = {
   fpsTimes: [],
   lastFrameAt: 0,
   timers: [],
+  gen: 0,
 };
 
 // ---- the key --------------------------------------------------------------------------------
@@ -103,6 +104,8 @@ function connState(state, text) {
 // ---- connecting -----------------------------------------------------------------------------
 async function connect() {
   stop();
+  // Two callers at once (two polls answered 401): only the last one goes on.
+  const gen = ++app.gen;
   app.key = sessionStorage.getItem(KEY_STORE);
   if (!app.key) {
     connState("idle", "not connected: enter the API key");
@@ -114,7 +117,9 @@ async function connect() {
   let res;
   try {
     res = await api("/api/world");
+    if (gen !== app.gen) return;
   } catch (e) {
+    if (gen !== app.gen) return;
     connState("error", "server unreachable");
     banner("conn", "cannot reach the server: " + e.message + " (retrying)", "error");
     app.timers.push(setTimeout(connect, 2000));
@@ -139,6 +144,7 @@ async function connect() {
   }
   banner("conn", null);
   app.world = await res.json();
+  if (gen !== app.gen) return;
   // A colony's NPCs are all miners: their status says more than their role.
   if (!app.colourChosen) {
     app.colourBy = app.world.agents * 2 > app.world.npcs ? "status" : "role";
@@ -212,7 +218,12 @@ function onWorker(m) {
       if (m.reset) app.resets++;
       app.lastFrameAt = performance.now();
       app.renderer.upload(m.count, m.pos, m.colour, app.palette);
-      if (m.behind) banner("behind", "The stream fell behind: the server skipped frames and sent the area again.");
+      banner("quiet", null);
+      if (m.behind) {
+        banner("behind", "The stream fell behind: the server skipped frames and sent the area again.");
+        clearTimeout(app.behindTimer);
+        app.behindTimer = setTimeout(() => banner("behind", null), 5000);
+      }
       trackSelected();
       app.dirty = true;
       break;
@@ -231,15 +242,12 @@ function onWorker(m) {
   }
 }
 
+// A live stream that sends nothing for a while (NPCs that all stand still send nothing, so this
+// only says what it knows).
 function watchStream() {
-  if (!app.live) return;
+  if (!app.live || !app.lastFrameAt) return;
   const quiet = (performance.now() - app.lastFrameAt) / 1000;
-  if (app.lastFrameAt && quiet > 3) banner("behind", "No stream frame for " + quiet.toFixed(0) + " s.");
-  else if (app.banners.has("behind") && quiet < 1 && performance.now() - app.lastFrameAt < 1000) {
-    // Keep a fell-behind notice up for a few seconds, then clear it.
-    clearTimeout(app.behindTimer);
-    app.behindTimer = setTimeout(() => banner("behind", null), 4000);
-  }
+  if (quiet > 3) banner("quiet", "No stream frame for " + quiet.toFixed(0) + " s (nothing moving in view, or the server is busy).");
 }
 
 // ---- the view and the subscription --------------------------------------------------------
@@ -357,7 +365,7 @@ async function pollKinds() {
 
 async function pollMap() {
   try {
-    const m = await getJson("/api/world/map?size=512");
+    const m = await getJson("/api/world/map?size=256");
     if (!app.map || m.edits !== app.map.edits) {
       app.map = m;
       app.mapImage = mapImage(m);
