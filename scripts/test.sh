@@ -7,8 +7,10 @@
 # scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
 # features), docs with -D warnings, a build of the feature matrix (none / default / all), the
-# unit and integration tests without default features, doc tests, schemathesis against a running
-# game_server (scripts/schemathesis.sh, installed when missing), then every test with nextest.
+# unit and integration tests without default features, doc tests, each fuzz target briefly
+# (scripts/fuzz.sh), the viewer in headless Chromium (scripts/viewer-test.sh), schemathesis
+# against a running game_server (scripts/schemathesis.sh, installed when missing), then every
+# test with nextest.
 # Every cargo call is --locked. The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,18 @@ cargo test --locked --workspace --no-default-features --lib --tests --quiet
 
 step "doc tests"
 cargo test --locked --workspace --all-features --doc --quiet
+
+# Coverage-guided fuzzing (fuzz/, a workspace of its own; fuzz/README.md): every target for a
+# few seconds from its checked-in seeds, on a stable toolchain (RUSTC_BOOTSTRAP=1 inside).
+# TERRARIUM_FUZZ_SECONDS sets the time per target (0 skips the step).
+fuzz_seconds="${TERRARIUM_FUZZ_SECONDS:-10}"
+if [[ "$fuzz_seconds" != 0 ]]; then
+  step "fuzz (${fuzz_seconds}s per target)"
+  scripts/fuzz.sh "$fuzz_seconds"
+fi
+
+step "viewer in a browser (scripts/viewer-test.sh)"
+scripts/viewer-test.sh
 
 # An outside tool against the running server: no 5xx, responses as /api/openapi.json says
 # (about 10 s once the example is built).

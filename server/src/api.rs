@@ -40,9 +40,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/performance", get(performance))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws::upgrade))
+        .merge(crate::viewer::keyed())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_api_key));
     Router::new()
         .merge(keyed)
+        .merge(crate::viewer::public())
         .route("/health", get(health))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })

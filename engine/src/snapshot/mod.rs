@@ -8,6 +8,10 @@
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
+pub use validate::{ID_LIMIT, MAX_TICK};
+
 use crate::spawn::{AgentBundle, NpcBundle, PlainNpcBundle};
 use crate::voxel::{VoxelRecord, VoxelWorld};
 use crate::{
@@ -60,87 +64,48 @@ impl Minds {
     }
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct Columns {
-    ids: Vec<NpcId>,
-    positions: Vec<Position>,
-    velocities: Vec<Velocity>,
-    roles: Vec<Role>,
-    statuses: Vec<Status>,
-    healths: Vec<Health>,
-    inventories: Vec<Inventory>,
-    swarms: Vec<Swarm>,
+/// Every NPC component as a column, from the one list in `spawn.rs` (`npc_components!`): the
+/// columns are encoded in that order.
+macro_rules! columns {
+    ($($field:ident: $column:ident: $ty:ty = $doc:literal,)*) => {
+        #[derive(Serialize, Deserialize, Default)]
+        struct Columns {
+            $($column: Vec<$ty>,)*
+        }
+
+        type ColumnQuery = ($(&'static $ty,)*);
+
+        impl Columns {
+            fn len(&self) -> usize {
+                self.ids.len()
+            }
+
+            fn gather<F: bevy_ecs::query::QueryFilter + bevy_ecs::query::ArchetypeFilter>(
+                world: &mut World,
+            ) -> Self {
+                let mut out = Self::default();
+                let mut q = world.query_filtered::<ColumnQuery, F>();
+                for ($($column,)*) in q.contiguous_iter(world).expect("NPC components are dense") {
+                    $(out.$column.extend_from_slice($column);)*
+                }
+                out
+            }
+
+            fn check_lengths(&self, what: &str) -> Result<(), SnapshotError> {
+                let n = self.ids.len();
+                if [$(self.$column.len(),)*].iter().any(|&l| l != n) {
+                    return Err(SnapshotError::Inconsistent(format!("{what} columns have different lengths")));
+                }
+                Ok(())
+            }
+
+            fn bundle(&self, i: usize) -> NpcBundle {
+                NpcBundle { $($field: self.$column[i],)* }
+            }
+        }
+    };
 }
-
-type ColumnQuery = (
-    &'static NpcId,
-    &'static Position,
-    &'static Velocity,
-    &'static Role,
-    &'static Status,
-    &'static Health,
-    &'static Inventory,
-    &'static Swarm,
-);
-
-impl Columns {
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn gather<F: bevy_ecs::query::QueryFilter + bevy_ecs::query::ArchetypeFilter>(world: &mut World) -> Self {
-        let mut out = Self::default();
-        let mut q = world.query_filtered::<ColumnQuery, F>();
-        for (ids, pos, vel, roles, st, hp, inv, sw) in
-            q.contiguous_iter(world).expect("NPC components are dense")
-        {
-            out.ids.extend_from_slice(ids);
-            out.positions.extend_from_slice(pos);
-            out.velocities.extend_from_slice(vel);
-            out.roles.extend_from_slice(roles);
-            out.statuses.extend_from_slice(st);
-            out.healths.extend_from_slice(hp);
-            out.inventories.extend_from_slice(inv);
-            out.swarms.extend_from_slice(sw);
-        }
-        out
-    }
-
-    fn check(&self, what: &str) -> Result<(), SnapshotError> {
-        let n = self.ids.len();
-        let lens = [
-            self.positions.len(),
-            self.velocities.len(),
-            self.roles.len(),
-            self.statuses.len(),
-            self.healths.len(),
-            self.inventories.len(),
-            self.swarms.len(),
-        ];
-        if lens.iter().any(|&l| l != n) {
-            return Err(SnapshotError::Inconsistent(format!("{what} columns have different lengths")));
-        }
-        if let Some(p) =
-            self.positions.iter().find(|p| !(p.x.is_finite() && p.y.is_finite() && p.z.is_finite()))
-        {
-            return Err(SnapshotError::Inconsistent(format!("{what}: non-finite position {p:?}")));
-        }
-        Ok(())
-    }
-
-    fn bundle(&self, i: usize) -> NpcBundle {
-        NpcBundle {
-            id: self.ids[i],
-            position: self.positions[i],
-            velocity: self.velocities[i],
-            role: self.roles[i],
-            status: self.statuses[i],
-            health: self.healths[i],
-            inventory: self.inventories[i],
-            swarm: self.swarms[i],
-        }
-    }
-}
+crate::spawn::npc_components!(columns);
 
 /// Encodes the world and writes it as one frame; returns the bytes written.
 pub(crate) fn save(
@@ -237,28 +202,18 @@ pub(crate) fn read_body(reader: &mut impl std::io::Read, limit: u64) -> Result<B
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let body: Body = terrarium_codec::decode(&payload, limit).map_err(SnapshotError::Decode)?;
-    body.plain.check("plain NPC")?;
-    body.agents.check("agent")?;
-    if body.wanders.len() != body.plain.len() {
-        return Err(SnapshotError::Inconsistent("wander column length differs from plain NPCs".into()));
-    }
-    let n = body.agents.len();
-    if body.minds.brains.len() != n || body.minds.paths.len() != n || body.minds.profiles.len() != n {
-        return Err(SnapshotError::Inconsistent(
-            "agent decision columns differ in length from the agents".into(),
-        ));
-    }
-    if body.clock.tick_hz == 0 || body.clock.tick_hz > 1000 {
-        return Err(SnapshotError::Inconsistent(format!("tick_hz {} out of 1 ..= 1000", body.clock.tick_hz)));
-    }
+    validate::validate(&body)?;
     Ok(body)
 }
 
-/// Replaces the engine's (empty) world state with the body's.
-pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotError> {
+/// Replaces the engine's (empty) world state with the body's (checked by [`read_body`]);
+/// `limit` is `snapshot.max_bytes`, which the voxel world may not exceed either.
+pub(crate) fn restore(engine: &mut Engine, body: Body, limit: u64) -> Result<(), SnapshotError> {
     if engine.npc_count() != 0 {
         return Err(SnapshotError::Inconsistent("snapshots load into an empty world only".into()));
     }
+    // Built before anything is spawned, so a voxel record over the limit leaves no half world.
+    let voxels = body.voxels.map(|rec| VoxelWorld::from_record(rec, limit)).transpose()?;
     let world = engine.world_mut();
     world.insert_resource(body.clock);
     world.insert_resource(body.rng);
@@ -274,26 +229,19 @@ pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotErr
         ..AgentBundle::new(body.agents.bundle(i))
     });
     entities.extend(world.spawn_batch(agents));
-    if let Some(rec) = body.voxels {
-        world.insert_resource(VoxelWorld::from_record(rec)?);
+    if let Some(voxels) = voxels {
+        world.insert_resource(voxels);
     }
-    let mut max_id = 0;
-    let duplicate = {
+    {
         let mut index = world.resource_mut::<NpcIndex>();
         index.reserve_to(body.next_id);
+        // Ids are unique (checked), but may be spread out: the dense table grows only to a
+        // size proportional to the population, the rest goes to the sparse map.
+        let dense_cap = (entities.len() as u64).saturating_mul(2);
         let ids = body.plain.ids.iter().chain(&body.agents.ids);
-        let mut dup = None;
         for (&id, &e) in ids.zip(&entities) {
-            max_id = max_id.max(id.0);
-            if index.insert(id, e).is_some() {
-                dup = Some(id);
-                break;
-            }
+            index.insert_restored(id, e, dense_cap);
         }
-        dup
-    };
-    if let Some(id) = duplicate {
-        return Err(SnapshotError::Inconsistent(format!("{id} appears twice")));
     }
     for (id, target) in body.move_targets {
         let Some(e) = world.resource::<NpcIndex>().get(id) else {
@@ -301,6 +249,7 @@ pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotErr
         };
         world.entity_mut(e).insert(target);
     }
-    engine.set_next_npc_id(body.next_id.max(max_id + 1));
+    // The counter is above every id (checked).
+    engine.set_next_npc_id(body.next_id);
     Ok(())
 }
