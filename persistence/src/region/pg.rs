@@ -24,7 +24,7 @@ pub struct NpcState {
     pub velocity: [f32; 3],
 }
 
-/// Rows an adoption took, with how long each was out of any world.
+/// Rows an adoption (or a load) took, with how long each was out of any world.
 #[derive(Debug, Clone, Default)]
 pub struct Adopted {
     /// The rows (to give to `RegionCore::on_arrivals`, which says which to spawn).
@@ -278,16 +278,13 @@ impl RegionStore {
     ///
     /// # Errors
     /// [`RegionError::Fenced`], [`RegionError::CommitUnknown`], [`RegionError::Db`].
-    async fn load_tx(
-        &mut self,
-        region: RegionId,
-        epoch: Epoch,
-    ) -> Result<Vec<OwnerRow<NpcState>>, RegionError> {
+    async fn load_tx(&mut self, region: RegionId, epoch: Epoch) -> Result<Adopted, RegionError> {
         let r = region_i32(region)?;
         let tx = self.open_fenced(region, epoch, "load").await?;
         let rows = tx
             .query(
-                "SELECT npc_id, handoff_seq, adopted, role, swarm, x, y, z, vx, vy, vz
+                "SELECT npc_id, handoff_seq, adopted, role, swarm, x, y, z, vx, vy, vz,
+                        coalesce(extract(epoch FROM now() - handed_at)::float8 * 1000.0, 0.0)
                  FROM npc_owners WHERE region = $1 ORDER BY npc_id",
                 &[&r],
             )
@@ -300,7 +297,11 @@ impl RegionStore {
         .await
         .map_err(db("load"))?;
         tx.commit().await.map_err(|source| RegionError::CommitUnknown { what: "load", source })?;
-        Ok(rows.iter().map(|row| owner_row(row, region)).collect())
+        Ok(Adopted {
+            latency_ms: rows.iter().map(|row| row.get(11)).collect(),
+            rows: rows.iter().map(|row| owner_row(row, region)).collect(),
+            commit_known: true,
+        })
     }
 
     /// Moves each NPC's row from `region` to its destination if it still is `(region, seq)`,
@@ -453,16 +454,13 @@ impl RegionStore {
     }
 
     /// Start-up: every row `region` owns (adopted or not), fenced; the ones not yet adopted
-    /// are marked adopted in the same transaction.
+    /// (`adopted` false in what is returned, `latency_ms` how long they waited) are marked
+    /// adopted in the same transaction.
     ///
     /// # Errors
     /// [`RegionError::Fenced`] (logged in `region_fence_log`), [`RegionError::CommitUnknown`],
     /// [`RegionError::Db`].
-    pub async fn load(
-        &mut self,
-        region: RegionId,
-        epoch: Epoch,
-    ) -> Result<Vec<OwnerRow<NpcState>>, RegionError> {
+    pub async fn load(&mut self, region: RegionId, epoch: Epoch) -> Result<Adopted, RegionError> {
         let r = self.load_tx(region, epoch).await;
         self.logged(r, "load").await
     }
