@@ -110,6 +110,8 @@ struct Summary {
     position_rows_written: u64,
     /// Metric rows in the store.
     metric_rows_written: u64,
+    /// Registry (`npcs`) rows the store inserted or rewrote in this run.
+    npc_upserts_written: u64,
     /// Domain events recorded by the batcher (before deduplication).
     events_emitted: u64,
     /// Event rows in the store.
@@ -370,6 +372,7 @@ fn run(args: &Args) -> Result<()> {
         stage_ms,
         position_rows_written: written.map_or(0, |(s, _)| s.positions),
         metric_rows_written: written.map_or(0, |(s, _)| s.metrics),
+        npc_upserts_written: written.map_or(0, |(s, _)| s.npc_upserts),
         events_emitted: batcher.events_emitted,
         events_written: written.map_or(0, |(s, _)| s.events),
         events_deduplicated: batcher.events_deduplicated,
@@ -528,7 +531,7 @@ fn report_line(p: &PerformanceSnapshot) -> String {
     if let Some(w) = &p.write_behind {
         line += &format!(
             "  write-behind: {} rows queued, {} written batches, {} dropped",
-            w.queue_rows, w.batches_written, w.writes_dropped
+            w.queued_rows, w.batches_written, w.writes_dropped
         );
     }
     if p.agents > 0 {

@@ -324,10 +324,16 @@ fn replot(out: &Path) -> Result<()> {
 /// Writes `summary.json` and the charts into `out`, and prints the table and the slopes.
 fn report(runs: &[Run], out: &Path) -> Result<()> {
     let slopes = slopes(runs);
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "slopes": slopes }))?,
-    )?;
+    // Why `slopes` is empty, so an empty list is never a silent surprise.
+    let note = slopes.is_empty().then_some(
+        "no slope: a slope needs at least two runs of one workload and thread count between \
+         10,000 and 1,000,000 NPCs (smaller worlds measure fixed costs, not scaling)",
+    );
+    let mut summary = serde_json::json!({ "slopes": slopes });
+    if let Some(note) = note {
+        summary["slopes_note"] = note.into();
+    }
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     charts::draw_all(runs, out)?;
     print_table(runs);
     for s in &slopes {
@@ -341,6 +347,9 @@ fn report(runs: &[Run], out: &Path) -> Result<()> {
             s.slope_mean,
             s.points
         );
+    }
+    if let Some(note) = note {
+        println!("{note}");
     }
     println!("wrote {} and charts in {}", out.join("scaling.csv").display(), out.display());
     Ok(())

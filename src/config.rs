@@ -44,16 +44,12 @@ impl Config {
         cfg.engine.validate().map_err(|e| in_section("engine", e))?;
         cfg.server.validate()?;
         cfg.storage.validate().map_err(|e| match e {
-            StorageConfigError::OutOfRange { key, value, allowed } => {
-                ConfigError::OutOfRange { key, value, allowed }
-            }
+            StorageConfigError::OutOfRange(e) => ConfigError::OutOfRange(e),
             StorageConfigError::Invalid { key, reason } => ConfigError::Invalid { key, reason },
             other => ConfigError::Invalid { key: "storage".into(), reason: other.to_string() },
         })?;
         cfg.write_behind.validate().map_err(|e| match e {
-            terrarium_persistence::WriteBehindError::Config { key, reason } => {
-                ConfigError::Invalid { key: format!("write_behind.{key}"), reason }
-            }
+            terrarium_persistence::WriteBehindError::OutOfRange(e) => ConfigError::OutOfRange(e),
             other => ConfigError::Invalid { key: "write_behind".into(), reason: other.to_string() },
         })?;
         Ok(cfg)
@@ -82,9 +78,7 @@ impl Config {
 /// Names a key of `[section]` by its whole path (`engine.tick_hz`, not `tick_hz`).
 fn in_section(section: &str, e: ConfigError) -> ConfigError {
     match e {
-        ConfigError::OutOfRange { key, value, allowed } => {
-            ConfigError::OutOfRange { key: format!("{section}.{key}"), value, allowed }
-        }
+        ConfigError::OutOfRange(e) => ConfigError::OutOfRange(e.under(section)),
         ConfigError::Invalid { key, reason } => {
             ConfigError::Invalid { key: format!("{section}.{key}"), reason }
         }

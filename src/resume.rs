@@ -135,11 +135,30 @@ pub fn resume(builder: EngineBuilder, point: ResumePoint) -> Result<(Engine, Res
         next = next.saturating_add(CRASH_ID_GAP);
     }
     engine.reserve_npc_ids_below(next);
+    if batches_committed {
+        // The store holds exactly this world: the batcher starts from it instead of sending
+        // every NPC again (a million registry rows and positions in the first store call).
+        terrarium_systems::batching::mark_stored(&mut engine);
+        if !report.clean {
+            // After a crash, agents keep the checkpoint's state while the store may hold newer
+            // rows of theirs: send their state and position again.
+            resend_agents(engine.world_mut());
+        }
+    }
     report.tick = newest;
     report.npcs = engine.npc_count() as u64;
     report.agents = engine.agent_count() as u64;
     report.ms = started.elapsed().as_secs_f64() * 1e3;
     Ok((engine, report))
+}
+
+/// Marks every agent's position and status as changed, so the batcher writes them again.
+fn resend_agents(world: &mut World) {
+    let mut q = world.query_filtered::<(&mut Position, &mut Status), With<Agent>>();
+    for (mut p, mut s) in q.iter_mut(world) {
+        p.set_changed();
+        s.set_changed();
+    }
 }
 
 /// Despawns the NPCs the store no longer has (`ids` ascending); returns how many.

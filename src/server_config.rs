@@ -108,6 +108,7 @@ impl ServerConfig {
         // A range holds no NaN and no infinity, so these also refuse non-finite values.
         in_range("server.ws_max_area", self.ws_max_area, &(1.0..=1e12))?;
         in_range("server.ws_cell_blocks", self.ws_cell_blocks, &(1.0..=4096.0))?;
-        in_range("server.perf_window_s", self.perf_window_s, &(0.1..=3600.0))
+        in_range("server.perf_window_s", self.perf_window_s, &(0.1..=3600.0))?;
+        Ok(())
     }
 }

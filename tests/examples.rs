@@ -163,6 +163,7 @@ fn a_tiny_scaling_sweep_of_every_workload_writes_the_csv_and_the_charts() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["slopes"], serde_json::json!([]), "no slope below 10k NPCs");
+    assert!(summary["slopes_note"].as_str().is_some_and(|n| n.contains("10,000")), "{summary}");
 
     // The slopes, from a CSV with runs where they are computed (10k to 1M NPCs): the median
     // grows as NPCs¹ and the mean as NPCs^½, so the fitted slopes are 1 and ½; runs under 10k
@@ -198,6 +199,7 @@ fn a_tiny_scaling_sweep_of_every_workload_writes_the_csv_and_the_charts() {
         serde_json::from_str(&std::fs::read_to_string(fitted.path().join("summary.json")).unwrap()).unwrap();
     let slopes = summary["slopes"].as_array().unwrap();
     assert_eq!(slopes.len(), 1, "{summary}");
+    assert!(summary.get("slopes_note").is_none(), "{summary}");
     let s = &slopes[0];
     assert_eq!(
         (s["workload"].as_str(), s["threads"].as_u64(), s["points"].as_u64()),

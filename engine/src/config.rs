@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
+pub use terrarium_codec::in_range;
 
 /// Everything the engine needs to build a world. Every field has a default.
 #[derive(bevy_ecs::resource::Resource, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,17 +189,13 @@ impl EngineConfig {
         in_range("threads", self.threads, &(0..=1024))?;
         for (axis, name) in ["x", "y", "z"].iter().enumerate() {
             let (lo, hi) = (self.world.min[axis], self.world.max[axis]);
-            if !lo.is_finite() || !hi.is_finite() || hi <= lo || hi - lo > 1_000_000.0 {
-                return Err(ConfigError::OutOfRange {
-                    key: format!("world.max[{axis}]"),
-                    value: format!("{hi} (min {lo})"),
-                    allowed: format!("finite, above world.min[{axis}] ({name}) by at most 1000000"),
-                });
-            }
+            in_range(&format!("world.min[{axis}] ({name})"), lo, &(-1e9..=1e9))?;
+            // The extent, so that `max <= min` and a world too large to index are one message.
+            in_range(&format!("world.max[{axis}] - world.min[{axis}] ({name})"), hi - lo, &(0.001..=1e6))?;
         }
-        in_range_f("npc.wander_speed", self.npc.wander_speed, 0.0, 100.0)?;
-        in_range_f("npc.turn_min_s", self.npc.turn_min_s, 0.05, 3600.0)?;
-        in_range_f("npc.turn_max_s", self.npc.turn_max_s, self.npc.turn_min_s, 3600.0)?;
+        in_range("npc.wander_speed", self.npc.wander_speed, &(0.0..=100.0))?;
+        in_range("npc.turn_min_s", self.npc.turn_min_s, &(0.05..=3600.0))?;
+        in_range("npc.turn_max_s", self.npc.turn_max_s, &(self.npc.turn_min_s..=3600.0))?;
         in_range("commands.queue_capacity", self.commands.queue_capacity, &(1..=16_777_216))?;
         in_range("snapshot.max_bytes", self.snapshot.max_bytes, &(1024..=(64 << 30)))?;
         for (name, l) in [("positions", self.batching.positions), ("metrics", self.batching.metrics)] {
@@ -314,37 +311,6 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     Ok(())
 }
 
-/// Checks an integer setting against its allowed range.
-///
-/// # Errors
-/// [`ConfigError::OutOfRange`] naming `key`.
-pub fn in_range<T>(key: &str, value: T, allowed: &std::ops::RangeInclusive<T>) -> Result<(), ConfigError>
-where
-    T: PartialOrd + std::fmt::Display + Copy,
-{
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::OutOfRange {
-            key: key.to_string(),
-            value: value.to_string(),
-            allowed: format!("{} ..= {}", allowed.start(), allowed.end()),
-        })
-    }
-}
-
-fn in_range_f(key: &str, value: f32, lo: f32, hi: f32) -> Result<(), ConfigError> {
-    if value.is_finite() && (lo..=hi).contains(&value) {
-        Ok(())
-    } else {
-        Err(ConfigError::OutOfRange {
-            key: key.to_string(),
-            value: value.to_string(),
-            allowed: format!("{lo} ..= {hi}"),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +347,7 @@ mod tests {
     fn out_of_range_names_key_and_range() {
         let err = EngineConfig::from_toml_str("tick_hz = 0", []).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, ConfigError::OutOfRange { ref key, .. } if key == "tick_hz"), "{msg}");
+        assert!(matches!(err, ConfigError::OutOfRange(ref e) if e.key == "tick_hz"), "{msg}");
         assert!(msg.contains("1 ..= 1000"), "{msg}");
         let err = EngineConfig::from_toml_str("", env(&[("TERRARIUM_ENGINE__NPC__TURN_MAX_S", "1.0")]))
             .unwrap_err();

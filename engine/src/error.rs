@@ -23,16 +23,10 @@ pub enum ConfigError {
         /// Why it was refused.
         reason: String,
     },
-    /// A value is outside its allowed range.
-    #[error("config: {key} = {value} is out of range (allowed: {allowed})")]
-    OutOfRange {
-        /// Dotted key path, for example `batching.positions.max_items`.
-        key: String,
-        /// The value found.
-        value: String,
-        /// The allowed range.
-        allowed: String,
-    },
+    /// A value is outside its allowed range (the key is a dotted path, for example
+    /// `batching.positions.max_items`).
+    #[error("config: {0}")]
+    OutOfRange(#[from] terrarium_codec::OutOfRange),
     /// A value is invalid for another reason.
     #[error("config: {key}: {reason}")]
     Invalid {

@@ -9,8 +9,9 @@ use crate::{
     BreakerConfig, Clock, NpcFilter, NpcPage, NpcRecord, Page, Storage, StorageError, TokioClock, WriteBatch,
 };
 
-/// Where a [`CircuitBreaker`] stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a [`CircuitBreaker`] stands (serialised `closed`, `open`, `half_open`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls go through; consecutive transient failures are counted.
     #[default]
@@ -22,7 +23,7 @@ pub enum BreakerState {
 }
 
 /// State and counters of a [`CircuitBreaker`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BreakerMetrics {
     /// The state now (an open circuit whose reset timeout has passed still reads `Open` until
     /// the next call moves it to half-open).

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::StorageConfigError;
+use terrarium_codec::in_range;
 
 mod write_behind;
 
@@ -299,13 +300,13 @@ impl StorageConfig {
                 ),
             });
         }
-        range("storage.postgres.max_size", pg.max_size as u64, 1, 1000)?;
-        range("storage.postgres.min_size", pg.min_size as u64, 0, pg.max_size as u64)?;
-        range("storage.postgres.connect_timeout_ms", pg.connect_timeout_ms, 1, 600_000)?;
-        range("storage.postgres.wait_timeout_ms", pg.wait_timeout_ms, 1, 600_000)?;
-        range("storage.postgres.create_timeout_ms", pg.create_timeout_ms, 1, 600_000)?;
-        range("storage.postgres.recycle_timeout_ms", pg.recycle_timeout_ms, 1, 600_000)?;
-        range("storage.postgres.statement_timeout_ms", pg.statement_timeout_ms, 0, 3_600_000)?;
+        in_range("storage.postgres.max_size", pg.max_size, &(1..=1000))?;
+        in_range("storage.postgres.min_size", pg.min_size, &(0..=pg.max_size))?;
+        in_range("storage.postgres.connect_timeout_ms", pg.connect_timeout_ms, &(1..=600_000))?;
+        in_range("storage.postgres.wait_timeout_ms", pg.wait_timeout_ms, &(1..=600_000))?;
+        in_range("storage.postgres.create_timeout_ms", pg.create_timeout_ms, &(1..=600_000))?;
+        in_range("storage.postgres.recycle_timeout_ms", pg.recycle_timeout_ms, &(1..=600_000))?;
+        in_range("storage.postgres.statement_timeout_ms", pg.statement_timeout_ms, &(0..=3_600_000))?;
         let emb = &self.embedded;
         if emb.path.as_os_str().is_empty() {
             return Err(StorageConfigError::Invalid {
@@ -313,18 +314,18 @@ impl StorageConfig {
                 reason: "must name a file".into(),
             });
         }
-        range("storage.embedded.busy_timeout_ms", emb.busy_timeout_ms, 0, 600_000)?;
-        range("storage.embedded.cache_mib", emb.cache_mib, 1, 16_384)?;
+        in_range("storage.embedded.busy_timeout_ms", emb.busy_timeout_ms, &(0..=600_000))?;
+        in_range("storage.embedded.cache_mib", emb.cache_mib, &(1..=16_384))?;
         let cp = &self.checkpoint;
-        range("storage.checkpoint.every_ticks", cp.every_ticks, 0, 10_000_000)?;
-        range("storage.checkpoint.keep", u64::from(cp.keep), 1, 100)?;
-        range("storage.checkpoint.drain_timeout_ms", cp.drain_timeout_ms, 1, 3_600_000)?;
+        in_range("storage.checkpoint.every_ticks", cp.every_ticks, &(0..=10_000_000))?;
+        in_range("storage.checkpoint.keep", cp.keep, &(1..=100))?;
+        in_range("storage.checkpoint.drain_timeout_ms", cp.drain_timeout_ms, &(1..=3_600_000))?;
         let ret = &self.retention;
-        range("storage.retention.max_age_s", ret.max_age_s, 60, 3650 * 24 * 3600)?;
-        range("storage.retention.chunk_rows", u64::from(ret.chunk_rows), 1, 1_000_000)?;
-        range("storage.retention.interval_s", ret.interval_s, 1, 86_400)?;
+        in_range("storage.retention.max_age_s", ret.max_age_s, &(60..=3650 * 24 * 3600))?;
+        in_range("storage.retention.chunk_rows", ret.chunk_rows, &(1..=1_000_000))?;
+        in_range("storage.retention.interval_s", ret.interval_s, &(1..=86_400))?;
         let r = &self.redis;
-        range("storage.redis.pool_size", r.pool_size as u64, 1, 64)?;
+        in_range("storage.redis.pool_size", r.pool_size, &(1..=64))?;
         if r.key_prefix.is_empty()
             || r.key_prefix.len() > 64
             || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic())
@@ -334,26 +335,26 @@ impl StorageConfig {
                 reason: format!("{:?} must be 1 ..= 64 printable ASCII bytes without spaces", r.key_prefix),
             });
         }
-        range("storage.redis.hot_ttl_s", r.hot_ttl_s, 1, 86_400)?;
-        range("storage.redis.warm_ttl_s", r.warm_ttl_s, 1, 86_400)?;
-        range("storage.redis.cold_ttl_s", r.cold_ttl_s, 1, 86_400)?;
-        range("storage.redis.command_timeout_ms", r.command_timeout_ms, 1, 60_000)?;
-        range("storage.redis.pipeline_timeout_ms", r.pipeline_timeout_ms, 1, 600_000)?;
-        range("storage.redis.connect_timeout_ms", r.connect_timeout_ms, 1, 600_000)?;
-        range("storage.redis.bypass_ms", r.bypass_ms, 0, 600_000)?;
-        range("storage.redis.warm_on_start", r.warm_on_start as u64, 0, 10_000_000)?;
-        range("storage.l1.capacity", self.l1.capacity, 0, 100_000_000)?;
-        range("storage.l1.ttl_ms", self.l1.ttl_ms, 1, 3_600_000)?;
+        in_range("storage.redis.hot_ttl_s", r.hot_ttl_s, &(1..=86_400))?;
+        in_range("storage.redis.warm_ttl_s", r.warm_ttl_s, &(1..=86_400))?;
+        in_range("storage.redis.cold_ttl_s", r.cold_ttl_s, &(1..=86_400))?;
+        in_range("storage.redis.command_timeout_ms", r.command_timeout_ms, &(1..=60_000))?;
+        in_range("storage.redis.pipeline_timeout_ms", r.pipeline_timeout_ms, &(1..=600_000))?;
+        in_range("storage.redis.connect_timeout_ms", r.connect_timeout_ms, &(1..=600_000))?;
+        in_range("storage.redis.bypass_ms", r.bypass_ms, &(0..=600_000))?;
+        in_range("storage.redis.warm_on_start", r.warm_on_start, &(0..=10_000_000))?;
+        in_range("storage.l1.capacity", self.l1.capacity, &(0..=100_000_000))?;
+        in_range("storage.l1.ttl_ms", self.l1.ttl_ms, &(1..=3_600_000))?;
         let b = &self.breaker;
-        range("storage.breaker.failure_threshold", u64::from(b.failure_threshold), 1, 1000)?;
-        range("storage.breaker.success_threshold", u64::from(b.success_threshold), 1, 1000)?;
-        range("storage.breaker.call_timeout_ms", b.call_timeout_ms, 1, 600_000)?;
-        range("storage.breaker.reset_timeout_ms", b.reset_timeout_ms, 1, 3_600_000)?;
-        range("storage.breaker.write_rows_per_s", b.write_rows_per_s, 1, 1_000_000_000)?;
+        in_range("storage.breaker.failure_threshold", b.failure_threshold, &(1..=1000))?;
+        in_range("storage.breaker.success_threshold", b.success_threshold, &(1..=1000))?;
+        in_range("storage.breaker.call_timeout_ms", b.call_timeout_ms, &(1..=600_000))?;
+        in_range("storage.breaker.reset_timeout_ms", b.reset_timeout_ms, &(1..=3_600_000))?;
+        in_range("storage.breaker.write_rows_per_s", b.write_rows_per_s, &(1..=1_000_000_000))?;
         let rt = &self.retry;
-        range("storage.retry.max_attempts", u64::from(rt.max_attempts), 1, 20)?;
-        range("storage.retry.base_delay_ms", rt.base_delay_ms, 1, 60_000)?;
-        range("storage.retry.max_delay_ms", rt.max_delay_ms, rt.base_delay_ms, 600_000)?;
+        in_range("storage.retry.max_attempts", rt.max_attempts, &(1..=20))?;
+        in_range("storage.retry.base_delay_ms", rt.base_delay_ms, &(1..=60_000))?;
+        in_range("storage.retry.max_delay_ms", rt.max_delay_ms, &(rt.base_delay_ms..=600_000))?;
         Ok(())
     }
 }
@@ -375,18 +376,6 @@ pub fn is_identifier(s: &str) -> bool {
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
-}
-
-fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), StorageConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(StorageConfigError::OutOfRange {
-            key: key.into(),
-            value: value.to_string(),
-            allowed: format!("{min} ..= {max}"),
-        })
-    }
 }
 
 #[cfg(test)]

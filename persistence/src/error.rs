@@ -92,16 +92,10 @@ impl StorageError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageConfigError {
-    /// A number outside its allowed range.
-    #[error("config: {key} = {value} is out of range (allowed: {allowed})")]
-    OutOfRange {
-        /// Dotted key, for example `storage.postgres.max_size`.
-        key: String,
-        /// The value found.
-        value: String,
-        /// The allowed range.
-        allowed: String,
-    },
+    /// A number outside its allowed range (the key is dotted, for example
+    /// `storage.postgres.max_size`).
+    #[error("config: {0}")]
+    OutOfRange(#[from] terrarium_codec::OutOfRange),
     /// A value that is wrong for another reason.
     #[error("config: {key}: {reason}")]
     Invalid {
@@ -167,12 +161,8 @@ pub enum WriteBehindError {
         /// Batches not yet in the store (in memory or in the outbox).
         pending_batches: u64,
     },
-    /// A setting is out of range.
-    #[error("invalid write-behind setting {key}: {reason}")]
-    Config {
-        /// The setting.
-        key: &'static str,
-        /// Why it is refused.
-        reason: String,
-    },
+    /// A setting is out of range (the key is dotted, for example
+    /// `write_behind.max_queued_rows`).
+    #[error("invalid write-behind setting: {0}")]
+    OutOfRange(#[from] terrarium_codec::OutOfRange),
 }

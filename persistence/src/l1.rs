@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Hits and misses of one cache tier.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TierMetrics {
     /// Reads answered by the tier.
     pub hits: u64,

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::{batch, event, metric, npc, position};
 use terrarium_persistence::{
@@ -266,4 +267,185 @@ async fn wipe_forgets_the_world() {
     assert_eq!(store.row_counts().await.unwrap(), [0; 4]);
     assert_eq!(store.applied_seq(1).await.unwrap(), None);
     let _ = (BatchId::default(), common::service_url);
+}
+
+/// The same batches into the embedded store and `MemoryStore` give the same NPCs.
+async fn same_as_memory(store: &FileStore, batches: &[WriteBatch]) {
+    let memory = MemoryStore::default();
+    for b in batches {
+        store.write(std::slice::from_ref(b)).await.unwrap();
+        memory.write(std::slice::from_ref(b)).await.unwrap();
+    }
+    let (got, want) = (store.load_npcs().await.unwrap(), memory.load_npcs().await.unwrap());
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
+#[tokio::test]
+async fn positions_live_in_blocks_and_never_rewrite_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&cfg(dir.path())).await.unwrap();
+    // 200 NPCs: blocks 0 to 3. A spawn, then moves, a removal, a move older than what is
+    // stored, and a spawn after its first position.
+    let spawn = WriteBatch {
+        npcs: (1..=200).map(npc).collect(),
+        positions: (1..=200).map(|id| position(id, 1)).collect(),
+        ..batch(1, 1)
+    };
+    let moves = WriteBatch { positions: (1..=200).map(|id| position(id, 5)).collect(), ..batch(1, 2) };
+    let gone = WriteBatch { removed: vec![70, 128], positions: vec![position(71, 6)], ..batch(1, 3) };
+    let early = WriteBatch { positions: vec![position(300, 7)], ..batch(1, 4) };
+    let late = WriteBatch { npcs: vec![npc(300)], ..batch(1, 5) };
+    same_as_memory(&store, &[spawn, moves, gone, early, late]).await;
+    // Across calls the newer tick wins (as in PostgreSQL; MemoryStore keeps the last written).
+    store.write(&[WriteBatch { positions: vec![position(5, 3)], ..batch(1, 6) }]).await.unwrap();
+    assert_eq!(store.get_npc(5).await.unwrap().unwrap().updated_tick, 5, "an older position does not win");
+    assert_eq!(store.get_npc(71).await.unwrap().unwrap().x, position(71, 6).x);
+    assert_eq!(store.get_npc(70).await.unwrap(), None);
+
+    let sql = rusqlite::Connection::open(&cfg(dir.path()).path).unwrap();
+    // The registry keeps the position of its last write (the spawn's), the blocks the newest.
+    let (x, tick): (f64, i64) = sql
+        .query_row("SELECT x, updated_tick FROM npcs WHERE id = 5", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((x as f32, tick), (npc(5).x, npc(5).updated_tick as i64));
+    let blocks: Vec<(i64, i64)> = sql
+        .prepare("SELECT block, length(ids) / 8 FROM position_blocks ORDER BY block")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Block 0: ids 1..=63; 1: 64..=127 less 70; 2: 129..=191 (128 removed); 3: 192..=200; 4: 300.
+    assert_eq!(blocks, vec![(0, 63), (1, 63), (2, 63), (3, 9), (4, 1)]);
+    // History: one row per block and flush tick.
+    let [_, positions, ..] = store.row_counts().await.unwrap();
+    assert_eq!(positions, 200 + 200 + 1 + 1 + 1);
+    assert_eq!(
+        store.position_history(71, 0..100).await.unwrap(),
+        vec![position(71, 1), position(71, 5), position(71, 6)]
+    );
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_converted_to_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    std::fs::create_dir_all(c.path.parent().unwrap()).unwrap();
+    {
+        // A database as the V1 build left it.
+        let sql = rusqlite::Connection::open(&c.path).unwrap();
+        let v1 = include_str!("../src/file/migrations/V1__initial.sql");
+        sql.execute_batch(v1).unwrap();
+        sql.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+             checksum INTEGER NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        let sum = terrarium_codec::checksum(v1.as_bytes()) as i64;
+        sql.execute("INSERT INTO schema_migrations VALUES (1, 'initial', ?1, 0)", [sum]).unwrap();
+        for id in [3i64, 64, 65] {
+            sql.execute(
+                "INSERT INTO npcs VALUES (?1, 'miner', 'idle', 0, 0, ?2, 1.5, 2.5, 10, x'00', 9)",
+                rusqlite::params![id, id as f64],
+            )
+            .unwrap();
+        }
+        let day_ms = 86_400_000i64;
+        for (id, tick, at) in
+            [(3i64, 8i64, day_ms * 5), (3, 9, day_ms * 6 + 1), (64, 9, day_ms * 6), (64, 9, day_ms * 6)]
+        {
+            sql.execute(
+                "INSERT INTO npc_positions VALUES (?1, ?2, ?3, 0.5, 0.25, ?4)",
+                rusqlite::params![id, tick, tick as f64, at],
+            )
+            .unwrap();
+        }
+    }
+    let store = FileStore::open(&c).await.unwrap();
+    let three = store.get_npc(3).await.unwrap().unwrap();
+    assert_eq!((three.x, three.y, three.z, three.updated_tick), (3.0, 1.5, 2.5, 9));
+    assert_eq!(store.load_npcs().await.unwrap().len(), 3);
+    let track = store.position_history(3, 0..100).await.unwrap();
+    assert_eq!(track.iter().map(|p| (p.tick, p.x)).collect::<Vec<_>>(), vec![(8, 8.0), (9, 9.0)]);
+    assert_eq!(store.position_history(64, 0..100).await.unwrap().len(), 1, "a duplicate V1 row is one");
+    drop(store);
+    let sql = rusqlite::Connection::open(&c.path).unwrap();
+    let tables: Vec<String> = sql
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'position%' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tables, ["position_blocks", "position_history_d5", "position_history_d6"]);
+    let old: i64 = sql
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'npc_positions'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(old, 0);
+}
+
+#[tokio::test]
+async fn retention_drops_whole_day_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let store = FileStore::open(&c).await.unwrap();
+    store
+        .write(&[WriteBatch { positions: vec![position(1, 5), position(2, 5)], ..batch(1, 1) }])
+        .await
+        .unwrap();
+    {
+        // A day table from 1970 with a row in it.
+        let sql = rusqlite::Connection::open(&c.path).unwrap();
+        sql.execute_batch(
+            "CREATE TABLE position_history_d3 (block INTEGER NOT NULL, tick INTEGER NOT NULL, ids BLOB NOT NULL, \
+             xyz BLOB NOT NULL, recorded_at INTEGER NOT NULL); \
+             INSERT INTO position_history_d3 VALUES (0, 1, zeroblob(16), zeroblob(24), 259200000);",
+        )
+        .unwrap();
+    }
+    assert_eq!(store.row_counts().await.unwrap()[1], 4);
+    let deleted = store.purge_older_than(Duration::from_secs(3600), 1000).await.unwrap();
+    assert_eq!(deleted, 2, "the old table's two positions");
+    assert_eq!(store.row_counts().await.unwrap()[1], 2, "today's stay");
+    let sql = rusqlite::Connection::open(&c.path).unwrap();
+    let old: i64 = sql
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'position_history_d3'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(old, 0, "dropped whole");
+}
+
+#[tokio::test]
+async fn a_thousand_sample_track_reads_by_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&cfg(dir.path())).await.unwrap();
+    let n = 2_000u64;
+    // 1000 flushes of every NPC, written 100 batches per call (a write-behind catching up).
+    for call in 0..10u64 {
+        let group: Vec<WriteBatch> = (1..=100u64)
+            .map(|k| {
+                let t = call * 100 + k;
+                WriteBatch {
+                    npcs: if t == 1 { (1..=n).map(npc).collect() } else { vec![] },
+                    positions: (1..=n).map(|id| position(id, t)).collect(),
+                    ..batch(9, t)
+                }
+            })
+            .collect();
+        store.write(&group).await.unwrap();
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let track = store.position_history(1234, 0..2000).await.unwrap();
+        best = best.min(t.elapsed());
+        assert_eq!(track.len(), 1000);
+        assert_eq!(track[999], position(1234, 1000));
+    }
+    eprintln!("embedded: 1000-sample track of one NPC among {n}: {best:?}");
+    assert!(best < Duration::from_millis(500), "{best:?}");
 }

@@ -180,6 +180,33 @@ async fn an_unchanged_record_is_not_rewritten() {
     assert_eq!(s.store.get_npc(1).await.unwrap(), Some(npc(1)));
 }
 
+/// A spawn wave (more registry rows than one `unnest` statement takes) goes by COPY: straight
+/// into `npcs` for ids above every stored one, through a stage merged with ON CONFLICT when
+/// some exist; either way the same rows as the memory store, and unchanged rows not rewritten.
+#[tokio::test]
+async fn registry_waves_go_by_copy_and_merge_like_the_memory_store() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let mem = MemoryStore::default();
+    let wave = |ids: std::ops::RangeInclusive<u64>, tick: u64, seq: u64| WriteBatch {
+        npcs: ids
+            .map(|id| NpcRecord { updated_tick: tick, health: (tick % 90) as u16 + 1, ..npc(id) })
+            .collect(),
+        ..batch(4, seq)
+    };
+    // New ids only: COPY into npcs. Then 2,500..=7,500: half stored (changed), half new: the stage.
+    let (first, second) = (wave(1..=5_000, 1, 1), wave(2_500..=7_500, 2, 2));
+    // Unchanged rows (same values as stored) are counted as offered but not rewritten.
+    let third = WriteBatch { npcs: second.npcs.clone(), ..batch(4, 3) };
+    for b in [first, second, third] {
+        s.store.write(std::slice::from_ref(&b)).await.unwrap();
+        mem.write(std::slice::from_ref(&b)).await.unwrap();
+    }
+    assert_eq!(s.store.load_npcs().await.unwrap(), mem.load_npcs().await.unwrap());
+    assert_eq!(s.store.metrics().npc_upserts, 5_000 + 5_001, "the third wave rewrote nothing");
+    assert_eq!(s.store.row_counts().await.unwrap().npcs, 7_500);
+}
+
 #[tokio::test]
 async fn pages_match_the_memory_store_for_every_filter() {
     let Some(url) = service_url(PG) else { return };

@@ -110,7 +110,8 @@ impl Server {
             return Err(ServerError::MissingApiKey);
         }
         let tick_hz = engine.config().tick_hz;
-        terrarium::engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))?;
+        terrarium::engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))
+            .map_err(terrarium::engine::ConfigError::from)?;
         let view_every = u64::from(tick_hz.div_ceil(sc.ws_hz));
 
         let perf = Performance::with_config(PerfConfig { window_s: sc.perf_window_s });

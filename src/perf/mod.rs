@@ -193,7 +193,7 @@ impl Performance {
         };
         let sources = self.sources();
         if let Some(wb) = &sources.write_behind {
-            snap.write_behind = Some(wb.stats().into());
+            snap.write_behind = Some(wb.stats());
         }
         if let Some(stack) = &sources.storage {
             snapshot::fill_storage(&mut snap, stack.name(), &stack.metrics());

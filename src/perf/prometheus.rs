@@ -190,8 +190,8 @@ fn record_snapshot(s: &PerformanceSnapshot) {
         }
     }
     if let Some(w) = &s.write_behind {
-        gauge!("terrarium_write_behind_queue_rows").set(w.queue_rows as f64);
-        gauge!("terrarium_write_behind_queue_batches").set(w.queue_batches as f64);
+        gauge!("terrarium_write_behind_queue_rows").set(w.queued_rows as f64);
+        gauge!("terrarium_write_behind_queue_batches").set(w.queued_batches as f64);
         gauge!("terrarium_write_behind_outbox_batches").set(w.outbox_batches as f64);
         gauge!("terrarium_write_behind_outbox_bytes").set(w.outbox_bytes as f64);
         gauge!("terrarium_write_behind_degraded").set(if w.degraded { 1.0 } else { 0.0 });
@@ -215,22 +215,23 @@ fn record_snapshot(s: &PerformanceSnapshot) {
         }
     }
     for c in &s.caches {
-        counter!("terrarium_cache_hits_total", "tier" => c.tier.clone()).absolute(c.hits);
-        counter!("terrarium_cache_misses_total", "tier" => c.tier.clone()).absolute(c.misses);
+        counter!("terrarium_cache_hits_total", "tier" => c.tier.clone()).absolute(c.reads.hits);
+        counter!("terrarium_cache_misses_total", "tier" => c.tier.clone()).absolute(c.reads.misses);
         gauge!("terrarium_cache_hit_ratio", "tier" => c.tier.clone()).set(c.hit_rate);
         if let Some(n) = c.entries {
             gauge!("terrarium_cache_entries", "tier" => c.tier.clone()).set(n as f64);
         }
     }
     for b in &s.circuit_breakers {
-        for state in BREAKER_STATES {
-            let on = if b.state == state { 1.0 } else { 0.0 };
-            gauge!("terrarium_circuit_breaker_state", "name" => b.name.clone(), "state" => state).set(on);
+        let c = &b.circuit;
+        for (state, name) in BREAKER_STATES {
+            let on = if c.state == state { 1.0 } else { 0.0 };
+            gauge!("terrarium_circuit_breaker_state", "name" => b.name.clone(), "state" => name).set(on);
         }
-        counter!("terrarium_circuit_breaker_calls_total", "name" => b.name.clone()).absolute(b.calls);
-        counter!("terrarium_circuit_breaker_failures_total", "name" => b.name.clone()).absolute(b.failures);
-        counter!("terrarium_circuit_breaker_rejected_total", "name" => b.name.clone()).absolute(b.rejected);
-        counter!("terrarium_circuit_breaker_opened_total", "name" => b.name.clone()).absolute(b.opened);
+        counter!("terrarium_circuit_breaker_calls_total", "name" => b.name.clone()).absolute(c.calls);
+        counter!("terrarium_circuit_breaker_failures_total", "name" => b.name.clone()).absolute(c.failures);
+        counter!("terrarium_circuit_breaker_rejected_total", "name" => b.name.clone()).absolute(c.rejected);
+        counter!("terrarium_circuit_breaker_opened_total", "name" => b.name.clone()).absolute(c.opened);
         gauge!("terrarium_circuit_breaker_success_ratio", "name" => b.name.clone()).set(b.success_rate);
     }
     let p = &s.pathfinding;

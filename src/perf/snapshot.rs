@@ -190,63 +190,9 @@ impl BatcherFigures {
     }
 }
 
-/// The write-behind queue between the tick and the store.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct WriteBehindFigures {
-    /// Rows waiting in memory (the queue depth).
-    pub queue_rows: u64,
-    /// Batches waiting in memory.
-    pub queue_batches: u64,
-    /// Batches waiting in the outbox file.
-    pub outbox_batches: u64,
-    /// Size of the outbox file, bytes.
-    pub outbox_bytes: u64,
-    /// Calls to the store, successful or not.
-    pub store_calls: u64,
-    /// Store calls that failed.
-    pub store_errors: u64,
-    /// Batches the store acknowledged.
-    pub batches_written: u64,
-    /// Batches accepted from the tick.
-    pub batches_submitted: u64,
-    /// Position rows overwritten by a later batch before they were written (latest wins).
-    pub rows_coalesced: u64,
-    /// Batches spilled to the outbox.
-    pub batches_spilled: u64,
-    /// Batches replayed from the outbox.
-    pub batches_replayed: u64,
-    /// Batches given up on.
-    pub failed_batches: u64,
-    /// Rows that will never reach the store (drops; 0 unless something was lost, and logged).
-    pub writes_dropped: u64,
-    /// True from a failed store call until the next successful one.
-    pub degraded: bool,
-    /// True while the store answers with an open circuit breaker.
-    pub breaker_open: bool,
-}
-
-impl From<WriteBehindStats> for WriteBehindFigures {
-    fn from(s: WriteBehindStats) -> Self {
-        Self {
-            queue_rows: s.queued_rows,
-            queue_batches: s.queued_batches,
-            outbox_batches: s.outbox_batches,
-            outbox_bytes: s.outbox_bytes,
-            store_calls: s.store_calls,
-            store_errors: s.store_errors,
-            batches_written: s.batches_written,
-            batches_submitted: s.batches_submitted,
-            rows_coalesced: s.rows_coalesced,
-            batches_spilled: s.batches_spilled,
-            batches_replayed: s.batches_replayed,
-            failed_batches: s.failed_batches,
-            writes_dropped: s.writes_dropped,
-            degraded: s.degraded,
-            breaker_open: s.breaker_open,
-        }
-    }
-}
+/// The write-behind queue between the tick and the store: its own counters, serialised as
+/// they are (`queue_rows`, `queue_batches`, `store_calls`, `writes_dropped`, …).
+pub type WriteBehindFigures = WriteBehindStats;
 
 /// The database connection pool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -276,10 +222,9 @@ pub struct DbPoolFigures {
 pub struct CacheFigures {
     /// `l1`, `redis_hot`, `redis_warm` or `redis_cold`.
     pub tier: String,
-    /// Reads the tier answered.
-    pub hits: u64,
-    /// Reads it could not answer.
-    pub misses: u64,
+    /// Hits and misses (`hits`, `misses`).
+    #[serde(flatten)]
+    pub reads: TierMetrics,
     /// `hits / (hits + misses)`, 0 before the first read.
     pub hit_rate: f64,
     /// Entries held, where the tier can tell.
@@ -287,8 +232,8 @@ pub struct CacheFigures {
 }
 
 impl CacheFigures {
-    fn new(tier: &str, t: TierMetrics, entries: Option<u64>) -> Self {
-        Self { tier: tier.to_string(), hits: t.hits, misses: t.misses, hit_rate: t.hit_rate(), entries }
+    fn new(tier: &str, reads: TierMetrics, entries: Option<u64>) -> Self {
+        Self { tier: tier.to_string(), reads, hit_rate: reads.hit_rate(), entries }
     }
 }
 
@@ -296,53 +241,27 @@ impl CacheFigures {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct BreakerFigures {
-    /// What it guards (`storage.memory`, `storage.postgres`).
+    /// What it guards (`storage.memory`, `storage.postgres`, `storage.postgres.reads`).
     pub name: String,
-    /// `closed`, `open` or `half_open`.
-    pub state: String,
-    /// Calls let through.
-    pub calls: u64,
-    /// Calls that succeeded.
-    pub successes: u64,
-    /// Calls that failed transiently (the failure count), timeouts included.
-    pub failures: u64,
-    /// Calls cut off by the call timeout.
-    pub timeouts: u64,
-    /// Calls refused while open.
-    pub rejected: u64,
-    /// Times it opened.
-    pub opened: u64,
+    /// Its state (`closed`, `open` or `half_open`) and counters (`calls`, `successes`,
+    /// `failures`, `timeouts`, `rejected`, `opened`, `closed`).
+    #[serde(flatten)]
+    pub circuit: BreakerMetrics,
     /// `successes / (successes + failures)`, 1 before the first call.
     pub success_rate: f64,
 }
 
 impl BreakerFigures {
-    fn new(name: String, m: BreakerMetrics) -> Self {
-        let decided = m.successes + m.failures;
-        Self {
-            name,
-            state: breaker_state_name(m.state).to_string(),
-            calls: m.calls,
-            successes: m.successes,
-            failures: m.failures,
-            timeouts: m.timeouts,
-            rejected: m.rejected,
-            opened: m.opened,
-            success_rate: if decided == 0 { 1.0 } else { m.successes as f64 / decided as f64 },
-        }
+    fn new(name: String, circuit: BreakerMetrics) -> Self {
+        let decided = circuit.successes + circuit.failures;
+        let success_rate = if decided == 0 { 1.0 } else { circuit.successes as f64 / decided as f64 };
+        Self { name, circuit, success_rate }
     }
 }
 
-/// Every breaker state, with its name.
-pub(crate) const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
-
-fn breaker_state_name(s: BreakerState) -> &'static str {
-    match s {
-        BreakerState::Closed => BREAKER_STATES[0],
-        BreakerState::Open => BREAKER_STATES[1],
-        BreakerState::HalfOpen => BREAKER_STATES[2],
-    }
-}
+/// Every breaker state, with the name it is serialised under.
+pub(crate) const BREAKER_STATES: [(BreakerState, &str); 3] =
+    [(BreakerState::Closed, "closed"), (BreakerState::Open, "open"), (BreakerState::HalfOpen, "half_open")];
 
 /// The worker pool path searches run on (the engine's `ParPool`).
 ///

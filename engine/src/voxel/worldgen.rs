@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Block, BlockPos, CHUNK, CHUNK_VOLUME, Chunk, local_index};
 use crate::ConfigError;
+use crate::config::in_range;
 use crate::rng::{StreamRng, hash3, unit_f32};
 
 /// The parameters of a generated world. The same parameters always give the same blocks.
@@ -70,29 +71,16 @@ impl WorldGen {
     /// # Errors
     /// [`ConfigError::OutOfRange`] naming the first parameter out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let out = |key: &str, value: String, allowed: &str| {
-            Err(ConfigError::OutOfRange { key: format!("worldgen.{key}"), value, allowed: allowed.into() })
-        };
         let [x, y, z] = self.size_chunks;
-        if !(1..=512).contains(&x) || !(1..=512).contains(&z) || !(1..=16).contains(&y) {
-            return out("size_chunks", format!("{:?}", self.size_chunks), "x, z 1 ..= 512; y 1 ..= 16");
-        }
+        in_range("worldgen.size_chunks[0]", x, &(1..=512))?;
+        in_range("worldgen.size_chunks[1]", y, &(1..=16))?;
+        in_range("worldgen.size_chunks[2]", z, &(1..=512))?;
         let height = self.height_blocks();
-        if !(4..=height - 6).contains(&self.base_height) {
-            return out("base_height", self.base_height.to_string(), "4 ..= world height - 6");
-        }
-        if !(0..=64).contains(&self.relief) {
-            return out("relief", self.relief.to_string(), "0 ..= 64");
-        }
-        if !(0..height).contains(&self.sea_level) {
-            return out("sea_level", self.sea_level.to_string(), "0 ..= world height - 1");
-        }
-        if !(0.0..=64.0).contains(&self.veins_per_chunk) {
-            return out("veins_per_chunk", self.veins_per_chunk.to_string(), "0 ..= 64");
-        }
-        if !(8..=4096).contains(&self.depot_spacing) {
-            return out("depot_spacing", self.depot_spacing.to_string(), "8 ..= 4096");
-        }
+        in_range("worldgen.base_height", self.base_height, &(4..=height - 6))?;
+        in_range("worldgen.relief", self.relief, &(0..=64))?;
+        in_range("worldgen.sea_level", self.sea_level, &(0..=height - 1))?;
+        in_range("worldgen.veins_per_chunk", self.veins_per_chunk, &(0.0..=64.0))?;
+        in_range("worldgen.depot_spacing", self.depot_spacing, &(8..=4096))?;
         Ok(())
     }
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use terrarium_codec::in_range;
+
 use crate::WriteBehindError;
 
 /// Settings of a [`crate::WriteBehind`]. Every field has a default; sizes are in rows (of any kind).
@@ -89,34 +91,21 @@ impl WriteBehindConfig {
     /// Checks every value against its allowed range.
     ///
     /// # Errors
-    /// [`WriteBehindError::Config`] naming the first bad setting.
+    /// [`WriteBehindError::OutOfRange`] naming the first bad setting.
     pub fn validate(&self) -> Result<(), WriteBehindError> {
-        let check = |key: &'static str, ok: bool, reason: &str| {
-            if ok { Ok(()) } else { Err(WriteBehindError::Config { key, reason: reason.to_string() }) }
-        };
-        check("max_queued_rows", (1..=1_000_000_000).contains(&self.max_queued_rows), "1 ..= 1000000000")?;
-        check(
-            "spill_queued_rows",
-            (1..=self.max_queued_rows).contains(&self.spill_queued_rows),
-            "1 ..= max_queued_rows",
-        )?;
-        check(
-            "max_outbox_bytes",
-            ((1 << 20)..=(1 << 40)).contains(&self.max_outbox_bytes),
-            "1 MiB ..= 1 TiB",
-        )?;
-        check("max_frame_bytes", ((1 << 10)..=(4 << 30)).contains(&self.max_frame_bytes), "1 KiB ..= 4 GiB")?;
-        check("max_group_batches", (1..=100_000).contains(&self.max_group_batches), "1 ..= 100000")?;
-        check("max_group_rows", (1..=1_000_000_000).contains(&self.max_group_rows), "1 ..= 1000000000")?;
-        check("commit_interval_ms", self.commit_interval_ms <= 60_000, "0 ..= 60000")?;
-        check("write_timeout_ms", (1..=3_600_000).contains(&self.write_timeout_ms), "1 ..= 3600000")?;
-        check("retry_min_ms", (1..=3_600_000).contains(&self.retry_min_ms), "1 ..= 3600000")?;
-        check(
-            "retry_max_ms",
-            (self.retry_min_ms..=3_600_000).contains(&self.retry_max_ms),
-            "retry_min_ms ..= 3600000",
-        )?;
-        check("max_attempts", (1..=1000).contains(&self.max_attempts), "1 ..= 1000")?;
-        check("write_rows_per_s", (1..=1_000_000_000).contains(&self.write_rows_per_s), "1 ..= 1000000000")
+        let w = self;
+        in_range("write_behind.max_queued_rows", w.max_queued_rows, &(1..=1_000_000_000))?;
+        in_range("write_behind.spill_queued_rows", w.spill_queued_rows, &(1..=w.max_queued_rows))?;
+        in_range("write_behind.max_outbox_bytes", w.max_outbox_bytes, &((1 << 20)..=(1 << 40)))?;
+        in_range("write_behind.max_frame_bytes", w.max_frame_bytes, &((1 << 10)..=(4 << 30)))?;
+        in_range("write_behind.max_group_batches", w.max_group_batches, &(1..=100_000))?;
+        in_range("write_behind.max_group_rows", w.max_group_rows, &(1..=1_000_000_000))?;
+        in_range("write_behind.commit_interval_ms", w.commit_interval_ms, &(0..=60_000))?;
+        in_range("write_behind.write_timeout_ms", w.write_timeout_ms, &(1..=3_600_000))?;
+        in_range("write_behind.retry_min_ms", w.retry_min_ms, &(1..=3_600_000))?;
+        in_range("write_behind.retry_max_ms", w.retry_max_ms, &(w.retry_min_ms..=3_600_000))?;
+        in_range("write_behind.max_attempts", w.max_attempts, &(1..=1000))?;
+        in_range("write_behind.write_rows_per_s", w.write_rows_per_s, &(1..=1_000_000_000))?;
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! (a timeout) still runs to its end on the thread; its outcome is unknown to the caller, as
 //! with any store, and a retry is skipped by its batch ids.
 
+mod blocks;
 mod migrate;
 mod read;
 mod write;
@@ -35,7 +36,7 @@ pub struct FileMetrics {
     pub batches_applied: u64,
     /// Batches skipped because they had been applied before (replays).
     pub batches_skipped: u64,
-    /// Position history rows inserted.
+    /// Positions inserted into the history (one per NPC per flush).
     pub position_rows: u64,
     /// Metric rows inserted.
     pub metric_rows: u64,
@@ -43,7 +44,7 @@ pub struct FileMetrics {
     pub event_rows: u64,
     /// Rows inserted or replaced in `npcs`.
     pub npc_upserts: u64,
-    /// `npcs` rows whose position was updated.
+    /// Current positions written into `position_blocks`.
     pub npc_position_updates: u64,
     /// Rows deleted from `npcs`.
     pub npc_removals: u64,
@@ -78,10 +79,14 @@ struct Counters {
 
 /// The embedded store: one SQLite database file on local disk, no server.
 ///
-/// Tables (versioned migrations, see `file/migrations/`): `npcs` (current state),
-/// `npc_positions` and `metrics` (history), `events` (unique by event id), `applied_batches`
-/// (the exactly-once mark per producer run), `checkpoints`, `schema_migrations`. A user can
-/// open the file with the `sqlite3` shell (while the store runs too: WAL mode).
+/// Tables (versioned migrations, see `file/migrations/`): `npcs` (the registry: role, status,
+/// swarm, health, inventory; a position never rewrites it), `position_blocks` (current
+/// positions, one row per block of 64 ids), `position_history_d<day>` (position history, one
+/// row per block per flush, a table per day so retention drops whole tables), `metrics`
+/// (history), `events` (unique by event id), `applied_batches` (the exactly-once mark per
+/// producer run), `checkpoints`, `schema_migrations`. A user can open the file with the
+/// `sqlite3` shell (while the store runs too: WAL mode); block columns are BLOBs of
+/// little-endian values (see `file/migrations/V2__position_blocks.sql`).
 ///
 /// Durability: a `write` that returned `Ok` is committed with `synchronous = FULL` (the WAL is
 /// fsynced at commit), so it survives a crash of the process and of the machine.
@@ -297,7 +302,8 @@ impl FileStore {
         self.on_reader(move |c| read::position_history(c, npc_id, ticks)).await
     }
 
-    /// Rows in `npcs`, `npc_positions`, `metrics` and `events`.
+    /// Rows in `npcs`, positions in the history (one per NPC per flush), rows in `metrics`
+    /// and `events`.
     ///
     /// # Errors
     /// When the file can't be read.
@@ -305,18 +311,26 @@ impl FileStore {
         self.on_reader(|c| read::row_counts(c)).await
     }
 
-    /// Deletes rows stored more than `max_age` ago from `npc_positions`, `metrics` and `events`,
-    /// at most `chunk_rows` per transaction; returns the rows deleted.
+    /// Drops the position history tables of days that ended more than `max_age` ago, then
+    /// deletes the rows stored before that from the day table it falls in, `metrics` and
+    /// `events`, at most `chunk_rows` per transaction; returns the rows (positions) deleted.
     ///
     /// # Errors
     /// When the file can't be written; what was deleted before stays deleted.
     pub async fn purge_older_than(&self, max_age: Duration, chunk_rows: u32) -> Result<u64, StorageError> {
         let cutoff = now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
-        let mut total = 0;
-        for table in write::HISTORY_TABLES {
+        let mut total = self.on_writer(move |c| write::drop_history_days(c, cutoff)).await?;
+        self.inner.counters.retention_deleted.fetch_add(total, Ordering::Relaxed);
+        let day_table = self.on_writer(move |c| write::history_table_at(c, cutoff)).await?;
+        let tables: Vec<std::borrow::Cow<'static, str>> = day_table
+            .into_iter()
+            .map(std::borrow::Cow::Owned)
+            .chain(write::HISTORY_TABLES.into_iter().map(std::borrow::Cow::Borrowed))
+            .collect();
+        for table in tables {
             loop {
-                let n =
-                    self.on_writer(move |c| write::purge_chunk(c, table, cutoff, chunk_rows.max(1))).await?;
+                let t = table.clone();
+                let n = self.on_writer(move |c| write::purge_chunk(c, &t, cutoff, chunk_rows.max(1))).await?;
                 total += n;
                 self.inner.counters.retention_deleted.fetch_add(n, Ordering::Relaxed);
                 if n < u64::from(chunk_rows.max(1)) {

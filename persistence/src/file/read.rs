@@ -6,6 +6,7 @@ use std::ops::Range;
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row, params};
 
+use super::blocks::{self, Block};
 use super::write::none_if_no_rows;
 use super::{DbResult, corrupt, unbits};
 use crate::{Checkpoint, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, ResumePoint};
@@ -19,10 +20,40 @@ pub(super) fn npc(conn: &Connection, id: u64) -> DbResult<Option<NpcRecord>> {
     let Ok(id) = i64::try_from(id) else { return Ok(None) };
     let mut stmt = conn.prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE id = ?1"))?;
     let mut rows = stmt.query([id])?;
-    match rows.next()? {
-        Some(r) => Ok(Some(npc_from_row(r)?)),
-        None => Ok(None),
+    let Some(r) = rows.next()? else { return Ok(None) };
+    let mut rec = npc_from_row(r)?;
+    if let Some(b) = Block::load(conn, blocks::block_of(id))? {
+        overlay(&mut rec, &b)?;
     }
+    Ok(Some(rec))
+}
+
+/// Lays the NPC's block position over its registry row when it is not older (what
+/// `MemoryStore` does with its last positions).
+fn overlay(rec: &mut NpcRecord, block: &Block) -> DbResult<()> {
+    let id = i64::try_from(rec.id).map_err(|_| corrupt("npcs.id"))?;
+    if let Some((tick, [x, y, z])) = block.find(id) {
+        let tick = nonneg(tick, "position_blocks.ticks")?;
+        if tick >= rec.updated_tick {
+            (rec.x, rec.y, rec.z, rec.updated_tick) = (x, y, z, tick);
+        }
+    }
+    Ok(())
+}
+
+/// Lays block positions over `recs` (ascending by id), reading each block once.
+fn overlay_all(conn: &Connection, recs: &mut [NpcRecord]) -> DbResult<()> {
+    let mut held: Option<(i64, Option<Block>)> = None;
+    for rec in recs {
+        let block = blocks::block_of(i64::try_from(rec.id).map_err(|_| corrupt("npcs.id"))?);
+        if held.as_ref().is_none_or(|(b, _)| *b != block) {
+            held = Some((block, Block::load(conn, block)?));
+        }
+        if let Some((_, Some(b))) = &held {
+            overlay(rec, b)?;
+        }
+    }
+    Ok(())
 }
 
 /// One page by ascending id; every value is a parameter, each filter has an index ending in id.
@@ -63,20 +94,42 @@ pub(super) fn page(conn: &Connection, filter: &NpcFilter, page: Page) -> DbResul
     } else {
         None
     };
+    overlay_all(conn, &mut npcs)?;
     Ok(NpcPage { npcs, next })
 }
 
+/// Every registry row with its block position laid over it: both tables in id order, walked
+/// together.
 pub(super) fn all(conn: &Connection) -> DbResult<Vec<NpcRecord>> {
-    newer_than(conn, -1)
-}
-
-fn newer_than(conn: &Connection, tick: i64) -> DbResult<Vec<NpcRecord>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE updated_tick > ?1 ORDER BY id"))?;
-    let mut rows = stmt.query([tick])?;
     let mut out = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs ORDER BY id"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            out.push(npc_from_row(r)?);
+        }
+    }
+    let mut stmt = conn.prepare_cached("SELECT ids, ticks, xyz FROM position_blocks ORDER BY block")?;
+    let mut rows = stmt.query([])?;
+    let mut at = 0usize;
     while let Some(r) = rows.next()? {
-        out.push(npc_from_row(r)?);
+        let b = Block::decode(blob(r, 0)?, blob(r, 1)?, blob(r, 2)?)?;
+        for &id in &b.ids {
+            let id = nonneg(id, "position_blocks.ids")?;
+            while at < out.len() && out[at].id < id {
+                at += 1;
+            }
+            if at < out.len() && out[at].id == id {
+                let i = i64::try_from(id).unwrap_or(i64::MAX);
+                if let Some((tick, [x, y, z])) = b.find(i) {
+                    let tick = nonneg(tick, "position_blocks.ticks")?;
+                    let rec = &mut out[at];
+                    if tick >= rec.updated_tick {
+                        (rec.x, rec.y, rec.z, rec.updated_tick) = (x, y, z, tick);
+                    }
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -113,19 +166,76 @@ pub(super) fn resume_point(conn: &mut Connection) -> DbResult<Option<ResumePoint
     let tx = conn.transaction()?;
     let Some(checkpoint) = latest_checkpoint(&tx)? else { return Ok(None) };
     let mark = applied_seq(&tx, checkpoint.run)?;
-    let ids = {
-        let mut stmt = tx.prepare_cached("SELECT id FROM npcs ORDER BY id")?;
-        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-        let mut ids = Vec::new();
-        for id in rows {
-            let id = id?;
-            ids.push(u64::try_from(id).map_err(|_| corrupt(format!("npcs.id {id}")))?);
-        }
-        ids
-    };
     let tick = i64::try_from(checkpoint.tick).unwrap_or(i64::MAX);
-    let newer = newer_than(&tx, tick)?;
+    // Every id, and which registry rows changed after the checkpoint (one scan of `npcs`).
+    let (mut ids, mut changed) = (Vec::new(), Vec::new());
+    {
+        let mut stmt = tx.prepare_cached("SELECT id, updated_tick FROM npcs ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = nonneg(r.get(0)?, "npcs.id")?;
+            ids.push(id);
+            if r.get::<_, i64>(1)? > tick {
+                changed.push(id);
+            }
+        }
+    }
+    // Positions written after the checkpoint: only blocks whose newest tick is newer are read.
+    let mut moved: Vec<(u64, u64, [f32; 3])> = Vec::new();
+    {
+        let mut stmt =
+            tx.prepare_cached("SELECT ids, ticks, xyz FROM position_blocks WHERE tick > ?1 ORDER BY block")?;
+        let mut rows = stmt.query([tick])?;
+        while let Some(r) = rows.next()? {
+            let b = Block::decode(blob(r, 0)?, blob(r, 1)?, blob(r, 2)?)?;
+            for ((&id, &t), &xyz) in b.ids.iter().zip(&b.ticks).zip(&b.xyz) {
+                if t > tick {
+                    moved.push((
+                        nonneg(id, "position_blocks.ids")?,
+                        nonneg(t, "position_blocks.ticks")?,
+                        xyz,
+                    ));
+                }
+            }
+        }
+    }
+    // The NPCs that changed either way and are still registered, ascending.
+    let mut wanted: Vec<u64> = changed;
+    wanted.extend(moved.iter().map(|m| m.0).filter(|id| ids.binary_search(id).is_ok()));
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut newer = Vec::with_capacity(wanted.len());
+    if wanted.len() > ids.len() / 8 {
+        // Most of them: one scan beats a lookup each.
+        let mut stmt = tx.prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs ORDER BY id"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = nonneg(r.get(0)?, "npcs.id")?;
+            if wanted.binary_search(&id).is_ok() {
+                newer.push(npc_from_row(r)?);
+            }
+        }
+    } else {
+        let mut stmt = tx.prepare_cached(&format!("SELECT {NPC_COLUMNS} FROM npcs WHERE id = ?1"))?;
+        for &id in &wanted {
+            let mut rows = stmt.query([i64::try_from(id).unwrap_or(i64::MAX)])?;
+            if let Some(r) = rows.next()? {
+                newer.push(npc_from_row(r)?);
+            }
+        }
+    }
     tx.commit()?;
+    // Lay the newer positions over (both ascending by id).
+    let mut at = 0usize;
+    for (id, t, [x, y, z]) in moved {
+        while at < newer.len() && newer[at].id < id {
+            at += 1;
+        }
+        if at < newer.len() && newer[at].id == id && t >= newer[at].updated_tick {
+            let rec = &mut newer[at];
+            (rec.x, rec.y, rec.z, rec.updated_tick) = (x, y, z, t);
+        }
+    }
     let batches_committed = checkpoint.seq == 0 || mark.is_some_and(|m| m >= checkpoint.seq);
     Ok(Some(ResumePoint { checkpoint, ids, newer, batches_committed }))
 }
@@ -138,6 +248,8 @@ pub(super) fn applied_seq(conn: &Connection, run: u64) -> DbResult<Option<u64>> 
     Ok(seq.and_then(|s| u64::try_from(s).ok()))
 }
 
+/// One NPC's positions with `tick` in `ticks`, by tick: its block's history rows in every day
+/// table, by the `(block, tick)` index of each.
 pub(super) fn position_history(
     conn: &Connection,
     npc_id: u64,
@@ -145,33 +257,51 @@ pub(super) fn position_history(
 ) -> DbResult<Vec<PositionRow>> {
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let Ok(id) = i64::try_from(npc_id) else { return Ok(Vec::new()) };
-    let mut stmt = conn.prepare_cached(
-        "SELECT npc_id, tick, x, y, z FROM npc_positions WHERE npc_id = ?1 AND tick >= ?2 AND tick < ?3 ORDER BY tick",
-    )?;
-    let mut rows = stmt.query(params![id, clamp(ticks.start), clamp(ticks.end)])?;
+    let block = blocks::block_of(id);
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(PositionRow {
-            npc_id: nonneg(r.get(0)?, "npc_positions.npc_id")?,
-            tick: nonneg(r.get(1)?, "npc_positions.tick")?,
-            x: f32_of(r.get(2)?),
-            y: f32_of(r.get(3)?),
-            z: f32_of(r.get(4)?),
-        });
+    for (_, table) in blocks::history_tables(conn)? {
+        // `table` is a name `blocks` made (a prefix and a number).
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT tick, ids, xyz FROM {table} WHERE block = ?1 AND tick >= ?2 AND tick < ?3 ORDER BY tick"
+        ))?;
+        let mut rows = stmt.query(params![block, clamp(ticks.start), clamp(ticks.end)])?;
+        while let Some(r) = rows.next()? {
+            let tick = nonneg(r.get(0)?, "position history tick")?;
+            let (ids, xyz) = (blob(r, 1)?, blob(r, 2)?);
+            if ids.len() % 8 != 0 || xyz.len() != ids.len() / 8 * 12 {
+                return Err(corrupt(format!("{table}: column lengths disagree")));
+            }
+            let ids = blocks::decode_i64(ids);
+            if let Ok(k) = ids.binary_search(&id) {
+                let [x, y, z] = blocks::decode_xyz(&xyz[k * 12..k * 12 + 12])[0];
+                out.push(PositionRow { npc_id, tick, x, y, z });
+            }
+        }
     }
+    // Day tables are in day order; a tick range may straddle them.
+    out.sort_by_key(|p| p.tick);
     Ok(out)
 }
 
+/// Rows in `npcs`, positions in the history (one per NPC per flush), rows in `metrics` and
+/// `events`.
 pub(super) fn row_counts(conn: &Connection) -> DbResult<[u64; 4]> {
-    Ok(conn.query_row(
-        "SELECT (SELECT count(*) FROM npcs), (SELECT count(*) FROM npc_positions), \
-         (SELECT count(*) FROM metrics), (SELECT count(*) FROM events)",
+    let mut counts = conn.query_row(
+        "SELECT (SELECT count(*) FROM npcs), 0, (SELECT count(*) FROM metrics), (SELECT count(*) FROM events)",
         [],
         |r| {
             let n = |i| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
             Ok([n(0)?, n(1)?, n(2)?, n(3)?])
         },
-    )?)
+    )?;
+    for (_, table) in blocks::history_tables(conn)? {
+        let n: i64 =
+            conn.query_row(&format!("SELECT coalesce(sum(length(ids)), 0) / 8 FROM {table}"), [], |r| {
+                r.get(0)
+            })?;
+        counts[1] += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(counts)
 }
 
 fn npc_from_row(r: &Row<'_>) -> DbResult<NpcRecord> {
@@ -190,6 +320,12 @@ fn npc_from_row(r: &Row<'_>) -> DbResult<NpcRecord> {
             .map_err(|_| corrupt("npcs.inventory"))?,
         updated_tick: nonneg(r.get(10)?, "npcs.updated_tick")?,
     })
+}
+
+/// Column `i` of `r` as bytes (a BLOB; anything else is an error).
+fn blob<'r>(r: &'r Row<'_>, i: usize) -> DbResult<&'r [u8]> {
+    let v = r.get_ref(i)?;
+    Ok(v.as_blob().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))?)
 }
 
 fn nonneg(v: i64, what: &str) -> DbResult<u64> {

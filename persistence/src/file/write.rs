@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
-use super::{DbResult, bits, to_i64};
+use super::{DbResult, bits, blocks, to_i64};
 use crate::fold::fold;
 use crate::{Checkpoint, PositionRow, WriteBatch};
 
-/// History tables the retention job trims (the only table names spliced into SQL text).
-pub(super) const HISTORY_TABLES: [&str; 3] = ["npc_positions", "metrics", "events"];
+/// Row-by-row history tables the retention job trims (constants: the only other table names
+/// spliced into SQL text are the day tables of positions, see `blocks`).
+pub(super) const HISTORY_TABLES: [&str; 2] = ["metrics", "events"];
 
 /// What one call stored.
 #[derive(Debug, Default)]
@@ -34,10 +35,7 @@ pub(super) fn write_batches(conn: &mut Connection, batches: &[WriteBatch], now: 
         tx.commit()?;
         return Ok(out);
     }
-    let mut rows: Vec<&PositionRow> = fresh.iter().flat_map(|b| &b.positions).collect();
-    // In index order: an NPC's rows land next to each other in the (npc_id, tick) index.
-    rows.sort_unstable_by_key(|p| (p.npc_id, p.tick));
-    out.positions = insert_positions(&tx, &rows, now)?;
+    out.positions = insert_history(&tx, &fresh, now)?;
     out.metrics = insert_metrics(&tx, &fresh, now)?;
     out.events = insert_events(&tx, &fresh, now)?;
     let folded = fold(&fresh);
@@ -53,13 +51,15 @@ pub(super) fn write_batches(conn: &mut Connection, batches: &[WriteBatch], now: 
              swarm = excluded.swarm, agent = excluded.agent, x = excluded.x, y = excluded.y, z = excluded.z, \
              health = excluded.health, inventory = excluded.inventory, updated_tick = excluded.updated_tick",
         )?;
+        // Most NPCs carry nothing: their inventory's bytes are encoded once.
+        let empty = encode_inventory(&[])?;
         for r in &folded.upserts {
-            let inventory = terrarium_codec::encode(&r.inventory)
-                .map_err(|e| crate::StorageError::failed(super::BACKEND, e))?;
+            let inventory =
+                if r.inventory.is_empty() { empty.clone() } else { encode_inventory(&r.inventory)? };
             out.upserts += up.execute(params![
                 to_i64("npc id", r.id)?,
-                r.role,
-                r.status,
+                r.role.as_str(),
+                r.status.as_str(),
                 i64::from(r.swarm),
                 r.agent,
                 f64::from(r.x),
@@ -70,23 +70,49 @@ pub(super) fn write_batches(conn: &mut Connection, batches: &[WriteBatch], now: 
                 to_i64("tick", r.updated_tick)?,
             ])? as u64;
         }
-        let mut mv = tx.prepare_cached(
-            "UPDATE npcs SET x = ?2, y = ?3, z = ?4, updated_tick = ?5 WHERE id = ?1 AND updated_tick <= ?5",
-        )?;
-        for p in &folded.moves {
-            out.moves += mv.execute(params![
-                to_i64("npc id", p.npc_id)?,
-                f64::from(p.x),
-                f64::from(p.y),
-                f64::from(p.z),
-                to_i64("tick", p.tick)?,
-            ])? as u64;
-        }
     }
+    out.moves = update_blocks(&tx, &folded.latest)?;
     raise_marks(&tx, &fresh, now)?;
     tx.commit()?;
     out.applied = fresh.len() as u64;
     Ok(out)
+}
+
+fn encode_inventory(stacks: &[(u16, u16)]) -> DbResult<Vec<u8>> {
+    Ok(terrarium_codec::encode(stacks).map_err(|e| crate::StorageError::failed(super::BACKEND, e))?)
+}
+
+/// Brings `position_blocks` up to date with each NPC's latest position of the call (or its
+/// removal): each block touched is read, merged (per NPC the newer tick wins) and written
+/// once. Returns the positions written.
+fn update_blocks(tx: &Transaction<'_>, latest: &[(u64, Option<&PositionRow>)]) -> DbResult<u64> {
+    let mut moved = 0;
+    let mut i = 0;
+    let (mut new, mut removed) = (Vec::with_capacity(64), Vec::new());
+    while i < latest.len() {
+        let block = blocks::block_of(to_i64("npc id", latest[i].0)?);
+        new.clear();
+        removed.clear();
+        while i < latest.len() {
+            let id = to_i64("npc id", latest[i].0)?;
+            if blocks::block_of(id) != block {
+                break;
+            }
+            match latest[i].1 {
+                Some(p) => new.push((id, to_i64("tick", p.tick)?, [p.x, p.y, p.z])),
+                None => removed.push(id),
+            }
+            i += 1;
+        }
+        let mut b = blocks::Block::load(tx, block)?.unwrap_or_default();
+        if b.ids.is_empty() && new.is_empty() {
+            continue;
+        }
+        b.merge(&new, &removed);
+        b.store(tx, block)?;
+        moved += new.len() as u64;
+    }
+    Ok(moved)
 }
 
 /// The batches not applied yet, in order (the marks are read under the write lock).
@@ -130,19 +156,47 @@ fn raise_marks(tx: &Transaction<'_>, fresh: &[&WriteBatch], now: i64) -> DbResul
     Ok(())
 }
 
-fn insert_positions(tx: &Transaction<'_>, rows: &[&PositionRow], now: i64) -> DbResult<u64> {
-    let mut ins = tx.prepare_cached(
-        "INSERT INTO npc_positions (npc_id, tick, x, y, z, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for p in rows {
-        ins.execute(params![
-            to_i64("npc id", p.npc_id)?,
-            to_i64("tick", p.tick)?,
-            f64::from(p.x),
-            f64::from(p.y),
-            f64::from(p.z),
-            now
-        ])?;
+/// History: the call's positions grouped by (block, tick), ids ascending, one row per group
+/// in the history table of the writer's day. Returns the positions stored.
+fn insert_history(tx: &Transaction<'_>, fresh: &[&WriteBatch], now: i64) -> DbResult<u64> {
+    let mut rows: Vec<&PositionRow> = fresh.iter().flat_map(|b| &b.positions).collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // Stable: of two rows of one NPC and tick, the later batch's stays last (and is kept).
+    rows.sort_by_key(|p| (p.npc_id / blocks::BLOCK as u64, p.tick, p.npc_id));
+    let table = blocks::ensure_history_table(tx, blocks::day_of(now))?;
+    // `table` is a name `blocks` made (a prefix and a number).
+    let mut ins = tx.prepare_cached(&format!(
+        "INSERT INTO {table} (block, tick, ids, xyz, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)"
+    ))?;
+    let (mut ids, mut xyz) = (Vec::with_capacity(64 * 8), Vec::with_capacity(64 * 12));
+    let mut i = 0;
+    while i < rows.len() {
+        let (block, tick) =
+            (to_i64("npc id", rows[i].npc_id)? / blocks::BLOCK, to_i64("tick", rows[i].tick)?);
+        ids.clear();
+        xyz.clear();
+        let mut last = None;
+        while i < rows.len() {
+            let p = rows[i];
+            let id = to_i64("npc id", p.npc_id)?;
+            if id / blocks::BLOCK != block || to_i64("tick", p.tick)? != tick {
+                break;
+            }
+            i += 1;
+            // An NPC appears once per tick (two rows of one tick: the later batch's is kept).
+            if last == Some(id) {
+                ids.truncate(ids.len() - 8);
+                xyz.truncate(xyz.len() - 12);
+            }
+            last = Some(id);
+            ids.extend_from_slice(&id.to_le_bytes());
+            for v in [p.x, p.y, p.z] {
+                xyz.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        ins.execute(params![block, tick, ids, xyz, now])?;
     }
     Ok(rows.len() as u64)
 }
@@ -221,17 +275,47 @@ pub(super) fn save_checkpoint(conn: &mut Connection, cp: &Checkpoint, keep: u32,
 pub(super) fn wipe(conn: &mut Connection) -> DbResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
-        "DELETE FROM npcs; DELETE FROM npc_positions; DELETE FROM metrics; DELETE FROM events; \
+        "DELETE FROM npcs; DELETE FROM position_blocks; DELETE FROM metrics; DELETE FROM events; \
          DELETE FROM applied_batches; DELETE FROM checkpoints;",
     )?;
+    for (_, table) in blocks::history_tables(&tx)? {
+        tx.execute_batch(&format!("DROP TABLE {table}"))?;
+    }
     tx.commit()?;
     Ok(())
 }
 
+/// Drops the position history tables of days that ended at or before `cutoff` (ms); returns
+/// the positions they held.
+pub(super) fn drop_history_days(conn: &mut Connection, cutoff: i64) -> DbResult<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut dropped = 0u64;
+    for (day, table) in blocks::history_tables(&tx)? {
+        if (day + 1).saturating_mul(blocks::DAY_MS) <= cutoff {
+            // `table` is a name `blocks` made (a prefix and a number).
+            let n: i64 =
+                tx.query_row(&format!("SELECT coalesce(sum(length(ids)), 0) / 8 FROM {table}"), [], |r| {
+                    r.get(0)
+                })?;
+            tx.execute_batch(&format!("DROP TABLE {table}"))?;
+            dropped += u64::try_from(n).unwrap_or(0);
+        }
+    }
+    tx.commit()?;
+    Ok(dropped)
+}
+
+/// The history table of the day `cutoff` (ms) falls in, when it exists: the one table whose
+/// rows retention deletes one by one.
+pub(super) fn history_table_at(conn: &mut Connection, cutoff: i64) -> DbResult<Option<String>> {
+    let day = blocks::day_of(cutoff);
+    Ok(blocks::history_tables(conn)?.into_iter().find(|&(d, _)| d == day).map(|(_, t)| t))
+}
+
 /// Deletes at most `chunk` rows of `table` recorded before `cutoff` (ms); returns how many.
 pub(super) fn purge_chunk(conn: &mut Connection, table: &str, cutoff: i64, chunk: u32) -> DbResult<u64> {
-    debug_assert!(HISTORY_TABLES.contains(&table));
-    // `table` is one of HISTORY_TABLES (constants); the values are parameters.
+    // `table` is one of HISTORY_TABLES (constants) or a day table named by `blocks`; the values
+    // are parameters.
     let sql = format!(
         "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE recorded_at < ?1 LIMIT ?2)"
     );

@@ -16,6 +16,9 @@ use crate::{NpcRecord, PositionRow, StorageError, WriteBatch};
 /// 64 ids keep a row's arrays (64 × 28 bytes) under PostgreSQL's 2 kB TOAST threshold.
 pub(super) const BLOCK: u64 = 64;
 
+/// Registry rows from which a write goes by `COPY` rather than one `unnest` statement.
+const COPY_REGISTRY_ROWS: usize = 2_048;
+
 /// What one `write` call does to `npcs` (the registry), per NPC, after folding its batches.
 #[derive(Debug)]
 enum NpcChange {
@@ -329,9 +332,15 @@ impl PgStore {
         tx.execute(&stmt, &[&ids]).await.map_err(|e| self.pg_error(e))
     }
 
-    /// Inserts or replaces whole registry rows, one statement for all of them (`unnest` of
-    /// column arrays). A row equal to the stored one is left alone (no new row version, no WAL);
-    /// the count is of rows written.
+    /// Inserts or replaces whole registry rows. A row equal to the stored one is left alone
+    /// (no new row version, no WAL); the count is of rows written. `rows` ascend by id.
+    ///
+    /// Few rows (the steady state: status changes) go in one `INSERT … SELECT FROM unnest`.
+    /// Many rows (a spawn wave, the first write of a world) travel by `COPY BINARY`: straight
+    /// into `npcs` when every id is above the highest stored one (a new world, or new NPCs: no
+    /// row can conflict), otherwise into a temporary stage merged by one `INSERT … SELECT …
+    /// ON CONFLICT`. Building arrays of a million strings for `unnest` costs the client and the
+    /// server more than the rows themselves.
     pub(super) async fn upsert_npcs(
         &self,
         tx: &Transaction<'_>,
@@ -340,6 +349,105 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(0);
         }
+        if rows.len() < COPY_REGISTRY_ROWS {
+            return self.upsert_npcs_unnest(tx, rows).await;
+        }
+        let err = |e| self.pg_error(e);
+        let first = to_i64("npc id", rows[0].id)?;
+        let high: Option<i64> = tx.query_one("SELECT max(id) FROM npcs", &[]).await.map_err(err)?.get(0);
+        if high.is_none_or(|h| h < first) {
+            self.copy_npcs(tx, "npcs", rows).await?;
+            return Ok(rows.len() as u64);
+        }
+        tx.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS npc_stage (id bigint, role text, status text, swarm bigint, \
+             agent boolean, x real, y real, z real, health integer, inventory bytea, updated_tick bigint) \
+             ON COMMIT DELETE ROWS",
+        )
+        .await
+        .map_err(err)?;
+        self.copy_npcs(tx, "npc_stage", rows).await?;
+        let merge = tx
+            .prepare_cached(
+                "INSERT INTO npcs (id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick) \
+                 SELECT id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick \
+                 FROM npc_stage ORDER BY id \
+                 ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, status = EXCLUDED.status, \
+                 swarm = EXCLUDED.swarm, agent = EXCLUDED.agent, x = EXCLUDED.x, y = EXCLUDED.y, z = EXCLUDED.z, \
+                 health = EXCLUDED.health, inventory = EXCLUDED.inventory, updated_tick = EXCLUDED.updated_tick \
+                 WHERE (npcs.role, npcs.status, npcs.swarm, npcs.agent, npcs.x, npcs.y, npcs.z, npcs.health, \
+                 npcs.inventory, npcs.updated_tick) IS DISTINCT FROM (EXCLUDED.role, EXCLUDED.status, \
+                 EXCLUDED.swarm, EXCLUDED.agent, EXCLUDED.x, EXCLUDED.y, EXCLUDED.z, EXCLUDED.health, \
+                 EXCLUDED.inventory, EXCLUDED.updated_tick)",
+            )
+            .await
+            .map_err(err)?;
+        tx.execute(&merge, &[]).await.map_err(err)
+    }
+
+    /// `COPY BINARY` of registry rows into `table` (`npcs` or the stage).
+    async fn copy_npcs(
+        &self,
+        tx: &Transaction<'_>,
+        table: &str,
+        rows: &[NpcRecord],
+    ) -> Result<(), StorageError> {
+        let err = |e| self.pg_error(e);
+        let stmt = tx
+            .prepare_cached(&format!(
+                "COPY {table} (id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick) \
+                 FROM STDIN (FORMAT binary)"
+            ))
+            .await
+            .map_err(err)?;
+        let sink = tx.copy_in(&stmt).await.map_err(err)?;
+        let types = [
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::BOOL,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::INT4,
+            Type::BYTEA,
+            Type::INT8,
+        ];
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+        // Most NPCs carry nothing: their inventory's bytes are encoded once.
+        let empty = encode_inventory(&[])?;
+        for r in rows {
+            let (id, swarm, health, tick) = (
+                to_i64("npc id", r.id)?,
+                i64::from(r.swarm),
+                i32::from(r.health),
+                to_i64("tick", r.updated_tick)?,
+            );
+            let owned;
+            let inv: &[u8] = if r.inventory.is_empty() {
+                &empty
+            } else {
+                owned = encode_inventory(&r.inventory)?;
+                &owned
+            };
+            let (role, status) = (r.role.as_str(), r.status.as_str());
+            writer
+                .as_mut()
+                .write(&[&id, &role, &status, &swarm, &r.agent, &r.x, &r.y, &r.z, &health, &inv, &tick])
+                .await
+                .map_err(err)?;
+        }
+        writer.finish().await.map_err(err)?;
+        Ok(())
+    }
+
+    /// The registry upsert of a few rows: one statement over column arrays.
+    async fn upsert_npcs_unnest(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &[NpcRecord],
+    ) -> Result<u64, StorageError> {
         let n = rows.len();
         let (mut ids, mut roles, mut statuses, mut swarms) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));

@@ -25,7 +25,11 @@ use crate::{
 };
 
 /// Counters of a [`WriteBehind`], read at any time with [`WriteBehind::stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Serialised as they are (the game server's `/api/performance`, the headless `performance`
+/// key); the two queue depths keep the JSON names they were first published under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct WriteBehindStats {
     /// Batches accepted by `submit`.
     pub batches_submitted: u64,
@@ -57,8 +61,10 @@ pub struct WriteBehindStats {
     /// Rows in those batches: rows that will never reach the store.
     pub writes_dropped: u64,
     /// Rows waiting in memory now.
+    #[serde(rename = "queue_rows")]
     pub queued_rows: u64,
     /// Batches waiting in memory now.
+    #[serde(rename = "queue_batches")]
     pub queued_batches: u64,
     /// Batches waiting in the outbox now.
     pub outbox_batches: u64,
@@ -255,7 +261,7 @@ impl<S: Storage> WriteBehind<S> {
     /// earlier run.
     ///
     /// # Errors
-    /// [`WriteBehindError::Config`] for a bad setting, [`WriteBehindError::Outbox`] when the
+    /// [`WriteBehindError::OutOfRange`] for a bad setting, [`WriteBehindError::Outbox`] when the
     /// outbox file can't be opened, [`WriteBehindError::Runtime`] when the thread can't start.
     pub fn start(store: Arc<S>, config: WriteBehindConfig) -> Result<Self, WriteBehindError> {
         config.validate()?;

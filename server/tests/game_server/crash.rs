@@ -64,16 +64,28 @@ fn start(data: &Path, npcs: &str, agents: &str) -> Started {
     Started { addr: addr.to_string(), child, resumed_npcs }
 }
 
-/// NPCs in the store, the highest id, and whether every stored position is inside the world.
+/// NPCs in the store, the highest id, and whether every stored position is inside the world
+/// (the registry's and the current ones in `position_blocks`: little-endian f32 x, y, z per
+/// NPC, schema V2).
 fn committed(db: &Path) -> (u64, u64, bool) {
     let sql = rusqlite::Connection::open(db).unwrap();
-    sql.query_row(
-        "SELECT count(*), coalesce(max(id), 0), \
-         coalesce(min(x >= 0 AND x <= 4096 AND y >= 0 AND y <= 256 AND z >= 0 AND z <= 4096), 1) FROM npcs",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? == 1)),
-    )
-    .unwrap()
+    let inside = |x: f32, y: f32, z: f32| {
+        (0.0..=4096.0).contains(&x) && (0.0..=256.0).contains(&y) && (0.0..=4096.0).contains(&z)
+    };
+    let (count, max_id, registry_inside) = sql
+        .query_row(
+            "SELECT count(*), coalesce(max(id), 0), \
+             coalesce(min(x >= 0 AND x <= 4096 AND y >= 0 AND y <= 256 AND z >= 0 AND z <= 4096), 1) FROM npcs",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? == 1)),
+        )
+        .unwrap();
+    let mut stmt = sql.prepare("SELECT xyz FROM position_blocks").unwrap();
+    let blobs: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let f = |c: &[u8], k: usize| f32::from_le_bytes(c[k..k + 4].try_into().unwrap());
+    let blocks_inside =
+        blobs.iter().flat_map(|b| b.chunks_exact(12)).all(|c| inside(f(c, 0), f(c, 4), f(c, 8)));
+    (count, max_id, registry_inside && blocks_inside)
 }
 
 #[test]

@@ -58,7 +58,7 @@ async fn graceful_shutdown_loses_no_batch() {
     let off = (five.x - 1.0).hypot(five.z - 2.0);
     assert!(off < 6.0, "the teleport just before the stop: at ({}, {})", five.x, five.z);
     assert_eq!(store.get_npc(spawned).await.unwrap().unwrap().role, "builder");
-    assert_eq!(end.performance.write_behind.unwrap().queue_rows, 0);
+    assert_eq!(end.performance.write_behind.unwrap().queued_rows, 0);
 }
 
 /// Runs the game_server example with `args` (and `env`), hands its address to `during`, then

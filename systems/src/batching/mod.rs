@@ -118,6 +118,9 @@ pub fn register(engine: &mut Engine, sink: Arc<dyn BatchSink>, options: Batching
     world.insert_resource(BatcherStats::default());
     world.insert_resource(PersistenceHealth::default());
     world.insert_resource(metrics::SampleStageTimes(options.stage_times));
+    if let Some(StoredWorld(at)) = world.remove_resource::<StoredWorld>() {
+        take_as_stored(world, at);
+    }
     engine.add_systems(
         TickSet::Record,
         (metrics::sample_metrics, record_despawns, record_events, cut_batch).chain(),
@@ -163,6 +166,68 @@ pub fn flush_now(engine: &mut Engine) -> bool {
     // Reported now; the next tick must not report them again.
     world.resource_mut::<TickLog>().despawned.clear();
     true
+}
+
+/// Takes the world as it is now as already stored: the next batches carry only what changes
+/// from here on (positions, spawns, state changes), not the whole population. Call it right
+/// after resuming a world from the store that holds exactly this state, so the first store call
+/// of a resumed million-NPC world is not a million registry rows and positions sent again.
+/// Without batching yet, the world is marked and [`register`] takes the mark when the plugin
+/// is added later (a game server adds it after building the world).
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use terrarium_engine::{Engine, EngineConfig, NpcSpec, Position, Role};
+/// use terrarium_persistence::testing::RecordingSink;
+/// use terrarium_systems::batching;
+///
+/// let sink = Arc::new(RecordingSink::new(1));
+/// let mut engine = Engine::builder(EngineConfig::default()).add_plugin(batching::plugin(sink.clone())).build().unwrap();
+/// engine.spawn_npc(NpcSpec::new(Role::Guard, Position::new(1.0, 0.0, 1.0)));
+/// batching::mark_stored(&mut engine);
+/// engine.run_ticks(20);
+/// batching::flush_now(&mut engine);
+/// assert!(sink.batches().iter().all(|b| b.npcs.is_empty() && b.positions.is_empty()));
+/// ```
+pub fn mark_stored(engine: &mut Engine) {
+    let world = engine.world_mut();
+    // Every change so far carries a change tick at or before this one; the batcher's marks
+    // compare with "newer than", so nothing made so far counts as pending, and whatever is
+    // changed after this call (even before batching is registered) is.
+    let now = world.change_tick();
+    world.increment_change_tick();
+    if world.contains_resource::<PositionBatcher>() {
+        take_as_stored(world, now);
+    } else {
+        world.insert_resource(StoredWorld(now));
+    }
+}
+
+/// Marks a world whose state as of a change tick the store holds (left by [`mark_stored`]
+/// before batching was registered; [`register`] takes it).
+#[derive(Resource, Debug, Clone, Copy)]
+pub struct StoredWorld(bevy_ecs::change_detection::Tick);
+
+fn take_as_stored(world: &mut World, now: bevy_ecs::change_detection::Tick) {
+    let added = world.get_resource::<NpcIndex>().map_or(0, NpcIndex::added_total);
+    let tick = world.get_resource::<SimClock>().map_or(0, |c| c.tick);
+    *world.resource_mut::<PositionBatcher>() = PositionBatcher {
+        last_flush: now,
+        last_run: now,
+        last_state: now,
+        last_state_tick: Some(tick),
+        added_at_flush: added,
+        started_tick: tick,
+        ..PositionBatcher::default()
+    };
+    let mut registry = world.resource_mut::<Registry>();
+    registry.records.clear();
+    registry.removed.clear();
+    registry.first_pending_tick = None;
+    if let Some(mut log) = world.get_resource_mut::<TickLog>() {
+        log.despawned.clear();
+    }
 }
 
 /// The sink batches go to.

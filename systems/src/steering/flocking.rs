@@ -13,6 +13,7 @@
 
 use std::ops::Range;
 
+use terrarium_codec::in_range;
 use terrarium_engine::ParPool;
 use terrarium_engine::rng::{StreamRng, hash3};
 
@@ -52,19 +53,14 @@ impl FlockParams {
     /// # Errors
     /// [`SteeringError::InvalidParam`] naming the first value out of range.
     pub fn validate(&self) -> Result<(), SteeringError> {
-        let check = |name: &'static str, value: f64, ok: bool, allowed: &'static str| {
-            if value.is_finite() && ok {
-                Ok(())
-            } else {
-                Err(SteeringError::InvalidParam { name, value, allowed })
-            }
-        };
-        check("vision", self.vision, self.vision > 0.0, "finite, > 0")?;
-        check("separation", self.separation, self.separation >= 0.0, "finite, >= 0")?;
-        check("speed", self.speed, self.speed > 0.0, "finite, > 0")?;
-        check("cohere", self.cohere, true, "finite")?;
-        check("separate", self.separate, true, "finite")?;
-        check("align", self.align, true, "finite")
+        // Wide finite ranges: what matters is no NaN, no infinity and no non-positive radius.
+        in_range("flocking.vision", self.vision, &(1e-9..=1e9))?;
+        in_range("flocking.separation", self.separation, &(0.0..=1e9))?;
+        in_range("flocking.speed", self.speed, &(1e-9..=1e9))?;
+        in_range("flocking.cohere", self.cohere, &(-1e9..=1e9))?;
+        in_range("flocking.separate", self.separate, &(-1e9..=1e9))?;
+        in_range("flocking.align", self.align, &(-1e9..=1e9))?;
+        Ok(())
     }
 }
 
@@ -887,7 +883,7 @@ mod tests {
             FlockParams { separation: -1.0, ..FlockParams::default() },
             FlockParams { align: f64::INFINITY, ..FlockParams::default() },
         ] {
-            assert!(matches!(Flock::new(p, space), Err(SteeringError::InvalidParam { .. })), "{p:?}");
+            assert!(matches!(Flock::new(p, space), Err(SteeringError::InvalidParam(_))), "{p:?}");
         }
     }
 }

@@ -28,14 +28,7 @@ pub enum SteeringError {
         /// Whether the space was to be periodic.
         periodic: bool,
     },
-    /// A flocking parameter outside its range.
-    #[error("flocking parameter {name} = {value} is out of range (allowed: {allowed})")]
-    InvalidParam {
-        /// The parameter's name.
-        name: &'static str,
-        /// The value given.
-        value: f64,
-        /// The allowed range.
-        allowed: &'static str,
-    },
+    /// A flocking parameter outside its range (keys `flocking.vision`, …).
+    #[error("{0}")]
+    InvalidParam(#[from] terrarium_codec::OutOfRange),
 }
