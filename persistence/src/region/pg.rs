@@ -290,12 +290,18 @@ impl RegionStore {
             )
             .await
             .map_err(db("load"))?;
-        tx.execute(
-            "UPDATE npc_owners SET adopted = true, adopted_at = now() WHERE region = $1 AND NOT adopted",
-            &[&r],
-        )
-        .await
-        .map_err(db("load"))?;
+        // Only the rows read: a hand-off to this region may commit between the two statements
+        // (READ COMMITTED), and marking its row adopted unread would leave it in no world.
+        let waiting: Vec<i64> =
+            rows.iter().filter(|row| !row.get::<_, bool>(2)).map(|row| row.get(0)).collect();
+        if !waiting.is_empty() {
+            tx.execute(
+                "UPDATE npc_owners SET adopted = true, adopted_at = now() WHERE npc_id = ANY($1) AND region = $2",
+                &[&waiting, &r],
+            )
+            .await
+            .map_err(db("load"))?;
+        }
         tx.commit().await.map_err(|source| RegionError::CommitUnknown { what: "load", source })?;
         Ok(Adopted {
             latency_ms: rows.iter().map(|row| row.get(11)).collect(),
