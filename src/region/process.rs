@@ -479,7 +479,18 @@ impl RegionProcess {
         self.last_poll = Instant::now();
         loop {
             let r = self.rt.block_on(self.store.adopt(self.opts.region, self.epoch, 10_000));
-            let adopted = self.check(r)?;
+            let adopted = match r {
+                Err(RegionError::Db { source, .. }) => {
+                    // Rolled back (a deadlock victim, a dropped connection): nothing was
+                    // adopted, the rows wait for the next try.
+                    tracing::warn!(region = self.opts.region.0, error = %source, "adoption rolled back; will retry");
+                    if self.store.is_closed() {
+                        self.reconnect()?;
+                    }
+                    return Ok(());
+                }
+                other => self.check(other)?,
+            };
             let n = adopted.rows.len();
             for ms in &adopted.latency_ms {
                 record_ms(&mut self.adopt_us, *ms);

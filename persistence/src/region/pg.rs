@@ -65,6 +65,10 @@ impl std::fmt::Debug for RegionStore {
     }
 }
 
+/// How long PostgreSQL lets a region connection sit inside a transaction without a statement
+/// (ms) before it ends the session; our transactions send their statements back to back.
+pub const IDLE_IN_TX_MS: u64 = 500;
+
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RegionError {
     move |source| RegionError::Db { what, source }
 }
@@ -104,8 +108,14 @@ impl RegionStore {
         drop(migrator);
         let mut pg: tokio_postgres::Config =
             cfg.url.parse().map_err(|_| RegionError::Invalid("malformed database URL".to_owned()))?;
-        // The schema is a checked identifier: the only value spliced into a setting.
-        pg.options(format!("-c search_path={}", cfg.schema));
+        // The schema is a checked identifier: the only value spliced into a setting. A client
+        // frozen inside a transaction (SIGSTOP, a partition) would hold the lease row's lock and
+        // its rows' locks and so block the process taking its region over: PostgreSQL ends such
+        // a session after IDLE_IN_TX_MS, well inside any lease.
+        pg.options(format!(
+            "-c search_path={} -c idle_in_transaction_session_timeout={IDLE_IN_TX_MS}",
+            cfg.schema
+        ));
         pg.application_name("terrarium-region");
         pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
         let (client, mut connection) = pg.connect(NoTls).await.map_err(db("connect"))?;
