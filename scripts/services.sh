@@ -11,9 +11,13 @@
 #   scripts/services.sh pause-redis | resume-redis  SIGSTOP / SIGCONT Redis: it hangs, data kept
 #   scripts/services.sh freeze-pg | thaw-pg          SIGSTOP / SIGCONT our postgres and its backends
 #   scripts/services.sh readonly-pg | readwrite-pg   default_transaction_read_only on / off (a failover)
+#   scripts/services.sh rotate-pg-password | restore-pg-password
+#                         change the writer role's password and end its sessions / set it back
 #
 # `start`, `env` and `restart-*` print only `export NAME=value` lines on stdout (progress goes to
-# stderr): DATABASE_URL, REDIS_URL, TERRARIUM_TEST_PG_URL, TERRARIUM_TEST_REDIS_URL.
+# stderr): DATABASE_URL, REDIS_URL, TERRARIUM_TEST_PG_URL, TERRARIUM_TEST_REDIS_URL, and
+# TERRARIUM_TEST_PG_WRITER_URL: the role `terrarium_writer`, the one role that logs in with a
+# password (scram-sha-256), so that a credential rotation can be a fault under test.
 #
 # Settings (environment):
 #   TERRARIUM_SERVICES_DIR  where clusters, logs and pid files live  (default ${TMPDIR:-/tmp}/terrarium-services)
@@ -25,7 +29,8 @@
 # PostgreSQL (Debian's `postgresql` package, whatever its major version) and Redis are installed
 # with apt-get when missing (needs root). As root, PostgreSQL runs as the `postgres` user, or a
 # system user `terrarium-pg` created on first use. Both servers listen on 127.0.0.1 only with
-# trust authentication: this is for tests on one machine, never for production. A process is
+# trust authentication (but for `terrarium_writer`): this is for tests on one machine, never
+# for production. A process is
 # only ever signalled through the pid file this script wrote, after checking it is our server.
 set -euo pipefail
 
@@ -35,6 +40,9 @@ REDIS_PORT="${TERRARIUM_REDIS_PORT:-56380}"
 PG_DB="${TERRARIUM_PG_DB:-terrarium}"
 PG_BIN="${TERRARIUM_PG_BIN:-}"
 PG_SUPERUSER=postgres
+WRITER=terrarium_writer
+WRITER_PASSWORD=terrarium-writer
+WRITER_HBA="host all $WRITER 127.0.0.1/32 scram-sha-256"
 HOST=127.0.0.1
 PGDATA="$BASE/pg"
 PG_LOG="$BASE/pg.log"
@@ -128,7 +136,41 @@ max_wal_size = 1GB
 logging_collector = off
 log_min_messages = warning
 EOF
-  printf 'host all all 127.0.0.1/32 trust\n' | as_owner tee "$PGDATA/pg_hba.conf" >/dev/null
+  printf '%s\nhost all all 127.0.0.1/32 trust\n' "$WRITER_HBA" | as_owner tee "$PGDATA/pg_hba.conf" >/dev/null
+}
+
+# The writer role logs in with a password: its pg_hba line (added to a cluster initialised
+# before it existed, then reloaded), the role, and its rights on the database (CREATE: each
+# test makes a schema of its own).
+pg_writer_role() {
+  if ! as_owner grep -qxF "$WRITER_HBA" "$PGDATA/pg_hba.conf"; then
+    say "adding the $WRITER role's pg_hba line"
+    as_owner sed -i "1i $WRITER_HBA" "$PGDATA/pg_hba.conf"
+    pg_sql postgres "SELECT pg_reload_conf()"
+  fi
+  pg_sql postgres "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$WRITER') THEN
+    CREATE ROLE $WRITER LOGIN PASSWORD '$WRITER_PASSWORD'; END IF; END \$\$"
+  pg_sql postgres "GRANT CONNECT, CREATE ON DATABASE $PG_DB TO $WRITER"
+}
+
+# Runs one SQL statement as the superuser in database $1.
+pg_sql() {
+  as_owner env PGOPTIONS="-c default_transaction_read_only=off" "$PG_BIN/psql" -h "$HOST" \
+    -p "$PG_PORT" -U "$PG_SUPERUSER" -d "$1" -v ON_ERROR_STOP=1 -Atqc "$2" >/dev/null
+}
+
+# A credential rotation ($1 = on): the writer's password changes and its open sessions end, so
+# every new connection fails authentication (SQLSTATE 28P01) until `off` sets it back.
+pg_rotate_password() {
+  pg_pid >/dev/null || fail "postgres not running"
+  if [[ $1 == on ]]; then
+    say "rotating the $WRITER password, ending its sessions"
+    pg_sql postgres "ALTER ROLE $WRITER PASSWORD 'rotated-$RANDOM$RANDOM'"
+    pg_sql postgres "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '$WRITER'"
+  else
+    say "restoring the $WRITER password"
+    pg_sql postgres "ALTER ROLE $WRITER PASSWORD '$WRITER_PASSWORD'"
+  fi
 }
 
 pg_start() {
@@ -159,6 +201,7 @@ pg_start() {
     say "creating database $PG_DB"
     as_owner "$PG_BIN/createdb" -h "$HOST" -p "$PG_PORT" -U "$PG_SUPERUSER" "$PG_DB"
   fi
+  pg_writer_role
 }
 
 pg_stop() {
@@ -208,11 +251,8 @@ pg_signal() {
 pg_readonly() {
   pg_pid >/dev/null || fail "postgres not running"
   say "default_transaction_read_only = $1"
-  local sql
-  for sql in "ALTER SYSTEM SET default_transaction_read_only = $1" "SELECT pg_reload_conf()"; do
-    as_owner env PGOPTIONS="-c default_transaction_read_only=off" "$PG_BIN/psql" -h "$HOST" \
-      -p "$PG_PORT" -U "$PG_SUPERUSER" -d postgres -Atqc "$sql" >/dev/null
-  done
+  pg_sql postgres "ALTER SYSTEM SET default_transaction_read_only = $1"
+  pg_sql postgres "SELECT pg_reload_conf()"
 }
 
 pg_status() {
@@ -314,6 +354,7 @@ print_env() {
   echo "export REDIS_URL=$redis"
   echo "export TERRARIUM_TEST_PG_URL=$pg"
   echo "export TERRARIUM_TEST_REDIS_URL=$redis"
+  echo "export TERRARIUM_TEST_PG_WRITER_URL=postgres://$WRITER:$WRITER_PASSWORD@$HOST:$PG_PORT/$PG_DB"
 }
 
 # Commands that only look (status, stop) use the binaries found; `start` installs them if none.
@@ -336,6 +377,8 @@ case "${1:-start}" in
   thaw-pg) pg_signal CONT ;;
   readonly-pg) pg_readonly on ;;
   readwrite-pg) pg_readonly off ;;
+  rotate-pg-password) pg_rotate_password on ;;
+  restore-pg-password) pg_rotate_password off ;;
   pause-redis) redis_signal STOP ;;
   resume-redis) redis_signal CONT ;;
   -h | --help | help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' ;;

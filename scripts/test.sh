@@ -7,7 +7,8 @@
 # scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
 # features), docs with -D warnings, a build of the feature matrix (none / default / all), the
-# unit and integration tests without default features, doc tests, then every test with nextest.
+# unit and integration tests without default features, doc tests, each fuzz target briefly
+# (scripts/fuzz.sh), then every test with nextest.
 # Every cargo call is --locked. The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,15 @@ cargo test --locked --workspace --no-default-features --lib --tests --quiet
 
 step "doc tests"
 cargo test --locked --workspace --all-features --doc --quiet
+
+# Coverage-guided fuzzing (fuzz/, a workspace of its own; fuzz/README.md): every target for a
+# few seconds from its checked-in seeds, on a stable toolchain (RUSTC_BOOTSTRAP=1 inside).
+# TERRARIUM_FUZZ_SECONDS sets the time per target (0 skips the step).
+fuzz_seconds="${TERRARIUM_FUZZ_SECONDS:-10}"
+if [[ "$fuzz_seconds" != 0 ]]; then
+  step "fuzz (${fuzz_seconds}s per target)"
+  scripts/fuzz.sh "$fuzz_seconds"
+fi
 
 step "tests"
 cargo nextest run --locked --workspace --all-features --no-fail-fast

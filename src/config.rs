@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use terrarium_engine::{ConfigError, EngineConfig, load_layered};
 use terrarium_persistence::{StorageConfig, StorageConfigError, WriteBehindConfig};
 
-pub use crate::server_config::ServerConfig;
+pub use crate::server_config::{ServerConfig, parse_cidr};
 
 /// Every setting, by section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

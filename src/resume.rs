@@ -130,7 +130,7 @@ pub fn resume(builder: EngineBuilder, point: ResumePoint) -> Result<(Engine, Res
     }
     engine.world_mut().resource_mut::<SimClock>().tick = newest;
     let max_id = ids.last().copied().unwrap_or(0).max(newer.last().map_or(0, |r| r.id));
-    let mut next = engine.next_npc_id().0.max(max_id + 1);
+    let mut next = engine.next_npc_id().0.max(max_id.saturating_add(1));
     if !report.clean {
         next = next.saturating_add(CRASH_ID_GAP);
     }

@@ -6,12 +6,8 @@
 //!
 //! Defaults are sized for CI (about two minutes): 100k NPCs at 20 Hz for 90 s. Longer runs:
 //! `TERRARIUM_FAULT_SECONDS=600 TERRARIUM_FAULT_ROUNDS=5 cargo nextest run --test fault_schedule`
-//! (`TERRARIUM_FAULT_NPCS`, `TERRARIUM_FAULT_SEED` too). Not covered here: the writer's password
-//! changed (the test servers use trust authentication; `is_outage` treats 28P01 as an outage,
-//! as `postgres_read_only_keeps_every_batch_and_opens_the_breaker` checks for 25006) and HTTP
-//! clients disconnecting mid-read while half-open (the game server is another crate; the breaker
-//! tests `a_dropped_half_open_trial_gives_its_slot_back` and
-//! `half_open_trials_that_never_settle_expire` cover the dropped trial).
+//! (`TERRARIUM_FAULT_NPCS`, `TERRARIUM_FAULT_SEED` too). HTTP clients disconnecting mid-read while
+//! the breaker is half-open need the game server: `server/tests/game_server/half_open.rs`.
 #![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod common;
@@ -30,8 +26,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// `headless` on the servers, with the outbox in `dir`.
 fn headless(servers: &OwnServers, schema: &str, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(example("headless"));
+    // As the writer role, the one that logs in with a password (the rotation fault).
+    let pg = servers.url("TERRARIUM_TEST_PG_WRITER_URL");
     cmd.args(["--storage", "postgres", "--quiet", "--json", "--verify-store", "--seed", "13"])
-        .args(["--database-url", &servers.url("DATABASE_URL"), "--redis-url", &servers.url("REDIS_URL")])
+        .args(["--database-url", &pg, "--redis-url", &servers.url("REDIS_URL")])
         .arg("--outbox")
         .arg(dir.join("outbox"))
         .args(args)
@@ -78,6 +76,13 @@ const FAULTS: &[Fault] = &[
         start: &["readonly-pg"],
         hold: Duration::from_secs(10),
         end: &["readwrite-pg"],
+    },
+    // Every session of the writer ends and no new one can log in (28P01) until it is restored.
+    Fault {
+        name: "pg writer password rotated 5 s",
+        start: &["rotate-pg-password"],
+        hold: Duration::from_secs(5),
+        end: &["restore-pg-password"],
     },
     Fault {
         name: "redis SIGKILL, restart",

@@ -67,7 +67,7 @@ impl EngineBuilder {
         let limit = self.config.snapshot.max_bytes;
         let body = crate::snapshot::read_body(reader, limit)?;
         let mut engine = self.build()?;
-        crate::snapshot::restore(&mut engine, body)?;
+        crate::snapshot::restore(&mut engine, body, limit)?;
         Ok(engine)
     }
 }
@@ -321,7 +321,7 @@ impl Engine {
         };
         self.world.resource_mut::<NpcIndex>().insert(id, e);
         // Keep ids unique when a spawn names its own id (commands, snapshots).
-        self.next_id.fetch_max(id.0 + 1, Ordering::Relaxed);
+        self.next_id.fetch_max(id.0.saturating_add(1), Ordering::Relaxed);
         true
     }
 

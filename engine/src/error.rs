@@ -120,9 +120,122 @@ pub enum SnapshotError {
     #[error("snapshot could not be encoded")]
     Encode(#[source] terrarium_codec::CodecError),
     /// The payload decoded but describes an impossible world (columns of different lengths,
-    /// duplicate ids, non-finite positions).
+    /// a move target or decision state of no NPC, a voxel world that does not add up).
     #[error("snapshot is inconsistent: {0}")]
     Inconsistent(String),
+    /// The world bounds on one axis break the rule of `[engine.world]` (`min` within ±10⁹,
+    /// `max - min` from 0.001 to [`crate::WorldBounds::MAX_EXTENT`]).
+    #[error(
+        "snapshot world bounds on axis {axis}: min {min}, max {max} (min within 1e9 of 0, max above it by 0.001 ..= 1000000)"
+    )]
+    Bounds {
+        /// 0 = x, 1 = y, 2 = z.
+        axis: usize,
+        /// `min` on that axis.
+        min: f32,
+        /// `max` on that axis.
+        max: f32,
+    },
+    /// The clock is impossible: `tick_hz` outside 1 ..= 1000, or a tick count so large that
+    /// time arithmetic would overflow.
+    #[error(
+        "snapshot clock: tick {tick} at {tick_hz} Hz is out of range (tick at most {max_tick}, 1 ..= 1000 Hz)"
+    )]
+    Clock {
+        /// The tick.
+        tick: u64,
+        /// Ticks per second.
+        tick_hz: u32,
+        /// The largest tick a snapshot may hold.
+        max_tick: u64,
+    },
+    /// An NPC id is at or above [`crate::snapshot::ID_LIMIT`] (ids are stored as signed 64-bit
+    /// integers, and the id counter must stay above every id without overflowing).
+    #[error("snapshot npc id {id} is out of range (ids are below {limit})")]
+    IdOutOfRange {
+        /// The id.
+        id: u64,
+        /// [`crate::snapshot::ID_LIMIT`].
+        limit: u64,
+    },
+    /// Two NPCs have the same id.
+    #[error("snapshot holds npc id {id} twice")]
+    DuplicateId {
+        /// The id.
+        id: u64,
+    },
+    /// The id counter is not above every id (the next spawn would reuse one), or is above
+    /// [`crate::snapshot::ID_LIMIT`].
+    #[error("snapshot id counter {next_id} is not above npc id {id} (or over the limit {limit})")]
+    IdCounter {
+        /// The counter.
+        next_id: u64,
+        /// The largest id held.
+        id: u64,
+        /// [`crate::snapshot::ID_LIMIT`].
+        limit: u64,
+    },
+    /// A position (or a move target) is not finite, or lies outside the world bounds.
+    #[error("snapshot npc {id}: {what} {value:?} is not finite or outside the world bounds")]
+    Position {
+        /// The NPC.
+        id: u64,
+        /// `position` or `move target`.
+        what: &'static str,
+        /// The coordinates.
+        value: [f32; 3],
+    },
+    /// A velocity is not finite.
+    #[error("snapshot npc {id}: velocity {value:?} is not finite")]
+    Velocity {
+        /// The NPC.
+        id: u64,
+        /// The components.
+        value: [f32; 3],
+    },
+    /// Health above its maximum.
+    #[error("snapshot npc {id}: health {current} is above its maximum {max}")]
+    Health {
+        /// The NPC.
+        id: u64,
+        /// Hit points left.
+        current: u16,
+        /// Hit points when unhurt.
+        max: u16,
+    },
+    /// An inventory slot holds more than a stack, or items of kind 0 ("nothing").
+    #[error(
+        "snapshot npc {id}: inventory slot {slot} holds {count} of kind {kind} (at most 64, none of kind 0)"
+    )]
+    Inventory {
+        /// The NPC.
+        id: u64,
+        /// The slot.
+        slot: usize,
+        /// Its item kind.
+        kind: u16,
+        /// Its count.
+        count: u16,
+    },
+    /// An agent's decision state is impossible (tool power outside 1 ..= 8, a path position
+    /// past its end, a depot that does not exist).
+    #[error("snapshot agent {id}: {reason}")]
+    Agent {
+        /// The agent.
+        id: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Rebuilding the voxel world would allocate more than the configured limit.
+    #[error(
+        "snapshot voxel world needs {needed} bytes, over the limit of {limit} bytes (snapshot.max_bytes)"
+    )]
+    VoxelTooLarge {
+        /// Bytes the record asks for (decompressed blocks and chunk tables).
+        needed: u64,
+        /// `snapshot.max_bytes`.
+        limit: u64,
+    },
 }
 
 impl From<terrarium_codec::FrameError> for SnapshotError {

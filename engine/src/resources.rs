@@ -55,6 +55,21 @@ pub struct WorldBounds {
 }
 
 impl WorldBounds {
+    /// Largest extent of one axis, in blocks.
+    pub const MAX_EXTENT: f32 = 1_000_000.0;
+
+    /// The first axis (0 = x, 1 = y, 2 = z) that breaks the rule `EngineConfig::validate`
+    /// applies to `[engine.world]` (`min` within ±10⁹, `max - min` from 0.001 to
+    /// [`WorldBounds::MAX_EXTENT`]); `None` when every axis keeps it. Clamping into bounds that
+    /// break it would panic or pass NaN on.
+    #[must_use]
+    pub fn invalid_axis(&self) -> Option<usize> {
+        (0..3).find(|&axis| {
+            let (lo, hi) = (self.min[axis], self.max[axis]);
+            !(-1e9..=1e9).contains(&lo) || !(0.001..=Self::MAX_EXTENT).contains(&(hi - lo))
+        })
+    }
+
     /// True when `(x, y, z)` is inside (edges included).
     #[must_use]
     pub fn contains(&self, x: f32, y: f32, z: f32) -> bool {
@@ -124,6 +139,28 @@ impl NpcIndex {
         }
         self.inserted += 1;
         old
+    }
+
+    /// Records `id → e` for a world being restored: the dense table grows only while `id` is
+    /// below `dense_cap` (plus the usual slack), so ids spread out on purpose (each a little
+    /// past the table's end) can't make it far larger than the population. Ids above go to the
+    /// sparse map.
+    pub(crate) fn insert_restored(&mut self, id: NpcId, e: Entity, dense_cap: u64) -> Option<Entity> {
+        if id.0 >= self.dense.len() as u64 && id.0 >= dense_cap.saturating_add(Self::DENSE_SLACK) {
+            let old = self.sparse.insert(id.0, e);
+            if old.is_none() {
+                self.len += 1;
+            }
+            self.inserted += 1;
+            return old;
+        }
+        self.insert(id, e)
+    }
+
+    /// Slots in the dense table (tests check that restoring keeps it small).
+    #[cfg(test)]
+    pub(crate) fn dense_len(&self) -> usize {
+        self.dense.len()
     }
 
     pub(crate) fn remove(&mut self, id: NpcId) -> Option<Entity> {

@@ -388,7 +388,7 @@ fn open_private(path: &Path, options: &mut OpenOptions) -> std::io::Result<File>
 }
 
 /// The header of a version 2 frame for `payload` holding `rows` rows.
-fn header_v2(payload: &[u8], rows: u64) -> [u8; HEADER_V2] {
+pub(crate) fn header_v2(payload: &[u8], rows: u64) -> [u8; HEADER_V2] {
     let mut h = [0u8; HEADER_V2];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());

@@ -3,6 +3,10 @@
 //! is given, [`npc`], a plain record, and [`service_url`], [`unique_name`] and [`OwnServers`]
 //! for tests against real servers.
 
+mod outbox;
+
+pub use outbox::{OutboxReplay, outbox_frame, replay_outbox, write_outbox};
+
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -3,9 +3,10 @@
 //! the WebSocket protocol).
 //!
 //! ```text
-//! TERRARIUM_SERVER__API_KEY=change-me cargo run --release -p terrarium-server --example game_server -- \
+//! export TERRARIUM_SERVER__API_KEY=$(openssl rand -hex 32)   # at least 32 bytes
+//! cargo run --release -p terrarium-server --example game_server -- \
 //!     --port 8080 --npcs 100000 --tick-hz 20
-//! curl -H 'x-api-key: change-me' 'http://127.0.0.1:8080/api/npcs?status=moving&limit=5'
+//! curl -H "x-api-key: $TERRARIUM_SERVER__API_KEY" 'http://127.0.0.1:8080/api/npcs?status=moving&limit=5'
 //! ```
 //!
 //! The first line on stdout is `listening on http://ADDR`. SIGINT or SIGTERM stops it

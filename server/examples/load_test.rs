@@ -623,7 +623,7 @@ struct LocalServer {
 
 impl LocalServer {
     fn start(args: &Args, npcs: u64) -> Result<Self> {
-        let key = "load-test-key-0123456789".to_string();
+        let key = "load-test-key-0123456789abcdefghijklmnop".to_string();
         let mut cfg = Config::default();
         cfg.engine.seed = args.seed;
         cfg.engine.tick_hz = args.tick_hz;
@@ -636,6 +636,7 @@ impl LocalServer {
         // One loopback address drives every connection; the limiter still runs per request.
         s.max_connections = (args.clients + args.ws_clients + 64).max(s.max_connections);
         s.max_connections_per_ip = s.max_connections;
+        s.max_ws_connections = s.max_connections;
         s.rate_limit_per_s = 1_000_000;
         s.rate_burst = 1_000_000;
         // Tick percentiles over the last half phase to one phase.

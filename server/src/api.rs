@@ -2,23 +2,25 @@
 //! health. Every error is a JSON body `{"error": "...", "status": N}`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use terrarium::engine::{
-    Command, Engine, NpcId, NpcIndex, NpcSpec, Order, Position, Role, Status, Velocity, WorldBounds,
+    Command, Engine, NpcId, NpcIndex, NpcSpec, Order, Position, Role, Velocity, WorldBounds,
 };
 use terrarium::persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::guard::{rate_limit, require_api_key};
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::guard::{deadline, rate_limit, require_api_key};
+use crate::protocol::parse_npc_query;
+use crate::spawns::SpawnRefused;
 use crate::stats::ServerFigures;
 use crate::stream::ws;
 use crate::tick::Job;
@@ -26,8 +28,6 @@ use terrarium::perf::PerformanceSnapshot;
 
 /// Fastest walk an API caller may set, blocks per second.
 const MAX_SPEED: f32 = 100.0;
-/// How long an id spawned through the API counts as existing before storage has it.
-const RECENT: Duration = Duration::from_secs(30);
 
 /// Every route, with the API key check on all but `/health`, the per-connection rate limit
 /// and response counting on all.
@@ -48,6 +48,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
         })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), rate_limit))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), deadline))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count_responses))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
@@ -59,41 +60,18 @@ async fn count_responses(State(state): State<Arc<AppState>>, req: Request, next:
     res
 }
 
-/// Query of `GET /api/npcs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListParams {
-    status: Option<String>,
-    role: Option<String>,
-    swarm: Option<u32>,
-    /// 1 ..= 100, default 50.
-    limit: Option<u32>,
-    /// Cursor: the `next` of the previous page (the last id it held).
-    after: Option<u64>,
-}
-
 async fn list_npcs(
     State(state): State<Arc<AppState>>,
-    ApiQuery(q): ApiQuery<ListParams>,
+    RawQuery(query): RawQuery,
 ) -> Result<axum::Json<NpcPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=Page::MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be 1 ..= {}, got {limit}", Page::MAX_LIMIT)));
-    }
-    let status = q
-        .status
-        .map(|s| s.parse::<Status>().map(|s| s.name().to_string()))
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
-    let role = q
-        .role
-        .map(|r| r.parse::<Role>().map(Role::name))
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("role: {e}")))?;
+    let q =
+        parse_npc_query(query.as_deref().unwrap_or("")).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let store = state.store()?;
-    let filter = NpcFilter { status, role, swarm: q.swarm };
-    let page =
-        store.list_npcs(&filter, Page { after: q.after, limit }).await.map_err(|e| ApiError::storage(&e))?;
+    let filter = NpcFilter { status: q.status, role: q.role, swarm: q.swarm };
+    let page = store
+        .list_npcs(&filter, Page { after: q.after, limit: q.limit })
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
     Ok(axum::Json(page))
 }
 
@@ -149,8 +127,27 @@ async fn spawn_npc(
         spec.health.current = h;
         spec.health.max = spec.health.max.max(h);
     }
+    match state.spawns.admit(state.tick.population(state.commands.next_npc_id().0)) {
+        Ok(()) => {}
+        Err(SpawnRefused::Full) => {
+            state.stats.spawns_refused();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the world is full: server.max_npcs = {}", state.config.max_npcs),
+            ));
+        }
+        Err(SpawnRefused::Budget(wait)) => {
+            state.stats.spawns_refused();
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("spawn budget: {} spawns per second per key", state.config.spawn_rate_per_s),
+            );
+            e.retry_after = Some(wait.as_secs().max(1));
+            return Err(e);
+        }
+    }
     let id = state.commands.spawn(spec).map_err(|e| ApiError::command(&e))?;
-    state.remember_spawn(id.0);
+    state.spawns.remember(id.0);
     let mut res = (StatusCode::ACCEPTED, axum::Json(Queued { id: id.0, status: "queued" })).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/npcs/{}", id.0)) {
         res.headers_mut().insert(header::LOCATION, loc);
@@ -302,15 +299,6 @@ impl AppState {
         self.stats.figures(self.limits.open())
     }
 
-    fn remember_spawn(&self, id: u64) {
-        let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recent.len() >= 4096 {
-            recent.retain(|_, at| now.duration_since(*at) < RECENT);
-        }
-        recent.insert(id, now);
-    }
-
     /// Whether `id` is an NPC: spawned through the API moments ago (the spawn may still wait
     /// in the command queue), or in the world now (asked on the tick thread between two ticks;
     /// storage lags by a batch, so it can't say).
@@ -318,13 +306,7 @@ impl AppState {
         if id == 0 || id >= self.commands.next_npc_id().0 {
             return Ok(false);
         }
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .is_some_and(|at| at.elapsed() < RECENT);
-        if recent {
+        if self.spawns.is_recent(id) {
             return Ok(true);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -19,9 +19,22 @@
 //!
 //! # WebSocket protocol
 //!
-//! `GET /ws` with the API key in `x-api-key` (or, from a browser, which can't set headers on a
-//! WebSocket, in the `api_key` query parameter) upgrades to a WebSocket. Every message both ways is one JSON text frame; the
-//! server deflates large frames (permessage-deflate, RFC 7692) when the client offered it.
+//! `GET /ws` with an API key upgrades to a WebSocket. The key travels in one of:
+//!
+//! - the `x-api-key` header (any client that can set headers);
+//! - the sub-protocol offer, for browsers (which can't set headers on a WebSocket): offer the
+//!   two sub-protocols `terrarium.v1` and `terrarium.key.<KEY>`, as in
+//!   `new WebSocket(url, ["terrarium.v1", "terrarium.key." + key])`. The server selects
+//!   `terrarium.v1` (its answer's `Sec-WebSocket-Protocol` says exactly that; it never echoes
+//!   the key). A key offered without `terrarium.v1`, two keys, or an entry that is not an HTTP
+//!   token is answered 400. A key sent this way must itself be a token (letters, digits,
+//!   ``!#$%&'*+-.^_`|~``; `openssl rand -hex 32` makes one);
+//! - the `api_key` query parameter (kept for old clients; a URL ends up in proxy logs and
+//!   browser history, so prefer the sub-protocol).
+//!
+//! A client that offers `terrarium.v1` gets it selected whichever way it sent its key. Every
+//! message both ways is one JSON text frame; the server deflates large frames
+//! (permessage-deflate, RFC 7692) when the client offered it.
 //! Positions are always arrays in this field order: `[id, x, y, z]` (id an integer, x y z
 //! blocks as floats); areas are `[x, z]` pairs of the ground plane, `min` inclusive, `max`
 //! exclusive.
@@ -55,7 +68,7 @@
 //! use terrarium_server::Server;
 //! let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 //! let mut config = Config::default(); // memory storage, no database needed
-//! config.server.api_key = "a-long-random-key".into();
+//! config.server.api_key = "a-long-random-key-of-32-bytes-or-more".into();
 //! config.server.port = 0; // any free port
 //! // The storage stack and write-behind, on the server's runtime (call it outside the runtime:
 //! // it blocks until storage is connected).
@@ -75,14 +88,19 @@
 mod api;
 mod error;
 mod guard;
+mod http;
+mod keys;
 mod priority;
+pub mod protocol;
+mod rate;
 mod server;
+mod spawns;
 mod stats;
 mod stream;
 mod tick;
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ServerError};
-pub use guard::API_KEY_HEADER;
+pub use keys::{API_KEY_HEADER, Access, MIN_KEY_BYTES};
 pub use priority::{HTTP_WORKER_NICENESS, TICK_NICENESS, yield_to_the_tick};
 pub use server::{Server, ShutdownSummary};
 pub use stats::ServerFigures;

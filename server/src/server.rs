@@ -1,10 +1,9 @@
 //! [`Server`]: starting the tick, hub and HTTP tasks, and stopping them in order.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use terrarium::engine::{CommandSender, ConfigError, Engine, WorldBounds};
 use terrarium::persistence::{ShutdownReport, StorageStack, WriteBehindHandle};
@@ -17,7 +16,10 @@ use terrarium::perf::prometheus::PrometheusExporter;
 use terrarium::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now};
 
 use crate::error::ServerError;
-use crate::guard::{Conn, ConnLimits, LimitedListener, RateLimit};
+use crate::guard::{ConnLimits, DoorConfig, LimitedListener};
+use crate::keys::Keys;
+use crate::rate::{ClientBuckets, RateLimit, TrustedProxies};
+use crate::spawns::Spawns;
 use crate::stats::{ServerFigures, ServerStats};
 use crate::stream::{Clients, HubThread, Inbox};
 use crate::tick::{Job, TickStatus, TickThread};
@@ -25,6 +27,7 @@ use crate::tick::{Job, TickStatus, TickThread};
 /// What the server's tasks share.
 pub(crate) struct AppState {
     pub(crate) config: ServerConfig,
+    pub(crate) keys: Keys,
     pub(crate) commands: CommandSender,
     pub(crate) storage: Option<Arc<StorageStack>>,
     pub(crate) write_behind: Option<WriteBehindHandle>,
@@ -40,8 +43,14 @@ pub(crate) struct AppState {
     pub(crate) tick: Arc<TickStatus>,
     /// Jobs for the tick thread (run between two ticks).
     pub(crate) jobs: mpsc::Sender<Job>,
-    /// Ids spawned through the API lately, and when.
-    pub(crate) recent: Mutex<HashMap<u64, Instant>>,
+    /// The population cap, the spawn budget, the ids spawned lately.
+    pub(crate) spawns: Spawns,
+    /// Token buckets per client (HTTP requests and WebSocket messages).
+    pub(crate) buckets: ClientBuckets,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub(crate) proxies: TrustedProxies,
+    /// One permit per open WebSocket (`max_ws_connections`).
+    pub(crate) ws_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ws_options: yawc::Options,
 }
@@ -52,7 +61,7 @@ pub struct Server {
     addr: SocketAddr,
     state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
-    serve: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    serve: Option<tokio::task::JoinHandle<()>>,
     tick: Option<TickThread>,
     tick_stop: Arc<AtomicBool>,
     jobs: mpsc::Sender<Job>,
@@ -109,6 +118,7 @@ impl Server {
         if sc.api_key.is_empty() {
             return Err(ServerError::MissingApiKey);
         }
+        let keys = Keys::new(&sc)?;
         let tick_hz = engine.config().tick_hz;
         terrarium::engine::in_range("server.ws_hz", sc.ws_hz, &(1..=tick_hz))
             .map_err(terrarium::engine::ConfigError::from)?;
@@ -135,7 +145,11 @@ impl Server {
         let addr = tcp.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
 
         let stats = Arc::new(ServerStats::default());
-        let clients = Arc::new(Clients::default());
+        let clients = Arc::new(Clients::new(
+            Arc::clone(&stats.ws_buffered_bytes),
+            sc.ws_max_buffered_bytes,
+            Duration::from_millis(sc.ws_reset_interval_ms),
+        ));
         let hub = HubThread::start(
             Arc::clone(&inbox),
             Arc::clone(&clients),
@@ -154,11 +168,30 @@ impl Server {
             publish_now(e);
         })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let limits = ConnLimits::new(sc.max_connections, sc.max_connections_per_ip);
+        let proxies = TrustedProxies::new(
+            sc.trusted_proxies.iter().filter_map(|p| terrarium::config::parse_cidr(p).ok()).collect(),
+        );
+        let limits = ConnLimits::new(
+            sc.max_connections,
+            sc.max_connections_per_ip,
+            sc.ipv6_prefix_bits,
+            proxies.clone(),
+        );
         let rate = RateLimit { per_s: f64::from(sc.rate_limit_per_s), burst: f64::from(sc.rate_burst) };
+        let spawn_rate =
+            RateLimit { per_s: f64::from(sc.spawn_rate_per_s), burst: f64::from(sc.spawn_burst) };
+        let door = DoorConfig {
+            idle: Duration::from_secs(sc.idle_timeout_s),
+            tcp_keepalive: (sc.tcp_keepalive_s > 0).then(|| Duration::from_secs(sc.tcp_keepalive_s)),
+            max_pending_refusals: sc.max_pending_refusals,
+        };
+        let header_read_timeout = Duration::from_secs(sc.header_read_timeout_s);
         let ws_options = ws_options(&sc);
+        let (sc_max_npcs, sc_clients, sc_max_ws) =
+            (sc.max_npcs, sc.rate_limit_clients, sc.max_ws_connections);
         let state = Arc::new(AppState {
             config: sc,
+            keys,
             commands,
             storage: storage.as_ref().map(|p| Arc::clone(p.stack())),
             write_behind: storage.as_ref().map(StoragePipeline::write_behind_handle),
@@ -176,20 +209,16 @@ impl Server {
             view_every,
             tick: Arc::clone(&tick.status),
             jobs: tick.jobs(),
-            recent: Mutex::new(HashMap::new()),
+            spawns: Spawns::new(sc_max_npcs, spawn_rate),
+            buckets: ClientBuckets::new(rate, sc_clients),
+            proxies,
+            ws_slots: Arc::new(tokio::sync::Semaphore::new(sc_max_ws)),
             shutdown: shutdown_rx.clone(),
             ws_options,
         });
-        let app = crate::api::router(Arc::clone(&state)).into_make_service_with_connect_info::<Conn>();
-        let listener = LimitedListener::new(tcp, limits, rate, stats);
-        let mut signal = shutdown_rx;
-        let serve = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = signal.wait_for(|stopping| *stopping).await;
-                })
-                .into_future(),
-        );
+        let app = crate::api::router(Arc::clone(&state));
+        let listener = LimitedListener::new(tcp, limits, door, stats);
+        let serve = tokio::spawn(crate::http::serve(listener, app, header_read_timeout, shutdown_rx));
         tracing::info!(%addr, tick_hz, view_every, "game server listening");
         Ok(Self {
             addr,
@@ -255,8 +284,7 @@ impl Server {
         if let Some(serve) = self.serve.take() {
             let abort = serve.abort_handle();
             match tokio::time::timeout(Duration::from_secs(10), serve).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::error!(error = %e, "http server stopped with an error"),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "http server task failed"),
                 Err(_) => {
                     tracing::warn!("requests still running after 10 s; cutting them off");
@@ -332,7 +360,10 @@ fn ws_options(sc: &ServerConfig) -> yawc::Options {
         .client_no_context_takeover()
         .with_deflate_pool(yawc::DeflatePool::new(16))
         .with_compression_threshold(sc.ws_deflate_min_bytes)
-        // yawc's bound is exclusive: a message of exactly the limit is allowed.
+        // yawc's bounds are exclusive: a message of exactly the limit is allowed. The read
+        // buffer (fragments of one message being put together) gets the same bound, not
+        // yawc's default of twice the payload.
         .with_max_payload_read(sc.max_ws_message_bytes + 1)
+        .with_max_read_buffer(sc.max_ws_message_bytes + 1)
         .with_utf8()
 }

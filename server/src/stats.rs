@@ -27,6 +27,12 @@ pub(crate) struct ServerStats {
     stream_last_frame_us: AtomicU64,
     stream_view_npcs: AtomicU64,
     stream_resyncs: AtomicU64,
+    timed_out: AtomicU64,
+    spawns_refused: AtomicU64,
+    ws_refused: AtomicU64,
+    ws_closed_idle: AtomicU64,
+    ws_frames_dropped: AtomicU64,
+    pub(crate) ws_buffered_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The server's counters at one moment.
@@ -59,7 +65,7 @@ pub struct ServerFigures {
     pub ws_frames_sent: u64,
     /// Bytes of those frames before permessage-deflate.
     pub ws_bytes_sent: u64,
-    /// Delta frames a slow client could not take (it gets a reset of its area instead).
+    /// Frames merged into a slow client's waiting frame instead of sent apart.
     pub ws_frames_skipped: u64,
     /// Reset frames (a whole area of interest) sent.
     pub ws_resets_sent: u64,
@@ -71,6 +77,19 @@ pub struct ServerFigures {
     pub stream_view_npcs: u64,
     /// Times the hub fell so far behind that the tick sent it the whole world again.
     pub stream_resyncs: u64,
+    /// Requests answered 503 for taking longer than `request_timeout_s`.
+    pub http_timed_out: u64,
+    /// Spawns refused: the world at `max_npcs` (409) or the key's spawn budget spent (429).
+    pub spawns_refused: u64,
+    /// WebSocket upgrades refused at `max_ws_connections` (503).
+    pub ws_refused: u64,
+    /// WebSockets closed for sending no message or pong for `ws_idle_timeout_s`.
+    pub ws_closed_idle: u64,
+    /// Frames dropped because the bytes buffered for all clients reached
+    /// `ws_max_buffered_bytes` (the client gets a reset later).
+    pub ws_frames_dropped: u64,
+    /// Bytes of frames cut and not yet sent, all clients together, now.
+    pub ws_buffered_bytes: u64,
 }
 
 macro_rules! bump {
@@ -82,6 +101,7 @@ macro_rules! bump {
 impl ServerStats {
     bump!(auth_rejected, rate_limited, connections_refused, ws_messages_received, ws_closed_rate_limit);
     bump!(ws_frames_skipped, ws_resets_sent, stream_resyncs);
+    bump!(timed_out, spawns_refused, ws_refused, ws_closed_idle, ws_frames_dropped);
 
     pub(crate) fn connection_accepted(&self) {
         self.connections_accepted.fetch_add(1, Relaxed);
@@ -135,6 +155,12 @@ impl ServerStats {
             stream_last_frame_us: l(&self.stream_last_frame_us),
             stream_view_npcs: l(&self.stream_view_npcs),
             stream_resyncs: l(&self.stream_resyncs),
+            http_timed_out: l(&self.timed_out),
+            spawns_refused: l(&self.spawns_refused),
+            ws_refused: l(&self.ws_refused),
+            ws_closed_idle: l(&self.ws_closed_idle),
+            ws_frames_dropped: l(&self.ws_frames_dropped),
+            ws_buffered_bytes: self.ws_buffered_bytes.load(Relaxed) as u64,
         }
     }
 }
@@ -152,7 +178,18 @@ pub(crate) const COUNTERS: &[(&str, &str)] = &[
     ("terrarium_ws_closed_rate_limit_total", "WebSocket connections closed for exceeding the rate limit."),
     ("terrarium_ws_frames_sent_total", "WebSocket frames sent to clients."),
     ("terrarium_ws_bytes_sent_total", "WebSocket payload bytes sent to clients."),
-    ("terrarium_ws_frames_skipped_total", "Frames not sent because a client's queue was full."),
+    (
+        "terrarium_ws_frames_skipped_total",
+        "Frames merged into a slow client's waiting frame instead of sent apart.",
+    ),
+    ("terrarium_http_timed_out_total", "Requests answered 503 for exceeding request_timeout_s."),
+    ("terrarium_spawns_refused_total", "Spawns refused by max_npcs (409) or the spawn budget (429)."),
+    ("terrarium_ws_refused_total", "WebSocket upgrades refused at max_ws_connections."),
+    (
+        "terrarium_ws_closed_idle_total",
+        "WebSockets closed after ws_idle_timeout_s without a message or pong.",
+    ),
+    ("terrarium_ws_frames_dropped_total", "Frames dropped at ws_max_buffered_bytes (a reset follows)."),
     ("terrarium_ws_resets_sent_total", "Full views sent to clients that fell behind."),
     ("terrarium_stream_frames_total", "Views the tick published for streaming."),
     ("terrarium_stream_resyncs_total", "Times the hub fell behind and took a full view."),
@@ -163,6 +200,7 @@ pub(crate) const COUNTERS: &[(&str, &str)] = &[
 pub(crate) const GAUGES: &[(&str, &str)] = &[
     ("terrarium_connections_open", "TCP connections open."),
     ("terrarium_ws_connections_open", "WebSocket connections open."),
+    ("terrarium_ws_buffered_bytes", "Bytes of frames cut for WebSocket clients and not yet sent."),
     ("terrarium_stream_last_frame_seconds", "Wall-clock time the hub took to cut the last frames."),
     ("terrarium_stream_view_npcs", "NPCs in the last published view."),
 ];
@@ -191,5 +229,11 @@ impl ServerFigures {
         gauge!("terrarium_stream_last_frame_seconds").set(self.stream_last_frame_us as f64 / 1e6);
         gauge!("terrarium_stream_view_npcs").set(self.stream_view_npcs as f64);
         counter!("terrarium_stream_resyncs_total").absolute(self.stream_resyncs);
+        counter!("terrarium_http_timed_out_total").absolute(self.http_timed_out);
+        counter!("terrarium_spawns_refused_total").absolute(self.spawns_refused);
+        counter!("terrarium_ws_refused_total").absolute(self.ws_refused);
+        counter!("terrarium_ws_closed_idle_total").absolute(self.ws_closed_idle);
+        counter!("terrarium_ws_frames_dropped_total").absolute(self.ws_frames_dropped);
+        gauge!("terrarium_ws_buffered_bytes").set(self.ws_buffered_bytes as f64);
     }
 }

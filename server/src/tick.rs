@@ -26,17 +26,34 @@ pub(crate) struct TickStatus {
     pub(crate) skipped: AtomicU64,
     /// False once the loop has stopped.
     pub(crate) running: AtomicBool,
+    /// NPCs in the world after the last tick.
+    npcs: AtomicU64,
+    /// The next NPC id when the last tick began (ids handed out since are not in `npcs` yet).
+    ids_before: AtomicU64,
 }
 
 impl TickStatus {
-    fn new() -> Self {
+    fn new(npcs: u64, next_id: u64) -> Self {
         Self {
             started: Instant::now(),
             tick: AtomicU64::new(0),
             last_tick_ms: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             running: AtomicBool::new(true),
+            npcs: AtomicU64::new(npcs),
+            ids_before: AtomicU64::new(next_id),
         }
+    }
+
+    /// The population once every spawn handed an id so far has landed, never less: the last
+    /// tick's count plus the ids handed out since that tick began (`next_id`: the id the next
+    /// spawn gets now). Spawns queued while that tick ran may be counted twice.
+    pub(crate) fn population(&self, next_id: u64) -> u64 {
+        // The tick thread stores the count, then the start; read in the other order, a new
+        // start implies the new count, and an old start with a new count overcounts.
+        let before = self.ids_before.load(Ordering::Acquire);
+        let npcs = self.npcs.load(Ordering::Acquire);
+        npcs + next_id.saturating_sub(before)
     }
 
     /// Wall-clock time since the last tick ended (since the start before the first).
@@ -64,7 +81,7 @@ impl TickThread {
         on_stop: impl FnOnce(&mut Engine) + Send + 'static,
     ) -> Result<Self, ServerError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let status = Arc::new(TickStatus::new());
+        let status = Arc::new(TickStatus::new(engine.npc_count() as u64, engine.next_npc_id().0));
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (stop2, status2) = (Arc::clone(&stop), Arc::clone(&status));
         let handle = std::thread::Builder::new()
@@ -115,7 +132,11 @@ fn run(
         while let Ok(job) = inbox.try_recv() {
             job(engine);
         }
+        let ids_before = engine.next_npc_id().0;
         let tick = engine.tick();
+        // The count first (see `TickStatus::population`).
+        status.npcs.store(engine.npc_count() as u64, Ordering::Release);
+        status.ids_before.store(ids_before, Ordering::Release);
         after_tick(engine);
         status.tick.store(tick, Ordering::Relaxed);
         let done = status.started.elapsed();

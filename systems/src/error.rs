@@ -45,6 +45,22 @@ pub enum MapError {
         /// Height read.
         height: u64,
     },
+    /// The map is within the per-side range but has more cells than a search can number: node
+    /// ids are `u32` over the grid with its one-cell border, so `(width + 2) × (height + 2)`
+    /// must stay below [`crate::pathfinding::Grid2d::MAX_PADDED_CELLS`].
+    #[error(
+        "line {line}: map size {width} x {height} has too many cells to search ((width + 2) x (height + 2) must be below {max})"
+    )]
+    TooManyCells {
+        /// Line of the header that set the size.
+        line: usize,
+        /// Width read.
+        width: u64,
+        /// Height read.
+        height: u64,
+        /// [`crate::pathfinding::Grid2d::MAX_PADDED_CELLS`].
+        max: u64,
+    },
     /// A map row holds a character that is no terrain (`.`, `G`, `S`, `@`, `O`, `T`, `W`).
     #[error("line {line}, column {column}: {found:?} is not a terrain character")]
     Cell {

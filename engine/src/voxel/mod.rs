@@ -439,16 +439,26 @@ impl VoxelWorld {
         }
     }
 
-    /// Rebuilds a world from a snapshot record, checking everything it was told.
-    pub(crate) fn from_record(rec: VoxelRecord) -> Result<Self, SnapshotError> {
+    /// Rebuilds a world from a snapshot record, checking everything it was told. The
+    /// decompressed blocks, the chunk table and the dense chunks together may take at most
+    /// `limit` bytes (`snapshot.max_bytes`): a small record can't claim a huge world.
+    pub(crate) fn from_record(rec: VoxelRecord, limit: u64) -> Result<Self, SnapshotError> {
         let bad = |what: String| SnapshotError::Inconsistent(format!("voxel world: {what}"));
         rec.params.validate().map_err(|e| bad(e.to_string()))?;
         let n = rec.params.chunk_count();
         if rec.versions.len() != n {
             return Err(bad(format!("{} chunk versions for {n} chunks", rec.versions.len())));
         }
-        let raw = terrarium_codec::decompress(&rec.blocks, n * (CHUNK_VOLUME + 1))
-            .map_err(SnapshotError::Decode)?;
+        let table = (n as u64).saturating_mul(std::mem::size_of::<Chunk>() as u64);
+        let too_large = |needed: u64| SnapshotError::VoxelTooLarge { needed, limit };
+        let room = limit.checked_sub(table).ok_or_else(|| too_large(table))?;
+        let most = n.saturating_mul(CHUNK_VOLUME + 1).min(usize::try_from(room).unwrap_or(usize::MAX));
+        let raw = terrarium_codec::decompress(&rec.blocks, most).map_err(|e| match e {
+            terrarium_codec::CodecError::TooLarge { len, .. } => too_large(table.saturating_add(len)),
+            other => SnapshotError::Decode(other),
+        })?;
+        // Each dense chunk is boxed next to the decompressed stream until it is dropped.
+        let mut used = table.saturating_add(raw.len() as u64);
         let mut chunks = Vec::with_capacity(n);
         let mut at = 0;
         for &version in &rec.versions {
@@ -458,6 +468,10 @@ impl VoxelWorld {
                 let bytes =
                     raw.get(at..at + CHUNK_VOLUME).ok_or_else(|| bad("block stream ends early".into()))?;
                 at += CHUNK_VOLUME;
+                used = used.saturating_add(CHUNK_VOLUME as u64);
+                if used > limit {
+                    return Err(too_large(used));
+                }
                 let mut blocks = Box::new([Block::Air; CHUNK_VOLUME]);
                 for (b, &byte) in blocks.iter_mut().zip(bytes) {
                     *b = Block::from_u8(byte).ok_or_else(|| bad(format!("unknown block code {byte}")))?;
@@ -494,12 +508,12 @@ fn dense_bytes(blocks: &[Block; CHUNK_VOLUME]) -> [u8; CHUNK_VOLUME] {
 /// How a [`VoxelWorld`] travels in a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct VoxelRecord {
-    params: WorldGen,
-    versions: Vec<u32>,
+    pub(crate) params: WorldGen,
+    pub(crate) versions: Vec<u32>,
     /// Per chunk: a kind byte (uniform chunk) or `0xFF` and 4096 kind bytes; LZ4-compressed.
-    blocks: Vec<u8>,
-    depots: Vec<Depot>,
-    edits: u64,
+    pub(crate) blocks: Vec<u8>,
+    pub(crate) depots: Vec<Depot>,
+    pub(crate) edits: u64,
 }
 
 #[cfg(test)]
@@ -575,21 +589,35 @@ mod tests {
     }
 
     #[test]
+    fn dense_chunks_count_against_the_limit_too() {
+        let w = VoxelWorld::generate(WorldGen::small()).unwrap();
+        let rec = w.to_record();
+        let raw = terrarium_codec::decompress(&rec.blocks, usize::MAX).unwrap().len() as u64;
+        let table = (rec.versions.len() * std::mem::size_of::<Chunk>()) as u64;
+        let dense = w.chunks.iter().filter(|c| matches!(c.blocks, ChunkBlocks::Dense(_))).count() as u64;
+        assert!(dense > 1);
+        let all = table + raw + dense * CHUNK_VOLUME as u64;
+        assert_eq!(VoxelWorld::from_record(rec.clone(), all).unwrap(), w);
+        let err = VoxelWorld::from_record(rec, all - 1).unwrap_err();
+        assert!(matches!(err, SnapshotError::VoxelTooLarge { needed, .. } if needed == all), "{err}");
+    }
+
+    #[test]
     fn record_round_trips_and_rejects_bad_bytes() {
         let mut w = VoxelWorld::generate(WorldGen::small()).unwrap();
         w.set(BlockPos::new(5, 5, 5), Block::Air);
         w.depots_mut()[0].stock[2] = 9;
-        let back = VoxelWorld::from_record(w.to_record()).unwrap();
+        let back = VoxelWorld::from_record(w.to_record(), u64::MAX).unwrap();
         assert_eq!(back, w);
 
         let mut rec = w.to_record();
         rec.versions.pop();
-        assert!(matches!(VoxelWorld::from_record(rec), Err(SnapshotError::Inconsistent(_))));
+        assert!(matches!(VoxelWorld::from_record(rec, u64::MAX), Err(SnapshotError::Inconsistent(_))));
         let mut rec = w.to_record();
         let mut raw = terrarium_codec::decompress(&rec.blocks, usize::MAX).unwrap();
         raw[0] = 77;
         rec.blocks = terrarium_codec::compress(&raw);
-        let err = VoxelWorld::from_record(rec).unwrap_err();
+        let err = VoxelWorld::from_record(rec, u64::MAX).unwrap_err();
         assert!(err.to_string().contains("unknown block code 77"), "{err}");
     }
 }

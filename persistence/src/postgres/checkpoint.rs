@@ -5,7 +5,7 @@ use std::pin::pin;
 
 use futures_util::TryStreamExt;
 
-use super::read::{NPC_COLUMNS, NPC_FROM, npc_from_row};
+use super::read::npc_from_row;
 use super::{BACKEND, PgStore, bits, to_i64, unbits};
 use crate::{Checkpoint, ResumePoint, StorageError};
 
@@ -101,30 +101,74 @@ impl PgStore {
             .await
             .map_err(err)?
             .map(|r| r.get(0));
-        let ids_rows = tx.query("SELECT id FROM npcs ORDER BY id", &[]).await.map_err(err)?;
-        let mut ids = Vec::with_capacity(ids_rows.len());
-        for r in &ids_rows {
-            let id: i64 = r.get(0);
-            ids.push(
-                u64::try_from(id)
-                    .map_err(|_| StorageError::Corrupt { what: format!("{BACKEND} npcs.id {id}") })?,
-            );
-        }
-        drop(ids_rows);
         let tick = to_i64("tick", checkpoint.tick)?;
-        let stmt = tx
-            // Newer: the registry row changed, or the NPC's position in its block did (positions
-            // do not touch `npcs`); a block untouched since the checkpoint is skipped whole.
-            .prepare(&format!(
-                "SELECT {NPC_COLUMNS} FROM {NPC_FROM} WHERE n.updated_tick > $1 \
-                 OR (b.tick > $1 AND b.ticks[k.i] > $1) ORDER BY n.id"
-            ))
-            .await
-            .map_err(err)?;
-        let mut rows = pin!(tx.query_raw(&stmt, [tick]).await.map_err(err)?);
-        let mut newer = Vec::new();
-        while let Some(row) = rows.try_next().await.map_err(err)? {
-            newer.push(npc_from_row(&row)?);
+        let bad = |what: &str| StorageError::Corrupt { what: format!("{BACKEND} {what}") };
+        // Every id, and which registry rows changed after the checkpoint: one scan of `npcs`.
+        let (mut ids, mut wanted) = (Vec::new(), Vec::new());
+        {
+            let stmt = tx.prepare("SELECT id, updated_tick FROM npcs ORDER BY id").await.map_err(err)?;
+            let mut rows = pin!(tx.query_raw(&stmt, std::iter::empty::<i64>()).await.map_err(err)?);
+            while let Some(row) = rows.try_next().await.map_err(err)? {
+                let (id, updated): (i64, i64) = (row.get(0), row.get(1));
+                let id = u64::try_from(id).map_err(|_| bad(&format!("npcs.id {id}")))?;
+                ids.push(id);
+                if updated > tick {
+                    wanted.push(id);
+                }
+            }
+        }
+        // Positions written after the checkpoint: only blocks whose newest tick is newer
+        // (positions never touch `npcs`).
+        let mut moved: Vec<(u64, u64, [f32; 3])> = Vec::new();
+        {
+            let stmt = tx
+                .prepare("SELECT ids, ticks, xs, ys, zs FROM position_blocks WHERE tick > $1 ORDER BY block")
+                .await
+                .map_err(err)?;
+            let mut rows = pin!(tx.query_raw(&stmt, [tick]).await.map_err(err)?);
+            while let Some(row) = rows.try_next().await.map_err(err)? {
+                let (bids, ticks): (Vec<i64>, Vec<i64>) = (row.get(0), row.get(1));
+                let (xs, ys, zs): (Vec<f32>, Vec<f32>, Vec<f32>) = (row.get(2), row.get(3), row.get(4));
+                if [ticks.len(), xs.len(), ys.len(), zs.len()].iter().any(|&n| n != bids.len()) {
+                    return Err(bad("position_blocks arrays"));
+                }
+                for k in 0..bids.len() {
+                    if ticks[k] > tick {
+                        let id = u64::try_from(bids[k]).map_err(|_| bad("position_blocks.ids"))?;
+                        let t = u64::try_from(ticks[k]).map_err(|_| bad("position_blocks.ticks"))?;
+                        moved.push((id, t, [xs[k], ys[k], zs[k]]));
+                    }
+                }
+            }
+        }
+        wanted.extend(moved.iter().map(|m| m.0).filter(|id| ids.binary_search(id).is_ok()));
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut newer = Vec::with_capacity(wanted.len());
+        if !wanted.is_empty() {
+            let keys: Vec<i64> = wanted.iter().map(|&id| to_i64("npc id", id)).collect::<Result<_, _>>()?;
+            let stmt = tx
+                .prepare(
+                    "SELECT id, role, status, swarm, agent, x, y, z, health, inventory, updated_tick \
+                     FROM npcs WHERE id = ANY($1) ORDER BY id",
+                )
+                .await
+                .map_err(err)?;
+            let mut rows = pin!(tx.query_raw(&stmt, [&keys]).await.map_err(err)?);
+            while let Some(row) = rows.try_next().await.map_err(err)? {
+                newer.push(npc_from_row(&row)?);
+            }
+        }
+        // Lay the newer positions over (both ascending by id; when not older).
+        let mut at = 0usize;
+        for (id, t, [x, y, z]) in moved {
+            while at < newer.len() && newer[at].id < id {
+                at += 1;
+            }
+            if at < newer.len() && newer[at].id == id && t >= newer[at].updated_tick {
+                let rec = &mut newer[at];
+                (rec.x, rec.y, rec.z, rec.updated_tick) = (x, y, z, t);
+            }
         }
         tx.commit().await.map_err(err)?;
         let batches_committed =

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use terrarium::engine::WorldBounds;
 
-use super::{Aoi, Clients, Frame, Inbox, ViewDelta};
+use super::{Aoi, Clients, Frame, Inbox, Offered, ViewDelta};
 use crate::error::ServerError;
 use crate::stats::ServerStats;
 
@@ -233,38 +233,44 @@ impl Hub {
         delta
     }
 
-    /// Cuts and sends every subscribed client's frame.
+    /// Cuts and hands over every subscribed client's frame.
     fn fan_out(&mut self, tick: u64) {
         let clients = Arc::clone(&self.clients);
+        let now = Instant::now();
+        let (interval, max_bytes) = (clients.reset_interval, clients.max_bytes);
         let mut slots = clients.lock();
-        if slots.values().any(|s| s.reset && s.aoi.is_some()) {
+        let reset_due =
+            |slot: &super::Slot| slot.last_reset.is_none_or(|at| now.duration_since(at) >= interval);
+        if slots.values().any(|s| s.reset && s.aoi.is_some() && reset_due(s)) {
             let grid = self.grid;
             self.everyone.fill(grid.len(), self.view.iter().map(|(&id, &p)| (grid.cell(p), (id, p))));
         }
-        slots.retain(|_, slot| {
-            let Some(aoi) = slot.aoi else { return true };
+        for slot in slots.values_mut() {
+            let Some(aoi) = slot.aoi else { continue };
+            if slot.reset && !reset_due(slot) {
+                // A reset is owed but the last one was too recent: nothing until it is due
+                // (the deltas in between are covered by it).
+                continue;
+            }
             let frame = if slot.reset { self.reset_frame(&aoi, tick) } else { self.delta_frame(&aoi, tick) };
             if !frame.reset && frame.moved.is_empty() && frame.gone.is_empty() {
-                return true;
+                continue;
             }
             let was_reset = frame.reset;
-            match slot.tx.try_send(frame) {
-                Ok(()) => {
-                    if was_reset {
-                        slot.reset = false;
-                        self.stats.ws_resets_sent();
-                    }
-                    true
+            match slot.outbox.offer(frame, max_bytes) {
+                Offered::Placed | Offered::Merged if was_reset => {
+                    slot.reset = false;
+                    slot.last_reset = Some(now);
+                    self.stats.ws_resets_sent();
                 }
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                    // The client is behind: skip it, and send its whole area once it catches up.
+                Offered::Placed => {}
+                Offered::Merged => self.stats.ws_frames_skipped(),
+                Offered::Dropped => {
                     slot.reset = true;
-                    self.stats.ws_frames_skipped();
-                    true
+                    self.stats.ws_frames_dropped();
                 }
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
             }
-        });
+        }
     }
 
     fn reset_frame(&self, aoi: &Aoi, tick: u64) -> Frame {
@@ -328,7 +334,11 @@ mod tests {
     use super::*;
 
     fn hub() -> (Hub, Arc<Clients>) {
-        let clients = Arc::new(Clients::default());
+        hub_with(usize::MAX, Duration::ZERO)
+    }
+
+    fn hub_with(max_bytes: usize, reset_interval: Duration) -> (Hub, Arc<Clients>) {
+        let clients = Arc::new(Clients::new(Arc::default(), max_bytes, reset_interval));
         let bounds = WorldBounds { min: [0.0, 0.0, 0.0], max: [256.0, 64.0, 256.0] };
         (Hub::new(Arc::clone(&clients), Arc::default(), Grid::new(&bounds, 32.0)), clients)
     }
@@ -343,6 +353,11 @@ mod tests {
         hub.fan_out(tick);
     }
 
+    /// The frame waiting for a client, taken as its task would.
+    fn recv(outbox: &super::super::Outbox) -> Option<Frame> {
+        outbox.try_take().map(|mut t| std::mem::take(&mut t.frame))
+    }
+
     const AOI: Aoi = Aoi { min: [0.0, 0.0], max: [64.0, 64.0] };
 
     #[test]
@@ -352,10 +367,10 @@ mod tests {
             &mut hub,
             delta(1, &[(1, [10.0, 0.0, 10.0]), (2, [100.0, 0.0, 100.0]), (3, [63.9, 0.0, 1.0])], &[]),
         );
-        let (id, mut rx) = clients.register(8);
+        let (id, rx) = clients.register();
         clients.subscribe(id, Some(AOI));
         step(&mut hub, delta(2, &[], &[]));
-        let f = rx.try_recv().unwrap();
+        let f = recv(&rx).unwrap();
         assert!(f.reset);
         let mut ids: Vec<u64> = f.moved.iter().map(|m| m.0).collect();
         ids.sort_unstable();
@@ -375,53 +390,111 @@ mod tests {
                 &[],
             ),
         );
-        let f = rx.try_recv().unwrap();
+        let f = recv(&rx).unwrap();
         assert!(!f.reset);
         let mut moved = f.moved.clone();
         moved.sort_by_key(|m| m.0);
         assert_eq!(moved, [(1, [11.0, 0.0, 10.0]), (2, [5.0, 0.0, 5.0])]);
         assert_eq!(f.gone, [3]);
         step(&mut hub, delta(4, &[], &[1, 4]));
-        let f = rx.try_recv().unwrap();
+        let f = recv(&rx).unwrap();
         assert_eq!((f.moved.len(), f.gone.as_slice()), (0, &[1][..]));
         // Nothing changed in the area: no frame at all.
         step(&mut hub, delta(5, &[(4, [201.0, 0.0, 1.0])], &[]));
-        assert!(rx.try_recv().is_err());
+        assert!(recv(&rx).is_none());
     }
 
     #[test]
     fn merged_deltas_keep_the_last_word_per_npc() {
         let (mut hub, clients) = hub();
         step(&mut hub, delta(1, &[(7, [10.0, 0.0, 10.0])], &[]));
-        let (id, mut rx) = clients.register(8);
+        let (id, rx) = clients.register();
         clients.subscribe(id, Some(AOI));
         step(&mut hub, delta(2, &[], &[]));
-        assert!(rx.try_recv().unwrap().reset);
+        assert!(recv(&rx).unwrap().reset);
         // Out of the area and back in, within one merged delta: it moved, it did not leave.
         let mut d = delta(3, &[(7, [100.0, 0.0, 100.0]), (7, [12.0, 0.0, 12.0])], &[]);
         d.merged = true;
         step(&mut hub, d);
-        let f = rx.try_recv().unwrap();
+        let f = recv(&rx).unwrap();
         assert_eq!((f.moved.as_slice(), f.gone.len()), (&[(7, [12.0, 0.0, 12.0])][..], 0));
     }
 
     #[test]
-    fn a_full_view_removes_what_it_lacks_and_a_slow_client_gets_a_reset() {
+    fn a_full_view_removes_what_it_lacks_and_a_slow_client_gets_one_folded_frame() {
         let (mut hub, clients) = hub();
         step(&mut hub, delta(1, &[(1, [1.0, 0.0, 1.0]), (2, [2.0, 0.0, 2.0])], &[]));
-        let (id, mut rx) = clients.register(1);
+        let (id, rx) = clients.register();
         clients.subscribe(id, Some(AOI));
         step(&mut hub, delta(2, &[], &[]));
+        // The client reads nothing while three views pass: one frame waits, the reset with
+        // everything after it folded in.
         let mut full = delta(3, &[(2, [3.0, 0.0, 3.0])], &[]);
         full.full = true;
-        step(&mut hub, full); // the queue (1) is full: skipped, reset later
-        assert!(rx.try_recv().unwrap().reset);
-        assert!(rx.try_recv().is_err());
-        step(&mut hub, delta(4, &[], &[]));
-        let f = rx.try_recv().unwrap();
+        step(&mut hub, full);
+        step(&mut hub, delta(4, &[(5, [4.0, 0.0, 4.0])], &[]));
+        step(&mut hub, delta(5, &[(5, [5.0, 0.0, 5.0]), (6, [6.0, 0.0, 6.0])], &[6]));
+        let f = recv(&rx).unwrap();
         assert!(f.reset);
-        assert_eq!(f.moved, [(2, [3.0, 0.0, 3.0])], "1 is gone from the world");
-        assert_eq!(hub.everyone.total(), 1);
+        assert_eq!(f.tick, 5);
+        let mut moved = f.moved.clone();
+        moved.sort_by_key(|m| m.0);
+        assert_eq!(moved, [(2, [3.0, 0.0, 3.0]), (5, [5.0, 0.0, 5.0])], "1 and 6 are gone from the world");
+        assert!(recv(&rx).is_none());
+        assert_eq!(hub.everyone.total(), 2);
+        assert!(hub.stats.figures(0).ws_frames_skipped >= 2);
+    }
+
+    #[test]
+    fn deltas_fold_into_one_with_the_last_word_per_npc() {
+        let (mut hub, clients) = hub();
+        step(&mut hub, delta(1, &[(1, [1.0, 0.0, 1.0]), (2, [2.0, 0.0, 2.0])], &[]));
+        let (id, rx) = clients.register();
+        clients.subscribe(id, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        assert!(recv(&rx).unwrap().reset);
+        step(&mut hub, delta(3, &[(1, [1.5, 0.0, 1.0])], &[2]));
+        step(&mut hub, delta(4, &[(1, [100.0, 0.0, 1.0]), (3, [3.0, 0.0, 3.0])], &[]));
+        let f = recv(&rx).unwrap();
+        assert!(!f.reset);
+        let mut gone = f.gone.clone();
+        gone.sort_unstable();
+        assert_eq!((f.moved.as_slice(), gone.as_slice()), (&[(3, [3.0, 0.0, 3.0])][..], &[1, 2][..]));
+    }
+
+    #[test]
+    fn a_frame_over_the_byte_budget_is_dropped_and_owed_as_a_reset() {
+        // A one-NPC frame costs 120 bytes: a budget of 200 holds one, not two.
+        let (mut hub, clients) = hub_with(200, Duration::ZERO);
+        step(&mut hub, delta(1, &[(1, [1.0, 0.0, 1.0])], &[]));
+        let (a, rx_a) = clients.register();
+        let (b, rx_b) = clients.register();
+        clients.subscribe(a, Some(AOI));
+        clients.subscribe(b, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        assert_eq!(u8::from(rx_a.has_frame()) + u8::from(rx_b.has_frame()), 1, "one fits");
+        assert_eq!(hub.stats.figures(0).ws_frames_dropped, 1);
+        // Once the waiting one is sent, the other client's reset fits.
+        let (first, second) = if rx_a.has_frame() { (&rx_a, &rx_b) } else { (&rx_b, &rx_a) };
+        assert!(recv(first).unwrap().reset);
+        step(&mut hub, delta(3, &[], &[]));
+        assert!(recv(second).unwrap().reset);
+        assert_eq!(clients.budget.load(std::sync::atomic::Ordering::Relaxed), 0, "all released");
+    }
+
+    #[test]
+    fn resets_are_rate_limited_per_client() {
+        let (mut hub, clients) = hub_with(usize::MAX, Duration::from_secs(3600));
+        step(&mut hub, delta(1, &[(1, [1.0, 0.0, 1.0])], &[]));
+        let (a, rx) = clients.register();
+        clients.subscribe(a, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        assert!(recv(&rx).unwrap().reset);
+        // Subscribing again owes a reset, which waits for the interval (no deltas meanwhile).
+        clients.subscribe(a, Some(AOI));
+        step(&mut hub, delta(3, &[(1, [2.0, 0.0, 1.0])], &[]));
+        assert!(recv(&rx).is_none());
+        assert_eq!(hub.stats.figures(0).ws_resets_sent, 1);
     }
 
     #[test]

@@ -8,18 +8,24 @@
 //!    covers: NPCs that moved inside it, NPCs that left it or were removed. A client that
 //!    subscribed (or fell behind) gets its whole area instead.
 //! 3. `ws.rs` (a tokio task per connection): the protocol, JSON text frames,
-//!    permessage-deflate for large ones (yawc), rate and size limits.
+//!    permessage-deflate for large ones (yawc), rate and size limits, pings.
+//!
+//! Between the hub and a client's task is one slot ([`Outbox`]), not a queue: a client that
+//! is behind gets the frames it missed folded into the one waiting, so it holds at most one
+//! waiting frame and one being sent, whatever its speed; and all clients' frames together stay
+//! under a byte budget (a frame over it is dropped and its client later gets a reset, at most
+//! one reset per client per `ws_reset_interval_ms`).
 
 mod hub;
 mod view;
 pub(crate) mod ws;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use tokio::sync::mpsc;
+use rustc_hash::FxHashMap;
 
 pub(crate) use hub::HubThread;
 pub(crate) use view::register;
@@ -137,7 +143,7 @@ impl Inbox {
 }
 
 /// A rectangle of the ground plane, `min` inclusive, `max` exclusive, blocks: `[x, z]`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Aoi {
     pub(crate) min: [f32; 2],
     pub(crate) max: [f32; 2],
@@ -162,43 +168,211 @@ pub(crate) struct Frame {
     pub(crate) gone: Vec<u64>,
 }
 
-/// The WebSocket clients the hub serves.
+impl Frame {
+    /// What the frame costs while it waits and is sent: its rows, and the JSON text they
+    /// become (about 40 bytes a row), bytes.
+    pub(crate) fn cost(&self) -> usize {
+        64 + self.moved.len() * 56 + self.gone.len() * 24
+    }
+
+    /// Folds `newer` (the next frame for the same area) into `self`: a reset stays a reset (of
+    /// the newer tick), a delta over a delta keeps the last word per NPC. Applying the result
+    /// gives what applying both in order would have (a `gone` may name an NPC the client never
+    /// held, which it ignores).
+    pub(crate) fn absorb(&mut self, newer: Frame) {
+        if newer.reset {
+            *self = newer;
+            return;
+        }
+        let mut last: FxHashMap<u64, Option<[f32; 3]>> =
+            FxHashMap::with_capacity_and_hasher(self.moved.len() + self.gone.len(), Default::default());
+        last.extend(self.moved.drain(..).map(|(id, p)| (id, Some(p))));
+        last.extend(self.gone.drain(..).map(|id| (id, None)));
+        last.extend(newer.moved.into_iter().map(|(id, p)| (id, Some(p))));
+        last.extend(newer.gone.into_iter().map(|id| (id, None)));
+        for (id, p) in last {
+            match p {
+                Some(p) => self.moved.push((id, p)),
+                // A reset lists what is there; what left is simply not listed.
+                None if !self.reset => self.gone.push(id),
+                None => {}
+            }
+        }
+        self.tick = newer.tick;
+    }
+}
+
+/// What became of a frame offered to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offered {
+    /// Waiting alone for the client.
+    Placed,
+    /// Folded into the frame that was already waiting (the client is behind).
+    Merged,
+    /// Over the byte budget: nothing waits now, the client needs a reset.
+    Dropped,
+}
+
+/// One client's outgoing slot: at most one frame waits (newer ones are folded into it), its
+/// cost counted in a byte budget shared by every client.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    ready: tokio::sync::Notify,
+    budget: Arc<AtomicUsize>,
+}
+
 #[derive(Debug, Default)]
+struct OutboxState {
+    frame: Option<Frame>,
+    cost: usize,
+    closed: bool,
+}
+
+/// A frame taken from an [`Outbox`]; its cost stays in the budget until this is dropped
+/// (after the frame was sent).
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) frame: Frame,
+    cost: usize,
+    budget: Arc<AtomicUsize>,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.cost, Ordering::Relaxed);
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(budget: Arc<AtomicUsize>) -> Self {
+        Self { state: Mutex::default(), ready: tokio::sync::Notify::new(), budget }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Offers a frame (the hub): placed, folded into the waiting one, or dropped when all
+    /// clients' waiting and sending frames would cost more than `max_bytes`.
+    pub(crate) fn offer(&self, frame: Frame, max_bytes: usize) -> Offered {
+        let mut s = self.lock();
+        let (frame, how) = match s.frame.take() {
+            None => (frame, Offered::Placed),
+            Some(mut waiting) => {
+                waiting.absorb(frame);
+                (waiting, Offered::Merged)
+            }
+        };
+        let cost = frame.cost();
+        let old = std::mem::take(&mut s.cost);
+        let others = self.budget.fetch_sub(old, Ordering::Relaxed) - old;
+        if others + cost > max_bytes {
+            return Offered::Dropped;
+        }
+        self.budget.fetch_add(cost, Ordering::Relaxed);
+        s.frame = Some(frame);
+        s.cost = cost;
+        drop(s);
+        self.ready.notify_one();
+        how
+    }
+
+    /// The waiting frame, if any (the client's task).
+    pub(crate) fn try_take(&self) -> Option<Taken> {
+        let mut s = self.lock();
+        let frame = s.frame.take()?;
+        let cost = std::mem::take(&mut s.cost);
+        Some(Taken { frame, cost, budget: Arc::clone(&self.budget) })
+    }
+
+    /// Waits for the next frame; `None` once closed. Cancel-safe: a frame stays in the slot
+    /// until a call returns it.
+    pub(crate) async fn next(&self) -> Option<Taken> {
+        loop {
+            if let Some(t) = self.try_take() {
+                return Some(t);
+            }
+            if self.lock().closed {
+                return None;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn has_frame(&self) -> bool {
+        self.lock().frame.is_some()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let cost = self.lock().cost;
+        self.budget.fetch_sub(cost, Ordering::Relaxed);
+    }
+}
+
+/// The WebSocket clients the hub serves.
+#[derive(Debug)]
 pub(crate) struct Clients {
     next_id: AtomicU64,
     slots: Mutex<HashMap<u64, Slot>>,
+    /// Bytes of frames waiting or being sent, all clients.
+    budget: Arc<AtomicUsize>,
+    max_bytes: usize,
+    reset_interval: Duration,
 }
 
 #[derive(Debug)]
 struct Slot {
     aoi: Option<Aoi>,
-    /// Send the whole area next time (new subscription, or a frame was skipped).
+    /// Send the whole area next time (new subscription, or a frame was dropped).
     reset: bool,
-    tx: mpsc::Sender<Frame>,
+    /// When the last reset was handed over (resets are rate-limited per client).
+    last_reset: Option<Instant>,
+    outbox: Arc<Outbox>,
 }
 
 impl Clients {
+    pub(crate) fn new(budget: Arc<AtomicUsize>, max_bytes: usize, reset_interval: Duration) -> Self {
+        Self { next_id: AtomicU64::new(0), slots: Mutex::default(), budget, max_bytes, reset_interval }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new client with room for `queue` frames; its id and where its frames arrive.
-    pub(crate) fn register(&self, queue: usize) -> (u64, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(queue);
+    /// A new client; its id and where its frames arrive.
+    pub(crate) fn register(&self) -> (u64, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(Arc::clone(&self.budget)));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Slot { aoi: None, reset: false, tx });
-        (id, rx)
+        let slot = Slot { aoi: None, reset: false, last_reset: None, outbox: Arc::clone(&outbox) };
+        self.lock().insert(id, slot);
+        (id, outbox)
     }
 
-    /// Sets (or clears) a client's area; a new area is sent whole at the next frame.
+    /// Sets (or clears) a client's area; a new area is sent whole at the next frame (or, when
+    /// the client had a reset less than `ws_reset_interval_ms` ago, once that has passed).
     pub(crate) fn subscribe(&self, id: u64, aoi: Option<Aoi>) {
         if let Some(slot) = self.lock().get_mut(&id) {
             slot.aoi = aoi;
             slot.reset = aoi.is_some();
+            // Whatever waits was cut for the old area.
+            if let Some(t) = slot.outbox.try_take() {
+                drop(t);
+            }
         }
     }
 
     pub(crate) fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        if let Some(slot) = self.lock().remove(&id) {
+            slot.outbox.close();
+        }
     }
 }

@@ -2,13 +2,15 @@
 //! ("WebSocket protocol"), the one place it is written down.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
 use serde::ser::SerializeSeq;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use yawc::close::CloseCode;
 use yawc::{IncomingUpgrade, OpCode, WebSocket};
@@ -16,7 +18,8 @@ use yawc::{IncomingUpgrade, OpCode, WebSocket};
 use super::{Aoi, Frame};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::guard::Conn;
+use crate::guard::{Client, Conn};
+use crate::protocol::{ClientMessage, WS_PROTOCOL, parse_client_message, parse_ws_protocols};
 
 /// A frame that takes longer than this to leave closes the connection (a stuck client).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +28,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
+    Extension(client): Extension<Client>,
+    headers: axum::http::HeaderMap,
     ws: Result<IncomingUpgrade, axum::http::StatusCode>,
 ) -> Response {
     let Ok(ws) = ws else {
@@ -36,29 +41,45 @@ pub(crate) async fn upgrade(
     if *state.shutdown.borrow() {
         return ApiError::unavailable("the server is shutting down", 5).into_response();
     }
-    let (response, upgraded) = match ws.upgrade(state.ws_options.clone()) {
+    let Ok(permit) = Arc::clone(&state.ws_slots).try_acquire_owned() else {
+        state.stats.ws_refused();
+        let max = state.config.max_ws_connections;
+        return ApiError::unavailable(format!("the server is at its WebSocket limit ({max})"), 5)
+            .into_response();
+    };
+    // The key check already parsed the offer; a client that offered our protocol gets it
+    // selected (RFC 6455 4.2.2: one of the offered values, never the key).
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+    let offer = match parse_ws_protocols(offered) {
+        Ok(offer) => offer,
+        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+    };
+    let (mut response, upgraded) = match ws.upgrade(state.ws_options.clone()) {
         Ok(pair) => pair,
         Err(e) => return ApiError::bad_request(format!("websocket upgrade refused: {e}")).into_response(),
     };
+    if offer.v1 {
+        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_PROTOCOL));
+    }
+    // From here the connection's idle handling is the WebSocket's (pings), not the socket's.
+    conn.0.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         match upgraded.await {
-            Ok(ws) => serve(ws, &state, &conn).await,
+            Ok(ws) => serve(ws, &state, client).await,
             Err(e) => tracing::debug!(peer = %conn.0.peer, error = %e, "websocket upgrade did not complete"),
         }
+        drop(permit);
     });
     response.map(axum::body::Body::new)
 }
 
-/// Messages a client may send.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientMessage {
-    Subscribe { min: [f32; 2], max: [f32; 2] },
-    Unsubscribe,
-}
-
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &AppState, conn: &Conn) {
-    let (id, mut frames) = state.clients.register(state.config.ws_queue_frames);
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &AppState, client: Client) {
+    let (id, outbox) = state.clients.register();
+    let idle = Duration::from_secs(state.config.ws_idle_timeout_s);
+    let mut ping = tokio::time::interval(Duration::from_secs(state.config.ws_ping_interval_s));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await; // the first tick is now
+    let mut heard = Instant::now();
     state.stats.ws_opened();
     let mut shutdown = state.shutdown.clone();
     let b = &state.bounds;
@@ -74,15 +95,31 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &
     while open {
         tokio::select! {
             incoming = ws.next() => match incoming {
-                Some(frame) => open = on_message(&mut ws, state, conn, id, &frame).await,
+                Some(frame) => {
+                    heard = Instant::now();
+                    open = on_message(&mut ws, state, client, id, &frame).await;
+                }
                 // Closed by the client, or by yawc for a protocol or size violation (it sends
                 // the close frame, 1009 for an oversized message, itself).
                 None => (open, read_ended) = (false, true),
             },
-            out = frames.recv() => match out {
-                Some(frame) => open = send_text(&mut ws, state, encode(&frame)).await,
+            out = outbox.next() => match out {
+                // `taken` keeps the frame's cost in the budget until it has left.
+                Some(taken) => open = send_text(&mut ws, state, encode(&taken.frame)).await,
                 None => open = false,
             },
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle {
+                    state.stats.ws_closed_idle();
+                    let reason = format!("no message or pong for {} s", idle.as_secs());
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, ws.send(yawc::Frame::close(CloseCode::Away, reason))).await;
+                    open = false;
+                } else {
+                    open = tokio::time::timeout(SEND_TIMEOUT, ws.send(yawc::Frame::ping("")))
+                        .await
+                        .is_ok_and(|sent| sent.is_ok());
+                }
+            }
             () = stopping(&mut shutdown) => {
                 let _ = ws.send(yawc::Frame::close(CloseCode::Away, "server shutting down")).await;
                 open = false;
@@ -108,22 +145,25 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocket<S>,
     state: &AppState,
-    conn: &Conn,
+    client: Client,
     id: u64,
     frame: &yawc::Frame,
 ) -> bool {
-    if frame.opcode() == OpCode::Close {
-        return false;
+    match frame.opcode() {
+        OpCode::Close => return false,
+        // Answers to our pings: proof of life, not messages.
+        OpCode::Pong => return true,
+        _ => {}
     }
     state.stats.ws_messages_received();
-    if conn.0.take().is_err() {
+    if state.buckets.take(client.0).is_err() {
         state.stats.ws_closed_rate_limit();
-        let reason = format!("rate limit: {} messages per second", state.config.rate_limit_per_s);
+        let reason = format!("rate limit: {} messages per second per client", state.config.rate_limit_per_s);
         let _ = ws.send(yawc::Frame::close(CloseCode::Policy, reason)).await;
         return false;
     }
     let reply = match frame.opcode() {
-        OpCode::Text => match serde_json::from_slice::<ClientMessage>(frame.payload()) {
+        OpCode::Text => match parse_client_message(frame.payload()) {
             Ok(ClientMessage::Subscribe { min, max }) => match area(min, max, state.config.ws_max_area) {
                 Ok(aoi) => {
                     state.clients.subscribe(id, Some(aoi));
@@ -131,11 +171,11 @@ async fn on_message<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => error(&e),
             },
-            Ok(ClientMessage::Unsubscribe) => {
+            Ok(ClientMessage::Unsubscribe {}) => {
                 state.clients.subscribe(id, None);
                 serde_json::json!({ "type": "unsubscribed" })
             }
-            Err(e) => error(&format!("bad message: {e}")),
+            Err(e) => error(&e.to_string()),
         },
         OpCode::Binary => error("binary messages are not accepted; send JSON text"),
         // Pings are answered by yawc; they count against the rate limit all the same.

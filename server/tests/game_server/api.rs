@@ -241,3 +241,14 @@ async fn bad_requests_get_clear_json_errors() {
     assert!(res.json::<Value>().await.unwrap()["error"].is_string());
     t.server.shutdown().await.unwrap();
 }
+
+/// A key shorter than 32 bytes is refused at start-up, naming the setting and not the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_api_key_is_refused_at_start() {
+    let mut cfg = test_config();
+    cfg.server.api_key = "short-but-not-empty".into();
+    let engine = terrarium::engine::Engine::builder(cfg.engine.clone()).build().unwrap();
+    let err = terrarium_server::Server::start(&cfg, engine, None).await.unwrap_err().to_string();
+    assert!(err.contains("server.api_key") && err.contains("32"), "{err}");
+    assert!(!err.contains("short-but-not-empty"), "{err}");
+}

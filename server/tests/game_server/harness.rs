@@ -13,7 +13,7 @@ use terrarium::engine::{Engine, NpcId, Position};
 use terrarium::{Config, StoragePipeline};
 use terrarium_server::Server;
 
-pub const KEY: &str = "test-key-0123456789";
+pub const KEY: &str = "test-key-0123456789abcdefghijklmnop";
 
 pub struct TestServer {
     pub server: Server,

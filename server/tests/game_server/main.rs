@@ -7,9 +7,13 @@ mod api;
 // The crash loop resumes from the embedded store (the example's default storage).
 #[cfg(feature = "file-store")]
 mod crash;
+// PostgreSQL of its own, frozen and thawed.
+#[cfg(feature = "postgres")]
+mod half_open;
 mod harness;
 mod limits;
 mod load_test;
 mod metrics;
 mod shutdown;
+mod slowloris;
 mod websocket;

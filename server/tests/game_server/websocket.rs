@@ -246,3 +246,64 @@ async fn websocket_deltas_match_the_world() {
     assert!(figures.ws_resets_sent >= 2 && figures.stream_frames > 10);
     t.server.shutdown().await.unwrap();
 }
+
+/// A browser can't set headers on a WebSocket: it offers `terrarium.v1` and
+/// `terrarium.key.<KEY>` as sub-protocols, and the server selects `terrarium.v1` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_passes_its_key_as_a_sub_protocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    const READ: &str = "read-only-key-0123456789abcdefghijkl";
+    let t = start(10, |c| c.server.read_api_key = READ.into()).await;
+    let addr = t.server.local_addr();
+    let offer = |protocols: &str| {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(protocols).unwrap());
+        req
+    };
+    for key in [KEY, READ] {
+        let (mut ws, res) =
+            tokio_tungstenite::connect_async(offer(&format!("terrarium.v1, terrarium.key.{key}")))
+                .await
+                .unwrap();
+        let selected = res.headers().get_all("sec-websocket-protocol").iter().collect::<Vec<_>>();
+        assert_eq!(selected, ["terrarium.v1"], "exactly the protocol, never the key");
+        let hello: Value =
+            serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+        assert_eq!(hello["type"], "hello");
+    }
+    // The key without the protocol the server must select, a wrong key, two keys: refused.
+    let refused = |req| async move {
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+            other => panic!("expected an HTTP refusal, got {:?}", other.map(|(_, r)| r.status())),
+        }
+    };
+    assert_eq!(refused(offer(&format!("terrarium.key.{KEY}"))).await, 400);
+    assert_eq!(refused(offer("terrarium.v1, terrarium.key.wrong-key-0123456789abcdefghijkl")).await, 401);
+    assert_eq!(
+        refused(offer(&format!("terrarium.v1, terrarium.key.{KEY}, terrarium.key.{READ}"))).await,
+        400
+    );
+    // A header-keyed client that offers the protocol gets it selected too.
+    let mut req = offer("terrarium.v1");
+    req.headers_mut().insert("x-api-key", HeaderValue::from_static(KEY));
+    let (_ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(res.headers()["sec-websocket-protocol"], "terrarium.v1");
+
+    // The read-only key reads, and may not change the world.
+    let res = t.http.get(t.url("/api/performance")).header("x-api-key", READ).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = t
+        .http
+        .post(t.url("/api/npcs"))
+        .header("x-api-key", READ)
+        .json(&json!({"role": "guard", "position": [1, 0, 1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("read-only"), "{body}");
+    t.server.shutdown().await.unwrap();
+}

@@ -29,6 +29,17 @@ pub struct Grid2d {
 pub(crate) const LEAD: usize = 64;
 
 impl Grid2d {
+    /// Searches number the cells of the grid with its border as `u32` (and keep `u32::MAX` for
+    /// "none"): `(width + 2) × (height + 2)` must be below this for a grid to be searched.
+    pub const MAX_PADDED_CELLS: u64 = u32::MAX as u64;
+
+    /// True when a search can number every cell of a `width × height` grid (see
+    /// [`Grid2d::MAX_PADDED_CELLS`]).
+    #[must_use]
+    pub fn searchable(width: u64, height: u64) -> bool {
+        (width + 2).saturating_mul(height + 2) < Self::MAX_PADDED_CELLS
+    }
+
     /// A grid from `cells`, row by row (`cells[y * width + x]` true when passable).
     ///
     /// # Panics

@@ -110,7 +110,10 @@ impl JpsSearch {
     /// Searches; on success returns the padded node indices of start and goal.
     fn run(&mut self, grid: &Grid2d, start: Cell, goal: Cell) -> Option<(u32, u32)> {
         self.expanded = 0;
-        if !grid.is_free(start.0, start.1) || !grid.is_free(goal.0, goal.1) {
+        if !grid.is_free(start.0, start.1)
+            || !grid.is_free(goal.0, goal.1)
+            || !Grid2d::searchable(grid.width().into(), grid.height().into())
+        {
             return None;
         }
         let pw = grid.width() as usize + 2;

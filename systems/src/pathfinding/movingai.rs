@@ -59,12 +59,17 @@ pub fn parse_map(text: &str) -> Result<Grid2d, MapError> {
     if !(1..=65_535).contains(&width) || !(1..=65_535).contains(&height) {
         return Err(MapError::Size { line: hline, width, height });
     }
+    if !Grid2d::searchable(width, height) {
+        return Err(MapError::TooManyCells { line: hline, width, height, max: Grid2d::MAX_PADDED_CELLS });
+    }
     let (line, m) = next("`map`")?;
     if m.trim() != "map" {
         return Err(MapError::Header { line, expected: "`map`", found: m.into() });
     }
     let (w, h) = (width as usize, height as usize);
-    let mut cells = Vec::with_capacity(w * h);
+    // The header is only a claim: every cell takes at least one byte of the text, so the text
+    // bounds what is reserved (a 20-byte file can't ask for gigabytes).
+    let mut cells = Vec::with_capacity((w * h).min(text.len()));
     let mut rows = 0;
     let mut last_line = line;
     for (line, row) in lines {
@@ -211,6 +216,14 @@ fn parse_scenario_line(line: usize, text: &str) -> Result<Scenario, MapError> {
         let field = NAMES[fields.len()];
         return Err(MapError::Scenario { line, field, reason: "missing (fields are tab-separated)".into() });
     }
+    // Trailing tabs (empty fields) are tolerated, anything else after the nine fields is not.
+    if let Some(extra) = fields[NAMES.len()..].iter().find(|f| !f.is_empty()) {
+        return Err(MapError::Scenario {
+            line,
+            field: NAMES[NAMES.len() - 1],
+            reason: format!("unexpected field {extra:?} after it (a scenario line has nine)"),
+        });
+    }
     let int = |i: usize| {
         fields[i].parse::<u32>().map_err(|e| MapError::Scenario {
             line,
@@ -274,6 +287,35 @@ mod tests {
             assert!(err.starts_with(want), "{text:?}: got {err:?}, want {want:?}");
         }
         assert!(matches!(parse_map("type octile\n"), Err(MapError::Header { line: 0, .. })));
+    }
+
+    #[test]
+    fn sizes_a_search_cannot_number_are_refused_and_headers_reserve_nothing() {
+        let err = parse_map("type octile\nheight 65535\nwidth 65535\nmap\n.\n").unwrap_err();
+        assert!(
+            matches!(err, MapError::TooManyCells { line: 2, width: 65_535, height: 65_535, .. }),
+            "{err}"
+        );
+        assert!(Grid2d::searchable(65_533, 65_533) && !Grid2d::searchable(65_534, 65_534));
+        // 60000 x 60000 can be searched, but a five-line file does not get 3.6 GB reserved for
+        // it: it fails on its first short row.
+        let err = parse_map("type octile\nheight 60000\nwidth 60000\nmap\n..\n").unwrap_err();
+        assert!(matches!(err, MapError::RowLength { line: 5, expected: 60_000, found: 2 }), "{err}");
+    }
+
+    #[test]
+    fn scenario_lines_with_extra_fields_are_named() {
+        let ok = parse_scenarios("version 1\n0\tm\t4\t3\t0\t0\t3\t2\t3.8\t\n").unwrap();
+        assert_eq!(ok.len(), 1, "a trailing tab is harmless");
+        let err = parse_scenarios("version 1\n\n0\tm\t4\t3\t0\t0\t3\t2\t3.8\tx\n").unwrap_err();
+        assert!(matches!(err, MapError::Scenario { line: 3, .. }), "{err}");
+        assert!(err.to_string().starts_with("line 3:"), "{err}");
+        for (bad, field) in
+            [("0\tm\t4\t3\t0\t0\t3\t2\tNaN", "optimal length"), ("x\tm\t4\t3\t0\t0\t3\t2\t1", "bucket")]
+        {
+            let err = parse_scenarios(&format!("version 1\n{bad}\n")).unwrap_err();
+            assert!(matches!(err, MapError::Scenario { line: 2, field: f, .. } if f == field), "{err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
+pub use validate::{ID_LIMIT, MAX_TICK};
+
 use crate::spawn::{AgentBundle, NpcBundle, PlainNpcBundle};
 use crate::voxel::{VoxelRecord, VoxelWorld};
 use crate::{
@@ -106,7 +110,7 @@ impl Columns {
         out
     }
 
-    fn check(&self, what: &str) -> Result<(), SnapshotError> {
+    fn check_lengths(&self, what: &str) -> Result<(), SnapshotError> {
         let n = self.ids.len();
         let lens = [
             self.positions.len(),
@@ -119,11 +123,6 @@ impl Columns {
         ];
         if lens.iter().any(|&l| l != n) {
             return Err(SnapshotError::Inconsistent(format!("{what} columns have different lengths")));
-        }
-        if let Some(p) =
-            self.positions.iter().find(|p| !(p.x.is_finite() && p.y.is_finite() && p.z.is_finite()))
-        {
-            return Err(SnapshotError::Inconsistent(format!("{what}: non-finite position {p:?}")));
         }
         Ok(())
     }
@@ -237,28 +236,18 @@ pub(crate) fn read_body(reader: &mut impl std::io::Read, limit: u64) -> Result<B
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let body: Body = terrarium_codec::decode(&payload, limit).map_err(SnapshotError::Decode)?;
-    body.plain.check("plain NPC")?;
-    body.agents.check("agent")?;
-    if body.wanders.len() != body.plain.len() {
-        return Err(SnapshotError::Inconsistent("wander column length differs from plain NPCs".into()));
-    }
-    let n = body.agents.len();
-    if body.minds.brains.len() != n || body.minds.paths.len() != n || body.minds.profiles.len() != n {
-        return Err(SnapshotError::Inconsistent(
-            "agent decision columns differ in length from the agents".into(),
-        ));
-    }
-    if body.clock.tick_hz == 0 || body.clock.tick_hz > 1000 {
-        return Err(SnapshotError::Inconsistent(format!("tick_hz {} out of 1 ..= 1000", body.clock.tick_hz)));
-    }
+    validate::validate(&body)?;
     Ok(body)
 }
 
-/// Replaces the engine's (empty) world state with the body's.
-pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotError> {
+/// Replaces the engine's (empty) world state with the body's (checked by [`read_body`]);
+/// `limit` is `snapshot.max_bytes`, which the voxel world may not exceed either.
+pub(crate) fn restore(engine: &mut Engine, body: Body, limit: u64) -> Result<(), SnapshotError> {
     if engine.npc_count() != 0 {
         return Err(SnapshotError::Inconsistent("snapshots load into an empty world only".into()));
     }
+    // Built before anything is spawned, so a voxel record over the limit leaves no half world.
+    let voxels = body.voxels.map(|rec| VoxelWorld::from_record(rec, limit)).transpose()?;
     let world = engine.world_mut();
     world.insert_resource(body.clock);
     world.insert_resource(body.rng);
@@ -274,26 +263,19 @@ pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotErr
         ..AgentBundle::new(body.agents.bundle(i))
     });
     entities.extend(world.spawn_batch(agents));
-    if let Some(rec) = body.voxels {
-        world.insert_resource(VoxelWorld::from_record(rec)?);
+    if let Some(voxels) = voxels {
+        world.insert_resource(voxels);
     }
-    let mut max_id = 0;
-    let duplicate = {
+    {
         let mut index = world.resource_mut::<NpcIndex>();
         index.reserve_to(body.next_id);
+        // Ids are unique (checked), but may be spread out: the dense table grows only to a
+        // size proportional to the population, the rest goes to the sparse map.
+        let dense_cap = (entities.len() as u64).saturating_mul(2);
         let ids = body.plain.ids.iter().chain(&body.agents.ids);
-        let mut dup = None;
         for (&id, &e) in ids.zip(&entities) {
-            max_id = max_id.max(id.0);
-            if index.insert(id, e).is_some() {
-                dup = Some(id);
-                break;
-            }
+            index.insert_restored(id, e, dense_cap);
         }
-        dup
-    };
-    if let Some(id) = duplicate {
-        return Err(SnapshotError::Inconsistent(format!("{id} appears twice")));
     }
     for (id, target) in body.move_targets {
         let Some(e) = world.resource::<NpcIndex>().get(id) else {
@@ -301,6 +283,7 @@ pub(crate) fn restore(engine: &mut Engine, body: Body) -> Result<(), SnapshotErr
         };
         world.entity_mut(e).insert(target);
     }
-    engine.set_next_npc_id(body.next_id.max(max_id + 1));
+    // The counter is above every id (checked).
+    engine.set_next_npc_id(body.next_id);
     Ok(())
 }
