@@ -8,7 +8,8 @@
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
 # features), docs with -D warnings, a build of the feature matrix (none / default / all), the
 # unit and integration tests without default features, doc tests, each fuzz target briefly
-# (scripts/fuzz.sh), then every test with nextest.
+# (scripts/fuzz.sh), the viewer in headless Chromium (scripts/viewer-test.sh), then every test
+# with nextest.
 # Every cargo call is --locked. The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,9 @@ if [[ "$fuzz_seconds" != 0 ]]; then
   step "fuzz (${fuzz_seconds}s per target)"
   scripts/fuzz.sh "$fuzz_seconds"
 fi
+
+step "viewer in a browser (scripts/viewer-test.sh)"
+scripts/viewer-test.sh
 
 step "tests"
 cargo nextest run --locked --workspace --all-features --no-fail-fast

@@ -79,26 +79,36 @@ impl NpcSpec {
     }
 }
 
-/// The components every NPC has.
-#[derive(Bundle, Clone, Copy)]
-pub struct NpcBundle {
-    /// Identity.
-    pub id: NpcId,
-    /// Position.
-    pub position: Position,
-    /// Velocity.
-    pub velocity: Velocity,
-    /// Role.
-    pub role: Role,
-    /// Status.
-    pub status: Status,
-    /// Health.
-    pub health: Health,
-    /// Inventory.
-    pub inventory: Inventory,
-    /// Swarm.
-    pub swarm: Swarm,
+/// The components every NPC has, written once: `field: snapshot column: type = "doc"`, in the
+/// order the snapshot stores them. [`NpcBundle`] and the snapshot's columns (gather, length
+/// check, restore) are generated from this list, so a component added here is spawned, saved
+/// and restored everywhere (and the compiler points at the few places that fill it in).
+macro_rules! npc_components {
+    ($then:ident) => {
+        $then! {
+            id: ids: NpcId = "Identity.",
+            position: positions: Position = "Position.",
+            velocity: velocities: Velocity = "Velocity.",
+            role: roles: Role = "Role.",
+            status: statuses: Status = "Status.",
+            health: healths: Health = "Health.",
+            inventory: inventories: Inventory = "Inventory.",
+            swarm: swarms: Swarm = "Swarm.",
+        }
+    };
 }
+pub(crate) use npc_components;
+
+macro_rules! npc_bundle {
+    ($($field:ident: $column:ident: $ty:ty = $doc:literal,)*) => {
+        /// The components every NPC has.
+        #[derive(Bundle, Clone, Copy)]
+        pub struct NpcBundle {
+            $(#[doc = $doc] pub $field: $ty,)*
+        }
+    };
+}
+npc_components!(npc_bundle);
 
 impl NpcBundle {
     /// The bundle of `spec` under `id`.

@@ -39,9 +39,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/performance", get(performance))
         .route("/metrics", get(metrics))
         .route("/ws", get(ws::upgrade))
+        .merge(crate::viewer::keyed())
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_api_key));
     Router::new()
         .merge(keyed)
+        .merge(crate::viewer::public())
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

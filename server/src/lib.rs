@@ -12,6 +12,10 @@
 //! | `GET /metrics` | the same figures as Prometheus text |
 //! | `GET /health` | no key needed; 503 when the tick is stuck or the server is stopping |
 //! | `GET /ws` | WebSocket position deltas: see "WebSocket protocol" below |
+//! | `GET /` | the browser viewer (no key needed for its files; the page asks for the key, or takes it from `/#key=…`) |
+//! | `GET /api/world` | for the viewer: tick, bounds, counts, role/status/state names, the voxel world's size and depots |
+//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=` | for the viewer: `[id, role, status]` of the NPCs in an area (or all), agents' states and goals |
+//! | `GET /api/world/map?size=N` | for the viewer: a top-down height and ore map of the voxel world (404 without one) |
 //!
 //! Reads come from storage, which trails the world by one batch (about `max_age_ms` of the
 //! position batcher plus the write-behind's commit interval): a spawned NPC can be read once
@@ -98,6 +102,7 @@ mod spawns;
 mod stats;
 mod stream;
 mod tick;
+mod viewer;
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ServerError};
 pub use keys::{API_KEY_HEADER, Access, MIN_KEY_BYTES};

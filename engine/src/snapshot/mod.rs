@@ -64,82 +64,48 @@ impl Minds {
     }
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct Columns {
-    ids: Vec<NpcId>,
-    positions: Vec<Position>,
-    velocities: Vec<Velocity>,
-    roles: Vec<Role>,
-    statuses: Vec<Status>,
-    healths: Vec<Health>,
-    inventories: Vec<Inventory>,
-    swarms: Vec<Swarm>,
+/// Every NPC component as a column, from the one list in `spawn.rs` (`npc_components!`): the
+/// columns are encoded in that order.
+macro_rules! columns {
+    ($($field:ident: $column:ident: $ty:ty = $doc:literal,)*) => {
+        #[derive(Serialize, Deserialize, Default)]
+        struct Columns {
+            $($column: Vec<$ty>,)*
+        }
+
+        type ColumnQuery = ($(&'static $ty,)*);
+
+        impl Columns {
+            fn len(&self) -> usize {
+                self.ids.len()
+            }
+
+            fn gather<F: bevy_ecs::query::QueryFilter + bevy_ecs::query::ArchetypeFilter>(
+                world: &mut World,
+            ) -> Self {
+                let mut out = Self::default();
+                let mut q = world.query_filtered::<ColumnQuery, F>();
+                for ($($column,)*) in q.contiguous_iter(world).expect("NPC components are dense") {
+                    $(out.$column.extend_from_slice($column);)*
+                }
+                out
+            }
+
+            fn check_lengths(&self, what: &str) -> Result<(), SnapshotError> {
+                let n = self.ids.len();
+                if [$(self.$column.len(),)*].iter().any(|&l| l != n) {
+                    return Err(SnapshotError::Inconsistent(format!("{what} columns have different lengths")));
+                }
+                Ok(())
+            }
+
+            fn bundle(&self, i: usize) -> NpcBundle {
+                NpcBundle { $($field: self.$column[i],)* }
+            }
+        }
+    };
 }
-
-type ColumnQuery = (
-    &'static NpcId,
-    &'static Position,
-    &'static Velocity,
-    &'static Role,
-    &'static Status,
-    &'static Health,
-    &'static Inventory,
-    &'static Swarm,
-);
-
-impl Columns {
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn gather<F: bevy_ecs::query::QueryFilter + bevy_ecs::query::ArchetypeFilter>(world: &mut World) -> Self {
-        let mut out = Self::default();
-        let mut q = world.query_filtered::<ColumnQuery, F>();
-        for (ids, pos, vel, roles, st, hp, inv, sw) in
-            q.contiguous_iter(world).expect("NPC components are dense")
-        {
-            out.ids.extend_from_slice(ids);
-            out.positions.extend_from_slice(pos);
-            out.velocities.extend_from_slice(vel);
-            out.roles.extend_from_slice(roles);
-            out.statuses.extend_from_slice(st);
-            out.healths.extend_from_slice(hp);
-            out.inventories.extend_from_slice(inv);
-            out.swarms.extend_from_slice(sw);
-        }
-        out
-    }
-
-    fn check_lengths(&self, what: &str) -> Result<(), SnapshotError> {
-        let n = self.ids.len();
-        let lens = [
-            self.positions.len(),
-            self.velocities.len(),
-            self.roles.len(),
-            self.statuses.len(),
-            self.healths.len(),
-            self.inventories.len(),
-            self.swarms.len(),
-        ];
-        if lens.iter().any(|&l| l != n) {
-            return Err(SnapshotError::Inconsistent(format!("{what} columns have different lengths")));
-        }
-        Ok(())
-    }
-
-    fn bundle(&self, i: usize) -> NpcBundle {
-        NpcBundle {
-            id: self.ids[i],
-            position: self.positions[i],
-            velocity: self.velocities[i],
-            role: self.roles[i],
-            status: self.statuses[i],
-            health: self.healths[i],
-            inventory: self.inventories[i],
-            swarm: self.swarms[i],
-        }
-    }
-}
+crate::spawn::npc_components!(columns);
 
 /// Encodes the world and writes it as one frame; returns the bytes written.
 pub(crate) fn save(

@@ -16,4 +16,5 @@ mod load_test;
 mod metrics;
 mod shutdown;
 mod slowloris;
+mod viewer;
 mod websocket;

@@ -1,0 +1,431 @@
+//! The browser viewer: its static files, compiled into the binary and served at `/` without a
+//! key (they hold no data; everything they show comes from keyed routes), and the three small
+//! keyed reads only a viewer needs, answered from the world itself between two ticks:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/world` | tick, bounds, NPC and agent counts, the names of roles, statuses and agent states, the voxel world's size and its depots (`null` / `[]` without one) |
+//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=` | role and status of every NPC in the area (all of them without an area) as `[id, role, status]` (indices into `roles`, `statuses`), and every agent's state and goal as `[id, state, goal, x, y, z]` |
+//! | `GET /api/world/map?size=N` | a top-down map of the voxel world, at most `N` (16 ..= 512, default 256) samples a side: per sample the height of the surface, its block, and the most valuable ore below it (404 without a voxel world) |
+//!
+//! The viewer is plain JavaScript (`server/viewer/`), no build step: a Web Worker holds the
+//! WebSocket and applies `reset`/`delta` frames to typed arrays, the page draws them with WebGL
+//! (or a 2D canvas with typed arrays when WebGL is missing).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use serde::{Deserialize, Serialize};
+use terrarium::engine::voxel::{Block, BlockPos, Ore, VoxelWorld};
+use terrarium::engine::{
+    Agent, Brain, BrainState, Engine, Goal, NpcId, NpcIndex, Position, Role, SimClock, Status, WorldBounds,
+};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiQuery};
+use crate::tick::Job;
+
+/// One static file: where it is served, its content type, its bytes.
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+/// The viewer's files. `/` is `index.html`.
+const ASSETS: &[Asset] = &[
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../viewer/index.html"),
+    },
+    Asset {
+        path: "/viewer/style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../viewer/style.css"),
+    },
+    Asset {
+        path: "/viewer/app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../viewer/app.js"),
+    },
+    Asset {
+        path: "/viewer/render.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../viewer/render.js"),
+    },
+    Asset {
+        path: "/viewer/stream.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../viewer/stream.js"),
+    },
+];
+
+/// What the page may load and where it may connect: only this server. The key lives in
+/// `sessionStorage`, so no script from elsewhere may run beside it.
+const CSP: &str = "default-src 'none'; script-src 'self'; worker-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' data: blob:; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
+
+/// Largest side of a map, samples.
+const MAX_MAP_SIZE: u32 = 512;
+
+/// The routes that need no key: the static files.
+pub(crate) fn public() -> Router<Arc<AppState>> {
+    let mut router = Router::new();
+    for asset in ASSETS {
+        router = router.route(asset.path, get(move || async move { serve(asset) }));
+    }
+    router
+}
+
+/// The keyed reads (the caller adds the key check).
+pub(crate) fn keyed() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/world", get(world))
+        .route("/api/world/npcs", get(npcs))
+        .route("/api/world/map", get(map))
+        .layer(Extension(Arc::new(MapCache::default())))
+}
+
+fn serve(asset: &Asset) -> Response {
+    let mut res = asset.body.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    // A new server binary may bring new files: always revalidate.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(HeaderName::from_static("x-frame-options"), HeaderValue::from_static("DENY"));
+    res
+}
+
+/// Runs `f` on the tick thread between two ticks.
+async fn on_tick<R: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&mut Engine) -> R + Send + 'static,
+) -> Result<R, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move |engine: &mut Engine| {
+        let _ = tx.send(f(engine));
+    });
+    let gone = || ApiError::unavailable("the tick has stopped", 5);
+    state.jobs.send(job).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+/// `GET /api/world`.
+#[derive(Debug, Serialize)]
+struct WorldBody {
+    tick: u64,
+    tick_hz: u32,
+    bounds: Bounds,
+    npcs: u64,
+    agents: u64,
+    roles: Vec<String>,
+    statuses: Vec<&'static str>,
+    agent_states: Vec<&'static str>,
+    goals: [&'static str; 4],
+    /// `null` without a voxel world.
+    voxel: Option<VoxelInfo>,
+    depots: Vec<DepotInfo>,
+}
+
+#[derive(Debug, Serialize)]
+struct Bounds {
+    min: [f32; 3],
+    max: [f32; 3],
+}
+
+#[derive(Debug, Serialize)]
+struct VoxelInfo {
+    /// Blocks `[x, y, z]`, from the origin.
+    size: [i32; 3],
+    /// Block edits since generation.
+    edits: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DepotInfo {
+    /// The cell agents stand in to use it.
+    cell: [i32; 3],
+    /// Items handed in, per ore (`coal`, `iron`, `gold`, `diamond`).
+    stock: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Goal kinds, in the order `[id, state, goal, …]` refers to them.
+const GOALS: [&str; 4] = ["none", "deposit", "depot", "point"];
+
+async fn world(State(state): State<Arc<AppState>>) -> Result<axum::Json<WorldBody>, ApiError> {
+    let body = on_tick(&state, |engine: &mut Engine| {
+        let w = engine.world_mut();
+        let agents = w.query_filtered::<(), bevy_ecs::query::With<Agent>>().iter(w).count() as u64;
+        let b = *w.resource::<WorldBounds>();
+        let voxel = w.get_resource::<VoxelWorld>();
+        WorldBody {
+            tick: w.resource::<SimClock>().tick,
+            tick_hz: 0,
+            bounds: Bounds { min: b.min, max: b.max },
+            npcs: w.resource::<NpcIndex>().len() as u64,
+            agents,
+            roles: Role::BUILT_IN.iter().map(|r| r.name()).collect(),
+            statuses: Status::ALL.iter().map(|s| s.name()).collect(),
+            agent_states: BrainState::ALL.iter().map(|s| s.name()).collect(),
+            goals: GOALS,
+            voxel: voxel.map(|v| VoxelInfo { size: v.size(), edits: v.edits() }),
+            depots: voxel.map_or_else(Vec::new, |v| {
+                v.depots()
+                    .iter()
+                    .map(|d| DepotInfo {
+                        cell: [d.cell.x, d.cell.y, d.cell.z],
+                        stock: Ore::ALL.iter().map(|o| (o.name(), d.stock[o.index()])).collect(),
+                    })
+                    .collect()
+            }),
+        }
+    })
+    .await?;
+    Ok(axum::Json(WorldBody { tick_hz: state.tick_hz, ..body }))
+}
+
+/// Query of `GET /api/world/npcs`: an area of the ground plane (`min` inclusive, `max`
+/// exclusive), all four or none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AreaParams {
+    min_x: Option<f32>,
+    min_z: Option<f32>,
+    max_x: Option<f32>,
+    max_z: Option<f32>,
+}
+
+/// `GET /api/world/npcs`.
+#[derive(Debug, Serialize)]
+struct NpcsBody {
+    tick: u64,
+    /// Names the `role` indices of `npcs` refer to.
+    roles: Vec<String>,
+    /// Names the `status` indices refer to.
+    statuses: Vec<&'static str>,
+    /// Names the `state` indices of `agents` refer to.
+    agent_states: Vec<&'static str>,
+    /// Names the `goal` indices refer to.
+    goals: [&'static str; 4],
+    /// `[id, role, status]`.
+    npcs: Vec<(u64, u16, u8)>,
+    /// `[id, state, goal, x, y, z]`: the goal's cell (a deposit, a depot's cell, a point);
+    /// zeros for `none`.
+    agents: Vec<(u64, u8, u8, i32, i32, i32)>,
+}
+
+async fn npcs(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(q): ApiQuery<AreaParams>,
+) -> Result<axum::Json<NpcsBody>, ApiError> {
+    let area = match (q.min_x, q.min_z, q.max_x, q.max_z) {
+        (None, None, None, None) => None,
+        (Some(a), Some(b), Some(c), Some(d)) if [a, b, c, d].iter().all(|v| v.is_finite()) => {
+            Some(([a, b], [c, d]))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give min_x, min_z, max_x and max_z (finite numbers), or none",
+            ));
+        }
+    };
+    let body = on_tick(&state, move |engine: &mut Engine| {
+        let w = engine.world_mut();
+        let tick = w.resource::<SimClock>().tick;
+        let depots: Vec<BlockPos> = w
+            .get_resource::<VoxelWorld>()
+            .map_or_else(Vec::new, |v| v.depots().iter().map(|d| d.cell).collect());
+        let mut roles: Vec<Role> = Role::BUILT_IN.to_vec();
+        let mut npcs = Vec::new();
+        let mut agents = Vec::new();
+        let mut q = w.query::<(&NpcId, &Position, &Role, &Status, Option<&Brain>)>();
+        for (id, p, role, status, brain) in q.iter(w) {
+            if let Some((min, max)) = area
+                && !(p.x >= min[0] && p.x < max[0] && p.z >= min[1] && p.z < max[1])
+            {
+                continue;
+            }
+            let r = roles.iter().position(|x| x == role).unwrap_or_else(|| {
+                roles.push(*role);
+                roles.len() - 1
+            });
+            npcs.push((id.0, u16::try_from(r).unwrap_or(u16::MAX), *status as u8));
+            if let Some(b) = brain {
+                let (goal, cell) = match b.goal {
+                    Goal::None => (0, BlockPos::default()),
+                    Goal::Deposit(c) => (1, c),
+                    Goal::Depot(i) => (2, depots.get(i as usize).copied().unwrap_or_default()),
+                    Goal::Point(c) => (3, c),
+                };
+                agents.push((id.0, b.state as u8, goal, cell.x, cell.y, cell.z));
+            }
+        }
+        npcs.sort_unstable_by_key(|n| n.0);
+        agents.sort_unstable_by_key(|a| a.0);
+        NpcsBody {
+            tick,
+            roles: roles.into_iter().map(Role::name).collect(),
+            statuses: Status::ALL.iter().map(|s| s.name()).collect(),
+            agent_states: BrainState::ALL.iter().map(|s| s.name()).collect(),
+            goals: GOALS,
+            npcs,
+            agents,
+        }
+    })
+    .await?;
+    Ok(axum::Json(body))
+}
+
+/// Query of `GET /api/world/map`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapParams {
+    /// Largest side in samples, 16 ..= 512 (default 256).
+    size: Option<u32>,
+}
+
+/// `GET /api/world/map`: row-major, `z` rows of `x` samples.
+#[derive(Debug, Serialize)]
+struct MapBody {
+    /// Block edits of the world this map shows (it changes when agents dig).
+    edits: u64,
+    /// The voxel world's size in blocks `[x, y, z]`.
+    world: [i32; 3],
+    /// Samples `[x, z]`.
+    size: [u32; 2],
+    /// Blocks between two samples (each sample is the column at its lower corner).
+    step: u32,
+    /// Names of the block codes in `top` and `ore`.
+    blocks: Vec<&'static str>,
+    /// Height of the highest solid block (-1: none).
+    height: Vec<i16>,
+    /// Its block code.
+    top: Vec<u8>,
+    /// The most valuable ore in the column below it (block code), 0 for none.
+    ore: Vec<u8>,
+}
+
+/// The last map computed, reused while the world has no new edit.
+#[derive(Default)]
+struct MapCache(Mutex<Option<(u64, u32, Arc<MapBody>)>>);
+
+async fn map(
+    State(state): State<Arc<AppState>>,
+    Extension(cache): Extension<Arc<MapCache>>,
+    ApiQuery(q): ApiQuery<MapParams>,
+) -> Result<Response, ApiError> {
+    let size = q.size.unwrap_or(256);
+    if !(16..=MAX_MAP_SIZE).contains(&size) {
+        return Err(ApiError::bad_request(format!("size must be 16 ..= {MAX_MAP_SIZE}, got {size}")));
+    }
+    let body = on_tick(&state, move |engine: &mut Engine| {
+        let voxel = engine.world().get_resource::<VoxelWorld>()?;
+        let mut cached = cache.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((edits, s, body)) = cached.as_ref()
+            && *edits == voxel.edits()
+            && *s == size
+        {
+            return Some(Arc::clone(body));
+        }
+        let body = Arc::new(top_down(voxel, size));
+        *cached = Some((voxel.edits(), size, Arc::clone(&body)));
+        Some(body)
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found("this world has no voxel world (start game_server with --agents N)")
+    })?;
+    Ok(axum::Json(&*body).into_response())
+}
+
+/// Samples the world column by column from the top: the first solid block is the surface, the
+/// most valuable ore below it the column's ore.
+fn top_down(voxel: &VoxelWorld, size: u32) -> MapBody {
+    let [sx, sy, sz] = voxel.size();
+    let longest = u32::try_from(sx.max(sz)).unwrap_or(1).max(1);
+    let step = longest.div_ceil(size).max(1);
+    let (w, h) =
+        (u32::try_from(sx).unwrap_or(0).div_ceil(step), u32::try_from(sz).unwrap_or(0).div_ceil(step));
+    let n = (w * h) as usize;
+    let (mut height, mut top, mut ore) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let worth = |b: Block| b.ore().map_or(0, |o| o.index() + 1);
+    for j in 0..h {
+        for i in 0..w {
+            let (x, z) = ((i * step) as i32, (j * step) as i32);
+            let mut surface: Option<(i32, Block)> = None;
+            let mut best = Block::Air;
+            for y in (0..sy).rev() {
+                let b = voxel.get(BlockPos::new(x, y, z));
+                if surface.is_none() && b.is_solid() {
+                    surface = Some((y, b));
+                }
+                if surface.is_some() && worth(b) > worth(best) {
+                    best = b;
+                }
+            }
+            let (y, b) = surface.unwrap_or((-1, Block::Air));
+            height.push(i16::try_from(y).unwrap_or(i16::MAX));
+            top.push(b as u8);
+            ore.push(if best == Block::Air { 0 } else { best as u8 });
+        }
+    }
+    MapBody {
+        edits: voxel.edits(),
+        world: [sx, sy, sz],
+        size: [w, h],
+        step,
+        blocks: Block::ALL.iter().map(|b| b.name()).collect(),
+        height,
+        top,
+        ore,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use terrarium::engine::voxel::WorldGen;
+
+    #[test]
+    fn every_asset_is_served_with_its_type_and_the_policy() {
+        for a in ASSETS {
+            let res = serve(a);
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(res.headers()[header::CONTENT_TYPE], a.content_type);
+            assert!(
+                res.headers()[header::CONTENT_SECURITY_POLICY]
+                    .to_str()
+                    .unwrap()
+                    .contains("connect-src 'self'")
+            );
+            assert!(!a.body.is_empty(), "{}", a.path);
+        }
+    }
+
+    #[test]
+    fn the_map_finds_surfaces_and_ores() {
+        let mut world = VoxelWorld::generate(WorldGen::small()).unwrap();
+        let m = top_down(&world, 16);
+        let [sx, sy, sz] = world.size();
+        assert_eq!(m.world, [sx, sy, sz]);
+        assert_eq!(m.height.len(), (m.size[0] * m.size[1]) as usize);
+        let (x, z) = (0, 0);
+        let y = world.surface_y(x, z).unwrap();
+        assert_eq!(i32::from(m.height[0]), y);
+        assert_eq!(m.top[0], world.get(BlockPos::new(x, y, z)) as u8);
+        // Bury a diamond under the first column: the map shows it.
+        world.set(BlockPos::new(x, 1, z), Block::Diamond);
+        assert_eq!(top_down(&world, 16).ore[0], Block::Diamond as u8);
+    }
+}

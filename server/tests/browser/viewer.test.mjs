@@ -1,0 +1,183 @@
+// End-to-end test of the viewer in headless Chromium: game_server with 10k NPCs, the page
+// opened, the key typed; points drawn and moving, a click shows the API's record, zooming
+// changes the subscription, the performance panel agrees with /api/performance, a wrong key
+// is refused, a key in the fragment is taken out of the address, and the viewer reconnects to
+// a restarted server and shows the resumed world. Screenshot: target/viewer-artifacts/.
+//
+//   node server/tests/browser/viewer.test.mjs     (GAME_SERVER=path/to/game_server to pick a build)
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { KEY, ROOT, startServer, launch, figures, until, getJson, pointPixels, load, devRoutes } from "./lib.mjs";
+
+const started = Date.now();
+const artifacts = join(ROOT, "target/viewer-artifacts");
+mkdirSync(artifacts, { recursive: true });
+const log = (...a) => console.error(`[${((Date.now() - started) / 1000).toFixed(1)} s]`, ...a);
+
+let server = null;
+let browser = null;
+const leaked = []; // URLs that carried the key
+let page = null;
+
+async function main() {
+  server = await startServer(["--port", "0", "--npcs", "10000", "--tick-hz", "20", "--checkpoint-every", "200"]);
+  log("game_server at", server.base);
+  browser = await launch({ gl: true });
+  page = await browser.context.newPage();
+  await devRoutes(page);
+  page.on("request", (r) => { if (r.url().includes(KEY)) leaked.push(r.url()); });
+  page.on("pageerror", (e) => log("page error:", e.message));
+
+  // --- a wrong key is refused, and not kept --------------------------------------------------
+  await page.goto(server.base + "/");
+  await page.fill("#key", "not-the-key-not-the-key-not-the-key-0000");
+  await page.click("#connect");
+  await until("the wrong key's error", async () => (await figures(page)).state === "error");
+  const f0 = await figures(page);
+  assert.ok(f0.banners.includes("conn"), "a banner says the key was refused");
+  assert.match(await page.textContent("#banners"), /refused this API key/);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("terrarium.key")), null, "a refused key is not kept");
+  log("wrong key: refused");
+
+  // --- the right key: points drawn -------------------------------------------------------------
+  await page.fill("#key", KEY);
+  await page.click("#connect");
+  const f1 = await until("points in view", async () => {
+    const f = await figures(page);
+    return f.state === "live" && f.count > 50 && f.drawn === f.count ? f : null;
+  });
+  const px1 = await until("lit pixels", async () => { const p = await pointPixels(page); return p.lit > 50 ? p : null; });
+  log(`live: ${f1.count} NPCs in view, ${px1.lit} lit pixels, renderer ${f1.renderer}`);
+
+  // --- coloured by role, with a legend that counts them ----------------------------------------
+  const legend = await until("the legend", async () => {
+    const f = await figures(page);
+    return f.legend.filter((l) => l.count > 0).length >= 3 ? f.legend : null;
+  });
+  const pxc = await until("points in several colours", async () => { const p = await pointPixels(page); return p.colours >= 3 ? p : null; });
+  assert.ok((await page.textContent("#legend")).includes("miner"), "the legend names the roles");
+  log(`legend: ${legend.map((l) => `${l.name} ${l.count}`).join(", ")}; ${pxc.colours} colours drawn`);
+
+  // --- they move between two frames ----------------------------------------------------------
+  const sample = () => page.evaluate(() => {
+    const id = window.viewer.someId();
+    return { id, at: window.viewer.screenOf(id), frames: window.viewer.figures().frames };
+  });
+  const before = await page.evaluate(() => {
+    const f = window.viewer.figures();
+    return { frames: f.frames, tick: f.tick };
+  });
+  const p0 = await page.evaluate(() => window.viewer.positions(300));
+  await until("two more frames", async () => (await figures(page)).frames >= before.frames + 2);
+  const p1 = await page.evaluate(() => window.viewer.positions(300));
+  let moved = 0, same = 0;
+  for (const [id, x, z] of p0) {
+    const q = p1.find((e) => e[0] === id);
+    if (!q) continue;
+    if (q[1] !== x || q[2] !== z) moved++; else same++;
+  }
+  assert.ok(moved > 0, `some NPCs moved between two frames (moved ${moved}, still ${same})`);
+  const px2 = await pointPixels(page);
+  assert.notEqual(px2.sum, px1.sum, "the drawn pixels changed");
+  assert.ok((await figures(page)).tick > before.tick, "the frame's tick advanced");
+  log(`moving: ${moved} of ${moved + same} sampled NPCs moved`);
+
+  // --- click an NPC: the record the API returns ------------------------------------------------
+  // Storage trails the world by a batch: wait until an NPC near the middle is stored.
+  const target = await sample();
+  assert.ok(target.at, "an NPC is on screen");
+  await page.mouse.click(target.at.x, target.at.y);
+  const sel = await until("the clicked NPC's record", async () => {
+    const f = await figures(page);
+    return f.selected && f.selected.record ? f.selected : null;
+  });
+  const api = await getJson(server.base, "/api/npcs/" + sel.id);
+  for (const k of ["id", "role", "swarm", "agent", "health"]) assert.deepEqual(sel.record[k], api[k], `record field ${k}`);
+  const shown = await page.textContent("#selected-record");
+  assert.ok(shown.includes(api.role) && shown.includes(String(api.id)), "the panel shows the record");
+  log(`click: NPC ${sel.id} (${api.role}, ${api.status}) shown as the API returns it`);
+
+  // --- zooming changes the subscription --------------------------------------------------------
+  const sub0 = (await figures(page)).subscribed;
+  await page.click("#zoom-in");
+  const sub1 = await until("a new subscription", async () => {
+    const s = (await figures(page)).subscribed;
+    return s && JSON.stringify(s) !== JSON.stringify(sub0) ? s : null;
+  });
+  const area = (s) => (s.max[0] - s.min[0]) * (s.max[1] - s.min[1]);
+  assert.ok(area(sub1) < area(sub0) * 0.5, `zooming in shrinks the area (${area(sub0)} -> ${area(sub1)})`);
+  await until("the smaller area streamed", async () => { const f = await figures(page); return f.count > 0 && f.count < f1.count; });
+  log(`zoom: subscription ${JSON.stringify(sub0)} -> ${JSON.stringify(sub1)}`);
+  await page.click("#zoom-out");
+  await until("the wider area streamed again", async () => (await figures(page)).count >= f1.count * 0.8);
+
+  // --- the performance panel shows the tick rate /api/performance gives ------------------------
+  await until("a few performance samples", async () => {
+    const f = await figures(page);
+    return f.perf && f.perf.window_ticks_per_sec > 0;
+  });
+  const perf = await getJson(server.base, "/api/performance");
+  const shownTps = parseFloat(await page.textContent("#perf-tps"));
+  assert.ok(Math.abs(shownTps - perf.window_ticks_per_sec) <= 1.0,
+    `panel ticks/s ${shownTps} vs /api/performance ${perf.window_ticks_per_sec}`);
+  log(`performance: panel ${shownTps} ticks/s, API ${perf.window_ticks_per_sec}`);
+
+  await page.screenshot({ path: join(artifacts, "viewer-e2e.png") });
+
+  // --- a key in the fragment: taken, kept for the tab, out of the address ----------------------
+  const page2 = await browser.context.newPage();
+  await devRoutes(page2);
+  page2.on("request", (r) => { if (r.url().includes(KEY)) leaked.push(r.url()); });
+  // The other renderer too: this page forces WebGL (the first one chose the canvas when
+  // WebGL was software).
+  const other = f1.renderer === "webgl" ? "canvas" : "webgl";
+  await page2.goto(server.base + "/#key=" + encodeURIComponent(KEY) + "&renderer=" + other);
+  await until("live from the fragment's key", async () => (await figures(page2)).state === "live");
+  assert.equal(await page2.evaluate(() => location.hash), "#renderer=" + other, "the key left the address bar");
+  const f2 = await until("points drawn by the other renderer", async () => {
+    const f = await figures(page2);
+    return f.count > 0 && f.drawn === f.count ? f : null;
+  });
+  assert.equal(f2.renderer, other);
+  const px = await until("its lit pixels", async () => { const p = await pointPixels(page2); return p.lit > 50 ? p : null; });
+  log(`${other}: ${f2.count} NPCs, ${px.lit} lit pixels`);
+  assert.equal(await page2.evaluate(() => sessionStorage.getItem("terrarium.key")), KEY);
+  await page2.close();
+  assert.deepEqual(leaked, [], "no request URL carried the key");
+  log("fragment key: taken and removed from the address");
+
+  // --- a restarted server: the viewer reconnects and shows the resumed world -------------------
+  const tickBefore = (await figures(page)).tick;
+  const port = new URL(server.base).port;
+  const dir = server.dir;
+  const code = await server.stop();
+  assert.equal(code, 0, "game_server stopped cleanly");
+  await until("the viewer to notice", async () => (await figures(page)).state === "reconnecting", 10000);
+  server = await startServer(["--port", port, "--npcs", "10000", "--tick-hz", "20"], { dataDir: dir });
+  const framesAtRestart = (await figures(page)).frames;
+  const f3 = await until("live again with the resumed world", async () => {
+    const f = await figures(page);
+    return f.state === "live" && f.frames > framesAtRestart + 1 && f.count > 0 ? f : null;
+  }, 30000);
+  const world = await getJson(server.base, "/api/world");
+  assert.ok(f3.tick >= tickBefore - 200, `the resumed world goes on from about tick ${tickBefore} (now ${f3.tick})`);
+  assert.equal(world.npcs, 10000);
+  log(`restart: reconnected, tick ${tickBefore} -> ${f3.tick}`);
+  await server.stop();
+  server.cleanup();
+  server = null;
+}
+
+try {
+  await main();
+  console.log(`viewer browser test: ok in ${((Date.now() - started) / 1000).toFixed(1)} s (load ${load()})`);
+} catch (e) {
+  console.error("viewer browser test FAILED:", e);
+  if (page) await page.screenshot({ path: join(artifacts, "viewer-e2e-failure.png") }).catch(() => {});
+  if (server) console.error("game_server stderr:\n" + server.stderr());
+  process.exitCode = 1;
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  if (server) { await server.stop().catch(() => {}); server.cleanup(); }
+}
