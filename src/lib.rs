@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod perf;
 pub mod pipeline;
+pub mod region;
 pub mod resume;
 mod server_config;
 

@@ -72,11 +72,11 @@ async fn a_zombie_write_is_refused_after_another_process_took_the_lease() {
     zombie.seed(&[row(1, A), row(2, A), row(3, B)]).await.unwrap();
     let ttl = Duration::from_millis(300);
     let old = zombie.take_lease(A, "zombie", ttl).await.unwrap().unwrap();
-    assert_eq!(zombie.load(A, old).await.unwrap().len(), 2);
+    assert_eq!(zombie.load(A, old).await.unwrap().rows.len(), 2);
     // The zombie is "frozen" past its lease; a new process takes the region over.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let new = fresh.take_lease(A, "fresh", ttl).await.unwrap().unwrap();
-    assert_eq!(fresh.load(A, new).await.unwrap().len(), 2);
+    assert_eq!(fresh.load(A, new).await.unwrap().rows.len(), 2);
     // Thawed, every write it tries is refused and changes nothing.
     let mv = Move { npc: 1, from: A, to: B, seq: 0, state: state(99.0) };
     let err = zombie.hand_off(A, old, std::slice::from_ref(&mv), &[Duration::ZERO]).await.unwrap_err();
@@ -86,7 +86,7 @@ async fn a_zombie_write_is_refused_after_another_process_took_the_lease() {
     assert!(zombie.adopt(A, old, 100).await.unwrap_err().is_fenced());
     assert!(zombie.load(A, old).await.unwrap_err().is_fenced());
     assert_eq!(fresh.read_owners(&[1]).await.unwrap(), vec![(1, Some((A, 0)))], "the row did not move");
-    let rows = fresh.load(A, new).await.unwrap();
+    let rows = fresh.load(A, new).await.unwrap().rows;
     assert_eq!(rows[0].state.position, [1.0, 0.0, 1.0], "the zombie's sync did not land");
     assert_eq!(fresh.summary().await.unwrap().fence_rejections, 4);
     // The rightful holder writes.
@@ -107,10 +107,10 @@ async fn a_hand_off_moves_once_even_when_sent_again_and_is_adopted_once() {
     dst.listen(B).await.unwrap();
     let mut a = RegionCore::new(A);
     a.on_lease(ea);
-    assert_eq!(a.on_loaded(src.load(A, ea).await.unwrap()).len(), 2);
+    assert_eq!(a.on_loaded(src.load(A, ea).await.unwrap().rows).len(), 2);
     let mut b = RegionCore::new(B);
     b.on_lease(eb);
-    assert_eq!(b.on_loaded(dst.load(B, eb).await.unwrap()).len(), 1);
+    assert_eq!(b.on_loaded(dst.load(B, eb).await.unwrap().rows).len(), 1);
 
     assert!(a.crossed(1, B, state(50.0)));
     let moves = a.take_sendable(10);

@@ -12,7 +12,7 @@ mod protocol;
 #[cfg(feature = "postgres")]
 pub use error::RegionError;
 #[cfg(feature = "postgres")]
-pub use pg::{Adopted, NpcState, OwnershipSummary, RegionStore};
+pub use pg::{Adopted, IDLE_IN_TX_MS, NpcState, OwnershipSummary, RegionStore};
 pub use protocol::{
     CoreStats, Epoch, Move, MoveResult, Outgoing, OwnerRow, RegionCore, RegionId, Resolution, resolve,
 };

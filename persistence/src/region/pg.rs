@@ -24,7 +24,7 @@ pub struct NpcState {
     pub velocity: [f32; 3],
 }
 
-/// Rows an adoption took, with how long each was out of any world.
+/// Rows an adoption (or a load) took, with how long each was out of any world.
 #[derive(Debug, Clone, Default)]
 pub struct Adopted {
     /// The rows (to give to `RegionCore::on_arrivals`, which says which to spawn).
@@ -65,6 +65,10 @@ impl std::fmt::Debug for RegionStore {
     }
 }
 
+/// How long PostgreSQL lets a region connection sit inside a transaction without a statement
+/// (ms) before it ends the session; our transactions send their statements back to back.
+pub const IDLE_IN_TX_MS: u64 = 500;
+
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RegionError {
     move |source| RegionError::Db { what, source }
 }
@@ -104,8 +108,14 @@ impl RegionStore {
         drop(migrator);
         let mut pg: tokio_postgres::Config =
             cfg.url.parse().map_err(|_| RegionError::Invalid("malformed database URL".to_owned()))?;
-        // The schema is a checked identifier: the only value spliced into a setting.
-        pg.options(format!("-c search_path={}", cfg.schema));
+        // The schema is a checked identifier: the only value spliced into a setting. A client
+        // frozen inside a transaction (SIGSTOP, a partition) would hold the lease row's lock and
+        // its rows' locks and so block the process taking its region over: PostgreSQL ends such
+        // a session after IDLE_IN_TX_MS, well inside any lease.
+        pg.options(format!(
+            "-c search_path={} -c idle_in_transaction_session_timeout={IDLE_IN_TX_MS}",
+            cfg.schema
+        ));
         pg.application_name("terrarium-region");
         pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
         let (client, mut connection) = pg.connect(NoTls).await.map_err(db("connect"))?;
@@ -278,29 +288,36 @@ impl RegionStore {
     ///
     /// # Errors
     /// [`RegionError::Fenced`], [`RegionError::CommitUnknown`], [`RegionError::Db`].
-    async fn load_tx(
-        &mut self,
-        region: RegionId,
-        epoch: Epoch,
-    ) -> Result<Vec<OwnerRow<NpcState>>, RegionError> {
+    async fn load_tx(&mut self, region: RegionId, epoch: Epoch) -> Result<Adopted, RegionError> {
         let r = region_i32(region)?;
         let tx = self.open_fenced(region, epoch, "load").await?;
         let rows = tx
             .query(
-                "SELECT npc_id, handoff_seq, adopted, role, swarm, x, y, z, vx, vy, vz
+                "SELECT npc_id, handoff_seq, adopted, role, swarm, x, y, z, vx, vy, vz,
+                        coalesce(extract(epoch FROM now() - handed_at)::float8 * 1000.0, 0.0)
                  FROM npc_owners WHERE region = $1 ORDER BY npc_id",
                 &[&r],
             )
             .await
             .map_err(db("load"))?;
-        tx.execute(
-            "UPDATE npc_owners SET adopted = true, adopted_at = now() WHERE region = $1 AND NOT adopted",
-            &[&r],
-        )
-        .await
-        .map_err(db("load"))?;
+        // Only the rows read: a hand-off to this region may commit between the two statements
+        // (READ COMMITTED), and marking its row adopted unread would leave it in no world.
+        let waiting: Vec<i64> =
+            rows.iter().filter(|row| !row.get::<_, bool>(2)).map(|row| row.get(0)).collect();
+        if !waiting.is_empty() {
+            tx.execute(
+                "UPDATE npc_owners SET adopted = true, adopted_at = now() WHERE npc_id = ANY($1) AND region = $2",
+                &[&waiting, &r],
+            )
+            .await
+            .map_err(db("load"))?;
+        }
         tx.commit().await.map_err(|source| RegionError::CommitUnknown { what: "load", source })?;
-        Ok(rows.iter().map(|row| owner_row(row, region)).collect())
+        Ok(Adopted {
+            latency_ms: rows.iter().map(|row| row.get(11)).collect(),
+            rows: rows.iter().map(|row| owner_row(row, region)).collect(),
+            commit_known: true,
+        })
     }
 
     /// Moves each NPC's row from `region` to its destination if it still is `(region, seq)`,
@@ -453,16 +470,13 @@ impl RegionStore {
     }
 
     /// Start-up: every row `region` owns (adopted or not), fenced; the ones not yet adopted
-    /// are marked adopted in the same transaction.
+    /// (`adopted` false in what is returned, `latency_ms` how long they waited) are marked
+    /// adopted in the same transaction.
     ///
     /// # Errors
     /// [`RegionError::Fenced`] (logged in `region_fence_log`), [`RegionError::CommitUnknown`],
     /// [`RegionError::Db`].
-    pub async fn load(
-        &mut self,
-        region: RegionId,
-        epoch: Epoch,
-    ) -> Result<Vec<OwnerRow<NpcState>>, RegionError> {
+    pub async fn load(&mut self, region: RegionId, epoch: Epoch) -> Result<Adopted, RegionError> {
         let r = self.load_tx(region, epoch).await;
         self.logged(r, "load").await
     }
