@@ -2,7 +2,7 @@
 //! plain serde data (the game server's `/api/performance`, the headless `performance` key).
 
 use serde::{Deserialize, Serialize};
-use terrarium_persistence::{BreakerMetrics, BreakerState, StorageMetrics, TierMetrics, WriteBehindStats};
+use terrarium_persistence::{BreakerMetrics, StorageMetrics, TierMetrics, WriteBehindStats};
 use terrarium_systems::batching::{BatcherStats, StreamStats};
 
 /// Everything the engine and its storage report, read at one moment.
@@ -260,8 +260,11 @@ impl BreakerFigures {
 }
 
 /// Every breaker state, with the name it is serialised under.
-pub(crate) const BREAKER_STATES: [(BreakerState, &str); 3] =
-    [(BreakerState::Closed, "closed"), (BreakerState::Open, "open"), (BreakerState::HalfOpen, "half_open")];
+#[cfg(feature = "prometheus")]
+pub(crate) const BREAKER_STATES: [(terrarium_persistence::BreakerState, &str); 3] = {
+    use terrarium_persistence::BreakerState;
+    [(BreakerState::Closed, "closed"), (BreakerState::Open, "open"), (BreakerState::HalfOpen, "half_open")]
+};
 
 /// The worker pool path searches run on (the engine's `ParPool`).
 ///
