@@ -64,8 +64,8 @@ impl BackendKind {
     }
 }
 
-/// PostgreSQL connection pool and statements.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// PostgreSQL connection pool and statements. `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// `postgres://user[:password]@host:port/database`. Required with `backend = "postgres"`.
@@ -165,8 +165,9 @@ impl Default for RetentionConfig {
     }
 }
 
-/// The Redis cache: TTL tiers, timeouts and what it publishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The Redis cache: TTL tiers, timeouts and what it publishes. `Debug` shows the URL without
+/// its password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`; empty turns the Redis layer off.
@@ -421,5 +422,96 @@ mod tests {
         assert!(e.to_string().contains("ttl"), "{e}");
         let c: StorageConfig = toml::from_str("backend = \"postgres\"\n[l1]\ncapacity = 0\n").unwrap();
         assert_eq!((c.backend, c.l1.capacity, c.l1.ttl_ms), (BackendKind::Postgres, 0, 5_000));
+    }
+}
+
+/// `url` with the password of its user info (`scheme://user:PASSWORD@host`) replaced by `***`:
+/// what may reach a log line or `Debug` output. The user info ends at the last `@` (a password
+/// may hold `/` or `@`).
+#[must_use]
+pub fn url_without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field but the URL as derived; the URL without its password.
+        let Self {
+            url,
+            schema,
+            max_size,
+            min_size,
+            connect_timeout_ms,
+            wait_timeout_ms,
+            create_timeout_ms,
+            recycle_timeout_ms,
+            statement_timeout_ms,
+        } = self;
+        f.debug_struct("PostgresConfig")
+            .field("url", &url_without_password(url))
+            .field("schema", schema)
+            .field("max_size", max_size)
+            .field("min_size", min_size)
+            .field("connect_timeout_ms", connect_timeout_ms)
+            .field("wait_timeout_ms", wait_timeout_ms)
+            .field("create_timeout_ms", create_timeout_ms)
+            .field("recycle_timeout_ms", recycle_timeout_ms)
+            .field("statement_timeout_ms", statement_timeout_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            pool_size,
+            key_prefix,
+            hot_ttl_s,
+            warm_ttl_s,
+            cold_ttl_s,
+            command_timeout_ms,
+            pipeline_timeout_ms,
+            connect_timeout_ms,
+            bypass_ms,
+            warm_on_start,
+            publish_events,
+        } = self;
+        f.debug_struct("RedisConfig")
+            .field("url", &url_without_password(url))
+            .field("pool_size", pool_size)
+            .field("key_prefix", key_prefix)
+            .field("hot_ttl_s", hot_ttl_s)
+            .field("warm_ttl_s", warm_ttl_s)
+            .field("cold_ttl_s", cold_ttl_s)
+            .field("command_timeout_ms", command_timeout_ms)
+            .field("pipeline_timeout_ms", pipeline_timeout_ms)
+            .field("connect_timeout_ms", connect_timeout_ms)
+            .field("bypass_ms", bypass_ms)
+            .field("warm_on_start", warm_on_start)
+            .field("publish_events", publish_events)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_holds_a_password() {
+        let pg = PostgresConfig { url: "postgres://writer:s3cret@db:5432/w".into(), ..Default::default() };
+        let shown = format!("{pg:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("writer:***@db"), "{shown}");
+        let redis = RedisConfig { url: "rediss://:s3cret@cache:6380/0".into(), ..Default::default() };
+        let shown = format!("{:?}", StorageConfig { redis, ..Default::default() });
+        assert!(!shown.contains("s3cret") && shown.contains(":***@cache"), "{shown}");
+        assert_eq!(url_without_password("redis://u:p@ss/w@rd@host/0"), "redis://u:***@host/0");
+        assert_eq!(url_without_password("redis://host:6379"), "redis://host:6379");
     }
 }

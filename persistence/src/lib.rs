@@ -29,7 +29,7 @@ pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{
     BackendKind, BreakerConfig, CheckpointConfig, EmbeddedConfig, L1Config, PostgresConfig, RedisConfig,
-    RetentionConfig, RetryConfig, StorageConfig, WriteBehindConfig, is_identifier,
+    RetentionConfig, RetryConfig, StorageConfig, WriteBehindConfig, is_identifier, url_without_password,
 };
 pub use error::{StorageConfigError, StorageError, WriteBehindError};
 #[cfg(feature = "file-store")]

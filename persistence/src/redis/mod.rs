@@ -120,7 +120,7 @@ impl<S: Storage> RedisCache<S> {
                 cache.counters.errors.fetch_add(1, Ordering::Relaxed);
                 cache.start_bypass();
                 tracing::warn!(
-                    url = %without_password(&cfg.url),
+                    url = %crate::config::url_without_password(&cfg.url),
                     "redis did not answer at start-up; running uncached until it does"
                 );
             }
@@ -185,30 +185,4 @@ fn failed(e: fred::error::Error) -> StorageError {
 
 fn unavailable(e: fred::error::Error) -> StorageError {
     StorageError::unavailable(BACKEND, e)
-}
-
-/// `url` with the password of its user info (`scheme://user:PASSWORD@host`) replaced by `***`:
-/// what may reach a log line. The user info ends at the last `@` (a password may hold `/` or `@`).
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod url_tests {
-    use super::without_password;
-
-    #[test]
-    fn a_logged_url_never_holds_the_password() {
-        assert_eq!(without_password("redis://:s3cret@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(without_password("rediss://user:s3cret@host/1"), "rediss://user:***@host/1");
-        assert_eq!(without_password("redis://host:6379"), "redis://host:6379");
-        assert_eq!(without_password("redis://user@host"), "redis://user@host");
-        let shown = without_password("redis://u:p@ss/w@rd@host/0");
-        assert_eq!(shown, "redis://u:***@host/0");
-    }
 }
