@@ -47,9 +47,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
     }
     // bincode counts the bytes strings and byte vectors claim (they are allocated whole from
     // their length prefix, then filled) against a limit that is a compile-time constant: the
-    // smallest of a few steps at or above the input's length is used, so what they allocate is
-    // at most 16 times the input, and a prefix near `usize::MAX` is an error, not a panic.
-    let n = bytes.len();
+    // smallest of a few steps at or above 16 times the input's length is used (bincode also
+    // counts claims that are not the input's own bytes, and a real snapshot of a mining world
+    // went over a limit of 1× its length), so what they allocate is at most 256 times the
+    // input, and a prefix near `usize::MAX` is an error, not a panic.
+    let n = bytes.len().saturating_mul(16);
     let (value, read) = if n <= 1 << 12 {
         decode_within::<T, { 1 << 12 }>(bytes)
     } else if n <= 1 << 16 {
