@@ -176,8 +176,8 @@ fn world(
             terrarium::resume::resume(builder, point).context("cannot resume the stored world")?;
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         eprintln!(
-            "game_server: resumed the stored world at tick {} ({} NPCs, {} agents); --npcs and --agents are ignored",
-            report.tick, report.npcs, report.agents
+            "game_server: resumed the stored world at tick {} ({} NPCs, {} agents) in {:.1} ms; --npcs and --agents are ignored",
+            report.tick, report.npcs, report.agents, report.ms
         );
         return Ok((engine, Some(report)));
     }
