@@ -388,7 +388,7 @@ impl VoxelWorld {
             if let Some(ore) = c.uniform().and_then(Block::ore) {
                 out[ore.index()] += CHUNK_VOLUME as u64;
             } else if let Some(blocks) = c.dense() {
-                for b in blocks.iter() {
+                for b in blocks {
                     if let Some(ore) = b.ore() {
                         out[ore.index()] += 1;
                     }
