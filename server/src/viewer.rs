@@ -351,7 +351,7 @@ pub(crate) async fn track(
     let hz = u64::from(state.tick_hz.max(1));
     let now = state.tick.tick.load(std::sync::atomic::Ordering::Relaxed);
     let since = q.since_tick.unwrap_or_else(|| now.saturating_sub(DEFAULT_TRACK_SECONDS * hz));
-    let until = since.saturating_add(MAX_TRACK_SECONDS * hz).min(now.max(since) + 1);
+    let until = since.saturating_add(MAX_TRACK_SECONDS * hz).min(now.max(since).saturating_add(1));
     let rows = state
         .store()?
         .position_history(id, since..until, limit as usize)

@@ -210,6 +210,10 @@ async fn an_npcs_track_is_read_from_storage_in_pages() {
         assert_eq!(e["status"], code.as_u16(), "{path}: {e}");
         assert!(e["error"].is_string(), "{path}: {e}");
     }
+    // A start past every tick: nothing yet, nothing to go on with.
+    let (status, late) = s.get(&format!("/api/npcs/7/track?since_tick={}", u64::MAX)).await;
+    assert_eq!(status, StatusCode::OK, "{late}");
+    assert_eq!((late["points"].as_array().map(Vec::len), &late["next_since_tick"]), (Some(0), &Value::Null));
     let res = s.http.get(s.url("/api/npcs/7/track")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     s.server.shutdown().await.unwrap();
