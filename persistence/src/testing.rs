@@ -88,6 +88,8 @@ pub struct Call {
     pub ids: Vec<BatchId>,
     /// True when the call was passed on to the inner store and succeeded.
     pub ok: bool,
+    /// Rows of every kind in the call.
+    pub rows: usize,
 }
 
 impl<S> FaultyStore<S> {
@@ -223,7 +225,8 @@ impl<S> FaultyStore<S> {
 
     fn record(&self, batches: &[WriteBatch], ok: bool) {
         let ids = batches.iter().map(|b| b.id).collect();
-        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Call { ids, ok });
+        let rows = batches.iter().map(WriteBatch::len).sum();
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Call { ids, ok, rows });
     }
 
     fn injected(&self) -> Option<StorageError> {
