@@ -14,7 +14,8 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 
-cargo build --locked --quiet -p terrarium-server --example game_server
+# The flags of the test suite's build (scripts/test.sh), so that its artifacts are shared.
+cargo build --locked --quiet --workspace --all-features --example game_server
 exe="target/debug/examples/game_server"
 key="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 out="$(mktemp)"

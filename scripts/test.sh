@@ -6,8 +6,8 @@
 # Steps: services (PostgreSQL + Redis on 127.0.0.1, installed when missing, see
 # scripts/services.sh), cargo-nextest (installed when missing, so .config/nextest.toml's serial
 # fault tests and timeouts always apply), cargo fmt --check, clippy -D warnings (all targets, all
-# features), docs with -D warnings, a build of the feature matrix (none / default / all), the
-# unit and integration tests without default features, doc tests, each fuzz target briefly
+# features), docs with -D warnings, a check of the default features, the unit and integration
+# tests without default features (the sequential build), doc tests, each fuzz target briefly
 # (scripts/fuzz.sh), the viewer in headless Chromium (scripts/viewer-test.sh), schemathesis
 # against a running game_server (scripts/schemathesis.sh, installed when missing), then every
 # test with nextest.
@@ -15,7 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s (%ds so far)\n' "$*" "$SECONDS" >&2; }
+# Each step's header says the wall time so far and the CPU time the steps' processes have used
+# so far (user + system, from bash's `times`): CPU seconds hardly depend on what else the
+# machine runs, so they compare runs on a busy machine; wall time on 2 idle cores is about half.
+cpu_so_far() {
+  times | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }'
+}
+step() { printf '\n== %s (%ds so far, %d CPU-s)\n' "$*" "$SECONDS" "$(cpu_so_far)" >&2; }
 
 if [[ -x scripts/services.sh ]]; then
   step "services"
@@ -48,8 +54,9 @@ cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --all-features --no-deps --quiet
 
-step "feature matrix"
-cargo check --locked --workspace --no-default-features --quiet
+# The feature matrix: all features (clippy above, the test build below), none (the sequential
+# build's tests below build it) and the defaults, which no other step builds.
+step "default features"
 cargo check --locked --workspace --quiet
 
 # The sequential build (`parallel` off, and no file store) is a build of its own: run its unit
@@ -59,7 +66,8 @@ cargo check --locked --workspace --quiet
 # their own without `parallel`. The service suites (postgres, redis, faults) need features
 # that are off here, so they compile to nothing.
 step "tests without default features (sequential)"
-cargo test --locked --workspace --no-default-features --lib --tests --quiet
+cargo nextest run --locked --workspace --no-default-features --lib --tests --no-fail-fast \
+  --status-level fail --final-status-level slow
 
 step "doc tests"
 cargo test --locked --workspace --all-features --doc --quiet

@@ -41,8 +41,9 @@ if ! (cd server/tests/browser && npm ci --no-audit --no-fund --loglevel=error >&
   exit 0
 fi
 if [[ -z "${GAME_SERVER:-}" ]]; then
-  # The same features as the test suite's build, so its artifacts are reused.
-  cargo build --locked -p terrarium-server --example game_server --all-features --quiet
+  # The flags of the test suite's build (scripts/test.sh), so that it reuses this build's
+  # artifacts: `-p terrarium-server` alone would unify dependency features differently.
+  cargo build --locked --workspace --all-features --example game_server --quiet
   export GAME_SERVER=target/debug/examples/game_server
 fi
 exec node server/tests/browser/viewer.test.mjs

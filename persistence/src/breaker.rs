@@ -226,7 +226,7 @@ impl<S> CircuitBreaker<S> {
         self.writes.metrics()
     }
 
-    /// State and counters of the read circuit (`get_npc`, `list_npcs`, `load_npcs`).
+    /// State and counters of the read circuit (`get_npc`, `list_npcs`, `load_npcs`, [`Self::read`]).
     pub fn read_metrics(&self) -> BreakerMetrics {
         self.reads.metrics()
     }
@@ -325,6 +325,19 @@ impl<S> CircuitBreaker<S> {
         }
     }
 
+    /// Runs a read of the wrapped store that [`Storage`] has no method for (a history, a
+    /// report) through the read circuit, cut off after the call timeout, like `get_npc`.
+    ///
+    /// # Errors
+    /// [`StorageError::CircuitOpen`] without calling while the circuit is open,
+    /// [`StorageError::Timeout`] after the call timeout, otherwise `call`'s error.
+    pub async fn read<T>(
+        &self,
+        call: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        self.guard(&self.reads, Some(self.call_timeout()), call).await
+    }
+
     fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.cfg.call_timeout_ms)
     }
@@ -421,6 +434,29 @@ mod tests {
         let m = s.read_metrics();
         assert_eq!((m.calls, m.failures, m.rejected, m.opened), (5, 5, 1, 1));
         assert_eq!(s.inner().reads().gets, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_reads_share_the_read_circuit() {
+        let s = store();
+        s.inner().inject_always(Fault::Unavailable);
+        fail_n(&s, 4).await;
+        // A fifth failure through `read` opens the circuit `get_npc` uses …
+        let failing = async { Err::<(), _>(StorageError::Timeout(Duration::from_millis(1))) };
+        assert!(s.read(failing).await.unwrap_err().is_transient());
+        assert_eq!(reads(&s), BreakerState::Open);
+        // … and, open, it refuses `read` without running it.
+        let mut ran = false;
+        let err = s
+            .read(async {
+                ran = true;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::CircuitOpen { .. }), "{err}");
+        assert!(!ran);
+        assert_eq!(s.metrics().state, BreakerState::Closed, "writes keep their own circuit");
     }
 
     #[tokio::test(start_paused = true)]

@@ -81,6 +81,31 @@ impl Backend {
         }
     }
 
+    /// At most `limit` of an NPC's stored positions with `tick` in `ticks`, by tick (the
+    /// oldest first). PostgreSQL and the embedded store keep a history row per NPC per flush;
+    /// the memory store keeps only the newest position, so its track is at most that one.
+    ///
+    /// # Errors
+    /// As the store's reads.
+    pub async fn position_history(
+        &self,
+        npc_id: u64,
+        ticks: std::ops::Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::PositionRow>, StorageError> {
+        let mut rows: Vec<crate::PositionRow> = match self {
+            Self::Memory(s) => {
+                s.last_position(npc_id).filter(|p| ticks.contains(&p.tick)).into_iter().collect()
+            }
+            #[cfg(feature = "postgres")]
+            Self::Postgres(s) => s.position_history(npc_id, ticks).await?,
+            #[cfg(feature = "file-store")]
+            Self::Embedded(s) => s.position_history(npc_id, ticks).await?,
+        };
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
     /// Deletes every stored row and checkpoint: the next start is a new world.
     ///
     /// # Errors
@@ -371,6 +396,22 @@ impl StorageStack {
             RedisLayer::On(c) => Some(c),
             RedisLayer::Off(_) => None,
         }
+    }
+
+    /// An NPC's track: at most `limit` stored positions with `tick` in `ticks`, oldest first
+    /// (see [`Backend::position_history`]), read through the breaker's read circuit like
+    /// `get_npc` (no cache holds history).
+    ///
+    /// # Errors
+    /// [`StorageError::CircuitOpen`] while the read circuit is open, a timeout after the
+    /// breaker's call timeout, otherwise as the store's reads.
+    pub async fn position_history(
+        &self,
+        npc_id: u64,
+        ticks: std::ops::Range<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::PositionRow>, StorageError> {
+        self.breaker().read(self.backend().position_history(npc_id, ticks, limit)).await
     }
 
     /// Every counter, read now.

@@ -389,7 +389,7 @@ fn velocity(field: &str, v: [f32; 3]) -> Result<Velocity, ApiError> {
 }
 
 impl AppState {
-    fn store(&self) -> Result<&terrarium::persistence::StorageStack, ApiError> {
+    pub(crate) fn store(&self) -> Result<&terrarium::persistence::StorageStack, ApiError> {
         self.storage
             .as_deref()
             .ok_or_else(|| ApiError::unavailable("storage is off (--storage none): NPCs can't be read", 60))

@@ -1,11 +1,13 @@
 //! The browser viewer: its static files, compiled into the binary and served at `/` without a
 //! key (they hold no data; everything they show comes from keyed routes), and the three small
-//! keyed reads only a viewer needs, answered from the world itself between two ticks:
+//! keyed reads only a viewer needs, answered from the world itself between two ticks (the
+//! track from storage):
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /api/world` | tick, bounds, NPC and agent counts, the names of roles, statuses and agent states, the voxel world's size and its depots (`null` / `[]` without one) |
 //! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=` | role and status of every NPC in the area (all of them without an area) as `[id, role, status]` (indices into `roles`, `statuses`), and every agent's state and goal as `[id, state, goal, x, y, z]` |
+//! | `GET /api/npcs/{id}/track?since_tick=&limit=` | an NPC's stored track: at most `limit` (1 ..= 1000, default 500) positions `[tick, x, y, z]` from `since_tick` on (default: the last minute), oldest first, read through the storage stack's read circuit; `next_since_tick` continues it |
 //! | `GET /api/world/map?size=N` | a top-down map of the voxel world, at most `N` (16 ..= 512, default 256) samples a side: per sample the height of the surface, its block, and the most valuable ore below it (404 without a voxel world) |
 //!
 //! The viewer is plain JavaScript (`server/viewer/`), no build step: a Web Worker holds the
@@ -26,7 +28,7 @@ use terrarium::engine::{
 };
 
 use crate::AppState;
-use crate::error::{ApiError, ApiQuery};
+use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::tick::Job;
 
 /// One static file: where it is served, its content type, its bytes.
@@ -89,6 +91,7 @@ pub(crate) fn keyed() -> Router<Arc<AppState>> {
         .route("/api/world", get(world))
         .route("/api/world/npcs", get(npcs))
         .route("/api/world/map", get(map))
+        .route("/api/npcs/{id}/track", get(track))
         .layer(Extension(Arc::new(MapCache::default())))
 }
 
@@ -283,6 +286,89 @@ async fn npcs(
     })
     .await?;
     Ok(axum::Json(body))
+}
+
+/// Most positions one track read returns.
+const MAX_TRACK_POINTS: u32 = 1000;
+/// Simulated seconds one track read spans at most (it reads the stored history of that span).
+const MAX_TRACK_SECONDS: u64 = 600;
+/// Simulated seconds a track goes back when the caller gives no `since_tick`.
+const DEFAULT_TRACK_SECONDS: u64 = 60;
+
+/// Query of `GET /api/npcs/{id}/track`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TrackParams {
+    /// The first tick wanted (default: a minute of simulated time ago).
+    since_tick: Option<u64>,
+    /// Most positions, 1 ..= 1000 (default 500).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/npcs/{id}/track`: the positions stored for one NPC, oldest first. Storage keeps
+/// one per NPC per flush of the position batcher (the memory store only the newest).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TrackBody {
+    id: u64,
+    /// The span read: `since_tick` ..< `until_tick` (at most ten simulated minutes).
+    since_tick: u64,
+    until_tick: u64,
+    /// `[tick, x, y, z]`, by tick.
+    #[schema(value_type = Vec<Vec<f64>>)]
+    points: Vec<(u64, f32, f32, f32)>,
+    /// Where the next read goes on (`since_tick` of it): `limit` cut this one short, or its
+    /// span ended before the world's tick. `null`: nothing more is stored yet.
+    next_since_tick: Option<u64>,
+}
+
+/// An NPC's recent track, from storage.
+#[utoipa::path(get, path = "/api/npcs/{id}/track",
+    params(("id" = u64, Path, description = "the NPC"), TrackParams),
+    responses(
+        (status = 200, description = "the track", body = TrackBody),
+        (status = 404, description = "no such NPC", body = crate::openapi::ErrorBody),
+        (status = 400, description = "malformed request", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limit", body = crate::openapi::ErrorBody),
+        (status = 503, description = "unavailable (storage off or its circuit open, shutdown, request timeout)", body = crate::openapi::ErrorBody),
+    ))]
+pub(crate) async fn track(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(q): ApiQuery<TrackParams>,
+) -> Result<axum::Json<TrackBody>, ApiError> {
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=MAX_TRACK_POINTS).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 ..= {MAX_TRACK_POINTS}, got {limit}")));
+    }
+    // Ids are never reused: one never handed out has no track. A despawned NPC keeps its
+    // stored history.
+    if id == 0 || id >= state.commands.next_npc_id().0 {
+        return Err(ApiError::not_found(format!("no npc {id}")));
+    }
+    let hz = u64::from(state.tick_hz.max(1));
+    let now = state.tick.tick.load(std::sync::atomic::Ordering::Relaxed);
+    let since = q.since_tick.unwrap_or_else(|| now.saturating_sub(DEFAULT_TRACK_SECONDS * hz));
+    let until = since.saturating_add(MAX_TRACK_SECONDS * hz).min(now.max(since).saturating_add(1));
+    let rows = state
+        .store()?
+        .position_history(id, since..until, limit as usize)
+        .await
+        .map_err(|e| ApiError::storage(&e))?;
+    let next_since_tick = match rows.last() {
+        Some(last) if rows.len() == limit as usize => Some(last.tick + 1),
+        _ if until <= now => Some(until),
+        _ => None,
+    };
+    Ok(axum::Json(TrackBody {
+        id,
+        since_tick: since,
+        until_tick: until,
+        points: rows.iter().map(|p| (p.tick, p.x, p.y, p.z)).collect(),
+        next_since_tick,
+    }))
 }
 
 /// Query of `GET /api/world/map`.

@@ -43,7 +43,7 @@ const app = {
   agents: [],
   map: null,
   mapImage: null,
-  selected: null, // {id, record, error, track: [[x, z], …]}
+  selected: null, // {id, record, error, track: [[x, z], …] seen live, stored: [[tick, x, y, z], …] from the server}
   perf: [],
   perfLast: null,
   banners: new Map(),
@@ -158,6 +158,7 @@ async function connect() {
   app.timers.push(setInterval(pollKinds, 2000));
   app.timers.push(setInterval(pollWorld, 5000));
   app.timers.push(setInterval(watchStream, 1000));
+  app.timers.push(setInterval(loadTrack, 3000));
   pollPerf();
   if (app.world.voxel) {
     pollMap();
@@ -540,9 +541,10 @@ function pick(px, py) {
 
 async function select(id) {
   if (id === null) { app.selected = null; showSelected(); return; }
-  app.selected = { id, record: null, error: null, track: [] };
+  app.selected = { id, record: null, error: null, track: [], stored: [], trackError: null, clickedTick: app.frame.tick };
   trackSelected();
   showSelected();
+  loadTrack();
   try {
     const res = await api("/api/npcs/" + id);
     if (!app.selected || app.selected.id !== id) return;
@@ -550,6 +552,23 @@ async function select(id) {
     else app.selected.error = res.status === 404 ? "not stored yet (storage trails the world by a batch)" : "GET /api/npcs/" + id + " answered " + res.status;
   } catch (e) {
     app.selected.error = e.message;
+  }
+  showSelected();
+}
+
+// The selected NPC's stored track (the last minute, GET /api/npcs/{id}/track): what it did
+// before the click; refreshed every few seconds while it stays selected.
+async function loadTrack() {
+  const s = app.selected;
+  if (!s) return;
+  try {
+    const t = await getJson("/api/npcs/" + s.id + "/track?limit=1000");
+    if (app.selected !== s) return;
+    s.stored = t.points;
+    s.trackError = null;
+  } catch (e) {
+    if (app.selected !== s) return;
+    s.trackError = e.message;
   }
   showSelected();
 }
@@ -584,6 +603,8 @@ function showSelected() {
   else rows.push(["record", "loading…"]);
   const a = app.agents.find((x) => x[0] === s.id);
   if (a && app.kinds) rows.push(["doing", app.kinds.agent_states[a[1]]], ["goal", app.kinds.goals[a[2]] + (a[2] ? ` at ${a[3]}, ${a[4]}, ${a[5]}` : "")]);
+  rows.push(["stored track", s.trackError ? s.trackError
+    : s.stored.length ? `${s.stored.length} positions, ticks ${s.stored[0][0]}–${s.stored[s.stored.length - 1][0]}` : "none stored yet"]);
   rows.push(["track", s.track.length + " positions since selected"]);
   const t = table(rows);
   t.id = "selected-record";
@@ -683,6 +704,14 @@ function drawOverlay() {
   }
   const s = app.selected;
   if (s) {
+    if (s.stored.length > 1) {
+      g.strokeStyle = "#d08770";
+      g.lineWidth = 1.5;
+      g.beginPath();
+      s.stored.forEach(([, x, , z], i) => { const [px, py] = cam.toScreen(x, z); if (i) g.lineTo(px, py); else g.moveTo(px, py); });
+      g.stroke();
+      g.lineWidth = 1;
+    }
     if (s.track.length > 1) {
       g.strokeStyle = "#eceff4";
       g.lineWidth = 1.5;
@@ -790,7 +819,8 @@ function figures() {
     subscribed: app.subscribed,
     camera: { cx: app.camera.cx, cz: app.camera.cz, scale: app.camera.scale, w: app.camera.w, h: app.camera.h },
     legend: app.legend,
-    selected: app.selected ? { id: app.selected.id, record: app.selected.record, error: app.selected.error, track: app.selected.track.length } : null,
+    selected: app.selected ? { id: app.selected.id, record: app.selected.record, error: app.selected.error, track: app.selected.track.length,
+      stored: app.selected.stored.length, clickedTick: app.selected.clickedTick, storedFirst: app.selected.stored[0] || null, trackError: app.selected.trackError } : null,
     perf: app.perfLast ? { window_ticks_per_sec: app.perfLast.window_ticks_per_sec, shown: $("perf-tps").textContent } : null,
     banners: [...app.banners.keys()],
     map: app.map ? { size: app.map.size, edits: app.map.edits } : null,

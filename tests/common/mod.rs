@@ -9,16 +9,13 @@ use std::process::{Command, Output};
 
 /// The path of example `name`, built up to date with this test's features.
 pub fn example(name: &str) -> PathBuf {
-    let features: Vec<&str> = [
+    let features = [
         ("parallel", cfg!(feature = "parallel")),
         ("file-store", cfg!(feature = "file-store")),
         ("postgres", cfg!(feature = "postgres")),
         ("redis", cfg!(feature = "redis")),
         ("prometheus", cfg!(feature = "prometheus")),
-    ]
-    .into_iter()
-    .filter_map(|(f, on)| on.then_some(f))
-    .collect();
+    ];
     build::build_example(env!("CARGO_MANIFEST_DIR"), name, &features)
 }
 

@@ -98,6 +98,18 @@ async function main() {
   assert.ok(shown.includes(api.role) && shown.includes(String(api.id)), "the panel shows the record");
   log(`click: NPC ${sel.id} (${api.role}, ${api.status}) shown as the API returns it`);
 
+  // --- and its recent track, from the server's storage (not only what the page saw) ------------
+  const withTrack = await until("the stored track", async () => {
+    const s = (await figures(page)).selected;
+    return s && s.stored > 1 ? s : null;
+  });
+  const track = await getJson(server.base, `/api/npcs/${sel.id}/track?limit=1000`);
+  assert.ok(track.points.length > 1, "the API has a track");
+  assert.deepEqual(withTrack.storedFirst, track.points[0], "the viewer draws the track the API returns");
+  assert.ok(withTrack.storedFirst[0] < sel.clickedTick, `the track goes back before the click (tick ${withTrack.storedFirst[0]} < ${sel.clickedTick})`);
+  assert.match(await page.textContent("#selected-record"), /stored track\s*\d+ positions, ticks \d+/);
+  log(`track: ${withTrack.stored} stored positions from tick ${withTrack.storedFirst[0]} (clicked at ${sel.clickedTick})`);
+
   // --- zooming changes the subscription --------------------------------------------------------
   const sub0 = (await figures(page)).subscribed;
   await page.click("#zoom-in");
@@ -124,6 +136,26 @@ async function main() {
   log(`performance: panel ${shownTps} ticks/s, API ${perf.window_ticks_per_sec}`);
 
   await page.screenshot({ path: join(artifacts, "viewer-e2e.png") });
+
+  // --- storage degraded: the banner says so, and positions still stream -----------------------
+  // The Rust test (server/tests/game_server/viewer.rs, with_storage_down_…) kills a database
+  // and checks these fields of /api/performance; here they are set on the page's copy.
+  await page.route("**/api/performance", async (route) => {
+    const res = await route.fetch();
+    const p = await res.json();
+    p.write_behind = { ...(p.write_behind || {}), degraded: true, breaker_open: true, outbox_batches: 3 };
+    p.circuit_breakers = [{ name: "storage.embedded.writes", state: "open" }, ...(p.circuit_breakers || []).slice(1)];
+    await route.fulfill({ response: res, json: p });
+  });
+  await until("the storage banner", async () => (await figures(page)).banners.includes("storage"));
+  const storageText = await page.textContent('[data-banner="storage"]');
+  assert.match(storageText, /Storage is degraded \(circuit breaker open\): positions still stream; writes wait in the write-behind queue and the outbox\./);
+  const framesDegraded = (await figures(page)).frames;
+  await until("frames while storage is degraded", async () => (await figures(page)).frames >= framesDegraded + 2);
+  await page.screenshot({ path: join(artifacts, "viewer-storage-degraded.png") });
+  await page.unroute("**/api/performance");
+  await until("the storage banner gone", async () => !(await figures(page)).banners.includes("storage"));
+  log(`storage banner: "${storageText}"; frames went on`);
 
   // --- a key in the fragment: taken, kept for the tab, out of the address ----------------------
   const page2 = await browser.context.newPage();

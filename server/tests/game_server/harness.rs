@@ -117,15 +117,12 @@ pub async fn world_positions(s: &Server) -> (u64, HashMap<u64, [f32; 3]>) {
 
 /// The path of example `name` of this crate, built up to date with this test's features.
 pub fn example(name: &str) -> std::path::PathBuf {
-    let features: Vec<&str> = [
+    let features = [
         ("parallel", cfg!(feature = "parallel")),
         ("file-store", cfg!(feature = "file-store")),
         ("postgres", cfg!(feature = "postgres")),
         ("redis", cfg!(feature = "redis")),
-    ]
-    .into_iter()
-    .filter_map(|(f, on)| on.then_some(f))
-    .collect();
+    ];
     build::build_example(env!("CARGO_MANIFEST_DIR"), name, &features)
 }
 

@@ -11,7 +11,9 @@ use terrarium::engine::voxel::VoxelWorld;
 use terrarium::engine::{Brain, Engine, NpcId, Role, Status};
 use terrarium_server::Server;
 
-use crate::harness::{TestServer, start, test_config};
+use terrarium::persistence::BackendKind;
+
+use crate::harness::{TestServer, start, test_config, world_positions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_files_are_served_without_a_key_and_with_a_strict_policy() {
@@ -143,6 +145,159 @@ async fn a_mining_world_shows_its_agents_goals_depots_and_map() {
     assert_eq!(s.get("/api/world/map?size=4").await.0, StatusCode::BAD_REQUEST);
     assert_eq!(s.get("/api/world/map?size=100000").await.0, StatusCode::BAD_REQUEST);
     s.server.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "file-store")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_npcs_track_is_read_from_storage_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("track.db");
+    let s = start(50, move |c| {
+        c.storage.backend = BackendKind::Embedded;
+        c.storage.embedded.path = path;
+    })
+    .await;
+    // Put NPC 7 somewhere it could not have wandered to: its track must get there.
+    let far = [200.0, 20.0, 30.0];
+    let (status, body) =
+        s.post("/api/npcs/7/orders", &serde_json::json!({"order": "teleport", "position": far})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let t = s
+        .get_until("/api/npcs/7/track?since_tick=0", |st, b| {
+            st == StatusCode::OK
+                && b["points"].as_array().is_some_and(|p| {
+                    p.len() >= 4 && p.iter().any(|q| (q[1].as_f64().unwrap() - far[0]).abs() < 3.0)
+                })
+        })
+        .await;
+    assert_eq!(t["id"], 7);
+    let points = t["points"].as_array().unwrap();
+    let ticks: Vec<u64> = points.iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "oldest first, one per tick: {ticks:?}");
+    let (since, until) = (t["since_tick"].as_u64().unwrap(), t["until_tick"].as_u64().unwrap());
+    assert!(ticks.iter().all(|&k| since <= k && k < until), "{since}..{until}: {ticks:?}");
+    // Where the world has it now is where its track heads (it wanders at 8 blocks/s).
+    let (_, now) = world_positions(&s.server).await;
+    let last = points.last().unwrap();
+    let here = now[&7];
+    let d = ((last[1].as_f64().unwrap() - f64::from(here[0])).powi(2)
+        + (last[3].as_f64().unwrap() - f64::from(here[2])).powi(2))
+    .sqrt();
+    assert!(d < 40.0, "the stored track ends {d} blocks from the NPC");
+
+    // A limit cuts it; `next_since_tick` goes on right after, with nothing skipped.
+    let (_, first) = s.get(&format!("/api/npcs/7/track?since_tick={}&limit=2", ticks[0])).await;
+    let two = first["points"].as_array().unwrap();
+    assert_eq!(two.len(), 2, "{first}");
+    assert_eq!((two[0][0].as_u64(), two[1][0].as_u64()), (Some(ticks[0]), Some(ticks[1])));
+    let next = first["next_since_tick"].as_u64().unwrap();
+    assert_eq!(next, ticks[1] + 1);
+    let (_, rest) = s.get(&format!("/api/npcs/7/track?since_tick={next}&limit=1")).await;
+    assert_eq!(rest["points"][0][0].as_u64(), Some(ticks[2]), "{rest}");
+
+    // Bad input: typed JSON errors.
+    for (path, code) in [
+        ("/api/npcs/7/track?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/npcs/7/track?limit=1001", StatusCode::BAD_REQUEST),
+        ("/api/npcs/7/track?since_tick=-1", StatusCode::BAD_REQUEST),
+        ("/api/npcs/7/track?colour=red", StatusCode::BAD_REQUEST),
+        ("/api/npcs/x/track", StatusCode::BAD_REQUEST),
+        ("/api/npcs/0/track", StatusCode::NOT_FOUND),
+        ("/api/npcs/999999/track", StatusCode::NOT_FOUND),
+    ] {
+        let (status, e) = s.get(path).await;
+        assert_eq!(status, code, "{path}: {e}");
+        assert_eq!(e["status"], code.as_u16(), "{path}: {e}");
+        assert!(e["error"].is_string(), "{path}: {e}");
+    }
+    // A start past every tick: nothing yet, nothing to go on with.
+    let (status, late) = s.get(&format!("/api/npcs/7/track?since_tick={}", u64::MAX)).await;
+    assert_eq!(status, StatusCode::OK, "{late}");
+    assert_eq!((late["points"].as_array().map(Vec::len), &late["next_since_tick"]), (Some(0), &Value::Null));
+    let res = s.http.get(s.url("/api/npcs/7/track")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    s.server.shutdown().await.unwrap();
+}
+
+/// The storage banner: with the database gone, the fields the viewer's banner reads
+/// (`write_behind.degraded`/`breaker_open`, `circuit_breakers[].state` of
+/// `/api/performance`) say so, `/health` says `degraded`, the track is a typed 503, and
+/// positions still stream. (The banner's text from those fields: the browser test.)
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_storage_down_the_banners_fields_say_so_and_positions_still_stream() {
+    use futures_util::StreamExt;
+    use terrarium::persistence::testing::{OwnServers, service_url, unique_name};
+    if service_url("TERRARIUM_TEST_PG_URL").is_none() {
+        return;
+    }
+    let servers = OwnServers::new();
+    servers.run("start-pg");
+    let url = servers.url("DATABASE_URL");
+    let s = start(200, |c| {
+        let st = &mut c.storage;
+        st.backend = BackendKind::Postgres;
+        st.postgres.url = url;
+        st.postgres.schema = unique_name();
+        st.postgres.wait_timeout_ms = 300;
+        st.postgres.connect_timeout_ms = 300;
+        st.postgres.create_timeout_ms = 300;
+        st.retention.enabled = false;
+        st.retry.max_attempts = 1;
+        st.breaker.failure_threshold = 1;
+        st.breaker.call_timeout_ms = 400;
+        st.breaker.reset_timeout_ms = 60_000;
+    })
+    .await;
+    let healthy =
+        s.get_until("/api/performance", |st, p| st == StatusCode::OK && p["write_behind"].is_object()).await;
+    assert_eq!(healthy["write_behind"]["degraded"], false, "{healthy}");
+    s.get_until("/api/npcs/3/track?since_tick=0", |st, _| st == StatusCode::OK).await;
+
+    servers.run("kill-pg");
+    let perf = s
+        .get_until("/api/performance", |st, p| {
+            let wb = &p["write_behind"];
+            st == StatusCode::OK
+                && (wb["degraded"] == true || wb["breaker_open"] == true)
+                && p["circuit_breakers"].as_array().is_some_and(|b| b.iter().any(|c| c["state"] == "open"))
+        })
+        .await;
+    let (_, health) = s.get("/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    // Reads of history go through the same read circuit: refused at once, as JSON.
+    let e =
+        s.get_until("/api/npcs/3/track?since_tick=0", |st, _| st == StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(e["status"], 503, "{e}");
+    assert!(e["error"].is_string(), "{e}");
+    // Positions still stream, and the world still ticks.
+    let url = format!("ws://{}/ws", s.server.local_addr());
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    req.headers_mut().insert("x-api-key", crate::harness::KEY.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let sub = r#"{"type":"subscribe","min":[0,0],"max":[256,256]}"#;
+    futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text(sub)).await.unwrap();
+    let mut ticks = Vec::new();
+    while ticks.len() < 3 {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Ok(text) = msg.into_text() else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["type"] == "reset" || v["type"] == "delta" {
+            ticks.push(v["tick"].as_u64().unwrap());
+        }
+    }
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "frames of new ticks while storage is down: {ticks:?}");
+    let (_, perf2) = s.get("/api/performance").await;
+    assert!(perf2["tick"].as_u64() > perf["tick"].as_u64(), "the world ticks on");
+    drop(ws);
+    // No graceful shutdown: its drain would wait for the dead database (`Drop` drains
+    // nothing).
+    drop(s);
 }
 
 /// Role and status of every NPC, from the tick thread.
