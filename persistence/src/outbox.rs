@@ -255,6 +255,17 @@ impl Outbox {
     /// Reads frames from the replay position: at least one batch when any is pending, then
     /// more while under `max_batches` and `max_rows`.
     pub fn read_group(&mut self, max_batches: usize, max_rows: usize) -> std::io::Result<Group> {
+        self.read_call(max_batches, max_rows, usize::MAX)
+    }
+
+    /// [`Outbox::read_group`], and never a frame that would take the group past `call_rows`
+    /// rows (but the first).
+    pub fn read_call(
+        &mut self,
+        max_batches: usize,
+        max_rows: usize,
+        call_rows: usize,
+    ) -> std::io::Result<Group> {
         let mut group = Group { end: self.read_pos, ..Group::default() };
         let mut rows = 0usize;
         while group.frames < self.pending && group.batches.len() < max_batches.max(1) {
@@ -275,6 +286,10 @@ impl Outbox {
                     break;
                 }
             };
+            let frame_rows = h.rows.map_or(0, |r| usize::try_from(r).unwrap_or(usize::MAX));
+            if !group.batches.is_empty() && rows.saturating_add(frame_rows) > call_rows {
+                break;
+            }
             let mut payload = Vec::new();
             read_payload(&self.file, at + h.len as u64, h.payload_len, &mut payload)?;
             let size = h.len as u64 + h.payload_len;

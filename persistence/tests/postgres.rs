@@ -588,3 +588,57 @@ async fn checkpoints_and_what_came_after_them_are_read_back_for_a_resume() {
     assert!(store.resume_point().await.unwrap().is_none());
     assert_eq!(store.row_counts().await.unwrap(), Default::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_hang_cannot_take_the_writers_connections() {
+    // Issue 13 defect 2: readers may hold at most max_size - max(1, max_size / 4) pooled
+    // connections, so a burst of reads that hang (here: the registry locked by another
+    // session) leaves the writer a connection. Without the reserve the eight reads below take
+    // all four connections and the write waits for the pool until it times out.
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::with(&url, |c| {
+        c.max_size = 4;
+        c.wait_timeout_ms = 2_000;
+        c.statement_timeout_ms = 10_000;
+    })
+    .await;
+    let store = s.store.clone();
+    store
+        .write(&[WriteBatch { npcs: vec![npc(1)], positions: vec![position(1, 1)], ..batch(1, 1) }])
+        .await
+        .unwrap();
+    let mut locker = sql_client(&url, store.schema()).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE npcs IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_npc(1).await })
+        })
+        .collect();
+    // The readers take their three slots and hang on the lock; the others wait for a slot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(reads.iter().all(|r| !r.is_finished()), "the reads hang on the locked registry");
+    let started = std::time::Instant::now();
+    let write = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.write(&[WriteBatch { positions: vec![position(1, 2)], ..batch(1, 2) }]),
+    )
+    .await;
+    assert!(matches!(write, Ok(Ok(()))), "the writer got its reserved connection: {write:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "without waiting for the pool: {:?}",
+        started.elapsed()
+    );
+    lock.rollback().await.unwrap();
+    for r in reads {
+        // Served once the lock goes, or timed out waiting for a reader slot: never the
+        // writer's connection.
+        match r.await.unwrap() {
+            Ok(found) => assert_eq!(found.map(|n| n.id), Some(1)),
+            Err(e) => assert!(matches!(e, StorageError::Timeout(_)), "{e:?}"),
+        }
+    }
+    assert_eq!(store.applied_seq(1).await.unwrap(), Some(2));
+}

@@ -436,3 +436,79 @@ async fn positions_are_wanted_only_while_no_position_batch_waits_and_progress_is
     assert_eq!(s.inner().last_position(5).unwrap().x, 2.0, "the latest position reached the store");
     wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
 }
+
+/// The first write of a world of `n` NPCs: a registry row and a position each (positions in
+/// columns, registry rows in reverse id order), plus one event.
+fn first_write(n: u64, tick: u64) -> Handoff {
+    let mut b = batch(tick, 1..n + 1, 1.0);
+    b.npcs = (1..=n).rev().map(|id| terrarium_persistence::testing::npc(id, 0)).collect();
+    handoff(b, true)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_bigger_than_a_call_is_written_in_parts_that_fit_and_counts_once_all_landed() {
+    // Issue 14 item 1: no store call may grow with the population. The first write of a world
+    // of N NPCs (2N + 1 rows) goes in calls of at most `max_call_rows` rows, in order, and the
+    // store ends with everything; the storage lag's committed tick moves only once the last
+    // part is in.
+    const N: u64 = 10_000;
+    const CAP: usize = 1_000;
+    let s = store();
+    s.set_delay(Duration::from_secs(1));
+    let wb = start(&s, WriteBehindConfig { max_call_rows: CAP, ..config(41) });
+    let sink = wb.handle();
+    sink.submit(first_write(N, 1)).unwrap();
+    let parts = (2 * N as usize + 1).div_ceil(CAP) as u64;
+    assert_eq!(wb.stats().unsettled_batches, parts, "one batch id per part");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let st = wb.stats();
+    assert!(s.log().iter().filter(|c| c.ok).count() >= 2, "{:?}", s.log());
+    assert_eq!(st.committed_tick, None, "parts landed, not the whole batch: {st:?}");
+    // A position batch covering everyone arrives meanwhile: it supersedes the positions of the
+    // parts still waiting, and is cut into parts too.
+    let mut second = batch(2, 1..N + 1, 2.0);
+    second.events[0].event_id = 2;
+    sink.submit(handoff(second, true)).unwrap();
+    s.set_delay(Duration::ZERO);
+    wb.flush_async(Duration::from_secs(600)).await.unwrap();
+    let log = s.log();
+    let biggest = log.iter().map(|c| c.rows).max().unwrap();
+    assert!(biggest <= CAP, "a call of {biggest} rows: {log:?}");
+    assert!(log.iter().all(|c| c.ok));
+    assert_in_seq_order(&s.written_ids());
+    let st = wb.stats();
+    assert_eq!((st.committed_tick, st.unsettled_batches, st.writes_dropped), (Some(2), 0, 0), "{st:?}");
+    assert_eq!(s.inner().stats().npc_upserts, N);
+    for id in [1, N / 2, N] {
+        assert!(s.inner().get_npc(id).await.unwrap().is_some(), "registry row {id}");
+        assert_eq!(s.inner().last_position(id).unwrap().x, 2.0, "latest position of {id}");
+    }
+    wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn parts_spilled_to_the_outbox_are_replayed_in_calls_that_fit() {
+    const N: u64 = 5_000;
+    const CAP: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    s.set_failing(true);
+    let cfg = WriteBehindConfig {
+        max_call_rows: CAP,
+        outbox_path: Some(dir.path().join("outbox.bin")),
+        ..config(42)
+    };
+    let wb = start(&s, cfg);
+    wb.handle().submit(first_write(N, 1)).unwrap();
+    let parts = (2 * N as usize + 1).div_ceil(CAP) as u64;
+    until(1000, || wb.stats().outbox_batches == parts).await;
+    s.set_failing(false);
+    wb.flush_async(Duration::from_secs(600)).await.unwrap();
+    let written: Vec<_> = s.log().into_iter().filter(|c| c.ok).collect();
+    assert!(written.iter().all(|c| c.rows <= CAP), "{written:?}");
+    assert_eq!(written.iter().map(|c| c.rows).sum::<usize>(), 2 * N as usize + 1);
+    assert_eq!(s.written_ids(), (1..=parts).map(|seq| BatchId { run: 42, seq }).collect::<Vec<_>>());
+    assert_eq!(wb.stats().batches_replayed, parts);
+    assert_eq!(s.inner().stats().npc_upserts, N);
+    wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
+}

@@ -32,6 +32,12 @@ pub struct WriteBehindConfig {
     pub max_group_batches: usize,
     /// A store call takes more batches only while it has fewer rows than this. 1 ..= 1 000 000 000.
     pub max_group_rows: usize,
+    /// Most rows (of every kind) in one store call, whatever the world's size: a batch with
+    /// more (the first write of a large world: a registry row and a position per NPC; a
+    /// position batch covering a big population) is cut into parts of at most this many rows,
+    /// each written as a batch of its own (own id, in order), and a group never takes a batch
+    /// that would pass it. 1 000 ..= 100 000 000.
+    pub max_call_rows: usize,
     /// Least wall-clock time between two store calls, milliseconds; batches that arrive in
     /// between wait and go together. `flush` and `shutdown` skip it. 0 ..= 60 000.
     pub commit_interval_ms: u64,
@@ -75,6 +81,7 @@ impl Default for WriteBehindConfig {
             max_frame_bytes: 1 << 30,
             max_group_batches: 64,
             max_group_rows: 4_000_000,
+            max_call_rows: 250_000,
             commit_interval_ms: 100,
             write_timeout_ms: 30_000,
             retry_min_ms: 50,
@@ -100,6 +107,7 @@ impl WriteBehindConfig {
         in_range("write_behind.max_frame_bytes", w.max_frame_bytes, &((1 << 10)..=(4 << 30)))?;
         in_range("write_behind.max_group_batches", w.max_group_batches, &(1..=100_000))?;
         in_range("write_behind.max_group_rows", w.max_group_rows, &(1..=1_000_000_000))?;
+        in_range("write_behind.max_call_rows", w.max_call_rows, &(1_000..=100_000_000))?;
         in_range("write_behind.commit_interval_ms", w.commit_interval_ms, &(0..=60_000))?;
         in_range("write_behind.write_timeout_ms", w.write_timeout_ms, &(1..=3_600_000))?;
         in_range("write_behind.retry_min_ms", w.retry_min_ms, &(1..=3_600_000))?;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{PgStore, bits, to_i64};
 use crate::{NpcRecord, PositionRow, StorageError, WriteBatch};
@@ -156,34 +156,45 @@ impl PgStore {
         Ok(())
     }
 
+    /// `statement` (a `COPY … FROM STDIN (FORMAT binary)`) fed with `rows`, each the values of
+    /// one row in the order of `types`.
+    async fn copy_in<const N: usize>(
+        &self,
+        tx: &Transaction<'_>,
+        statement: &str,
+        types: &[Type; N],
+        rows: &[[&(dyn ToSql + Sync); N]],
+    ) -> Result<(), StorageError> {
+        let err = |e| self.pg_error(e);
+        let stmt = tx.prepare_cached(statement).await.map_err(err)?;
+        let sink = tx.copy_in(&stmt).await.map_err(err)?;
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, types));
+        for row in rows {
+            writer.as_mut().write(row).await.map_err(err)?;
+        }
+        writer.finish().await.map_err(err)?;
+        Ok(())
+    }
+
     /// COPY BINARY into `position_history`, one row per block and tick; returns the positions
     /// copied.
     async fn copy_history(&self, tx: &Transaction<'_>, blocks: &[BlockRows]) -> Result<u64, StorageError> {
-        let err = |e| self.pg_error(e);
         if blocks.is_empty() {
             return Ok(0);
         }
-        let stmt = tx
-            .prepare_cached("COPY position_history (block, tick, ids, xs, ys, zs) FROM STDIN (FORMAT binary)")
-            .await
-            .map_err(err)?;
-        let sink = tx.copy_in(&stmt).await.map_err(err)?;
-        let types = [
-            Type::INT8,
-            Type::INT8,
-            Type::INT8_ARRAY,
-            Type::FLOAT4_ARRAY,
-            Type::FLOAT4_ARRAY,
-            Type::FLOAT4_ARRAY,
-        ];
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-        let mut n = 0u64;
-        for b in blocks {
-            writer.as_mut().write(&[&b.block, &b.tick, &b.ids, &b.xs, &b.ys, &b.zs]).await.map_err(err)?;
-            n += b.ids.len() as u64;
-        }
-        writer.finish().await.map_err(err)?;
-        Ok(n)
+        let (int8, int8s, float4s) = (Type::INT8, Type::INT8_ARRAY, Type::FLOAT4_ARRAY);
+        let rows: Vec<[&(dyn ToSql + Sync); 6]> = blocks
+            .iter()
+            .map(|b| [&b.block as &(dyn ToSql + Sync), &b.tick, &b.ids, &b.xs, &b.ys, &b.zs])
+            .collect();
+        self.copy_in(
+            tx,
+            "COPY position_history (block, tick, ids, xs, ys, zs) FROM STDIN (FORMAT binary)",
+            &[int8.clone(), int8, int8s, float4s.clone(), float4s.clone(), float4s],
+            &rows,
+        )
+        .await?;
+        Ok(blocks.iter().map(|b| b.ids.len() as u64).sum())
     }
 
     /// Creates the history partitions for this hour and the next two when the last ones known
@@ -511,34 +522,30 @@ impl PgStore {
         )
         .await
         .map_err(err)?;
-        let stmt = tx
-            .prepare_cached(
-                "COPY position_stage (block, tick, ids, ticks, xs, ys, zs, removed) FROM STDIN (FORMAT binary)",
-            )
-            .await
-            .map_err(err)?;
-        let sink = tx.copy_in(&stmt).await.map_err(err)?;
-        let types = [
-            Type::INT8,
-            Type::INT8,
-            Type::INT8_ARRAY,
-            Type::INT8_ARRAY,
-            Type::FLOAT4_ARRAY,
-            Type::FLOAT4_ARRAY,
-            Type::FLOAT4_ARRAY,
-            Type::INT8_ARRAY,
-        ];
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-        let mut n = 0u64;
-        for b in &blocks {
-            writer
-                .as_mut()
-                .write(&[&b.block, &b.tick, &b.ids, &b.ticks, &b.xs, &b.ys, &b.zs, &b.removed])
-                .await
-                .map_err(err)?;
-            n += b.ids.len() as u64;
-        }
-        writer.finish().await.map_err(err)?;
+        let (int8, int8s, float4s) = (Type::INT8, Type::INT8_ARRAY, Type::FLOAT4_ARRAY);
+        let rows: Vec<[&(dyn ToSql + Sync); 8]> = blocks
+            .iter()
+            .map(|b| {
+                [&b.block as &(dyn ToSql + Sync), &b.tick, &b.ids, &b.ticks, &b.xs, &b.ys, &b.zs, &b.removed]
+            })
+            .collect();
+        self.copy_in(
+            tx,
+            "COPY position_stage (block, tick, ids, ticks, xs, ys, zs, removed) FROM STDIN (FORMAT binary)",
+            &[
+                int8.clone(),
+                int8,
+                int8s.clone(),
+                int8s.clone(),
+                float4s.clone(),
+                float4s.clone(),
+                float4s,
+                int8s,
+            ],
+            &rows,
+        )
+        .await?;
+        let n: u64 = blocks.iter().map(|b| b.ids.len() as u64).sum();
         // Same NPCs as stored, nothing older: replace the arrays (no unnest, no sort).
         let same = tx
             .prepare_cached(

@@ -8,6 +8,7 @@
 //! `persistence/DESIGN.md` for the ordering and durability rules.
 
 mod coalesce;
+mod split;
 mod worker;
 
 use std::collections::VecDeque;
@@ -84,7 +85,8 @@ pub struct WriteBehindStats {
     pub breaker_open: bool,
     /// Tick of the newest batch of this run the store acknowledged (`None` before the first).
     pub committed_tick: Option<u64>,
-    /// Batches of this run accepted by `submit` and not yet written or given up.
+    /// Batch ids of this run handed out by `submit` (a handoff cut into parts for
+    /// `max_call_rows` holds one per part) and not yet written or given up.
     pub unsettled_batches: u64,
 }
 
@@ -128,6 +130,8 @@ pub struct WriteBehindHandle {
 struct Shared {
     run_id: u64,
     max_queued_rows: usize,
+    /// Most rows in one store call; a bigger handoff gets one batch id per part.
+    max_call_rows: usize,
     queue: Mutex<Queue>,
     /// Signalled by the worker when it goes idle or stops (for `flush`/`shutdown`).
     changed: Condvar,
@@ -146,30 +150,67 @@ struct Shared {
 /// How far the store has got with this run's batches.
 #[derive(Debug, Default)]
 struct Progress {
-    /// Tick of the newest batch of this run the store acknowledged.
+    /// Tick of the newest batch of this run the store acknowledged with every batch before it
+    /// settled: a batch cut into parts counts once its last part is in.
     committed_tick: Option<u64>,
     /// Seqs of this run settled (written or given up) that are above `settled_through`.
     settled_above: std::collections::BTreeSet<u64>,
+    /// Ticks of the written ones among them.
+    written_above: std::collections::BTreeMap<u64, u64>,
     /// Every seq up to this one is settled.
     settled_through: u64,
+    /// First seq → last seq of each handoff cut into parts, until its last part settles: only
+    /// the last part carries the batch's tick.
+    parts: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Progress {
-    fn settle(&mut self, seq: u64) {
+    /// Seq `seq` is settled; `written` is its tick when the store has it.
+    fn settle(&mut self, seq: u64, written: Option<u64>) {
         if seq <= self.settled_through {
             return;
         }
         self.settled_above.insert(seq);
+        let part_of = self.parts.range(..=seq).next_back().map(|(&first, &last)| (first, last));
+        let last_part = match part_of {
+            Some((first, last)) if seq <= last => {
+                if seq == last {
+                    self.parts.remove(&first);
+                }
+                seq == last
+            }
+            _ => true,
+        };
+        if let Some(tick) = written.filter(|_| last_part) {
+            self.written_above.insert(seq, tick);
+        }
         while self.settled_above.remove(&(self.settled_through + 1)) {
             self.settled_through += 1;
+            if let Some(tick) = self.written_above.remove(&self.settled_through) {
+                self.committed_tick = Some(self.committed_tick.map_or(tick, |t| t.max(tick)));
+            }
         }
+    }
+}
+
+/// A handoff waiting in memory, and how many batch ids it holds: one per part it is cut into
+/// before it is written (see [`split`]).
+#[derive(Debug, Default)]
+struct Queued {
+    handoff: Handoff,
+    parts: u64,
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        self.handoff.len()
     }
 }
 
 /// Batches handed over and not yet taken by the worker, in submit order.
 #[derive(Default)]
 struct Queue {
-    batches: VecDeque<Handoff>,
+    batches: VecDeque<Queued>,
     rows: usize,
     /// Batches before this index hold no position rows (a batch covering every NPC emptied
     /// them), so superseding starts here: a submit stays O(1) however long the queue grows
@@ -331,6 +372,7 @@ impl<S: Storage> WriteBehind<S> {
         let shared = Arc::new(Shared {
             run_id,
             max_queued_rows: config.max_queued_rows,
+            max_call_rows: config.max_call_rows,
             queue: Mutex::new(Queue { next_seq, ..Queue::default() }),
             changed: Condvar::new(),
             wake: tokio::sync::Notify::new(),
@@ -568,7 +610,10 @@ impl BatchSink for WriteBehindHandle {
             Some(WriteBehindError::Closed)
         } else {
             let superseded: usize = if handoff.covers_all_positions {
-                q.batches.range(q.positions_from..).map(|h| h.batch.positions.len() + h.positions.len()).sum()
+                q.batches
+                    .range(q.positions_from..)
+                    .map(|w| w.handoff.batch.positions.len() + w.handoff.positions.len())
+                    .sum()
             } else {
                 0
             };
@@ -586,7 +631,7 @@ impl BatchSink for WriteBehindHandle {
         let mut coalesced = 0usize;
         if handoff.covers_all_positions {
             let Queue { batches, spare, garbage, rows: queued, positions_from, .. } = &mut *q;
-            for h in batches.range_mut(*positions_from..) {
+            for Queued { handoff: h, .. } in batches.range_mut(*positions_from..) {
                 let n = h.batch.positions.len() + h.positions.len();
                 if n == 0 {
                     continue;
@@ -601,10 +646,15 @@ impl BatchSink for WriteBehindHandle {
             *queued -= coalesced;
             *positions_from = batches.len();
         }
-        q.next_seq += 1;
-        handoff.batch.id = BatchId { run: self.shared.run_id, seq: q.next_seq };
+        // One id per part the worker will cut it into (every part is a batch of its own).
+        let parts = split::parts(rows, self.shared.max_call_rows);
+        handoff.batch.id = BatchId { run: self.shared.run_id, seq: q.next_seq + 1 };
+        q.next_seq += parts;
+        if parts > 1 {
+            self.shared.lock_progress().parts.insert(q.next_seq + 1 - parts, q.next_seq);
+        }
         q.rows += rows;
-        q.batches.push_back(handoff);
+        q.batches.push_back(Queued { handoff, parts });
         q.idle = false;
         drop(q);
         let c = &self.shared.counters;
@@ -640,7 +690,9 @@ impl BatchSink for WriteBehindHandle {
 
     fn wants_positions(&self) -> bool {
         let q = self.shared.lock();
-        q.batches.range(q.positions_from..).all(|h| h.positions.is_empty() && h.batch.positions.is_empty())
+        q.batches
+            .range(q.positions_from..)
+            .all(|w| w.handoff.positions.is_empty() && w.handoff.batch.positions.is_empty())
     }
 }
 
@@ -689,10 +741,7 @@ impl Shared {
     fn settle<'a>(&self, batches: impl IntoIterator<Item = &'a crate::WriteBatch>, written: bool) {
         let mut p = self.lock_progress();
         for b in batches.into_iter().filter(|b| b.id.run == self.run_id) {
-            p.settle(b.id.seq);
-            if written {
-                p.committed_tick = Some(p.committed_tick.map_or(b.tick, |t| t.max(b.tick)));
-            }
+            p.settle(b.id.seq, written.then_some(b.tick));
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::coalesce::{IdSet, coalesce_positions};
-use super::{MAX_SPARE_ROWS, MIN_SPARE_CAPACITY, Shared, WriteBehindConfig, keep_spare};
+use super::{MAX_SPARE_ROWS, MIN_SPARE_CAPACITY, Queued, Shared, WriteBehindConfig, keep_spare, split};
 use crate::outbox::{self, Outbox};
 use crate::{Handoff, PositionRow, Storage, StorageError, WriteBatch};
 
@@ -19,6 +19,7 @@ struct Settings {
     max_outbox_bytes: u64,
     max_group_batches: usize,
     max_group_rows: usize,
+    max_call_rows: usize,
     commit_interval: Duration,
     write_timeout: Duration,
     retry_min: Duration,
@@ -70,6 +71,7 @@ impl<S: Storage> Worker<S> {
                 max_outbox_bytes: c.max_outbox_bytes,
                 max_group_batches: c.max_group_batches,
                 max_group_rows: c.max_group_rows,
+                max_call_rows: c.max_call_rows,
                 commit_interval: ms(c.commit_interval_ms),
                 write_timeout: ms(c.write_timeout_ms),
                 retry_min: ms(c.retry_min_ms),
@@ -143,8 +145,10 @@ impl<S: Storage> Worker<S> {
         false
     }
 
+    /// Someone waits in `flush`, or a full call waits: no reason to wait for more batches.
     fn urgent(&self) -> bool {
-        self.shared.lock().flushers > 0
+        let q = self.shared.lock();
+        q.flushers > 0 || q.rows >= self.s.max_call_rows
     }
 
     /// Waits for the commit interval since the last call; true when it waited (or was woken),
@@ -168,8 +172,9 @@ impl<S: Storage> Worker<S> {
     async fn next_group(&mut self) -> Option<Group> {
         let max = if self.isolate { 1 } else { self.group_batches };
         let max_rows = self.group_rows;
+        let call_rows = self.s.max_call_rows;
         if let Some(ob) = self.outbox.as_mut().filter(|o| o.pending() > 0) {
-            let mut g = match blocking(|| ob.read_group(max, max_rows)) {
+            let mut g = match blocking(|| ob.read_call(max, max_rows, call_rows)) {
                 Ok(g) => g,
                 Err(e) => {
                     let text = format!("cannot read outbox {}: {e}", ob.path().display());
@@ -202,10 +207,14 @@ impl<S: Storage> Worker<S> {
         {
             let mut q = self.shared.lock();
             let mut rows = 0usize;
-            while taken.len() < max && (taken.is_empty() || rows < max_rows) {
-                let Some(h) = q.batches.pop_front() else { break };
-                rows += h.len();
-                taken.push(h);
+            while taken.len() < max {
+                let Some(next) = q.batches.front().map(Queued::len) else { break };
+                if !taken.is_empty() && (rows >= max_rows || rows + next > call_rows) {
+                    break;
+                }
+                let Some(w) = q.batches.pop_front() else { break };
+                rows += next;
+                taken.push(w);
             }
             q.rows -= rows;
             q.positions_from = q.positions_from.saturating_sub(taken.len());
@@ -215,6 +224,17 @@ impl<S: Storage> Worker<S> {
         }
         let batches = blocking(|| {
             let mut batches = self.materialize(taken);
+            // A handoff cut into parts: this call takes the parts that fit, the rest goes back
+            // to the front of the queue, in order.
+            let (mut n, mut rows) = (0, 0);
+            while n < batches.len() && n < max && (n == 0 || rows + batches[n].len() <= call_rows) {
+                rows += batches[n].len();
+                n += 1;
+            }
+            let rest = batches.split_off(n);
+            if !rest.is_empty() {
+                self.put_back(rest);
+            }
             self.coalesce(&mut batches);
             batches
         });
@@ -243,7 +263,15 @@ impl<S: Storage> Worker<S> {
         c.in_flight_batches
             .store(if from_memory { group.batches.len() as u64 } else { 0 }, Ordering::Relaxed);
         c.in_flight_rows.store(if from_memory { rows as u64 } else { 0 }, Ordering::Relaxed);
+        let started = Instant::now();
         let result = tokio::time::timeout(limit, self.store.write(&group.batches)).await;
+        tracing::debug!(
+            batches = group.batches.len(),
+            rows,
+            ms = started.elapsed().as_millis() as u64,
+            ok = matches!(result, Ok(Ok(()))),
+            "store call"
+        );
         c.in_flight_batches.store(0, Ordering::Relaxed);
         c.in_flight_rows.store(0, Ordering::Relaxed);
         self.shared.counters.store_calls.fetch_add(1, Ordering::Relaxed);
@@ -427,7 +455,7 @@ impl<S: Storage> Worker<S> {
         {
             return;
         }
-        let taken: Vec<Handoff> = {
+        let taken: Vec<Queued> = {
             let mut q = self.shared.lock();
             q.rows = 0;
             q.positions_from = 0;
@@ -452,16 +480,16 @@ impl<S: Storage> Worker<S> {
         q.rows += batches.iter().map(WriteBatch::len).sum::<usize>();
         q.positions_from = 0;
         for batch in batches.into_iter().rev() {
-            q.batches.push_front(Handoff { batch, ..Handoff::default() });
+            q.batches.push_front(Queued { handoff: Handoff { batch, ..Handoff::default() }, parts: 1 });
         }
     }
 
-    /// Turns handed-over columns into rows (into recycled buffers), and gives the columns back
-    /// to the batcher.
-    fn materialize(&mut self, taken: Vec<Handoff>) -> Vec<WriteBatch> {
+    /// Turns handed-over columns into rows (into recycled buffers), gives the columns back to
+    /// the batcher, and cuts each handoff into the parts it holds ids for.
+    fn materialize(&mut self, taken: Vec<Queued>) -> Vec<WriteBatch> {
         let mut batches = Vec::with_capacity(taken.len());
         let mut columns = Vec::new();
-        for Handoff { mut batch, positions, .. } in taken {
+        for Queued { handoff: Handoff { mut batch, positions, .. }, parts } in taken {
             if !positions.is_empty() {
                 if batch.positions.is_empty()
                     && let Some(mut buf) = self.rows_pool.pop()
@@ -472,7 +500,7 @@ impl<S: Storage> Worker<S> {
                 positions.append_to(&mut batch.positions);
             }
             columns.push(positions);
-            batches.push(batch);
+            batches.extend(split::split(batch, parts));
         }
         let mut q = self.shared.lock();
         let surplus: Vec<_> = columns.into_iter().filter_map(|c| keep_spare(&mut q.spare, c)).collect();
@@ -506,7 +534,7 @@ impl<S: Storage> Worker<S> {
     fn stop_now(&mut self) {
         let mut left: Vec<WriteBatch> =
             self.current.take().filter(|g| g.outbox.is_none()).map(|g| g.batches).unwrap_or_default();
-        let taken: Vec<Handoff> = {
+        let taken: Vec<Queued> = {
             let mut q = self.shared.lock();
             q.rows = 0;
             q.positions_from = 0;
