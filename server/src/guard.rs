@@ -338,12 +338,8 @@ pub(crate) async fn rate_limit(
         Err(wait) => {
             state.stats.rate_limited();
             let per_s = state.config.rate_limit_per_s;
-            let mut e = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                format!("rate limit: {per_s} requests per second per client"),
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            e.into_response()
+            ApiError::too_many_requests(format!("rate limit: {per_s} requests per second per client"), wait)
+                .into_response()
         }
     }
 }
@@ -390,12 +386,11 @@ pub(crate) async fn require_api_key(
             Err(wait) => {
                 state.stats.rate_limited();
                 let per_s = state.config.key_rate_limit_per_s;
-                let mut e = ApiError::new(
-                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                ApiError::too_many_requests(
                     format!("rate limit: {per_s} requests per second per API key"),
-                );
-                e.retry_after = Some(wait.as_secs().max(1));
-                e.into_response()
+                    wait,
+                )
+                .into_response()
             }
         },
         None => {

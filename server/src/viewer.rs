@@ -600,6 +600,27 @@ mod tests {
         );
     }
 
+    /// What a new map costs the tick thread (it is made there whenever the world was edited):
+    /// `cargo test --release -p terrarium-server --lib viewer::tests::tick_thread_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run it in release"]
+    fn tick_thread_cost_of_the_map() {
+        for agents in [1_000, 100_000] {
+            let cfg = terrarium::Config::default().engine;
+            let mut e = Engine::builder(cfg).add_plugin(terrarium::systems::core_plugin).build().unwrap();
+            terrarium::systems::agents::spawn_colony(&mut e, agents, 1).unwrap();
+            let v = e.world().resource::<VoxelWorld>();
+            let t = std::time::Instant::now();
+            let m = std::hint::black_box(top_down(v, 256));
+            println!(
+                "colony of {agents} agents, world {:?}: a 256-sample map ({:?} samples) took {:.1} ms",
+                v.size(),
+                m.size,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+
     #[test]
     fn the_map_finds_surfaces_and_ores() {
         let mut world = VoxelWorld::generate(WorldGen::small()).unwrap();
