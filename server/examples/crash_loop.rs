@@ -353,19 +353,20 @@ impl Reader {
         })
     }
 
-    /// The newest checkpoint: its tick and bytes.
-    async fn checkpoint(&self) -> Result<(u64, Vec<u8>)> {
+    /// The newest checkpoint: its tick and bytes (`None` before the first).
+    async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>> {
         let q = "SELECT tick, bytes FROM checkpoints ORDER BY tick DESC LIMIT 1";
         Ok(match self {
             Reader::Sqlite(db) => {
                 let sql = rusqlite::Connection::open(db)?;
-                let (t, b): (i64, Vec<u8>) = sql.query_row(q, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                (t as u64, b)
+                let mut stmt = sql.prepare(q)?;
+                let mut rows = stmt.query([])?;
+                match rows.next()? {
+                    Some(r) => Some((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                    None => None,
+                }
             }
-            Reader::Pg(c) => {
-                let row = c.query_one(q, &[]).await?;
-                (row.get::<_, i64>(0) as u64, row.get(1))
-            }
+            Reader::Pg(c) => c.query_opt(q, &[]).await?.map(|row| (row.get::<_, i64>(0) as u64, row.get(1))),
         })
     }
 }
@@ -593,8 +594,11 @@ async fn run(args: &Args) -> Result<Report> {
             seqs.extend(1..=mark);
             let lost = (1..=safe_seq).filter(|q| !seqs.contains(q)).count() as u64;
             let (count, outside) = reader.npcs(bounds.min, bounds.max).await?;
-            let (tick, bytes) = reader.checkpoint().await?;
-            let ledger = ledger_of(&bytes)?;
+            // Killed before the first checkpoint: nothing to resume from, no ledger to check.
+            let (tick, ledger) = match reader.checkpoint().await? {
+                Some((tick, bytes)) => (tick, ledger_of(&bytes)?),
+                None => (0, OreLedger::default()),
+            };
             committed_at_kill = Some(count);
             kills.push(Kill {
                 round,
@@ -615,8 +619,10 @@ async fn run(args: &Args) -> Result<Report> {
         }
     }
     let wall_s = began.elapsed().as_secs_f64();
-    let (_, final_bytes) = reader.checkpoint().await?;
-    let last = ledger_of(&final_bytes)?;
+    let last = match reader.checkpoint().await? {
+        Some((_, bytes)) => ledger_of(&bytes)?,
+        None => bail!("no checkpoint after the clean stop"),
+    };
     let (_, outside_end) = reader.npcs(bounds.min, bounds.max).await?;
     if let (Reader::Pg(c), false) = (&reader, args.keep) {
         // A plain identifier, checked above.
