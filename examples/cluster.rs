@@ -3,8 +3,10 @@
 //! binary, re-executed with `--region-worker`), restarts any that dies, SIGKILLs one at random
 //! every `--kill-every` seconds (seeded), optionally freezes one past its lease and thaws it
 //! (`--freeze-at`), checks at sampled moments that the regions' worlds are disjoint, and at
-//! the end that they cover every NPC exactly once. With `--json` the last line of stdout is
-//! the summary (its keys are a contract).
+//! the end that they cover every NPC exactly once. With `--redis-url` (feature `redis`) each
+//! region also publishes its NPCs near a border to its neighbours through Redis pub/sub, which
+//! show them as read-only ghosts (`ghost*` keys). With `--json` the last line of stdout is the
+//! summary (its keys are a contract).
 //!
 //! ```text
 //! cargo run --release --features postgres --example cluster -- \
@@ -23,14 +25,19 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
 use terrarium::engine::EngineConfig;
+use terrarium::perf::{Performance, RegionFigures};
 use terrarium::persistence::PostgresConfig;
 use terrarium::persistence::region::{RegionId, RegionStore};
-use terrarium::region::{RegionGrid, RegionOptions, RegionProcess, RegionRunError, seed_rows};
+use terrarium::region::{GhostOptions, RegionGrid, RegionOptions, RegionProcess, RegionRunError, seed_rows};
 
 mod common;
 
 /// Exit code of a region process that a fence stopped (another process took its region).
 const EXIT_FENCED: u8 = 3;
+
+/// How the supervisor gives its region processes the border feed's Redis URL (by environment:
+/// it may hold a password).
+const GHOST_URL_VAR: &str = "TERRARIUM_CLUSTER_GHOST_URL";
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "A world split into region processes, with exactly-once hand-off through PostgreSQL")]
@@ -81,6 +88,26 @@ struct Args {
     /// Engine threads per region process.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Redis URL of the border feed: each region shows its neighbours' NPCs near its cell as
+    /// read-only ghosts (needs the `redis` feature; none without it).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Channel prefix of the border feed.
+    #[arg(long, default_value = "terrarium_cluster:")]
+    redis_prefix: String,
+    /// NPCs within this many blocks of a neighbour's cell are its ghosts.
+    #[arg(long, default_value_t = 8.0)]
+    ghost_margin: f32,
+    /// How often each region publishes its border NPCs, ms.
+    #[arg(long, default_value_t = 200)]
+    ghost_every_ms: u64,
+    /// Ghosts not refreshed for this long disappear, ms.
+    #[arg(long, default_value_t = 1000)]
+    ghost_ttl_ms: u64,
+    /// Serve every region's figures as Prometheus text on `http://ADDR/metrics` (the
+    /// supervisor's, from the regions' reports each second; needs the `prometheus` feature).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Runs one region process (used by the supervisor).
     #[arg(long, hide = true)]
     region_worker: Option<u32>,
@@ -159,6 +186,7 @@ fn report(p: &mut RegionProcess, kind: &str) -> Value {
         "region": p.region().0,
         "pid": std::process::id(),
         "stats": p.stats(),
+        "figures": p.figures(),
         "cpu_s": cpu_seconds(),
         "tick_ns": pairs(p.tick_histogram()),
         "adopt_us": pairs(p.adopt_histogram()),
@@ -176,6 +204,13 @@ fn worker(args: &Args, region: RegionId) -> Result<()> {
         poll_every: Duration::from_millis(500),
         max_moves_per_tx: 2_000,
         holder: format!("cluster pid {}", std::process::id()),
+        ghosts: std::env::var(GHOST_URL_VAR).ok().filter(|u| !u.is_empty()).map(|url| GhostOptions {
+            url,
+            key_prefix: args.redis_prefix.clone(),
+            margin: args.ghost_margin,
+            publish_every: Duration::from_millis(args.ghost_every_ms),
+            ttl: Duration::from_millis(args.ghost_ttl_ms),
+        }),
     };
     let (tx, commands) = mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -221,7 +256,8 @@ fn worker(args: &Args, region: RegionId) -> Result<()> {
 /// compares the regions' worlds; at most 10 s (the lease is kept meanwhile).
 fn hold(p: &mut RegionProcess, commands: &mpsc::Receiver<String>, n: &str) -> Result<()> {
     p.keep_lease_only()?;
-    say(&json!({ "sample": n, "region": p.region().0, "ids": p.npcs() }));
+    let ghosts: Vec<u64> = p.ghosts().iter().map(|g| g.npc).collect();
+    say(&json!({ "sample": n, "region": p.region().0, "ids": p.npcs(), "ghosts": ghosts }));
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         match commands.recv_timeout(Duration::from_millis(50)) {
@@ -306,6 +342,16 @@ struct Summary {
     unknown_commits: u64,
     anomalies: u64,
     seed_ms: f64,
+    /// Border feed (0 without `--redis-url`): ghosts shown per region at the last sample.
+    ghosts_per_region: Vec<u64>,
+    /// Most ghosts one region showed at a sample.
+    ghosts_max: u64,
+    /// Ghosts that were also in the showing region's own world at a sample (should be 0).
+    ghost_violations: u64,
+    ghost_batches_published: u64,
+    ghost_batches_received: u64,
+    ghost_publish_errors: u64,
+    ghosts_expired: u64,
 }
 
 struct Supervisor {
@@ -327,12 +373,16 @@ impl Supervisor {
             .args(["--tick-hz", &a.tick_hz.to_string(), "--seed", &a.seed.to_string()])
             .args(["--schema", &a.schema, "--world-size", &a.world_size.to_string()])
             .args(["--lease-ms", &a.lease_ms.to_string(), "--sync-ms", &a.sync_ms.to_string()])
-            .args(["--threads", &a.threads.to_string()])
+            .args(["--threads", &a.threads.to_string(), "--redis-prefix", &a.redis_prefix])
+            .args(["--ghost-margin", &a.ghost_margin.to_string()])
+            .args(["--ghost-every-ms", &a.ghost_every_ms.to_string()])
+            .args(["--ghost-ttl-ms", &a.ghost_ttl_ms.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // The URL (it may hold a password) goes by environment, not on a command line others can read.
         cmd.env("DATABASE_URL", pg_config(a)?.url);
+        cmd.env(GHOST_URL_VAR, a.redis_url.clone().unwrap_or_default());
         let mut child = cmd.spawn().context("cannot start a region process")?;
         let stdin = child.stdin.take().context("piped stdin")?;
         let stdout = child.stdout.take().context("piped stdout")?;
@@ -383,6 +433,51 @@ impl Supervisor {
             self.pump(left.min(Duration::from_millis(20)));
         }
     }
+}
+
+/// Serves `/metrics` on `addr` (a thread and runtime of its own) from the snapshots of the
+/// returned handle, into which the supervisor puts the regions' figures.
+#[cfg(feature = "prometheus")]
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<Performance> {
+    use terrarium::perf::prometheus::PrometheusExporter;
+    let perf = Performance::new();
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    eprintln!("cluster: region figures on http://{}/metrics", listener.local_addr()?);
+    let handle = perf.clone();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::error!(error = %e, "no runtime for /metrics"),
+        };
+        rt.block_on(async move {
+            let exporter = std::sync::Arc::new(PrometheusExporter::new());
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let (exporter, handle) = (exporter.clone(), handle.clone());
+                    async move {
+                        exporter.record(&handle.snapshot());
+                        ([("content-type", "text/plain; version=0.0.4")], exporter.render())
+                    }
+                }),
+            );
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "/metrics server stopped");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "/metrics listener"),
+            }
+        });
+    });
+    Ok(perf)
+}
+
+#[cfg(not(feature = "prometheus"))]
+fn serve_metrics(_addr: std::net::SocketAddr) -> Result<Performance> {
+    bail!("--metrics-addr needs the prometheus feature")
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
@@ -436,6 +531,10 @@ fn supervise(args: &Args) -> Result<()> {
             .context("a region did not start")?;
     }
 
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(serve_metrics(addr)?),
+        None => None,
+    };
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let started = Instant::now();
     let run = Duration::from_secs_f64(args.seconds);
@@ -448,9 +547,21 @@ fn supervise(args: &Args) -> Result<()> {
     let mut freeze_due = (args.freeze_at > 0.0).then(|| Duration::from_secs_f64(args.freeze_at));
     let mut zombie: Option<(Proc, bool)> = None;
     let mut zombie_fenced: Option<bool> = None;
+    let (mut ghost_violations, mut ghosts_max) = (0u64, 0u64);
+    let mut ghosts_now = vec![0u64; regions as usize];
 
     while started.elapsed() < run {
         sup.pump(Duration::from_millis(20));
+        if let Some(perf) = &metrics {
+            // The live processes' newest figures (a dead one's stay until its successor reports).
+            for p in &procs {
+                if let Some((_, msg)) = sup.reports.get(&p.instance)
+                    && let Ok(f) = serde_json::from_value::<RegionFigures>(msg["figures"].clone())
+                {
+                    perf.set_region(f);
+                }
+            }
+        }
         let t = started.elapsed();
         // Restart whatever died.
         for p in &mut procs {
@@ -527,6 +638,7 @@ fn supervise(args: &Args) -> Result<()> {
                 p.send(&format!("hold {tag}"));
             }
             let mut sets: Vec<(u32, BTreeSet<u64>)> = Vec::new();
+            let mut ghost_sets: Vec<(u32, Vec<u64>)> = Vec::new();
             // One deadline for all: a dead or frozen process does not answer (and is not live).
             let until = Instant::now() + Duration::from_secs(2);
             for p in &procs {
@@ -537,6 +649,9 @@ fn supervise(args: &Args) -> Result<()> {
                     let ids =
                         line.msg["ids"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
                     sets.push((p.region, ids));
+                    let ghosts =
+                        line.msg["ghosts"].as_array().into_iter().flatten().filter_map(Value::as_u64);
+                    ghost_sets.push((p.region, ghosts.collect()));
                 }
             }
             // The rows, read while every region still holds still (before "go").
@@ -559,6 +674,15 @@ fn supervise(args: &Args) -> Result<()> {
                     violations += outside;
                     tracing::error!(region, outside, "a region holds NPCs its rows don't name");
                 }
+            }
+            for ((region, ids), (_, ghosts)) in sets.iter().zip(&ghost_sets) {
+                let inside = ghosts.iter().filter(|g| ids.contains(g)).count() as u64;
+                if inside > 0 {
+                    ghost_violations += inside;
+                    tracing::error!(region, inside, "a region shows its own NPCs as ghosts");
+                }
+                ghosts_max = ghosts_max.max(ghosts.len() as u64);
+                ghosts_now[*region as usize] = ghosts.len() as u64;
             }
             for p in &mut procs {
                 p.send("go");
@@ -638,6 +762,7 @@ fn supervise(args: &Args) -> Result<()> {
     let mut adopt = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 2)?;
     let mut cpu = vec![0.0; regions as usize];
     let (mut unknown, mut anomalies) = (0u64, 0u64);
+    let mut feed = [0u64; 4];
     for (region, msg) in sup.reports.values() {
         let r = *region as usize;
         merge(&mut tick[r], &msg["tick_ns"]);
@@ -645,6 +770,11 @@ fn supervise(args: &Args) -> Result<()> {
         cpu[r] += msg["cpu_s"].as_f64().unwrap_or(0.0);
         unknown += msg["stats"]["unknown_commits"].as_u64().unwrap_or(0);
         anomalies += msg["stats"]["anomalies"].as_u64().unwrap_or(0);
+        let keys =
+            ["ghost_batches_published", "ghost_batches_received", "ghost_publish_errors", "ghosts_expired"];
+        for (total, key) in feed.iter_mut().zip(keys) {
+            *total += msg["stats"][key].as_u64().unwrap_or(0);
+        }
     }
     let summary = Summary {
         regions: args.regions.clone(),
@@ -671,15 +801,23 @@ fn supervise(args: &Args) -> Result<()> {
         unknown_commits: unknown,
         anomalies,
         seed_ms,
+        ghosts_per_region: ghosts_now,
+        ghosts_max,
+        ghost_violations,
+        ghost_batches_published: feed[0],
+        ghost_batches_received: feed[1],
+        ghost_publish_errors: feed[2],
+        ghosts_expired: feed[3],
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
-    if summary.npcs_lost > 0 || summary.npcs_duplicated > 0 || violations > 0 {
+    if summary.npcs_lost > 0 || summary.npcs_duplicated > 0 || violations > 0 || ghost_violations > 0 {
         bail!(
-            "the regions lost {} and duplicated {} NPCs ({violations} violations at samples)",
+            "the regions lost {} and duplicated {} NPCs ({violations} violations at samples, \
+             {ghost_violations} ghosts of a region's own NPCs)",
             summary.npcs_lost,
             summary.npcs_duplicated
         );

@@ -25,6 +25,10 @@
 #   TERRARIUM_REDIS_PORT    Redis port                               (default 56380)
 #   TERRARIUM_PG_DB         database created on first start          (default terrarium)
 #   TERRARIUM_PG_BIN        PostgreSQL binaries   (default: the newest /usr/lib/postgresql/*/bin)
+#   TERRARIUM_TLS_CERT, TERRARIUM_TLS_KEY, TERRARIUM_TLS_CA   PEM files: when all three are set,
+#                           PostgreSQL offers TLS with this certificate (ssl = on; plain still
+#                           accepted) and Redis speaks only TLS (REDIS_URL is rediss://). For
+#                           tests (persistence `testing::OwnServers::with_tls`).
 #
 # PostgreSQL (Debian's `postgresql` package, whatever its major version) and Redis are installed
 # with apt-get when missing (needs root). As root, PostgreSQL runs as the `postgres` user, or a
@@ -48,6 +52,10 @@ PGDATA="$BASE/pg"
 PG_LOG="$BASE/pg.log"
 REDIS_DIR="$BASE/redis"
 REDIS_PIDFILE="$REDIS_DIR/redis.pid"
+TLS_CERT="${TERRARIUM_TLS_CERT:-}"
+TLS_KEY="${TERRARIUM_TLS_KEY:-}"
+TLS_CA="${TERRARIUM_TLS_CA:-}"
+tls_on() { [[ -n "$TLS_CERT" && -n "$TLS_KEY" && -n "$TLS_CA" ]]; }
 
 say() { printf 'services: %s\n' "$*" >&2; }
 fail() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
@@ -185,9 +193,16 @@ pg_start() {
     say "starting postgres on $HOST:$PG_PORT"
     # Right after a SIGKILL, orphaned backends may still hold the old shared memory for a moment,
     # and the first start attempt fails: try a few times.
-    local started=0
+    local started=0 opts="-p $PG_PORT"
+    if tls_on; then
+      # Copies the server owns (PostgreSQL wants its key readable by the owner only).
+      as_owner tee "$PGDATA/server.crt" <"$TLS_CERT" >/dev/null
+      as_owner tee "$PGDATA/server.key" <"$TLS_KEY" >/dev/null
+      as_owner chmod 600 "$PGDATA/server.key"
+      opts="$opts -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+    fi
     for attempt in 1 2 3 4 5; do
-      if as_owner "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" -o "-p $PG_PORT" -w -t 120 start >/dev/null; then
+      if as_owner "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_LOG" -o "$opts" -w -t 120 start >/dev/null; then
         started=1; break
       fi
       say "start attempt $attempt failed, retrying"
@@ -283,7 +298,12 @@ redis_pid() {
   echo "$pid"
 }
 
-redis_ready() { [[ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+redis_cli() {
+  if tls_on; then redis-cli --tls --cacert "$TLS_CA" -h "$HOST" -p "$REDIS_PORT" "$@"
+  else redis-cli -h "$HOST" -p "$REDIS_PORT" "$@"; fi
+}
+
+redis_ready() { [[ "$(redis_cli ping 2>/dev/null)" == PONG ]]; }
 
 redis_start() {
   redis_install
@@ -308,6 +328,17 @@ appendonly no
 maxmemory 1gb
 maxmemory-policy allkeys-lru
 EOF
+  if tls_on; then
+    # TLS only: the plain port is off; clients are not asked for certificates.
+    cat >>"$REDIS_DIR/redis.conf" <<EOF
+port 0
+tls-port $REDIS_PORT
+tls-cert-file $TLS_CERT
+tls-key-file $TLS_KEY
+tls-ca-cert-file $TLS_CA
+tls-auth-clients no
+EOF
+  fi
   say "starting redis on $HOST:$REDIS_PORT"
   redis-server "$REDIS_DIR/redis.conf" >&2
   wait_for 100 redis_ready || { tail -n 20 "$REDIS_DIR/redis.log" >&2; fail "redis did not start"; }
@@ -350,6 +381,7 @@ redis_status() {
 
 print_env() {
   local pg="postgres://$PG_SUPERUSER@$HOST:$PG_PORT/$PG_DB" redis="redis://$HOST:$REDIS_PORT"
+  tls_on && redis="rediss://$HOST:$REDIS_PORT"
   echo "export DATABASE_URL=$pg"
   echo "export REDIS_URL=$redis"
   echo "export TERRARIUM_TEST_PG_URL=$pg"
@@ -381,6 +413,6 @@ case "${1:-start}" in
   restore-pg-password) pg_rotate_password off ;;
   pause-redis) redis_signal STOP ;;
   resume-redis) redis_signal CONT ;;
-  -h | --help | help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) fail "unknown command '$1' (try: $0 help)" ;;
 esac

@@ -3,7 +3,9 @@
 //! (SIGSTOP) past its lease while a new process takes it over, then thawed. At every sampled
 //! moment the live regions' worlds are disjoint and within their ownership rows; at the end
 //! they cover every NPC exactly once, each region's world equals its rows, and the thawed
-//! zombie's writes were refused by the fence (it stopped itself).
+//! zombie's writes were refused by the fence (it stopped itself). With Redis
+//! (`TERRARIUM_TEST_REDIS_URL`, feature `redis`) the regions also run the border feed: ghosts
+//! are shown, and never of a region's own NPCs.
 //!
 //! Needs PostgreSQL (`TERRARIUM_TEST_PG_URL`); runs in a schema of its own, dropped after.
 //! Long (about 75 s): its own nextest group (`.config/nextest.toml`).
@@ -42,7 +44,13 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
     let Some(url) = service_url("TERRARIUM_TEST_PG_URL") else { return };
     let schema = unique_name();
     let _drop = DropSchema { url: url.clone(), schema: schema.clone() };
-    let out = Command::new(example("cluster"))
+    let redis =
+        std::env::var("TERRARIUM_TEST_REDIS_URL").ok().filter(|u| cfg!(feature = "redis") && !u.is_empty());
+    let mut cmd = Command::new(example("cluster"));
+    if let Some(redis) = &redis {
+        cmd.args(["--redis-url", redis, "--redis-prefix", &format!("{schema}:")]);
+    }
+    let out = cmd
         .args(["--regions", "2x2", "--npcs", "20000", "--seconds", "60", "--tick-hz", "20"])
         .args(["--kill-every", "10", "--freeze-at", "25", "--sample-every", "3", "--seed", "17"])
         .args(["--world-size", "200", "--lease-ms", "2000", "--json"])
@@ -67,6 +75,11 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
     assert!(s["handoffs"].as_u64().unwrap() > 1_000, "NPCs hardly crossed borders: {s}");
     assert_eq!(s["anomalies"], 0, "{s}");
     assert_eq!(s["tick_ms_p99"].as_array().map(Vec::len), Some(4));
+    if redis.is_some() {
+        assert!(s["ghosts_max"].as_u64().unwrap() > 0, "no region showed a ghost: {s}");
+        assert!(s["ghost_batches_received"].as_u64().unwrap() > 100, "{s}");
+        assert_eq!(s["ghost_violations"], 0, "a region showed its own NPC as a ghost: {s}");
+    }
     for key in ["handoffs_per_s", "max_handoff_ms", "tick_ms_p99", "fenced_writes_rejected"] {
         assert!(s.get(key).is_some(), "summary key {key} missing");
     }

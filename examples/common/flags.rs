@@ -97,10 +97,13 @@ pub struct StorageFlags {
     #[arg(long, requires = "new_world")]
     pub wipe: bool,
     /// PostgreSQL URL for `--storage postgres` (else `storage.postgres.url` of the
-    /// configuration, else the `DATABASE_URL` environment variable).
+    /// configuration, else the `DATABASE_URL` environment variable). TLS as libpq:
+    /// `?sslmode=verify-full&sslrootcert=CA.pem` (modes disable, prefer, require, verify-ca,
+    /// verify-full; default prefer).
     #[arg(long = "database-url")]
     pub database_url: Option<String>,
-    /// Redis URL: puts the Redis cache in front of the store (else `storage.redis.url`).
+    /// Redis URL: puts the Redis cache in front of the store (else `storage.redis.url`);
+    /// `rediss://` for TLS (CA file: `storage.redis.tls_ca_file`, else Mozilla's roots).
     #[arg(long = "redis-url")]
     pub redis_url: Option<String>,
 }

@@ -86,6 +86,63 @@ pub struct PostgresConfig {
     pub recycle_timeout_ms: u64,
     /// Server-side limit per statement, milliseconds, 0 (none) ..= 3 600 000.
     pub statement_timeout_ms: u64,
+    /// TLS to the server, libpq's `sslmode` values: `disable`, `prefer` (the default: TLS when
+    /// the server offers it, certificate not checked), `require` (TLS or no connection,
+    /// certificate not checked), `verify-ca` (the certificate must chain to a trusted CA),
+    /// `verify-full` (and name the host of the URL). An `sslmode` in the URL applies too: the
+    /// stricter of the two wins. Only `verify-full` stops a machine in the middle.
+    pub tls: PgTlsMode,
+    /// PEM file of the CA certificates trusted for the server's certificate (a managed
+    /// PostgreSQL's CA bundle); empty: Mozilla's root certificates, compiled in. Same as
+    /// `sslrootcert` in the URL (give one or the other, or the same file). With `prefer` or
+    /// `require`, a CA file makes the certificate checked as with `verify-ca` (as libpq does).
+    pub tls_ca_file: std::path::PathBuf,
+}
+
+/// How the connection to PostgreSQL uses TLS ([`PostgresConfig::tls`]): libpq's `sslmode`
+/// values, in order of strictness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgTlsMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, else plain; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (encrypts, but does not stop a
+    /// machine in the middle).
+    Require,
+    /// TLS, and the certificate must chain to a trusted CA (any host name).
+    VerifyCa,
+    /// TLS, the certificate must chain to a trusted CA and name the host connected to.
+    VerifyFull,
+}
+
+impl PgTlsMode {
+    /// The name used in the configuration and in libpq's `sslmode`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// The mode named `s` (libpq's `sslmode` values; `allow` is taken as `prefer`).
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "disable" => Self::Disable,
+            "allow" | "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for PostgresConfig {
@@ -100,6 +157,8 @@ impl Default for PostgresConfig {
             create_timeout_ms: 5_000,
             recycle_timeout_ms: 2_000,
             statement_timeout_ms: 30_000,
+            tls: PgTlsMode::Prefer,
+            tls_ca_file: std::path::PathBuf::new(),
         }
     }
 }
@@ -170,8 +229,13 @@ impl Default for RetentionConfig {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`; empty turns the Redis layer off.
+    /// `redis://[[user]:password@]host:port[/db]`, or `rediss://…` for TLS (the certificate
+    /// must chain to a trusted CA and name the host of the URL); empty turns the Redis layer
+    /// off.
     pub url: String,
+    /// PEM file of the CA certificates trusted for a `rediss://` server's certificate; empty:
+    /// Mozilla's root certificates, compiled in. Only with a `rediss://` URL.
+    pub tls_ca_file: std::path::PathBuf,
     /// Connections, 1 ..= 64.
     pub pool_size: usize,
     /// Prepended to every key and channel (1 ..= 64 printable bytes, no spaces), so several
@@ -205,6 +269,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls_ca_file: std::path::PathBuf::new(),
             pool_size: 4,
             key_prefix: "terrarium:".into(),
             hot_ttl_s: 60,
@@ -327,6 +392,12 @@ impl StorageConfig {
         in_range("storage.retention.interval_s", ret.interval_s, &(1..=86_400))?;
         let r = &self.redis;
         in_range("storage.redis.pool_size", r.pool_size, &(1..=64))?;
+        if !r.tls_ca_file.as_os_str().is_empty() && !r.url.is_empty() && !r.url.starts_with("rediss://") {
+            return Err(StorageConfigError::Invalid {
+                key: "storage.redis.tls_ca_file".into(),
+                reason: "is set but storage.redis.url is not a rediss:// (TLS) URL".into(),
+            });
+        }
         if r.key_prefix.is_empty()
             || r.key_prefix.len() > 64
             || !r.key_prefix.bytes().all(|b| b.is_ascii_graphic())
@@ -417,6 +488,27 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_parse_and_a_redis_ca_file_needs_rediss() {
+        let c: StorageConfig =
+            toml::from_str("[postgres]\ntls = \"verify-full\"\ntls_ca_file = \"/ca.pem\"\n").unwrap();
+        assert_eq!(
+            (c.postgres.tls, c.postgres.tls_ca_file.to_str()),
+            (PgTlsMode::VerifyFull, Some("/ca.pem"))
+        );
+        assert!(toml::from_str::<StorageConfig>("[postgres]\ntls = \"verify\"\n").is_err());
+        assert!(
+            PgTlsMode::Require < PgTlsMode::VerifyCa && PgTlsMode::parse("allow") == Some(PgTlsMode::Prefer)
+        );
+        let mut c = StorageConfig::default();
+        c.redis.url = "redis://cache:6379".into();
+        c.redis.tls_ca_file = "/ca.pem".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.redis.tls_ca_file"), "{e}");
+        c.redis.url = "rediss://cache:6380".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let e = toml::from_str::<StorageConfig>("[redis]\nttl = 5\n").unwrap_err();
         assert!(e.to_string().contains("ttl"), "{e}");
@@ -451,6 +543,8 @@ impl std::fmt::Debug for PostgresConfig {
             create_timeout_ms,
             recycle_timeout_ms,
             statement_timeout_ms,
+            tls,
+            tls_ca_file,
         } = self;
         f.debug_struct("PostgresConfig")
             .field("url", &url_without_password(url))
@@ -462,6 +556,8 @@ impl std::fmt::Debug for PostgresConfig {
             .field("create_timeout_ms", create_timeout_ms)
             .field("recycle_timeout_ms", recycle_timeout_ms)
             .field("statement_timeout_ms", statement_timeout_ms)
+            .field("tls", tls)
+            .field("tls_ca_file", tls_ca_file)
             .finish()
     }
 }
@@ -470,6 +566,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Self {
             url,
+            tls_ca_file,
             pool_size,
             key_prefix,
             hot_ttl_s,
@@ -484,6 +581,7 @@ impl std::fmt::Debug for RedisConfig {
         } = self;
         f.debug_struct("RedisConfig")
             .field("url", &url_without_password(url))
+            .field("tls_ca_file", tls_ca_file)
             .field("pool_size", pool_size)
             .field("key_prefix", key_prefix)
             .field("hot_ttl_s", hot_ttl_s)

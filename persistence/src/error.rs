@@ -54,6 +54,18 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The TLS connection the settings ask for could not be made: the server offers no TLS
+    /// (`require` or stricter), or its certificate was refused (a CA not trusted, another host
+    /// name, expired). Transient, as an outage is: every call gets it until the server or the
+    /// settings are fixed, so the breaker opens and the write-behind keeps its batches; at
+    /// start-up ([`crate::StorageStack::build`]) it is returned at once.
+    #[error("TLS connection to {backend} failed: {reason}")]
+    Tls {
+        /// Which backend.
+        backend: &'static str,
+        /// Why, in words (the driver's error and its causes).
+        reason: String,
+    },
     /// A storage setting is invalid (or needs a feature this build lacks). Not transient.
     #[error(transparent)]
     Config(#[from] StorageConfigError),
@@ -71,7 +83,7 @@ impl StorageError {
     /// True when the same call may succeed if tried again later.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout(_))
+        matches!(self, Self::Unavailable { .. } | Self::Timeout(_) | Self::Tls { .. })
     }
 
     /// Wraps a driver error as [`StorageError::Unavailable`].

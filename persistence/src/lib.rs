@@ -23,13 +23,16 @@ mod stack;
 mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod tls;
 mod write_behind;
 
 pub use breaker::{BreakerMetrics, BreakerState, CircuitBreaker};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{
-    BackendKind, BreakerConfig, CheckpointConfig, EmbeddedConfig, L1Config, PostgresConfig, RedisConfig,
-    RetentionConfig, RetryConfig, StorageConfig, WriteBehindConfig, is_identifier, url_without_password,
+    BackendKind, BreakerConfig, CheckpointConfig, EmbeddedConfig, L1Config, PgTlsMode, PostgresConfig,
+    RedisConfig, RetentionConfig, RetryConfig, StorageConfig, WriteBehindConfig, is_identifier,
+    url_without_password,
 };
 pub use error::{StorageConfigError, StorageError, WriteBehindError};
 #[cfg(feature = "file-store")]

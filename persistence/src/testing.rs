@@ -1,7 +1,7 @@
 //! Test helpers (feature `testing`): [`FaultyStore`], a store wrapper that fails, refuses,
 //! slows down or stalls on command, [`RecordingSink`], a [`BatchSink`] that keeps what it
 //! is given, [`npc`], a plain record, and [`service_url`], [`unique_name`] and [`OwnServers`]
-//! for tests against real servers.
+//! for tests against real servers ([`OwnServers::with_tls`] and [`test_certificates`] for TLS).
 
 mod outbox;
 
@@ -396,6 +396,59 @@ pub struct OwnServers {
     dir: tempfile::TempDir,
     pg_port: u16,
     redis_port: u16,
+    /// The CA, certificate and key files given to the script (`with_tls`).
+    tls: Option<[std::path::PathBuf; 3]>,
+    #[cfg(feature = "testing-tls")]
+    certificates: Option<TestCertificates>,
+}
+
+/// A test CA and a server certificate it signed, as PEM files (see [`test_certificates`]).
+#[cfg(feature = "testing-tls")]
+#[derive(Debug, Clone)]
+pub struct TestCertificates {
+    /// The CA's certificate: what a client trusts.
+    pub ca: std::path::PathBuf,
+    /// The server's certificate.
+    pub cert: std::path::PathBuf,
+    /// The server's private key.
+    pub key: std::path::PathBuf,
+}
+
+/// Makes a new CA (its own key, never shared with another call) and a server certificate it
+/// signed for `names` (host names, or IP addresses such as `127.0.0.1`), written as `ca.pem`,
+/// `server.pem` and `server.key` in `dir`.
+///
+/// # Panics
+/// When a key can't be generated or a file written.
+#[cfg(feature = "testing-tls")]
+#[must_use]
+pub fn test_certificates(dir: &std::path::Path, names: &[&str]) -> TestCertificates {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, format!("Terrarium test CA {}", unique_name()));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca =
+        CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("a CA key")).expect("a CA certificate");
+    let names: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+    let mut server = CertificateParams::new(names).expect("server names");
+    server.distinguished_name.push(DnType::CommonName, "terrarium test server");
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().expect("a server key");
+    let cert = server.signed_by(&key, &ca).expect("a server certificate");
+    let files = TestCertificates {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&files.ca, ca.pem()).expect("writing ca.pem");
+    std::fs::write(&files.cert, cert.pem()).expect("writing server.pem");
+    std::fs::write(&files.key, key.serialize_pem()).expect("writing server.key");
+    files
 }
 
 impl OwnServers {
@@ -406,7 +459,40 @@ impl OwnServers {
     #[must_use]
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for the servers");
-        Self { dir, pg_port: free_port(), redis_port: free_port() }
+        Self {
+            dir,
+            pg_port: free_port(),
+            redis_port: free_port(),
+            tls: None,
+            #[cfg(feature = "testing-tls")]
+            certificates: None,
+        }
+    }
+
+    /// As [`OwnServers::new`], but the servers speak TLS with a certificate for `localhost` and
+    /// `127.0.0.1` signed by a CA of their own ([`OwnServers::certificates`]): PostgreSQL
+    /// offers TLS (`ssl = on`; plain connections are still accepted), Redis speaks only TLS
+    /// (its URL is `rediss://`).
+    ///
+    /// # Panics
+    /// As [`OwnServers::new`] and [`test_certificates`].
+    #[cfg(feature = "testing-tls")]
+    #[must_use]
+    pub fn with_tls() -> Self {
+        let mut servers = Self::new();
+        let certs = servers.dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("a directory for the certificates");
+        let files = test_certificates(&certs, &["localhost", "127.0.0.1"]);
+        servers.tls = Some([files.ca.clone(), files.cert.clone(), files.key.clone()]);
+        servers.certificates = Some(files);
+        servers
+    }
+
+    /// The certificates of [`OwnServers::with_tls`].
+    #[cfg(feature = "testing-tls")]
+    #[must_use]
+    pub fn certificates(&self) -> Option<&TestCertificates> {
+        self.certificates.as_ref()
     }
 
     /// Runs `scripts/services.sh <command>` against these servers; returns its stdout.
@@ -438,6 +524,9 @@ impl OwnServers {
             .env("TERRARIUM_SERVICES_DIR", self.dir.path())
             .env("TERRARIUM_PG_PORT", self.pg_port.to_string())
             .env("TERRARIUM_REDIS_PORT", self.redis_port.to_string());
+        if let Some([ca, cert, key]) = &self.tls {
+            cmd.env("TERRARIUM_TLS_CA", ca).env("TERRARIUM_TLS_CERT", cert).env("TERRARIUM_TLS_KEY", key);
+        }
         cmd
     }
 }

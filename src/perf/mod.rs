@@ -43,7 +43,7 @@ use crate::StoragePipeline;
 
 pub use snapshot::{
     BatcherFigures, BreakerFigures, CacheFigures, DbPoolFigures, Latency, PathfindingFigures,
-    PerformanceSnapshot, StageFigures, StreamFigures, WriteBehindFigures,
+    PerformanceSnapshot, RegionFigures, StageFigures, StreamFigures, WriteBehindFigures,
 };
 
 use recorder::{Probe, SharedTick, TickSide};
@@ -82,6 +82,7 @@ struct Shared {
 struct Sources {
     write_behind: Option<WriteBehindHandle>,
     storage: Option<Arc<StorageStack>>,
+    regions: std::collections::BTreeMap<u32, RegionFigures>,
 }
 
 impl std::fmt::Debug for Performance {
@@ -141,6 +142,12 @@ impl Performance {
         sources.storage = Some(Arc::clone(pipeline.stack()));
     }
 
+    /// Shows `figures` as its region's in every later snapshot (replacing the last ones of that
+    /// region). A region process calls it as it runs.
+    pub fn set_region(&self, figures: RegionFigures) {
+        self.sources().regions.insert(figures.region, figures);
+    }
+
     fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
         // Plain data, valid whatever a panicking holder was doing.
         self.shared.sources.lock().unwrap_or_else(PoisonError::into_inner)
@@ -198,6 +205,7 @@ impl Performance {
         if let Some(stack) = &sources.storage {
             snapshot::fill_storage(&mut snap, stack.name(), &stack.metrics());
         }
+        snap.regions = sources.regions.values().cloned().collect();
         snap
     }
 }

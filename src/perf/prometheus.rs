@@ -72,6 +72,30 @@ const COUNTERS: &[(&str, &str)] = &[
     ("terrarium_pathfinding_solved_total", "Path requests answered with a path."),
     ("terrarium_pathfinding_failures_total", "Path requests answered with no path."),
     ("terrarium_pathfinding_searches_total", "Path searches run."),
+    (
+        "terrarium_region_handoffs_out_total",
+        "NPCs this region process handed to a neighbour (committed), by region.",
+    ),
+    ("terrarium_region_handoffs_in_total", "NPCs this region process adopted from a neighbour, by region."),
+    (
+        "terrarium_region_unknown_commits_total",
+        "Hand-off commits whose outcome was unknown and was settled by reading the rows, by region.",
+    ),
+    ("terrarium_region_lease_renewals_total", "Lease renewals committed, by region."),
+    ("terrarium_region_syncs_total", "NPC state syncs into the ownership rows committed, by region."),
+    (
+        "terrarium_region_ghosts_expired_total",
+        "Ghosts dropped because their neighbour's feed went quiet, by region.",
+    ),
+    (
+        "terrarium_region_ghost_batches_published_total",
+        "Ghost batches published on the border feed, by region.",
+    ),
+    ("terrarium_region_ghost_batches_received_total", "Ghost batches received from neighbours, by region."),
+    (
+        "terrarium_region_ghost_publish_errors_total",
+        "Ghost publishes that failed (Redis down or slow); the region simulates on without them, by region.",
+    ),
 ];
 
 /// Gauges of a snapshot: name and help text.
@@ -108,6 +132,18 @@ const GAUGES: &[(&str, &str)] = &[
     ("terrarium_pathfinding_threads", "Worker threads path searches run on."),
     ("terrarium_pathfinding_busy", "Workers that had a search in the last Plan stage."),
     ("terrarium_pathfinding_queued", "Path requests left for a later tick."),
+    ("terrarium_region_owned_npcs", "NPCs in the region's world now, by region."),
+    ("terrarium_region_handoffs_pending", "Outgoing hand-offs not yet committed, by region."),
+    ("terrarium_region_lease_epoch", "The lease epoch (fencing token) this region process holds, by region."),
+    (
+        "terrarium_region_lease_age_seconds",
+        "Time since the region's lease was last renewed or taken, by region.",
+    ),
+    (
+        "terrarium_region_handoff_latency_seconds",
+        "Time adopted NPCs spent out of any world during their hand-off, since the start, by region and quantile (1 = max).",
+    ),
+    ("terrarium_region_ghosts", "Neighbours' NPCs shown as read-only ghosts now, by region."),
 ];
 
 impl PrometheusExporter {
@@ -241,6 +277,31 @@ fn record_snapshot(s: &PerformanceSnapshot) {
     counter!("terrarium_pathfinding_solved_total").absolute(p.solved);
     counter!("terrarium_pathfinding_failures_total").absolute(p.failures);
     counter!("terrarium_pathfinding_searches_total").absolute(p.searches);
+    for r in &s.regions {
+        let region = r.region.to_string();
+        gauge!("terrarium_region_owned_npcs", "region" => region.clone()).set(r.owned_npcs as f64);
+        gauge!("terrarium_region_handoffs_pending", "region" => region.clone())
+            .set(r.handoffs_pending as f64);
+        gauge!("terrarium_region_lease_epoch", "region" => region.clone()).set(r.epoch as f64);
+        gauge!("terrarium_region_lease_age_seconds", "region" => region.clone()).set(r.lease_age_ms / 1e3);
+        gauge!("terrarium_region_ghosts", "region" => region.clone()).set(r.ghosts as f64);
+        counter!("terrarium_region_handoffs_out_total", "region" => region.clone()).absolute(r.handoffs_out);
+        counter!("terrarium_region_handoffs_in_total", "region" => region.clone()).absolute(r.handoffs_in);
+        counter!("terrarium_region_unknown_commits_total", "region" => region.clone())
+            .absolute(r.unknown_commits);
+        counter!("terrarium_region_lease_renewals_total", "region" => region.clone())
+            .absolute(r.lease_renewals);
+        counter!("terrarium_region_syncs_total", "region" => region.clone()).absolute(r.syncs);
+        counter!("terrarium_region_ghosts_expired_total", "region" => region.clone())
+            .absolute(r.ghosts_expired);
+        counter!("terrarium_region_ghost_batches_published_total", "region" => region.clone())
+            .absolute(r.ghost_batches_published);
+        counter!("terrarium_region_ghost_batches_received_total", "region" => region.clone())
+            .absolute(r.ghost_batches_received);
+        counter!("terrarium_region_ghost_publish_errors_total", "region" => region.clone())
+            .absolute(r.ghost_publish_errors);
+        quantiles("terrarium_region_handoff_latency_seconds", &[("region", &region)], &r.handoff_latency);
+    }
 }
 
 /// Sets `name{labels…, quantile}` to the percentiles of `l`, in seconds (`quantile="1"` is the max).

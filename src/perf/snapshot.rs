@@ -55,6 +55,53 @@ pub struct PerformanceSnapshot {
     pub circuit_breakers: Vec<BreakerFigures>,
     /// The worker pool path searches run on.
     pub pathfinding: PathfindingFigures,
+    /// Regions run by this process (issue 17; empty when the world is not split), by region.
+    #[serde(default)]
+    pub regions: Vec<RegionFigures>,
+}
+
+/// One region of a world split across processes (`terrarium::region`): ownership, hand-offs,
+/// lease and border ghosts. Counters run from the region process's start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RegionFigures {
+    /// The region (cells numbered row by row from 0).
+    pub region: u32,
+    /// The lease's epoch this process holds (its fencing token).
+    pub epoch: i64,
+    /// Time since the lease was last renewed or taken, ms (a third of the lease when healthy).
+    pub lease_age_ms: f64,
+    /// Lease renewals committed.
+    pub lease_renewals: u64,
+    /// NPCs in the region's world now.
+    pub owned_npcs: u64,
+    /// NPCs loaded at start-up.
+    pub loaded_npcs: u64,
+    /// Hand-offs this process committed (NPCs sent to a neighbour).
+    pub handoffs_out: u64,
+    /// NPCs it adopted.
+    pub handoffs_in: u64,
+    /// Outgoing hand-offs not yet committed.
+    pub handoffs_pending: u64,
+    /// Hand-off commits whose outcome was unknown (settled by reading the rows back).
+    pub unknown_commits: u64,
+    /// Hand-off latency of the NPCs it adopted: time out of any world, from leaving the
+    /// source's world to being spawned here (since the start, not windowed).
+    pub handoff_latency: Latency,
+    /// State syncs committed.
+    pub syncs: u64,
+    /// Ghosts shown now (neighbours' NPCs near the cell; not owned, not stored).
+    pub ghosts: u64,
+    /// Neighbours whose ghosts are shown now.
+    pub ghost_sources: u64,
+    /// Ghosts that expired (their neighbour's feed went quiet).
+    pub ghosts_expired: u64,
+    /// Ghost batches published.
+    pub ghost_batches_published: u64,
+    /// Ghost batches received.
+    pub ghost_batches_received: u64,
+    /// Ghost publishes that failed (Redis down or slow).
+    pub ghost_publish_errors: u64,
 }
 
 /// Percentiles of a duration, milliseconds, from an HDR histogram (2 significant digits).

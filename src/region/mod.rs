@@ -2,10 +2,12 @@
 //! cell of a static grid, with ownership, fencing and exactly-once hand-off in PostgreSQL
 //! (`terrarium_persistence::region`). The single-process engine is untouched by any of this.
 
+mod ghosts;
 mod grid;
 #[cfg(feature = "postgres")]
 mod process;
 
+pub use ghosts::{BorderGhost, BorderGhosts, GhostOptions};
 pub use grid::{GridError, RegionGrid};
 #[cfg(feature = "postgres")]
 pub use process::{RegionOptions, RegionProcess, RegionRunError, RegionStats, seed_rows};

@@ -16,7 +16,7 @@ use terrarium_persistence::region::{
     Epoch, NpcState, OwnerRow, RegionCore, RegionError, RegionId, RegionStore,
 };
 
-use super::RegionGrid;
+use super::{BorderGhosts, GhostOptions, RegionGrid};
 
 /// How a region process runs.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct RegionOptions {
     pub max_moves_per_tx: usize,
     /// Who holds the lease (for people reading `region_leases`).
     pub holder: String,
+    /// The border feed of ghosts through Redis (needs the `redis` feature); `None`: no ghosts.
+    pub ghosts: Option<GhostOptions>,
 }
 
 /// Why a region process stopped.
@@ -57,6 +59,10 @@ pub enum RegionRunError {
     /// The tokio runtime could not be started.
     #[error("runtime")]
     Runtime(#[source] std::io::Error),
+    /// The border feed's settings are unusable (a malformed URL or prefix, or a build without
+    /// the `redis` feature). A Redis that is down is not an error.
+    #[error("border feed: {0}")]
+    Ghosts(String),
 }
 
 impl From<RegionError> for RegionRunError {
@@ -109,6 +115,24 @@ pub struct RegionStats {
     pub syncs: u64,
     /// Lease renewals committed.
     pub renewals: u64,
+    /// Time since the lease was last renewed (or taken), ms.
+    pub lease_age_ms: f64,
+    /// Ghosts shown now (neighbours' NPCs near this cell; not owned, not stored).
+    pub ghosts: u64,
+    /// Neighbours whose ghosts are shown now.
+    pub ghost_sources: u64,
+    /// Ghosts dropped because their neighbour's feed went quiet for longer than the TTL.
+    pub ghosts_expired: u64,
+    /// Ghost batches this region published.
+    pub ghost_batches_published: u64,
+    /// Ghost batches it received.
+    pub ghost_batches_received: u64,
+    /// Publishes that failed (Redis down or slow); the region simulates on without them.
+    pub ghost_publish_errors: u64,
+    /// Publishes skipped because the previous one had not finished (a slow Redis).
+    pub ghost_publish_skipped: u64,
+    /// Batches ignored: undecodable, dropped for reading too slowly, or from an older epoch.
+    pub ghost_batches_ignored: u64,
 }
 
 type SyncResult = (RegionStore, Result<u64, RegionError>);
@@ -131,6 +155,21 @@ pub struct RegionProcess {
     tick_ns: Histogram<u64>,
     adopt_us: Histogram<u64>,
     stats: RegionStats,
+    #[cfg(feature = "redis")]
+    feed: Option<Feed>,
+    perf: Option<(crate::perf::Performance, Option<Instant>)>,
+}
+
+/// The border feed of a running region.
+#[cfg(feature = "redis")]
+struct Feed {
+    opts: GhostOptions,
+    feed: terrarium_persistence::region::GhostFeed,
+    /// Regions whose cells come within the margin of this one's.
+    neighbours: Vec<RegionId>,
+    publishing: Option<tokio::task::JoinHandle<()>>,
+    last_publish: Option<Instant>,
+    skipped: u64,
 }
 
 impl std::fmt::Debug for RegionProcess {
@@ -204,6 +243,15 @@ impl RegionProcess {
             }
         }
         let rows = loaded.rows;
+        #[cfg(feature = "redis")]
+        let feed = match &opts.ghosts {
+            Some(g) => Some(Feed::connect(&rt, &opts.grid, opts.region, g)?),
+            None => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        if opts.ghosts.is_some() {
+            return Err(RegionRunError::Ghosts("built without the redis feature".to_owned()));
+        }
         let mut core = RegionCore::new(opts.region);
         core.on_lease(epoch);
         let mut engine = Engine::builder(opts.engine.clone())
@@ -213,6 +261,7 @@ impl RegionProcess {
         for row in core.on_loaded(rows) {
             engine.spawn_with_id(NpcId(row.npc), &spec(&row.state));
         }
+        engine.world_mut().insert_resource(BorderGhosts::default());
         let stats = RegionStats {
             region: opts.region.0,
             epoch,
@@ -237,6 +286,9 @@ impl RegionProcess {
             tick_ns: histogram(),
             adopt_us,
             stats,
+            #[cfg(feature = "redis")]
+            feed,
+            perf: None,
         })
     }
 
@@ -278,7 +330,86 @@ impl RegionProcess {
             adopt_ms_max: if self.adopt_us.is_empty() { 0.0 } else { self.adopt_us.max() as f64 / 1e3 },
             tick_ms_p50: q(&self.tick_ns, 0.5, 1e6),
             tick_ms_p99: q(&self.tick_ns, 0.99, 1e6),
-            ..self.stats
+            lease_age_ms: ms(self.last_renew.elapsed()),
+            ..self.ghost_stats()
+        }
+    }
+
+    fn ghost_stats(&self) -> RegionStats {
+        let mut s = self.stats;
+        let g = self.ghosts();
+        s.ghosts = g.len() as u64;
+        s.ghost_sources = g.sources() as u64;
+        s.ghosts_expired = g.expired();
+        s.ghost_batches_ignored = g.stale();
+        #[cfg(feature = "redis")]
+        if let Some(f) = &self.feed {
+            let fs = f.feed.stats();
+            s.ghost_batches_published = fs.published;
+            s.ghost_batches_received = fs.received;
+            s.ghost_publish_errors = fs.publish_errors;
+            s.ghost_publish_skipped = f.skipped;
+            s.ghost_batches_ignored += fs.undecodable + fs.missed;
+        }
+        s
+    }
+
+    /// The neighbours' NPCs shown here now (read-only; also the engine world's
+    /// [`BorderGhosts`] resource).
+    #[must_use]
+    pub fn ghosts(&self) -> &BorderGhosts {
+        // Inserted at start and never removed; an empty view if a plugin took it away.
+        static EMPTY: std::sync::OnceLock<BorderGhosts> = std::sync::OnceLock::new();
+        self.engine
+            .world()
+            .get_resource::<BorderGhosts>()
+            .unwrap_or_else(|| EMPTY.get_or_init(BorderGhosts::default))
+    }
+
+    /// The region's figures as the performance snapshot shows them.
+    #[must_use]
+    pub fn figures(&mut self) -> crate::perf::RegionFigures {
+        let s = self.stats();
+        crate::perf::RegionFigures {
+            region: s.region,
+            epoch: s.epoch,
+            lease_age_ms: s.lease_age_ms,
+            lease_renewals: s.renewals,
+            owned_npcs: s.owned,
+            loaded_npcs: s.loaded,
+            handoffs_out: s.handoffs_out,
+            handoffs_in: s.handoffs_in,
+            handoffs_pending: s.outgoing,
+            unknown_commits: s.unknown_commits,
+            handoff_latency: crate::perf::Latency::from_us(&self.adopt_us),
+            syncs: s.syncs,
+            ghosts: s.ghosts,
+            ghost_sources: s.ghost_sources,
+            ghosts_expired: s.ghosts_expired,
+            ghost_batches_published: s.ghost_batches_published,
+            ghost_batches_received: s.ghost_batches_received,
+            ghost_publish_errors: s.ghost_publish_errors,
+        }
+    }
+
+    /// Publishes this region's figures into `perf` (its snapshot's `regions`, and so
+    /// `/metrics` wherever that handle is exported), now and about every 250 ms of steps.
+    pub fn attach_performance(&mut self, perf: crate::perf::Performance) {
+        perf.set_region(self.figures());
+        self.perf = Some((perf, Some(Instant::now())));
+    }
+
+    fn publish_figures(&mut self) {
+        let due = self
+            .perf
+            .as_ref()
+            .is_some_and(|(_, t)| t.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)));
+        if due {
+            let f = self.figures();
+            if let Some((perf, t)) = &mut self.perf {
+                perf.set_region(f);
+                *t = Some(Instant::now());
+            }
         }
     }
 
@@ -324,6 +455,9 @@ impl RegionProcess {
         self.tick_ns.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
         self.stats.ticks += 1;
         self.cross();
+        #[cfg(feature = "redis")]
+        self.border_feed();
+        self.publish_figures();
         self.transact(true)
     }
 
@@ -474,6 +608,82 @@ impl RegionProcess {
         }
     }
 
+    /// The border feed's part of a step: takes the neighbours' batches, expires quiet ones,
+    /// and publishes this region's border NPCs when due (in the background; a publish still
+    /// running is not waited for: the next one is skipped).
+    #[cfg(feature = "redis")]
+    fn border_feed(&mut self) {
+        let Some(feed) = &mut self.feed else { return };
+        let now = Instant::now();
+        let batches = feed.feed.drain();
+        let ttl = feed.opts.ttl;
+        let core = &self.core;
+        let world = self.engine.world_mut();
+        let Some(mut view) = world.remove_resource::<BorderGhosts>() else { return };
+        for b in batches {
+            let from = RegionId(b.from);
+            let ghosts = b
+                .ghosts
+                .into_iter()
+                .map(|g| super::BorderGhost {
+                    npc: g.npc,
+                    from,
+                    role: g.role.parse().unwrap_or(Role::Scout),
+                    position: Position { x: g.position[0], y: g.position[1], z: g.position[2] },
+                    velocity: Velocity { x: g.velocity[0], y: g.velocity[1], z: g.velocity[2] },
+                })
+                .collect();
+            view.apply(from, b.epoch, ghosts, now, |npc| core.holds(npc));
+        }
+        view.expire(now, ttl);
+        world.insert_resource(view);
+        if feed.last_publish.is_some_and(|t| t.elapsed() < feed.opts.publish_every) {
+            return;
+        }
+        if feed.publishing.as_ref().is_some_and(|t| !t.is_finished()) {
+            feed.skipped += 1;
+            return;
+        }
+        feed.last_publish = Some(now);
+        let (grid, me, margin) = (self.opts.grid, self.opts.region, feed.opts.margin);
+        let (lo, hi) = grid.cell(me);
+        let mut out: Vec<(RegionId, terrarium_persistence::region::GhostBatch)> = feed
+            .neighbours
+            .iter()
+            .map(|n| {
+                let batch = terrarium_persistence::region::GhostBatch {
+                    from: me.0,
+                    epoch: self.epoch,
+                    tick: self.stats.ticks,
+                    ghosts: Vec::new(),
+                };
+                (*n, batch)
+            })
+            .collect();
+        let mut q = self.engine.world_mut().query::<(&NpcId, &Position, &Velocity, &Role)>();
+        for (id, p, v, role) in q.iter(self.engine.world()) {
+            let inside = p.x >= lo[0] + margin
+                && p.x < hi[0] - margin
+                && p.z >= lo[1] + margin
+                && p.z < hi[1] - margin;
+            if inside {
+                continue;
+            }
+            for (n, batch) in &mut out {
+                if grid.near(*n, p.x, p.z, margin) {
+                    batch.ghosts.push(terrarium_persistence::region::Ghost {
+                        npc: id.0,
+                        role: role.name(),
+                        position: [p.x, p.y, p.z],
+                        velocity: [v.x, v.y, v.z],
+                    });
+                }
+            }
+        }
+        let publisher = feed.feed.publisher();
+        feed.publishing = Some(self.rt.spawn(async move { publisher.publish(out).await }));
+    }
+
     /// Adopts what was handed to this region: spawns each NPC not already in the world.
     fn adopt(&mut self) -> Result<(), RegionRunError> {
         self.last_poll = Instant::now();
@@ -495,8 +705,15 @@ impl RegionProcess {
             for ms in &adopted.latency_ms {
                 record_ms(&mut self.adopt_us, *ms);
             }
+            let mut spawned = std::collections::HashSet::new();
             for row in self.core.on_arrivals(adopted.rows) {
                 self.engine.spawn_with_id(NpcId(row.npc), &spec(&row.state));
+                spawned.insert(row.npc);
+            }
+            if !spawned.is_empty()
+                && let Some(mut ghosts) = self.engine.world_mut().get_resource_mut::<BorderGhosts>()
+            {
+                ghosts.remove_all(&spawned);
             }
             if !adopted.commit_known {
                 self.reconnect()?;
@@ -606,6 +823,42 @@ impl RegionProcess {
     /// [`RegionRunError::Store`].
     pub fn owned_rows(&self) -> Result<Vec<u64>, RegionRunError> {
         Ok(self.rt.block_on(self.store.owned_by(self.opts.region))?)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Feed {
+    fn connect(
+        rt: &tokio::runtime::Runtime,
+        grid: &RegionGrid,
+        region: RegionId,
+        opts: &GhostOptions,
+    ) -> Result<Self, RegionRunError> {
+        use terrarium_persistence::region::{GhostFeed, GhostFeedConfig};
+        if !(opts.margin.is_finite() && opts.margin >= 0.0) {
+            return Err(RegionRunError::Ghosts(format!("margin {} is not a distance", opts.margin)));
+        }
+        let cfg = GhostFeedConfig {
+            url: opts.url.clone(),
+            key_prefix: opts.key_prefix.clone(),
+            ..GhostFeedConfig::default()
+        };
+        let _guard = rt.enter();
+        let feed = GhostFeed::connect(&cfg, region).map_err(|e| RegionRunError::Ghosts(e.to_string()))?;
+        // A neighbour: a region one of whose points lies within the margin of this cell.
+        let (lo, hi) = grid.cell(region);
+        let neighbours = (0..grid.count())
+            .map(RegionId)
+            .filter(|n| *n != region)
+            .filter(|n| {
+                let (nlo, nhi) = grid.cell(*n);
+                nlo[0] <= hi[0] + opts.margin
+                    && nhi[0] >= lo[0] - opts.margin
+                    && nlo[1] <= hi[1] + opts.margin
+                    && nhi[1] >= lo[1] - opts.margin
+            })
+            .collect();
+        Ok(Self { opts: opts.clone(), feed, neighbours, publishing: None, last_publish: None, skipped: 0 })
     }
 }
 

@@ -136,7 +136,8 @@ impl PgStore {
     /// # Errors
     /// [`StorageError::Failed`] for a malformed URL or schema name, or a schema newer than this
     /// build; [`StorageError::Unavailable`] / [`StorageError::Timeout`] when the server can't
-    /// be reached.
+    /// be reached; [`StorageError::Tls`] when the server offers no TLS though the settings
+    /// require it, or its certificate is refused.
     pub async fn connect(cfg: &PostgresConfig) -> Result<Self, StorageError> {
         let store = Self::connect_lazy(cfg)?;
         let mut warm = Vec::with_capacity(cfg.min_size);
@@ -149,11 +150,13 @@ impl PgStore {
     }
 
     /// Builds the pool without connecting and without migrating: connections open on first use,
-    /// and [`PgStore::migrate`] must run before the first write.
+    /// and [`PgStore::migrate`] must run before the first write. TLS as
+    /// [`PostgresConfig::tls`] and the URL's `sslmode` / `sslrootcert` ask.
     ///
     /// # Errors
     /// [`StorageError::Failed`] for a malformed URL, [`StorageError::Rejected`] for a schema
-    /// name that is not a plain identifier.
+    /// name that is not a plain identifier, [`StorageError::Config`] for a bad `sslmode` or a
+    /// CA file that can't be read.
     pub fn connect_lazy(cfg: &PostgresConfig) -> Result<Self, StorageError> {
         if !is_identifier(&cfg.schema) {
             return Err(StorageError::Rejected {
@@ -161,7 +164,9 @@ impl PgStore {
                 reason: format!("schema {:?} is not a plain identifier", cfg.schema),
             });
         }
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| StorageError::failed(BACKEND, e))?;
+        let tls = crate::tls::PgTls::from_config(cfg)?;
+        let mut pg: tokio_postgres::Config = tls.url.parse().map_err(|e| StorageError::failed(BACKEND, e))?;
+        pg.ssl_mode(tls.driver_mode());
         let statement_timeout = cfg.statement_timeout().unwrap_or(Duration::ZERO);
         // The schema is a checked identifier (no quoting needed); both values are ours.
         pg.options(format!(
@@ -173,7 +178,7 @@ impl PgStore {
         pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
         let manager = Manager::from_config(
             pg,
-            tokio_postgres::NoTls,
+            tls.connector()?,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let wait_timeout = Duration::from_millis(cfg.wait_timeout_ms);
@@ -333,7 +338,11 @@ impl PgStore {
                 | "error parsing response from server"
                 | "error encoding message to server"
         );
-        if e.to_string() == "timeout waiting for server" {
+        if e.to_string() == "error performing TLS handshake" {
+            // No TLS offered where required, or a certificate refused: an outage until someone
+            // fixes the server or the settings.
+            StorageError::Tls { backend: BACKEND, reason: crate::tls::error_chain(&e) }
+        } else if e.to_string() == "timeout waiting for server" {
             StorageError::Timeout(self.inner.statement_timeout)
         } else if e.is_closed() || io || transport {
             StorageError::unavailable(BACKEND, e)

@@ -81,10 +81,23 @@ impl<S: Storage> RedisCache<S> {
     /// If Redis does not answer within [`RedisConfig::connect_timeout_ms`], the cache starts in
     /// bypass (every call goes to the store) and keeps reconnecting in the background.
     ///
+    /// A `rediss://` URL connects with TLS, the certificate checked against
+    /// [`RedisConfig::tls_ca_file`] (or Mozilla's roots) and the URL's host name; a refused
+    /// certificate is like an unreachable server (bypass, counted as an error, logged).
+    ///
     /// # Errors
-    /// [`StorageError::Failed`] when the URL is malformed. An unreachable server is not an error.
+    /// [`StorageError::Failed`] when the URL is malformed, [`StorageError::Config`] for a CA
+    /// file that can't be read. An unreachable server is not an error.
     pub async fn connect(inner: S, cfg: &RedisConfig) -> Result<Self, StorageError> {
-        let fred_cfg = FredConfig { fail_fast: true, ..FredConfig::from_url(&cfg.url).map_err(failed)? };
+        // TLS is ours (the roots of `tls_ca_file` or Mozilla's, checked fully), not fred's
+        // default (the system's store): the URL goes to fred as plain `redis://`.
+        let tls = crate::tls::redis_client_config(cfg)?;
+        let url = match (&tls, cfg.url.strip_prefix("rediss://")) {
+            (Some(_), Some(rest)) => format!("redis://{rest}"),
+            _ => cfg.url.clone(),
+        };
+        let mut fred_cfg = FredConfig { fail_fast: true, ..FredConfig::from_url(&url).map_err(failed)? };
+        fred_cfg.tls = tls.map(|c| fred::types::config::TlsConnector::from(c).into());
         let mut builder = Builder::from_config(fred_cfg);
         builder
             .with_performance_config(|p| {

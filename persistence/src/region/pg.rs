@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, Client, Transaction};
 
 use super::{Epoch, Move, MoveResult, OwnerRow, RegionError, RegionId};
 use crate::{PgStore, PostgresConfig, is_identifier};
@@ -106,8 +106,12 @@ impl RegionStore {
         let migrator = PgStore::connect_lazy(cfg).map_err(|e| RegionError::Invalid(e.to_string()))?;
         migrator.migrate().await.map_err(|e| RegionError::Invalid(format!("migration: {e}")))?;
         drop(migrator);
+        // TLS as the store's pool has it (the URL's sslmode / sslrootcert and the settings).
+        let tls = crate::tls::PgTls::from_config(cfg).map_err(|e| RegionError::Invalid(e.to_string()))?;
+        let connector = tls.connector().map_err(|e| RegionError::Invalid(e.to_string()))?;
         let mut pg: tokio_postgres::Config =
-            cfg.url.parse().map_err(|_| RegionError::Invalid("malformed database URL".to_owned()))?;
+            tls.url.parse().map_err(|_| RegionError::Invalid("malformed database URL".to_owned()))?;
+        pg.ssl_mode(tls.driver_mode());
         // The schema is a checked identifier: the only value spliced into a setting. A client
         // frozen inside a transaction (SIGSTOP, a partition) would hold the lease row's lock and
         // its rows' locks and so block the process taking its region over: PostgreSQL ends such
@@ -118,7 +122,7 @@ impl RegionStore {
         ));
         pg.application_name("terrarium-region");
         pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-        let (client, mut connection) = pg.connect(NoTls).await.map_err(db("connect"))?;
+        let (client, mut connection) = pg.connect(connector).await.map_err(db("connect"))?;
         let (tx, notices) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
