@@ -352,6 +352,10 @@ struct Summary {
     ghost_batches_received: u64,
     ghost_publish_errors: u64,
     ghosts_expired: u64,
+    /// Ticks run per region (all its processes together).
+    ticks_per_region: Vec<u64>,
+    /// NPCs ticked per wall-clock second, all regions together (simulation throughput).
+    npc_ticks_per_s: f64,
 }
 
 struct Supervisor {
@@ -763,11 +767,15 @@ fn supervise(args: &Args) -> Result<()> {
     let mut cpu = vec![0.0; regions as usize];
     let (mut unknown, mut anomalies) = (0u64, 0u64);
     let mut feed = [0u64; 4];
+    let mut ticks = vec![0u64; regions as usize];
+    let mut npc_ticks = 0u64;
     for (region, msg) in sup.reports.values() {
         let r = *region as usize;
         merge(&mut tick[r], &msg["tick_ns"]);
         merge(&mut adopt, &msg["adopt_us"]);
         cpu[r] += msg["cpu_s"].as_f64().unwrap_or(0.0);
+        ticks[r] += msg["stats"]["ticks"].as_u64().unwrap_or(0);
+        npc_ticks += msg["stats"]["npc_ticks"].as_u64().unwrap_or(0);
         unknown += msg["stats"]["unknown_commits"].as_u64().unwrap_or(0);
         anomalies += msg["stats"]["anomalies"].as_u64().unwrap_or(0);
         let keys =
@@ -808,6 +816,8 @@ fn supervise(args: &Args) -> Result<()> {
         ghost_batches_received: feed[1],
         ghost_publish_errors: feed[2],
         ghosts_expired: feed[3],
+        ticks_per_region: ticks,
+        npc_ticks_per_s: npc_ticks as f64 / args.seconds,
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

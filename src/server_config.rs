@@ -71,6 +71,13 @@ pub struct ServerConfig {
     pub tcp_keepalive_s: u64,
     /// Most NPCs in the world: a spawn that would go over it answers 409. 1 ..= 100 000 000.
     pub max_npcs: u64,
+    /// Requests per second one API key may make, all its clients together, sustained (429
+    /// over it): a key used from many addresses (a leaked key, a botnet) is bounded as a whole,
+    /// where `rate_limit_per_s` bounds each address. Each configured key has its own bucket.
+    /// 1 ..= 1 000 000.
+    pub key_rate_limit_per_s: u32,
+    /// Requests one API key may make in a burst above that rate. 1 ..= 1 000 000.
+    pub key_rate_burst: u32,
     /// Spawns per second one API key may make, sustained (429 over it). 1 ..= 1 000 000.
     pub spawn_rate_per_s: u32,
     /// Spawns one key may make in a burst above that rate. 1 ..= 1 000 000.
@@ -135,6 +142,8 @@ impl Default for ServerConfig {
             request_timeout_s: 30,
             tcp_keepalive_s: 60,
             max_npcs: 1_000_000,
+            key_rate_limit_per_s: 5000,
+            key_rate_burst: 10_000,
             spawn_rate_per_s: 100,
             spawn_burst: 1000,
             max_body_bytes: 64 << 10,
@@ -189,6 +198,8 @@ impl ServerConfig {
         in_range("server.request_timeout_s", self.request_timeout_s, &(1..=3600))?;
         in_range("server.tcp_keepalive_s", self.tcp_keepalive_s, &(0..=7200))?;
         in_range("server.max_npcs", self.max_npcs, &(1..=100_000_000))?;
+        in_range("server.key_rate_limit_per_s", self.key_rate_limit_per_s, &(1..=Self::MAX_RATE))?;
+        in_range("server.key_rate_burst", self.key_rate_burst, &(1..=Self::MAX_RATE))?;
         in_range("server.spawn_rate_per_s", self.spawn_rate_per_s, &(1..=Self::MAX_RATE))?;
         in_range("server.spawn_burst", self.spawn_burst, &(1..=Self::MAX_RATE))?;
         in_range("server.max_ws_connections", self.max_ws_connections, &(1..=1_000_000))?;
@@ -260,6 +271,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("request_timeout_s", &self.request_timeout_s)
             .field("tcp_keepalive_s", &self.tcp_keepalive_s)
             .field("max_npcs", &self.max_npcs)
+            .field("key_rate_limit_per_s", &self.key_rate_limit_per_s)
+            .field("key_rate_burst", &self.key_rate_burst)
             .field("spawn_rate_per_s", &self.spawn_rate_per_s)
             .field("spawn_burst", &self.spawn_burst)
             .field("max_body_bytes", &self.max_body_bytes)

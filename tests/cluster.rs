@@ -13,7 +13,9 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{example, last_json};
 use terrarium::persistence::testing::{service_url, unique_name};
@@ -39,6 +41,30 @@ impl Drop for DropSchema {
     }
 }
 
+/// GETs `/metrics` from the supervisor until it shows `regions` regions' owned NPCs (the
+/// regions report once a second), for up to 40 s; the last text or error.
+fn scrape_when_every_region_reported(port: u16, regions: u32) -> Result<String, String> {
+    let until = Instant::now() + Duration::from_secs(40);
+    let mut last = Err("never answered".to_owned());
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(500));
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        last = got.map_err(|e| e.to_string());
+        if let Ok(text) = &last
+            && (0..regions).all(|r| text.contains(&format!("terrarium_region_owned_npcs{{region=\"{r}\"}}")))
+        {
+            break;
+        }
+    }
+    last
+}
+
 #[test]
 fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_an_npc() {
     let Some(url) = service_url("TERRARIUM_TEST_PG_URL") else { return };
@@ -50,13 +76,28 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
     if let Some(redis) = &redis {
         cmd.args(["--redis-url", redis, "--redis-prefix", &format!("{schema}:")]);
     }
-    let out = cmd
+    // The supervisor's /metrics (feature prometheus), read once while the regions run.
+    let metrics_port = cfg!(feature = "prometheus").then(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("bound").port()
+    });
+    if let Some(port) = metrics_port {
+        cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    }
+    let child = cmd
         .args(["--regions", "2x2", "--npcs", "20000", "--seconds", "60", "--tick-hz", "20"])
         .args(["--kill-every", "10", "--freeze-at", "25", "--sample-every", "3", "--seed", "17"])
         .args(["--world-size", "200", "--lease-ms", "2000", "--json"])
         .args(["--database-url", &url, "--schema", &schema])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("cluster starts");
+    // Scraped beside, while this thread drains the pipes (a full pipe would stall the cluster).
+    let scraper =
+        metrics_port.map(|port| std::thread::spawn(move || scrape_when_every_region_reported(port, 4)));
+    let out = child.wait_with_output().expect("cluster runs");
+    let metrics = scraper.map(|t| t.join().expect("the scraper does not panic"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "cluster failed: {}\n{stdout}\n{stderr}", out.status);
@@ -79,6 +120,26 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
         assert!(s["ghosts_max"].as_u64().unwrap() > 0, "no region showed a ghost: {s}");
         assert!(s["ghost_batches_received"].as_u64().unwrap() > 100, "{s}");
         assert_eq!(s["ghost_violations"], 0, "a region showed its own NPC as a ghost: {s}");
+    }
+    if let Some(text) = metrics {
+        let text = text.expect("/metrics answered with every region's figures");
+        for region in 0..4 {
+            for family in [
+                "terrarium_region_owned_npcs",
+                "terrarium_region_lease_epoch",
+                "terrarium_region_handoffs_in_total",
+            ] {
+                assert!(
+                    text.contains(&format!("{family}{{region=\"{region}\"}}")),
+                    "{family} of {region}:\n{text}"
+                );
+            }
+        }
+        for family in
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next())
+        {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family} has no HELP line");
+        }
     }
     for key in ["handoffs_per_s", "max_handoff_ms", "tick_ms_p99", "fenced_writes_rejected"] {
         assert!(s.get(key).is_some(), "summary key {key} missing");

@@ -93,7 +93,7 @@ impl Backend {
         ticks: std::ops::Range<u64>,
         limit: usize,
     ) -> Result<Vec<crate::PositionRow>, StorageError> {
-        let mut rows = match self {
+        let mut rows: Vec<crate::PositionRow> = match self {
             Self::Memory(s) => {
                 s.last_position(npc_id).filter(|p| ticks.contains(&p.tick)).into_iter().collect()
             }

@@ -5,7 +5,7 @@
 
 mod outbox;
 
-pub use outbox::{OutboxReplay, outbox_frame, replay_outbox, write_outbox};
+pub use outbox::{OutboxReplay, outbox_batch_ids, outbox_frame, replay_outbox, write_outbox};
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -330,6 +330,63 @@ async fn positions_live_in_blocks_and_never_rewrite_the_registry() {
 }
 
 #[tokio::test]
+async fn the_sql_views_decode_the_blocks_as_the_store_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&cfg(dir.path())).await.unwrap();
+    // Ids over several blocks, a removal, positions of every sign and size, a registry row
+    // newer than its block's position, an NPC with a registry row only.
+    let spread = |id: u64, t: u64| {
+        let f = id as f32;
+        terrarium_persistence::PositionRow {
+            npc_id: id,
+            tick: t,
+            x: f * 37.25 - 2000.0,
+            y: (f * 0.001).powi(3) - 1e-7,
+            z: f * f * 1e-3 + 3.0e9,
+        }
+    };
+    let spawn = WriteBatch { npcs: (1..=300).map(npc).collect(), ..batch(1, 1) };
+    let moves = WriteBatch { positions: (1..=290).map(|id| spread(id, 50)).collect(), ..batch(1, 2) };
+    let gone = WriteBatch { removed: vec![7, 128], ..batch(1, 3) };
+    let newer = WriteBatch {
+        npcs: vec![terrarium_persistence::NpcRecord { updated_tick: 60, ..npc(11) }],
+        ..batch(1, 4)
+    };
+    store.write(&[spawn, moves, gone, newer]).await.unwrap();
+    let want = store.load_npcs().await.unwrap();
+    assert_eq!(want.len(), 298);
+    drop(store);
+
+    let sql = rusqlite::Connection::open(&cfg(dir.path()).path).unwrap();
+    let got: Vec<(u64, f32, f32, f32, u64)> = sql
+        .prepare("SELECT id, x, y, z, updated_tick FROM npcs_now ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, f64>(1)? as f32,
+                r.get::<_, f64>(2)? as f32,
+                r.get::<_, f64>(3)? as f32,
+                r.get(4)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let want: Vec<_> = want.iter().map(|n| (n.id, n.x, n.y, n.z, n.updated_tick)).collect();
+    assert_eq!(got, want);
+    // Bit for bit: the view's value converts back to the f32 that was stored.
+    let (x, tick): (f64, i64) = sql
+        .query_row("SELECT x, tick FROM npc_current_positions WHERE npc_id = 200", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(((x as f32).to_bits(), tick), (spread(200, 50).x.to_bits(), 50));
+    let current: i64 = sql.query_row("SELECT count(*) FROM npc_current_positions", [], |r| r.get(0)).unwrap();
+    assert_eq!(current, 290 - 2);
+}
+
+#[tokio::test]
 async fn a_version_1_database_is_converted_to_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());

@@ -47,6 +47,7 @@ TERRARIUM_SERVER__<NAME>. Keys and limits against hostile clients (defaults in b
   max_connections, max_connections_per_ip   open connections, in all and per client [4096, 64]
   rate_limit_per_s, rate_burst   requests + WebSocket messages per client (IPv6 per /64) [200, 400]
   rate_limit_clients     clients whose buckets are kept (bounded map) [65536]
+  key_rate_limit_per_s, key_rate_burst   requests per API key, all its clients together [5000, 10000]
   ipv6_prefix_bits       an IPv6 client is this prefix [64]
   trusted_proxies        proxies whose X-Forwarded-For is believed (addresses, CIDR) [none]
   max_pending_refusals   refusals answered 503; past it closed unanswered [64]
@@ -176,8 +177,8 @@ fn world(
             terrarium::resume::resume(builder, point).context("cannot resume the stored world")?;
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         eprintln!(
-            "game_server: resumed the stored world at tick {} ({} NPCs, {} agents); --npcs and --agents are ignored",
-            report.tick, report.npcs, report.agents
+            "game_server: resumed the stored world at tick {} ({} NPCs, {} agents) in {:.1} ms; --npcs and --agents are ignored",
+            report.tick, report.npcs, report.agents, report.ms
         );
         return Ok((engine, Some(report)));
     }

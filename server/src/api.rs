@@ -185,12 +185,11 @@ pub(crate) async fn spawn_npc(
         }
         Err(SpawnRefused::Budget(wait)) => {
             state.stats.spawns_refused();
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("spawn budget: {} spawns per second per key", state.config.spawn_rate_per_s),
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            return Err(e);
+            let per_s = state.config.spawn_rate_per_s;
+            return Err(ApiError::too_many_requests(
+                format!("spawn budget: {per_s} spawns per second per key"),
+                wait,
+            ));
         }
     }
     let id = state.commands.spawn(spec).map_err(|e| ApiError::command(&e))?;

@@ -338,12 +338,8 @@ pub(crate) async fn rate_limit(
         Err(wait) => {
             state.stats.rate_limited();
             let per_s = state.config.rate_limit_per_s;
-            let mut e = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                format!("rate limit: {per_s} requests per second per client"),
-            );
-            e.retry_after = Some(wait.as_secs().max(1));
-            e.into_response()
+            ApiError::too_many_requests(format!("rate limit: {per_s} requests per second per client"), wait)
+                .into_response()
         }
     }
 }
@@ -364,7 +360,8 @@ pub(crate) async fn deadline(State(state): State<Arc<AppState>>, req: Request, n
 
 /// Middleware: the API key (see `keys.rs` for where a request may carry it); 401 without a
 /// valid one, 403 for a read-only key on a route that changes the world, 400 for a malformed
-/// WebSocket sub-protocol offer.
+/// WebSocket sub-protocol offer, 429 when the key's own bucket (all its clients together) is
+/// empty.
 pub(crate) async fn require_api_key(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -380,12 +377,22 @@ pub(crate) async fn require_api_key(
     };
     let reading = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
     match access {
-        Some(Access::Write) => next.run(Request::from_parts(parts, body)).await,
-        Some(Access::Read) if reading => next.run(Request::from_parts(parts, body)).await,
-        Some(Access::Read) => {
+        Some(Access::Read) if !reading => {
             state.stats.auth_rejected();
             ApiError::new(axum::http::StatusCode::FORBIDDEN, "this API key is read-only").into_response()
         }
+        Some(access) => match state.key_buckets.take(access) {
+            Ok(()) => next.run(Request::from_parts(parts, body)).await,
+            Err(wait) => {
+                state.stats.rate_limited();
+                let per_s = state.config.key_rate_limit_per_s;
+                ApiError::too_many_requests(
+                    format!("rate limit: {per_s} requests per second per API key"),
+                    wait,
+                )
+                .into_response()
+            }
+        },
         None => {
             state.stats.auth_rejected();
             let mut res = ApiError::new(

@@ -18,13 +18,17 @@ use crate::keys::API_KEY_HEADER;
         crate::api::spawn_npc,
         crate::api::get_npc,
         crate::viewer::track,
+        world,
+        world_npcs,
+        world_map,
+        ws,
         crate::api::order_npc,
         crate::api::performance,
         crate::api::metrics,
         crate::api::health,
         crate::api::openapi_json,
     ),
-    components(schemas(ErrorBody, NpcRecord, NpcPage, crate::api::SpawnRequest, crate::api::OrderRequest, crate::api::Queued, Health, AnyObject)),
+    components(schemas(ErrorBody, NpcRecord, NpcPage, World, WorldNpcs, WorldMap, crate::api::SpawnRequest, crate::api::OrderRequest, crate::api::Queued, Health, AnyObject)),
     modifiers(&KeyScheme),
     security(("api_key" = [])),
 )]
@@ -109,6 +113,131 @@ impl PartialSchema for AnyObject {
 
 impl ToSchema for AnyObject {}
 
+// The viewer's reads and the WebSocket stream, documented here (their handlers live in
+// `viewer.rs` and `stream/ws.rs`): these functions only carry the paths' attributes.
+
+/// The world at a glance: tick, bounds, counts, the names the other reads' indices refer to,
+/// the voxel world and its depots.
+#[utoipa::path(get, path = "/api/world",
+    responses(
+        (status = 200, description = "the world", body = World),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)", body = ErrorBody),
+    ))]
+#[allow(dead_code, reason = "documentation only: the handler is viewer::world")]
+fn world() {}
+
+/// Every NPC (or those in an area of the ground plane) as compact rows, for the viewer.
+#[utoipa::path(get, path = "/api/world/npcs",
+    params(
+        ("min_x" = Option<f32>, Query, description = "area: lowest x (inclusive); all four or none"),
+        ("min_z" = Option<f32>, Query, description = "area: lowest z (inclusive)"),
+        ("max_x" = Option<f32>, Query, description = "area: x limit (exclusive)"),
+        ("max_z" = Option<f32>, Query, description = "area: z limit (exclusive)"),
+    ),
+    responses(
+        (status = 200, description = "the NPCs", body = WorldNpcs),
+        (status = 400, description = "malformed request (some of the four bounds only, or not finite)", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)", body = ErrorBody),
+    ))]
+#[allow(dead_code, reason = "documentation only: the handler is viewer::npcs")]
+fn world_npcs() {}
+
+/// A top-down map of the voxel world (height, surface block, best ore per sampled column).
+#[utoipa::path(get, path = "/api/world/map",
+    params(("size" = Option<u32>, Query, minimum = 16, maximum = 512, description = "largest side in samples, default 256")),
+    responses(
+        (status = 200, description = "the map, row-major: z rows of x samples", body = WorldMap),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "this world has no voxel world", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)", body = ErrorBody),
+    ))]
+#[allow(dead_code, reason = "documentation only: the handler is viewer::map")]
+fn world_map() {}
+
+/// The WebSocket position stream (RFC 6455; messages in the crate doc, "WebSocket
+/// protocol"). The key may also come as the sub-protocol `terrarium.key.<KEY>` next to
+/// `terrarium.v1` (browsers), or, for old clients, as `api_key` in the query.
+#[utoipa::path(get, path = "/ws",
+    params(
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`terrarium.v1, terrarium.key.<KEY>`"),
+        ("api_key" = Option<String>, Query, description = "the key (old clients; ends up in logs)"),
+    ),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "not a WebSocket upgrade, or a malformed sub-protocol offer", body = ErrorBody),
+        (status = 401, description = "missing or wrong API key", body = ErrorBody),
+        (status = 429, description = "rate limit", body = ErrorBody),
+        (status = 503, description = "at the WebSocket limit, or shutting down", body = ErrorBody),
+    ))]
+#[allow(dead_code, reason = "documentation only: the handler is stream::ws::upgrade")]
+fn ws() {}
+
+/// `GET /api/world` (mirrors `viewer::WorldBody`).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is built in viewer.rs")]
+pub(crate) struct World {
+    tick: u64,
+    tick_hz: u32,
+    /// `min` and `max`, each `[x, y, z]`.
+    #[schema(value_type = AnyObject)]
+    bounds: (),
+    npcs: u64,
+    agents: u64,
+    roles: Vec<String>,
+    statuses: Vec<String>,
+    agent_states: Vec<String>,
+    goals: Vec<String>,
+    /// `{size: [x, y, z], edits}`; null without a voxel world.
+    #[schema(value_type = Option<AnyObject>)]
+    voxel: Option<()>,
+    /// `{cell: [x, y, z], stock: {ore: count}}`.
+    #[schema(value_type = Vec<AnyObject>)]
+    depots: Vec<()>,
+}
+
+/// `GET /api/world/npcs` (mirrors `viewer::NpcsBody`).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is built in viewer.rs")]
+pub(crate) struct WorldNpcs {
+    tick: u64,
+    roles: Vec<String>,
+    statuses: Vec<String>,
+    agent_states: Vec<String>,
+    goals: Vec<String>,
+    /// `[id, role, status]` (indices into `roles`, `statuses`).
+    npcs: Vec<Vec<u64>>,
+    /// `[id, state, goal, x, y, z]`: the goal's cell, zeros for `none`.
+    agents: Vec<Vec<i64>>,
+}
+
+/// `GET /api/world/map` (mirrors `viewer::MapBody`).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is built in viewer.rs")]
+pub(crate) struct WorldMap {
+    /// Block edits of the world this map shows.
+    edits: u64,
+    /// The voxel world's size in blocks `[x, y, z]`.
+    world: Vec<i32>,
+    /// Samples `[x, z]`.
+    size: Vec<u32>,
+    /// Blocks between two samples.
+    step: u32,
+    /// Names of the block codes in `top` and `ore`.
+    blocks: Vec<String>,
+    /// Height of the highest solid block (-1: none).
+    height: Vec<i16>,
+    /// Its block code.
+    top: Vec<u8>,
+    /// The most valuable ore below it (block code), 0 for none.
+    ore: Vec<u8>,
+}
+
 /// The document as JSON.
 pub(crate) fn json() -> String {
     ApiDoc::openapi().to_json().expect("the document is plain data and always serializes")
@@ -127,6 +256,10 @@ mod tests {
             "/api/npcs/{id}",
             "/api/npcs/{id}/orders",
             "/api/npcs/{id}/track",
+            "/api/world",
+            "/api/world/npcs",
+            "/api/world/map",
+            "/ws",
             "/api/performance",
             "/metrics",
             "/health",

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use rustc_hash::FxHashMap;
 
+use crate::keys::Access;
+
 /// A sustained rate with a burst.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RateLimit {
@@ -127,6 +129,33 @@ impl ClientBuckets {
     }
 }
 
+/// One bucket per API key ([`Access`]: the read-write key and the read-only one; a map
+/// bounded by the keys configured), for requests made with it from any client.
+#[derive(Debug)]
+pub(crate) struct KeyBuckets {
+    rate: RateLimit,
+    buckets: [Mutex<Bucket>; 2],
+}
+
+impl KeyBuckets {
+    pub(crate) fn new(rate: RateLimit) -> Self {
+        let now = Instant::now();
+        Self { rate, buckets: [Mutex::new(Bucket::full(rate, now)), Mutex::new(Bucket::full(rate, now))] }
+    }
+
+    /// One token from the bucket of the key that grants `access`: `Ok`, or how long until one
+    /// is available.
+    pub(crate) fn take(&self, access: Access) -> Result<(), Duration> {
+        let i = match access {
+            Access::Read => 0,
+            Access::Write => 1,
+        };
+        // Plain data, consistent at every unlock.
+        let mut b = self.buckets[i].lock().unwrap_or_else(PoisonError::into_inner);
+        b.take(self.rate, 1.0, Instant::now())
+    }
+}
+
 /// Which client an address is: IPv4 as is (an IPv4-mapped IPv6 address as its IPv4 address),
 /// IPv6 by its first `v6_bits` bits.
 #[must_use]
@@ -198,6 +227,15 @@ impl TrustedProxies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_key_has_its_own_bucket() {
+        let keys = KeyBuckets::new(RateLimit { per_s: 0.001, burst: 2.0 });
+        assert!(keys.take(Access::Write).is_ok() && keys.take(Access::Write).is_ok());
+        let wait = keys.take(Access::Write).unwrap_err();
+        assert!(wait > Duration::from_secs(100), "{wait:?}");
+        assert!(keys.take(Access::Read).is_ok(), "the read-only key's bucket is its own");
+    }
 
     const RATE: RateLimit = RateLimit { per_s: 10.0, burst: 3.0 };
 

@@ -18,7 +18,7 @@ use terrarium::perf::{PerfConfig, Performance, PerformanceSnapshot, publish_now}
 use crate::error::ServerError;
 use crate::guard::{ConnLimits, DoorConfig, LimitedListener};
 use crate::keys::Keys;
-use crate::rate::{ClientBuckets, RateLimit, TrustedProxies};
+use crate::rate::{ClientBuckets, KeyBuckets, RateLimit, TrustedProxies};
 use crate::spawns::Spawns;
 use crate::stats::{ServerFigures, ServerStats};
 use crate::stream::{Clients, HubThread, Inbox};
@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub(crate) spawns: Spawns,
     /// Token buckets per client (HTTP requests and WebSocket messages).
     pub(crate) buckets: ClientBuckets,
+    /// Token buckets per API key (HTTP requests, all clients together).
+    pub(crate) key_buckets: KeyBuckets,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub(crate) proxies: TrustedProxies,
     /// One permit per open WebSocket (`max_ws_connections`).
@@ -180,6 +182,8 @@ impl Server {
         let rate = RateLimit { per_s: f64::from(sc.rate_limit_per_s), burst: f64::from(sc.rate_burst) };
         let spawn_rate =
             RateLimit { per_s: f64::from(sc.spawn_rate_per_s), burst: f64::from(sc.spawn_burst) };
+        let key_rate =
+            RateLimit { per_s: f64::from(sc.key_rate_limit_per_s), burst: f64::from(sc.key_rate_burst) };
         let door = DoorConfig {
             idle: Duration::from_secs(sc.idle_timeout_s),
             tcp_keepalive: (sc.tcp_keepalive_s > 0).then(|| Duration::from_secs(sc.tcp_keepalive_s)),
@@ -211,6 +215,7 @@ impl Server {
             jobs: tick.jobs(),
             spawns: Spawns::new(sc_max_npcs, spawn_rate),
             buckets: ClientBuckets::new(rate, sc_clients),
+            key_buckets: KeyBuckets::new(key_rate),
             proxies,
             ws_slots: Arc::new(tokio::sync::Semaphore::new(sc_max_ws)),
             shutdown: shutdown_rx.clone(),

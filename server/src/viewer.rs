@@ -38,33 +38,20 @@ struct Asset {
     body: &'static [u8],
 }
 
+/// An asset of `server/viewer/`, served at `path`.
+macro_rules! asset {
+    ($path:literal, $file:literal, $type:literal) => {
+        Asset { path: $path, content_type: $type, body: include_bytes!(concat!("../viewer/", $file)) }
+    };
+}
+
 /// The viewer's files. `/` is `index.html`.
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../viewer/index.html"),
-    },
-    Asset {
-        path: "/viewer/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../viewer/style.css"),
-    },
-    Asset {
-        path: "/viewer/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../viewer/app.js"),
-    },
-    Asset {
-        path: "/viewer/render.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../viewer/render.js"),
-    },
-    Asset {
-        path: "/viewer/stream.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../viewer/stream.js"),
-    },
+    asset!("/", "index.html", "text/html; charset=utf-8"),
+    asset!("/viewer/style.css", "style.css", "text/css; charset=utf-8"),
+    asset!("/viewer/app.js", "app.js", "text/javascript; charset=utf-8"),
+    asset!("/viewer/render.js", "render.js", "text/javascript; charset=utf-8"),
+    asset!("/viewer/stream.js", "stream.js", "text/javascript; charset=utf-8"),
 ];
 
 /// What the page may load and where it may connect: only this server. The key lives in
@@ -93,6 +80,7 @@ pub(crate) fn keyed() -> Router<Arc<AppState>> {
         .route("/api/world/map", get(map))
         .route("/api/npcs/{id}/track", get(track))
         .layer(Extension(Arc::new(MapCache::default())))
+        .layer(Extension(Arc::new(ColumnsCache::default())))
 }
 
 fn serve(asset: &Asset) -> Response {
@@ -228,6 +216,7 @@ struct NpcsBody {
 
 async fn npcs(
     State(state): State<Arc<AppState>>,
+    Extension(cache): Extension<Arc<ColumnsCache>>,
     ApiQuery(q): ApiQuery<AreaParams>,
 ) -> Result<axum::Json<NpcsBody>, ApiError> {
     let area = match (q.min_x, q.min_z, q.max_x, q.max_z) {
@@ -241,51 +230,105 @@ async fn npcs(
             ));
         }
     };
-    let body = on_tick(&state, move |engine: &mut Engine| {
-        let w = engine.world_mut();
-        let tick = w.resource::<SimClock>().tick;
-        let depots: Vec<BlockPos> = w
-            .get_resource::<VoxelWorld>()
-            .map_or_else(Vec::new, |v| v.depots().iter().map(|d| d.cell).collect());
-        let mut roles: Vec<Role> = Role::BUILT_IN.to_vec();
-        let mut npcs = Vec::new();
-        let mut agents = Vec::new();
-        let mut q = w.query::<(&NpcId, &Position, &Role, &Status, Option<&Brain>)>();
-        for (id, p, role, status, brain) in q.iter(w) {
-            if let Some((min, max)) = area
-                && !(p.x >= min[0] && p.x < max[0] && p.z >= min[1] && p.z < max[1])
-            {
-                continue;
-            }
-            let r = roles.iter().position(|x| x == role).unwrap_or_else(|| {
-                roles.push(*role);
-                roles.len() - 1
-            });
-            npcs.push((id.0, u16::try_from(r).unwrap_or(u16::MAX), *status as u8));
-            if let Some(b) = brain {
-                let (goal, cell) = match b.goal {
-                    Goal::None => (0, BlockPos::default()),
-                    Goal::Deposit(c) => (1, c),
-                    Goal::Depot(i) => (2, depots.get(i as usize).copied().unwrap_or_default()),
-                    Goal::Point(c) => (3, c),
-                };
-                agents.push((id.0, b.state as u8, goal, cell.x, cell.y, cell.z));
-            }
-        }
-        npcs.sort_unstable_by_key(|n| n.0);
-        agents.sort_unstable_by_key(|a| a.0);
-        NpcsBody {
-            tick,
-            roles: roles.into_iter().map(Role::name).collect(),
-            statuses: Status::ALL.iter().map(|s| s.name()).collect(),
-            agent_states: BrainState::ALL.iter().map(|s| s.name()).collect(),
-            goals: GOALS,
-            npcs,
-            agents,
-        }
-    })
-    .await?;
+    let columns = columns(&state, &cache).await?;
+    // Filtering, naming and sorting 100k rows takes longer than copying them: off the tick.
+    let body = tokio::task::spawn_blocking(move || npcs_body(&columns, area))
+        .await
+        .map_err(|_| ApiError::unavailable("the NPC list could not be built", 1))?;
     Ok(axum::Json(body))
+}
+
+/// What `/api/world/npcs` needs of every NPC, copied on the tick thread as it is (no filter, no
+/// order): the tick thread only copies, the rest happens elsewhere.
+struct Columns {
+    tick: u64,
+    depots: Vec<BlockPos>,
+    /// `(id, x, z, role, status)`.
+    npcs: Vec<(u64, f32, f32, Role, Status)>,
+    /// `(id, x, z, state, goal)` of agents.
+    brains: Vec<(u64, f32, f32, BrainState, Goal)>,
+}
+
+/// The last copy and the tick count the server had published when it was asked for, reused by
+/// every read until the world ticks again (several viewers polling cost the tick one copy per
+/// tick at most).
+#[derive(Default)]
+struct ColumnsCache(Mutex<Option<(u64, Arc<Columns>)>>);
+
+/// The columns of the world's current tick: the cached copy when no tick ran since, else a
+/// new one, taken on the tick thread between two ticks.
+async fn columns(state: &AppState, cache: &Arc<ColumnsCache>) -> Result<Arc<Columns>, ApiError> {
+    let now = state.tick.tick.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some((at, c)) = cache.0.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
+        && *at == now
+    {
+        return Ok(Arc::clone(c));
+    }
+    // Taken at `now` or later: a read that sees `now` published gets a copy at least as new.
+    let fresh = Arc::new(on_tick(state, gather).await?);
+    *cache.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, Arc::clone(&fresh)));
+    Ok(fresh)
+}
+
+/// The tick thread's part of `/api/world/npcs`: one pass, copying.
+fn gather(engine: &mut Engine) -> Columns {
+    let w = engine.world_mut();
+    let tick = w.resource::<SimClock>().tick;
+    let depots: Vec<BlockPos> =
+        w.get_resource::<VoxelWorld>().map_or_else(Vec::new, |v| v.depots().iter().map(|d| d.cell).collect());
+    let n = w.resource::<NpcIndex>().len();
+    let (mut npcs, mut brains) = (Vec::with_capacity(n), Vec::new());
+    let mut q = w.query::<(&NpcId, &Position, &Role, &Status, Option<&Brain>)>();
+    for (id, p, role, status, brain) in q.iter(w) {
+        npcs.push((id.0, p.x, p.z, *role, *status));
+        if let Some(b) = brain {
+            brains.push((id.0, p.x, p.z, b.state, b.goal));
+        }
+    }
+    Columns { tick, depots, npcs, brains }
+}
+
+/// The rest of `/api/world/npcs`, off the tick thread: the area, role names, order by id.
+fn npcs_body(c: &Columns, area: Option<([f32; 2], [f32; 2])>) -> NpcsBody {
+    let inside =
+        |x: f32, z: f32| area.is_none_or(|(min, max)| x >= min[0] && x < max[0] && z >= min[1] && z < max[1]);
+    let mut roles: Vec<Role> = Role::BUILT_IN.to_vec();
+    let mut npcs = Vec::new();
+    for &(id, x, z, role, status) in &c.npcs {
+        if !inside(x, z) {
+            continue;
+        }
+        let r = roles.iter().position(|x| *x == role).unwrap_or_else(|| {
+            roles.push(role);
+            roles.len() - 1
+        });
+        npcs.push((id, u16::try_from(r).unwrap_or(u16::MAX), status as u8));
+    }
+    let mut agents: Vec<_> = c
+        .brains
+        .iter()
+        .filter(|&&(_, x, z, ..)| inside(x, z))
+        .map(|&(id, _, _, state, goal)| {
+            let (goal, cell) = match goal {
+                Goal::None => (0, BlockPos::default()),
+                Goal::Deposit(c) => (1, c),
+                Goal::Depot(i) => (2, c.depots.get(i as usize).copied().unwrap_or_default()),
+                Goal::Point(c) => (3, c),
+            };
+            (id, state as u8, goal, cell.x, cell.y, cell.z)
+        })
+        .collect();
+    npcs.sort_unstable_by_key(|n| n.0);
+    agents.sort_unstable_by_key(|a| a.0);
+    NpcsBody {
+        tick: c.tick,
+        roles: roles.into_iter().map(Role::name).collect(),
+        statuses: Status::ALL.iter().map(|s| s.name()).collect(),
+        agent_states: BrainState::ALL.iter().map(|s| s.name()).collect(),
+        goals: GOALS,
+        npcs,
+        agents,
+    }
 }
 
 /// Most positions one track read returns.
@@ -496,6 +539,85 @@ mod tests {
                     .contains("connect-src 'self'")
             );
             assert!(!a.body.is_empty(), "{}", a.path);
+        }
+    }
+
+    /// A world of `n` wanderers of the default configuration (as game_server makes one).
+    fn wanderers(n: u64) -> Engine {
+        let cfg = terrarium::Config::default().engine;
+        let mut e = Engine::builder(cfg).add_plugin(terrarium::systems::core_plugin).build().unwrap();
+        terrarium::systems::wander::spawn_wanderers(&mut e, n);
+        e.tick();
+        e
+    }
+
+    #[test]
+    fn the_npc_list_from_columns_is_the_world_in_order() {
+        let mut e = wanderers(500);
+        let c = gather(&mut e);
+        assert_eq!(c.npcs.len(), 500);
+        let all = npcs_body(&c, None);
+        assert_eq!(all.npcs.len(), 500);
+        assert!(all.npcs.windows(2).all(|w| w[0].0 < w[1].0), "by id");
+        let mid = [c.npcs[0].1, c.npcs[0].2];
+        let part = npcs_body(&c, Some(([mid[0] - 1.0, mid[1] - 1.0], [mid[0] + 1.0, mid[1] + 1.0])));
+        assert!(part.npcs.iter().any(|n| n.0 == c.npcs[0].0), "the NPC at the area's centre");
+        assert!(part.npcs.len() < 500);
+        let status = c.npcs[0].4 as u8;
+        assert_eq!(part.npcs.iter().find(|n| n.0 == c.npcs[0].0).unwrap().2, status);
+    }
+
+    /// What `/api/world/npcs` costs the tick thread at 100k NPCs, against a tick:
+    /// `cargo test --release -p terrarium-server --lib viewer::tests::tick_thread_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run it in release"]
+    fn tick_thread_cost_of_the_npc_list() {
+        let mut e = wanderers(100_000);
+        let time = |f: &mut dyn FnMut()| {
+            let mut v: Vec<f64> = (0..15)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let tick = time(&mut || {
+            e.tick();
+        });
+        let copy = time(&mut || {
+            std::hint::black_box(gather(&mut e));
+        });
+        let c = gather(&mut e);
+        let rest = time(&mut || {
+            std::hint::black_box(npcs_body(&c, None));
+        });
+        println!(
+            "100k NPCs, medians of 15: tick {tick:.2} ms; /api/world/npcs on the tick thread: before (≈ copy + list + sort) {:.2} ms, now (copy) {copy:.2} ms; off the tick {rest:.2} ms",
+            copy + rest
+        );
+    }
+
+    /// What a new map costs the tick thread (it is made there whenever the world was edited):
+    /// `cargo test --release -p terrarium-server --lib viewer::tests::tick_thread_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: run it in release"]
+    fn tick_thread_cost_of_the_map() {
+        for agents in [1_000, 100_000] {
+            let cfg = terrarium::Config::default().engine;
+            let mut e = Engine::builder(cfg).add_plugin(terrarium::systems::core_plugin).build().unwrap();
+            terrarium::systems::agents::spawn_colony(&mut e, agents, 1).unwrap();
+            let v = e.world().resource::<VoxelWorld>();
+            let t = std::time::Instant::now();
+            let m = std::hint::black_box(top_down(v, 256));
+            println!(
+                "colony of {agents} agents, world {:?}: a 256-sample map ({:?} samples) took {:.1} ms",
+                v.size(),
+                m.size,
+                t.elapsed().as_secs_f64() * 1e3
+            );
         }
     }
 

@@ -107,6 +107,8 @@ pub struct RegionStats {
     pub adopt_ms_max: f64,
     /// Ticks run.
     pub ticks: u64,
+    /// NPCs ticked, summed over ticks (the region's simulation throughput).
+    pub npc_ticks: u64,
     /// Tick time p50, ms.
     pub tick_ms_p50: f64,
     /// Tick time p99, ms.
@@ -454,6 +456,7 @@ impl RegionProcess {
         self.engine.tick();
         self.tick_ns.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
         self.stats.ticks += 1;
+        self.stats.npc_ticks += self.core.world_len() as u64;
         self.cross();
         #[cfg(feature = "redis")]
         self.border_feed();

@@ -363,6 +363,64 @@ impl VoxelWorld {
         self.edits
     }
 
+    /// Ore blocks the generated world held that this one no longer holds, per ore
+    /// ([`Ore::index`]): the ore taken out of the ground. Only edited chunks (version above 0)
+    /// are compared, each against its chunk generated again from the parameters (with the
+    /// depot floors laid as at generation). Edits only ever take ore out; a chunk holding more
+    /// of an ore than it was generated with counts 0 for it.
+    ///
+    /// # Examples
+    /// ```
+    /// use terrarium_engine::voxel::{Block, BlockPos, VoxelWorld, WorldGen};
+    /// let mut world = VoxelWorld::generate(WorldGen::small()).unwrap();
+    /// assert_eq!(world.ore_taken(), [0; 4]);
+    /// let ore = (0..world.size()[1])
+    ///     .flat_map(|y| (0..64).flat_map(move |x| (0..64).map(move |z| BlockPos::new(x, y, z))))
+    ///     .find(|&p| world.get(p).ore().is_some())
+    ///     .unwrap();
+    /// let kind = world.get(ore).ore().unwrap();
+    /// world.set(ore, Block::Air);
+    /// assert_eq!(world.ore_taken()[kind.index()], 1);
+    /// ```
+    #[must_use]
+    pub fn ore_taken(&self) -> [u64; Ore::COUNT] {
+        let count = |c: &Chunk, out: &mut [u64; Ore::COUNT]| {
+            if let Some(ore) = c.uniform().and_then(Block::ore) {
+                out[ore.index()] += CHUNK_VOLUME as u64;
+            } else if let Some(blocks) = c.dense() {
+                for b in blocks {
+                    if let Some(ore) = b.ore() {
+                        out[ore.index()] += 1;
+                    }
+                }
+            }
+        };
+        let mut taken = [0u64; Ore::COUNT];
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            if chunk.version == 0 {
+                continue;
+            }
+            let mut generated = self.params.chunk(i);
+            let origin = self.chunk_origin(i);
+            for d in &self.depots {
+                let floor = d.cell.offset(0, -1, 0);
+                if self.chunk_index(floor) == Some(i) {
+                    generated.set(
+                        local_index(floor.x - origin.x, floor.y - origin.y, floor.z - origin.z),
+                        Block::Depot,
+                    );
+                }
+            }
+            let (mut was, mut now) = ([0u64; Ore::COUNT], [0u64; Ore::COUNT]);
+            count(&generated, &mut was);
+            count(chunk, &mut now);
+            for k in 0..Ore::COUNT {
+                taken[k] += was[k].saturating_sub(now[k]);
+            }
+        }
+        taken
+    }
+
     /// Height of the highest solid block of column `(x, z)`, if it has one.
     #[must_use]
     pub fn surface_y(&self, x: i32, z: i32) -> Option<i32> {

@@ -25,10 +25,16 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/V2__position_blocks.sql"),
         convert: Some(v1_rows_into_blocks),
     },
+    Migration {
+        version: 3,
+        name: "position_views",
+        sql: include_str!("migrations/V3__position_views.sql"),
+        convert: None,
+    },
 ];
 
 /// The schema version this build brings a database to.
-pub(super) const MIGRATION_VERSION: i64 = 2;
+pub(super) const MIGRATION_VERSION: i64 = 3;
 
 pub(super) fn run(conn: &mut Connection) -> DbResult<Vec<i64>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -86,7 +86,10 @@ struct Counters {
 /// (history), `events` (unique by event id), `applied_batches` (the exactly-once mark per
 /// producer run), `checkpoints`, `schema_migrations`. A user can open the file with the
 /// `sqlite3` shell (while the store runs too: WAL mode); block columns are BLOBs of
-/// little-endian values (see `file/migrations/V2__position_blocks.sql`).
+/// little-endian values (see `file/migrations/V2__position_blocks.sql`), decoded in SQL alone
+/// by the views `npc_current_positions` (npc_id, tick, x, y, z) and `npcs_now` (the registry
+/// with the current position, what `get_npc` returns), as PgStore's views of the same names
+/// (`file/migrations/V3__position_views.sql`).
 ///
 /// Durability: a `write` that returned `Ok` is committed with `synchronous = FULL` (the WAL is
 /// fsynced at commit), so it survives a crash of the process and of the machine.

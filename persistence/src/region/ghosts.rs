@@ -63,8 +63,11 @@ pub enum GhostFeedError {
 /// Where the border feed runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GhostFeedConfig {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or `rediss://…` for TLS (checked as the Redis cache checks it:
+    /// against `tls_ca_file`, or Mozilla's roots, and the URL's host name).
     pub url: String,
+    /// CA certificates (PEM) a `rediss://` server's certificate must chain to; empty: Mozilla's.
+    pub tls_ca_file: std::path::PathBuf,
     /// Prepended to every channel (1 ..= 64 printable bytes, no spaces), so several worlds
     /// (or tests) can share one server.
     pub key_prefix: String,
@@ -78,6 +81,7 @@ impl Default for GhostFeedConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls_ca_file: std::path::PathBuf::new(),
             key_prefix: "terrarium:".into(),
             command_timeout_ms: 500,
             connect_timeout_ms: 500,
@@ -187,11 +191,24 @@ impl GhostFeed {
         if !valid_prefix(&cfg.key_prefix) {
             return Err(GhostFeedError::Invalid(format!("key prefix {:?}", cfg.key_prefix)));
         }
-        let fred_cfg = FredConfig {
+        // TLS as the Redis cache does it (crate::tls): fred gets a plain URL and our connector.
+        let redis = crate::RedisConfig {
+            url: cfg.url.clone(),
+            tls_ca_file: cfg.tls_ca_file.clone(),
+            ..crate::RedisConfig::default()
+        };
+        let tls =
+            crate::tls::redis_client_config(&redis).map_err(|e| GhostFeedError::Invalid(e.to_string()))?;
+        let url = match (&tls, cfg.url.strip_prefix("rediss://")) {
+            (Some(_), Some(rest)) => format!("redis://{rest}"),
+            _ => cfg.url.clone(),
+        };
+        let mut fred_cfg = FredConfig {
             fail_fast: true,
-            ..FredConfig::from_url(&cfg.url)
+            ..FredConfig::from_url(&url)
                 .map_err(|_| GhostFeedError::Invalid("malformed redis URL".to_owned()))?
         };
+        fred_cfg.tls = tls.map(|c| fred::types::config::TlsConnector::from(c).into());
         let mut builder = Builder::from_config(fred_cfg);
         builder
             .with_performance_config(|p| {

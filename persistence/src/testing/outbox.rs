@@ -48,6 +48,45 @@ pub fn replay_outbox(path: &Path, max_frame_bytes: u64) -> Result<OutboxReplay, 
     Ok(out)
 }
 
+/// The ids of the batches the outbox file at `path` holds, front to back: what a restart
+/// would replay. Read from a copy (`<path>.peek`, removed afterwards), so the file is left
+/// exactly as it was; no file is no batches.
+///
+/// # Errors
+/// As [`replay_outbox`].
+pub fn outbox_batch_ids(path: &Path, max_frame_bytes: u64) -> Result<Vec<crate::BatchId>, WriteBehindError> {
+    let io = |source| WriteBehindError::Outbox { path: path.to_path_buf(), source };
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".peek");
+    let copy = path.with_file_name(name);
+    match std::fs::copy(path, &copy) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    }
+    let read = || {
+        let (mut outbox, _) = Outbox::open(&copy, max_frame_bytes).map_err(|e| match e {
+            OpenError::Io(source) => io(source),
+            OpenError::Unreadable { offset, version, layout } => {
+                WriteBehindError::OutboxUnreadable { path: path.to_path_buf(), offset, version, layout }
+            }
+        })?;
+        let mut ids = Vec::new();
+        while outbox.pending() > 0 {
+            let group = outbox.read_group(64, 1 << 20).map_err(io)?;
+            if group.frames == 0 {
+                break;
+            }
+            ids.extend(group.batches.iter().map(|b| b.id));
+            outbox.consume(&group).map_err(io)?;
+        }
+        Ok(ids)
+    };
+    let ids = read();
+    let _ = std::fs::remove_file(&copy);
+    ids
+}
+
 /// Writes `batches` to `path` as outbox frames (appending when the file exists).
 ///
 /// # Errors
@@ -97,6 +136,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend(outbox_frame(&[0xFF; 40], 7));
         std::fs::write(&path, &bytes).unwrap();
+        let ids = outbox_batch_ids(&path, 1 << 20).unwrap();
+        assert_eq!(ids, vec![BatchId { run: 1, seq: 1 }; 2]);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "peeking leaves the file as it was");
+        assert_eq!(outbox_batch_ids(&dir.path().join("none"), 1 << 20).unwrap(), vec![]);
         let got = replay_outbox(&path, 1 << 20).unwrap();
         assert_eq!(got, OutboxReplay { batches: 2, rows: 2, lost_frames: 0, skipped: 1 });
     }

@@ -88,6 +88,13 @@ pub struct WriteBehindStats {
     /// Batch ids of this run handed out by `submit` (a handoff cut into parts for
     /// `max_call_rows` holds one per part) and not yet written or given up.
     pub unsettled_batches: u64,
+    /// This run's producer id: the `run` of its batch ids (a row of `applied_batches` in the
+    /// stores, the run of its outbox frames). Opaque; 0 in a default value.
+    pub run_id: u64,
+    /// Every batch of this run up to this `seq` is settled: acknowledged by the store, or
+    /// given up (counted in `failed_batches`). With no batch given up, the store's mark for
+    /// `run_id` is at least this; batches above it wait in memory or in the outbox.
+    pub settled_through_seq: u64,
 }
 
 /// Writes batches to a [`Storage`] behind the tick's back, on tokio.
@@ -750,9 +757,9 @@ impl Shared {
             let q = self.lock();
             (q.rows as u64, q.batches.len() as u64, q.next_seq)
         };
-        let (committed_tick, settled) = {
+        let (committed_tick, settled, settled_through_seq) = {
             let p = self.lock_progress();
-            (p.committed_tick, p.settled_through + p.settled_above.len() as u64)
+            (p.committed_tick, p.settled_through + p.settled_above.len() as u64, p.settled_through)
         };
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -782,6 +789,8 @@ impl Shared {
             breaker_open: self.breaker_open.load(Ordering::Relaxed),
             committed_tick,
             unsettled_batches: submitted.saturating_sub(settled),
+            run_id: self.run_id,
+            settled_through_seq,
         }
     }
 }

@@ -300,7 +300,9 @@ impl<S: Storage> Worker<S> {
             add(&c.npc_rows_written, b.npcs.len() + b.removed.len());
         }
         add(&c.batches_written, group.batches.len());
-        self.shared.settle(&group.batches, true);
+        // Frames leave the outbox's gauge before their batches count as settled: a reader of
+        // the stats never sees one batch both settled and waiting in the outbox, so
+        // `settled_through_seq + outbox_batches` never claims more than is safe.
         if let Some(g) = &group.outbox {
             add(&c.batches_replayed, group.batches.len());
             if let Some(ob) = self.outbox.as_mut()
@@ -310,7 +312,9 @@ impl<S: Storage> Worker<S> {
                 tracing::error!(error = %e, "cannot advance the outbox after a replay");
             }
             self.update_outbox_gauges();
-        } else {
+        }
+        self.shared.settle(&group.batches, true);
+        if group.outbox.is_none() {
             self.recycle(group.batches);
         }
         if self.shared.degraded.swap(false, Ordering::Relaxed) {

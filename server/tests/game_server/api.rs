@@ -252,3 +252,31 @@ async fn a_short_api_key_is_refused_at_start() {
     assert!(err.contains("server.api_key") && err.contains("32"), "{err}");
     assert!(!err.contains("short-but-not-empty"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_reads_and_ws_are_in_the_openapi_document_as_sent() {
+    let t = start(20, |_| {}).await;
+    let doc: Value = t.http.get(t.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    for (path, schema) in [("/api/world", "World"), ("/api/world/npcs", "WorldNpcs")] {
+        let op = &doc["paths"][path]["get"];
+        let named = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str();
+        assert_eq!(named, Some(format!("#/components/schemas/{schema}").as_str()), "{path}: {op}");
+        let (status, body) = t.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let mut sent: Vec<&String> = body.as_object().unwrap().keys().collect();
+        let mut documented: Vec<&String> =
+            doc["components"]["schemas"][schema]["properties"].as_object().unwrap().keys().collect();
+        sent.sort();
+        documented.sort();
+        assert_eq!(sent, documented, "{path}: the mirror {schema} has exactly the keys sent");
+    }
+    // No voxel world here: the map is a documented 404; a plain GET of /ws a documented 400.
+    let (status, _) = t.get("/api/world/map").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(doc["paths"]["/api/world/map"]["get"]["responses"]["404"].is_object());
+    let (status, _) = t.get("/ws").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(doc["paths"]["/ws"]["get"]["responses"]["400"].is_object());
+    assert!(doc["paths"]["/ws"]["get"]["responses"]["101"].is_object());
+    t.server.shutdown().await.unwrap();
+}

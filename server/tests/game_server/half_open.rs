@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use reqwest::StatusCode;
-use terrarium::persistence::BackendKind;
-use terrarium::persistence::testing::{OwnServers, service_url, unique_name};
+use terrarium::persistence::testing::{OwnServers, service_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_dropped_while_half_open_do_not_wedge_the_breaker() {
@@ -20,19 +19,8 @@ async fn reads_dropped_while_half_open_do_not_wedge_the_breaker() {
     servers.run("start-pg");
     let url = servers.url("DATABASE_URL");
     let t = start(500, |c| {
-        let s = &mut c.storage;
-        s.backend = BackendKind::Postgres;
-        s.postgres.url = url;
-        s.postgres.schema = unique_name();
-        s.postgres.wait_timeout_ms = 300;
-        s.postgres.connect_timeout_ms = 300;
-        s.postgres.create_timeout_ms = 300;
-        s.retention.enabled = false;
-        s.retry.max_attempts = 1;
-        s.breaker.failure_threshold = 1;
-        s.breaker.success_threshold = 2;
-        s.breaker.call_timeout_ms = 400;
-        s.breaker.reset_timeout_ms = 300;
+        fast_failing_postgres(c, url, 300);
+        c.storage.breaker.success_threshold = 2;
     })
     .await;
     // A list goes to PostgreSQL every time (the L1 cache holds single records only).

@@ -41,9 +41,17 @@ pub fn test_config() -> Config {
 pub async fn start(npcs: u64, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut cfg = test_config();
     tweak(&mut cfg);
+    start_with(cfg, |engine| {
+        terrarium::systems::wander::spawn_wanderers(engine, npcs);
+    })
+    .await
+}
+
+/// A server of `cfg` over a world `populate` fills, storing through a pipeline of `cfg`.
+pub async fn start_with(cfg: Config, populate: impl FnOnce(&mut Engine)) -> TestServer {
     let mut engine =
         Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin).build().unwrap();
-    terrarium::systems::wander::spawn_wanderers(&mut engine, npcs);
+    populate(&mut engine);
     // On the test's runtime, like the example; started off its workers (it blocks).
     let (handle, storage_cfg) = (tokio::runtime::Handle::current(), cfg.clone());
     let storage = tokio::task::spawn_blocking(move || StoragePipeline::start_on(&handle, &storage_cfg))
@@ -53,6 +61,25 @@ pub async fn start(npcs: u64, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let server = Server::start(&cfg, engine, Some(storage)).await.unwrap();
     let base = format!("http://{}", server.local_addr());
     TestServer { server, base, http: reqwest::Client::new() }
+}
+
+/// Storage in the PostgreSQL at `url` (a server of the test's own), in a schema of its own,
+/// set to fail fast: short pool and call timeouts, no retry, the breaker opening at the first
+/// failure and trying again after `reset_timeout_ms`.
+#[cfg(feature = "postgres")]
+pub fn fast_failing_postgres(cfg: &mut Config, url: String, reset_timeout_ms: u64) {
+    let s = &mut cfg.storage;
+    s.backend = terrarium::persistence::BackendKind::Postgres;
+    s.postgres.url = url;
+    s.postgres.schema = terrarium::persistence::testing::unique_name();
+    s.postgres.wait_timeout_ms = 300;
+    s.postgres.connect_timeout_ms = 300;
+    s.postgres.create_timeout_ms = 300;
+    s.retention.enabled = false;
+    s.retry.max_attempts = 1;
+    s.breaker.failure_threshold = 1;
+    s.breaker.call_timeout_ms = 400;
+    s.breaker.reset_timeout_ms = reset_timeout_ms;
 }
 
 impl TestServer {

@@ -144,6 +144,34 @@ async fn spawns_stop_at_max_npcs_and_at_the_keys_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_has_one_bucket_whatever_the_client() {
+    // Each client may make 400 requests at once; the key, 3 in all, one more a minute.
+    let t = start(10, |c| {
+        c.server.key_rate_burst = 3;
+        c.server.key_rate_limit_per_s = 1;
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(t.get("/api/performance").await.0, StatusCode::OK);
+    }
+    // Another address, the same key: the third request is the key's last.
+    let other =
+        reqwest::Client::builder().local_address("127.0.0.2".parse::<IpAddr>().unwrap()).build().unwrap();
+    let get = || other.get(t.url("/api/performance")).header("x-api-key", KEY).send();
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    let res = get().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("per API key"), "{body}");
+    assert_eq!(t.get("/api/performance").await.0, StatusCode::TOO_MANY_REQUESTS, "the first client too");
+    // Without a key the request never reaches the key's bucket (401, not 429).
+    assert_eq!(other.get(t.url("/api/performance")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(t.server.figures().rate_limited, 2);
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_are_capped_and_a_silent_one_is_closed() {
     let t = start(10, |c| {
         c.server.max_ws_connections = 1;

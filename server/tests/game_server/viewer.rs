@@ -6,14 +6,11 @@ use std::collections::HashMap;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use terrarium::StoragePipeline;
 use terrarium::engine::voxel::VoxelWorld;
 use terrarium::engine::{Brain, Engine, NpcId, Role, Status};
 use terrarium_server::Server;
 
-use terrarium::persistence::BackendKind;
-
-use crate::harness::{TestServer, start, test_config, world_positions};
+use crate::harness::{TestServer, start, start_with, test_config, world_positions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_files_are_served_without_a_key_and_with_a_strict_policy() {
@@ -150,6 +147,7 @@ async fn a_mining_world_shows_its_agents_goals_depots_and_map() {
 #[cfg(feature = "file-store")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_npcs_track_is_read_from_storage_in_pages() {
+    use terrarium::persistence::BackendKind;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("track.db");
     let s = start(50, move |c| {
@@ -226,29 +224,16 @@ async fn an_npcs_track_is_read_from_storage_in_pages() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_storage_down_the_banners_fields_say_so_and_positions_still_stream() {
+    use crate::harness::fast_failing_postgres;
     use futures_util::StreamExt;
-    use terrarium::persistence::testing::{OwnServers, service_url, unique_name};
+    use terrarium::persistence::testing::{OwnServers, service_url};
     if service_url("TERRARIUM_TEST_PG_URL").is_none() {
         return;
     }
     let servers = OwnServers::new();
     servers.run("start-pg");
     let url = servers.url("DATABASE_URL");
-    let s = start(200, |c| {
-        let st = &mut c.storage;
-        st.backend = BackendKind::Postgres;
-        st.postgres.url = url;
-        st.postgres.schema = unique_name();
-        st.postgres.wait_timeout_ms = 300;
-        st.postgres.connect_timeout_ms = 300;
-        st.postgres.create_timeout_ms = 300;
-        st.retention.enabled = false;
-        st.retry.max_attempts = 1;
-        st.breaker.failure_threshold = 1;
-        st.breaker.call_timeout_ms = 400;
-        st.breaker.reset_timeout_ms = 60_000;
-    })
-    .await;
+    let s = start(200, |c| fast_failing_postgres(c, url, 60_000)).await;
     let healthy =
         s.get_until("/api/performance", |st, p| st == StatusCode::OK && p["write_behind"].is_object()).await;
     assert_eq!(healthy["write_behind"]["degraded"], false, "{healthy}");
@@ -312,18 +297,10 @@ async fn kinds(s: &Server) -> HashMap<u64, (Role, Status)> {
 
 /// A server over a small mining colony (no plain NPCs).
 async fn start_colony(agents: u64) -> TestServer {
-    let cfg = test_config();
-    let mut engine =
-        Engine::builder(cfg.engine.clone()).add_plugin(terrarium::systems::core_plugin).build().unwrap();
-    terrarium::systems::agents::spawn_colony(&mut engine, agents, 7).unwrap();
-    let brains = engine.world_mut().query::<&Brain>().iter(engine.world()).count();
-    assert_eq!(brains as u64, agents);
-    let (handle, storage_cfg) = (tokio::runtime::Handle::current(), cfg.clone());
-    let storage = tokio::task::spawn_blocking(move || StoragePipeline::start_on(&handle, &storage_cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let server = Server::start(&cfg, engine, Some(storage)).await.unwrap();
-    let base = format!("http://{}", server.local_addr());
-    TestServer { server, base, http: reqwest::Client::new() }
+    start_with(test_config(), |engine| {
+        terrarium::systems::agents::spawn_colony(engine, agents, 7).unwrap();
+        let brains = engine.world_mut().query::<&Brain>().iter(engine.world()).count();
+        assert_eq!(brains as u64, agents);
+    })
+    .await
 }
