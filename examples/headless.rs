@@ -150,6 +150,16 @@ struct Summary {
     store_lag_ms_p50: f64,
     store_lag_ms_p99: f64,
     store_lag_ms_max: f64,
+    /// The storage lag over wall-clock time: `[unix time ms, highest lag ms]` once a second of
+    /// the run (the highest sample of that second), for lining the lag up with events outside
+    /// the process (the fault schedule's time to recover per fault).
+    store_lag_series: Vec<[u64; 2]>,
+    /// The slowest tick (the one `tick_ms_max` measured): its number, the milliseconds of each
+    /// stage in it, and the milliseconds the checkpoint took on the tick thread right after it
+    /// (counted in the tick's time: the tick thread does it before the next tick).
+    tick_max_at: u64,
+    tick_max_stages_ms: std::collections::BTreeMap<&'static str, f64>,
+    tick_max_checkpoint_ms: f64,
     /// Items the agents mined, per ore kind (empty without agents).
     ore_mined: std::collections::BTreeMap<&'static str, u64>,
     /// Agents' path requests answered with a path.
@@ -253,6 +263,9 @@ fn run(args: &Args) -> Result<()> {
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut store_lag = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).context("histogram bounds")?;
     let mut handed = batches_created(&engine);
+    let mut lag_series: Vec<[u64; 2]> = Vec::new();
+    let mut lag_second = (Instant::now(), 0u64);
+    let mut slowest = (Duration::ZERO, 0u64, Duration::ZERO, Vec::new());
     let dt = cfg.engine.dt();
     let loop_started = Instant::now();
     let mut ticks_run = 0;
@@ -263,12 +276,24 @@ fn run(args: &Args) -> Result<()> {
         let t = Instant::now();
         engine.tick();
         ticks_run += 1;
+        let c = Instant::now();
         if let Some(p) = &storage {
             p.maybe_checkpoint(&mut engine);
         }
-        hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+        let (took, checkpoint) = (t.elapsed(), c.elapsed());
+        hist.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1));
+        if took > slowest.0 {
+            slowest = (took, engine.clock().tick, checkpoint, engine.stage_timings().last.to_vec());
+        }
         if let Some(h) = engine.world().get_resource::<PersistenceHealth>() {
             store_lag.saturating_record(h.store_lag_ms);
+            lag_second.1 = lag_second.1.max(h.store_lag_ms);
+            if lag_second.0.elapsed() >= Duration::from_secs(1) {
+                let unix =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                lag_series.push([u64::try_from(unix.as_millis()).unwrap_or(u64::MAX), lag_second.1]);
+                lag_second = (Instant::now(), 0);
+            }
         }
         let now_handed = batches_created(&engine);
         if now_handed > handed {
@@ -392,6 +417,13 @@ fn run(args: &Args) -> Result<()> {
         store_lag_ms_p50: store_lag.value_at_quantile(0.5) as f64,
         store_lag_ms_p99: store_lag.value_at_quantile(0.99) as f64,
         store_lag_ms_max: store_lag.max() as f64,
+        store_lag_series: lag_series,
+        tick_max_at: slowest.1,
+        tick_max_stages_ms: terrarium::engine::TickSet::ALL
+            .iter()
+            .filter_map(|set| slowest.3.get(set.index()).map(|d| (set.name(), ms(*d))))
+            .collect(),
+        tick_max_checkpoint_ms: ms(slowest.2),
         ore_mined: engine
             .world()
             .get_resource::<MiningStats>()

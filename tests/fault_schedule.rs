@@ -14,7 +14,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::example;
 use terrarium::persistence::testing::{OwnServers, service_url, unique_name};
@@ -52,6 +52,38 @@ fn finish(child: Child) -> serde_json::Value {
     assert!(out.status.success(), "headless failed: {}\n{stderr}", out.status);
     let stdout = String::from_utf8(out.stdout).expect("utf-8");
     serde_json::from_str(stdout.lines().last().expect("a summary")).expect("the last line is JSON")
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0)
+}
+
+/// One fault as it ran: its name, and when it started and ended (unix ms).
+struct Ran {
+    name: &'static str,
+    start: u64,
+    end: u64,
+}
+
+/// Time to recover from each fault, from `headless`'s `store_lag_series` (`[unix ms, lag ms]`
+/// once a second): from the fault's end until the storage lag is back within 1 s of its median
+/// over the 5 s before the fault. `None` when it was not back before the next fault began (or
+/// the run ended). Also the highest lag from the fault's start to that point.
+fn recoveries(ran: &[Ran], series: &[(u64, u64)]) -> Vec<(Option<u64>, u64, u64)> {
+    ran.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut before: Vec<u64> =
+                series.iter().filter(|(t, _)| *t + 5_000 >= f.start && *t < f.start).map(|s| s.1).collect();
+            before.sort_unstable();
+            let base = before.get(before.len() / 2).copied().unwrap_or(0);
+            let until = ran.get(i + 1).map_or(u64::MAX, |next| next.start);
+            let back = series.iter().find(|(t, lag)| *t >= f.end && *t < until && *lag <= base + 1_000);
+            let peak_until = back.map_or(until, |b| b.0);
+            let peak = series.iter().filter(|(t, _)| *t >= f.start && *t <= peak_until).map(|s| s.1).max();
+            (back.map(|b| b.0 - f.end), base, peak.unwrap_or(0))
+        })
+        .collect()
 }
 
 /// One fault: what to do, for how long, and what undoes it.
@@ -131,12 +163,14 @@ fn a_seeded_fault_schedule_loses_nothing_but_a_damaged_frame() {
     rng.shuffle(&mut order);
     let budget = Duration::from_secs(seconds.saturating_sub(10));
     let mut log = Vec::new();
+    let mut ran = Vec::new();
     for i in order {
         let f = &FAULTS[i];
         if started.elapsed() + f.hold + Duration::from_secs(3) > budget {
             break;
         }
         let at = started.elapsed();
+        let start = unix_ms();
         for c in f.start {
             servers.run(c);
         }
@@ -144,11 +178,31 @@ fn a_seeded_fault_schedule_loses_nothing_but_a_damaged_frame() {
         for c in f.end {
             servers.run(c);
         }
+        ran.push(Ran { name: f.name, start, end: unix_ms() });
         log.push(format!("{:>6.1}s {} ({:?})", at.as_secs_f64(), f.name, f.hold));
         std::thread::sleep(Duration::from_millis(2000 + rng.u64(0..2000)));
     }
     let first = finish(child);
     eprintln!("faults:\n{}\nrun 1: {first}", log.join("\n"));
+    let series: Vec<(u64, u64)> = first["store_lag_series"]
+        .as_array()
+        .expect("store_lag_series")
+        .iter()
+        .map(|s| (s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+        .collect();
+    eprintln!("fault | held ms | lag before ms | lag peak ms | time to recover ms");
+    for (f, (back, base, peak)) in ran.iter().zip(recoveries(&ran, &series)) {
+        let back = back.map_or_else(|| "not before the next fault".to_string(), |ms| ms.to_string());
+        eprintln!("{} | {} | {base} | {peak} | {back}", f.name, f.end - f.start);
+    }
+    eprintln!(
+        "slowest tick: {} ms at tick {}, stages {}, checkpoint {} ms",
+        first["tick_ms_max"],
+        first["tick_max_at"],
+        first["tick_max_stages_ms"],
+        first["tick_max_checkpoint_ms"]
+    );
+    assert!(series.len() as u64 >= seconds / 2, "the lag was sampled once a second: {}", series.len());
     assert!(log.len() >= FAULTS.len().min(3), "the schedule ran: {log:?}");
     assert_eq!(first["writes_dropped"], 0, "{first}");
     assert_eq!(first["store_verified"], true, "{first}");

@@ -255,16 +255,16 @@ impl Outbox {
     /// Reads frames from the replay position: at least one batch when any is pending, then
     /// more while under `max_batches` and `max_rows`.
     pub fn read_group(&mut self, max_batches: usize, max_rows: usize) -> std::io::Result<Group> {
-        self.read_call(max_batches, max_rows, usize::MAX)
+        self.read_call(max_batches, max_rows, |_| true)
     }
 
-    /// [`Outbox::read_group`], and never a frame that would take the group past `call_rows`
-    /// rows (but the first).
+    /// [`Outbox::read_group`], and stops before a batch `fits` refuses (asked of every batch
+    /// read, in order; the first is taken whatever it answers; a refused frame stays pending).
     pub fn read_call(
         &mut self,
         max_batches: usize,
         max_rows: usize,
-        call_rows: usize,
+        mut fits: impl FnMut(&WriteBatch) -> bool,
     ) -> std::io::Result<Group> {
         let mut group = Group { end: self.read_pos, ..Group::default() };
         let mut rows = 0usize;
@@ -286,18 +286,20 @@ impl Outbox {
                     break;
                 }
             };
-            let frame_rows = h.rows.map_or(0, |r| usize::try_from(r).unwrap_or(usize::MAX));
-            if !group.batches.is_empty() && rows.saturating_add(frame_rows) > call_rows {
-                break;
-            }
             let mut payload = Vec::new();
             read_payload(&self.file, at + h.len as u64, h.payload_len, &mut payload)?;
             let size = h.len as u64 + h.payload_len;
-            group.end += size;
-            group.frames += 1;
             let decoded = (checksum(&payload) == h.payload_sum)
                 .then(|| terrarium_codec::decode::<WriteBatch>(&payload, payload.len()).ok())
                 .flatten();
+            if let Some(batch) = &decoded
+                && !fits(batch)
+                && !group.batches.is_empty()
+            {
+                break;
+            }
+            group.end += size;
+            group.frames += 1;
             match decoded {
                 Some(batch) => {
                     rows += batch.len();

@@ -512,3 +512,36 @@ async fn parts_spilled_to_the_outbox_are_replayed_in_calls_that_fit() {
     assert_eq!(s.inner().stats().npc_upserts, N);
     wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn batches_that_cover_the_same_npcs_still_coalesce_into_one_call_under_the_cap() {
+    // The cap counts rows as the call writes them, after latest-wins coalescing: an outbox of
+    // full populations (one frame per flush while the store was down) replays in a few calls,
+    // not one call per frame (that fell behind for good in the fault schedule).
+    const N: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    s.set_failing(true);
+    let cfg = WriteBehindConfig {
+        max_call_rows: 1_500,
+        outbox_path: Some(dir.path().join("outbox.bin")),
+        ..config(43)
+    };
+    let wb = start(&s, cfg);
+    let sink = wb.handle();
+    for t in 1..=20 {
+        let mut b = batch(t, 1..N + 1, t as f32);
+        b.events[0].event_id = t;
+        // Not marked as covering everyone: the rows stay in the batches and reach the outbox.
+        sink.submit(handoff(b, false)).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(1000, || wb.stats().outbox_batches == 20).await;
+    s.set_failing(false);
+    wb.flush_async(Duration::from_secs(600)).await.unwrap();
+    let written: Vec<_> = s.log().into_iter().filter(|c| c.ok).collect();
+    assert!(written.len() <= 2, "20 frames of the same NPCs in {} calls: {written:?}", written.len());
+    assert!(written.iter().all(|c| c.rows <= 1_500), "{written:?}");
+    assert_eq!(s.inner().last_position(N).unwrap().x, 20.0);
+    wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
+}

@@ -88,6 +88,47 @@ impl IdSet {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Empties the set, keeping its memory.
+    pub fn clear(&mut self) {
+        self.bits.fill(0);
+        self.sparse.clear();
+        self.len = 0;
+    }
+}
+
+/// The rows a store call of the batches counted so far writes once coalesced: one position per
+/// distinct NPC, and every other row. Groups are sized with it, so a run of batches that each
+/// cover the same NPCs (the outbox after an outage: one full population per frame) still goes
+/// in one call and coalesces, instead of one call per frame.
+#[derive(Debug, Default)]
+pub(crate) struct CallRows {
+    ids: IdSet,
+    rows: usize,
+}
+
+impl CallRows {
+    /// Counts `batch` in when the call stays within `max` rows with it (or nothing is counted
+    /// yet); returns whether it did.
+    pub fn take(&mut self, batch: &WriteBatch, positions: &[u64], max: usize) -> bool {
+        let new = batch.positions.iter().map(|r| r.npc_id).chain(positions.iter().copied());
+        let added =
+            new.clone().filter(|&id| !self.ids.contains(id)).count() + (batch.len() - batch.positions.len());
+        if self.rows > 0 && self.rows + added > max {
+            return false;
+        }
+        for id in new {
+            self.ids.insert(id);
+        }
+        self.rows += added;
+        true
+    }
+
+    /// Starts counting a new call.
+    pub fn reset(&mut self) {
+        self.ids.clear();
+        self.rows = 0;
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 // tokio's clock, so tests can pause it.
 use tokio::time::Instant;
 
-use super::coalesce::{IdSet, coalesce_positions};
+use super::coalesce::{CallRows, IdSet, coalesce_positions};
 use super::{MAX_SPARE_ROWS, MIN_SPARE_CAPACITY, Queued, Shared, WriteBehindConfig, keep_spare, split};
 use crate::outbox::{self, Outbox};
 use crate::{Handoff, PositionRow, Storage, StorageError, WriteBatch};
@@ -41,6 +41,8 @@ pub(super) struct Worker<S> {
     outbox: Option<Outbox>,
     s: Settings,
     seen: IdSet,
+    /// Sizes the next call (`max_call_rows`, counted after coalescing).
+    call: CallRows,
     current: Option<Group>,
     last_call: Option<Instant>,
     backoff: Duration,
@@ -80,6 +82,7 @@ impl<S: Storage> Worker<S> {
                 write_rows_per_s: c.write_rows_per_s,
             },
             seen: IdSet::default(),
+            call: CallRows::default(),
             current: None,
             last_call: None,
             backoff: ms(c.retry_min_ms),
@@ -174,7 +177,9 @@ impl<S: Storage> Worker<S> {
         let max_rows = self.group_rows;
         let call_rows = self.s.max_call_rows;
         if let Some(ob) = self.outbox.as_mut().filter(|o| o.pending() > 0) {
-            let mut g = match blocking(|| ob.read_call(max, max_rows, call_rows)) {
+            let call = &mut self.call;
+            call.reset();
+            let mut g = match blocking(|| ob.read_call(max, max_rows, |b| call.take(b, &[], call_rows))) {
                 Ok(g) => g,
                 Err(e) => {
                     let text = format!("cannot read outbox {}: {e}", ob.path().display());
@@ -207,13 +212,14 @@ impl<S: Storage> Worker<S> {
         {
             let mut q = self.shared.lock();
             let mut rows = 0usize;
-            while taken.len() < max {
-                let Some(next) = q.batches.front().map(Queued::len) else { break };
-                if !taken.is_empty() && (rows >= max_rows || rows + next > call_rows) {
+            self.call.reset();
+            while taken.len() < max && (taken.is_empty() || rows < max_rows) {
+                let Some(w) = q.batches.front() else { break };
+                if !self.call.take(&w.handoff.batch, &w.handoff.positions.ids, call_rows) {
                     break;
                 }
                 let Some(w) = q.batches.pop_front() else { break };
-                rows += next;
+                rows += w.len();
                 taken.push(w);
             }
             q.rows -= rows;
@@ -226,9 +232,9 @@ impl<S: Storage> Worker<S> {
             let mut batches = self.materialize(taken);
             // A handoff cut into parts: this call takes the parts that fit, the rest goes back
             // to the front of the queue, in order.
-            let (mut n, mut rows) = (0, 0);
-            while n < batches.len() && n < max && (n == 0 || rows + batches[n].len() <= call_rows) {
-                rows += batches[n].len();
+            self.call.reset();
+            let mut n = 0;
+            while n < batches.len() && n < max && self.call.take(&batches[n], &[], call_rows) {
                 n += 1;
             }
             let rest = batches.split_off(n);
