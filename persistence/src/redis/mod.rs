@@ -89,26 +89,7 @@ impl<S: Storage> RedisCache<S> {
     /// [`StorageError::Failed`] when the URL is malformed, [`StorageError::Config`] for a CA
     /// file that can't be read. An unreachable server is not an error.
     pub async fn connect(inner: S, cfg: &RedisConfig) -> Result<Self, StorageError> {
-        // TLS is ours (the roots of `tls_ca_file` or Mozilla's, checked fully), not fred's
-        // default (the system's store): the URL goes to fred as plain `redis://`.
-        let tls = crate::tls::redis_client_config(cfg)?;
-        let url = match (&tls, cfg.url.strip_prefix("rediss://")) {
-            (Some(_), Some(rest)) => format!("redis://{rest}"),
-            _ => cfg.url.clone(),
-        };
-        let mut fred_cfg = FredConfig { fail_fast: true, ..FredConfig::from_url(&url).map_err(failed)? };
-        fred_cfg.tls = tls.map(|c| fred::types::config::TlsConnector::from(c).into());
-        let mut builder = Builder::from_config(fred_cfg);
-        builder
-            .with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms);
-            })
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-                c.internal_command_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-                c.max_command_attempts = 1;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let builder = fred_builder(cfg)?;
         let pool = builder.build_pool(cfg.pool_size).map_err(failed)?;
         let cache = Self {
             inner,
@@ -190,6 +171,37 @@ impl<S: Storage> Storage for RedisCache<S> {
     async fn load_npcs(&self) -> Result<Vec<NpcRecord>, StorageError> {
         self.inner.load_npcs().await
     }
+}
+
+/// A fred client builder for `cfg`: fail fast, one attempt per command, the configured timeouts,
+/// reconnecting in the background (exponential, up to 2 s). TLS is ours (the roots of
+/// `tls_ca_file` or Mozilla's, checked fully, `crate::tls`), not fred's default (the system's
+/// store): a `rediss://` URL goes to fred as plain `redis://` with our connector. Shared by the
+/// cache and the regions' ghost feed.
+///
+/// # Errors
+/// [`StorageError::Failed`] when the URL is malformed, [`StorageError::Config`] for a CA file
+/// that can't be read.
+pub(crate) fn fred_builder(cfg: &RedisConfig) -> Result<Builder, StorageError> {
+    let tls = crate::tls::redis_client_config(cfg)?;
+    let url = match (&tls, cfg.url.strip_prefix("rediss://")) {
+        (Some(_), Some(rest)) => format!("redis://{rest}"),
+        _ => cfg.url.clone(),
+    };
+    let mut fred_cfg = FredConfig { fail_fast: true, ..FredConfig::from_url(&url).map_err(failed)? };
+    fred_cfg.tls = tls.map(|c| fred::types::config::TlsConnector::from(c).into());
+    let mut builder = Builder::from_config(fred_cfg);
+    builder
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms);
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+            c.internal_command_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+            c.max_command_attempts = 1;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
 }
 
 fn failed(e: fred::error::Error) -> StorageError {

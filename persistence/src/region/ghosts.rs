@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::prelude::{
-    Builder, ClientLike, Config as FredConfig, EventInterface, PubsubInterface, ReconnectPolicy,
-};
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -191,35 +189,16 @@ impl GhostFeed {
         if !valid_prefix(&cfg.key_prefix) {
             return Err(GhostFeedError::Invalid(format!("key prefix {:?}", cfg.key_prefix)));
         }
-        // TLS as the Redis cache does it (crate::tls): fred gets a plain URL and our connector.
+        // Built as the Redis cache builds its clients (TLS, timeouts, reconnecting).
         let redis = crate::RedisConfig {
             url: cfg.url.clone(),
             tls_ca_file: cfg.tls_ca_file.clone(),
+            command_timeout_ms: cfg.command_timeout_ms,
+            connect_timeout_ms: cfg.connect_timeout_ms,
             ..crate::RedisConfig::default()
         };
-        let tls =
-            crate::tls::redis_client_config(&redis).map_err(|e| GhostFeedError::Invalid(e.to_string()))?;
-        let url = match (&tls, cfg.url.strip_prefix("rediss://")) {
-            (Some(_), Some(rest)) => format!("redis://{rest}"),
-            _ => cfg.url.clone(),
-        };
-        let mut fred_cfg = FredConfig {
-            fail_fast: true,
-            ..FredConfig::from_url(&url)
-                .map_err(|_| GhostFeedError::Invalid("malformed redis URL".to_owned()))?
-        };
-        fred_cfg.tls = tls.map(|c| fred::types::config::TlsConnector::from(c).into());
-        let mut builder = Builder::from_config(fred_cfg);
-        builder
-            .with_performance_config(|p| {
-                p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms);
-            })
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-                c.internal_command_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-                c.max_command_attempts = 1;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let builder =
+            crate::redis::fred_builder(&redis).map_err(|e| GhostFeedError::Invalid(e.to_string()))?;
         let invalid = |e: fred::error::Error| GhostFeedError::Invalid(e.to_string());
         let client = builder.build().map_err(invalid)?;
         let subscriber = builder.build_subscriber_client().map_err(invalid)?;
