@@ -15,8 +15,8 @@
 //!
 //! By default it starts the server in this process, on a tokio runtime of its own
 //! (`--server-threads` workers; the load generator has `--client-threads`), with memory
-//! storage, and raises the per-IP connection limit and the rate limit so that one loopback
-//! address can drive it (the limiter still runs on every request). With `--url` it drives a
+//! storage, and raises the per-IP connection limit and the rate limits (per client and per
+//! key) so that one loopback address and one key can drive it (the limiter still runs on every request). With `--url` it drives a
 //! server that is already running instead (`--api-key` or `TERRARIUM_SERVER__API_KEY`; that
 //! server's limits apply). With `--json` the last line of stdout is one JSON object
 //! (`Report`).
@@ -639,6 +639,8 @@ impl LocalServer {
         s.max_ws_connections = s.max_connections;
         s.rate_limit_per_s = 1_000_000;
         s.rate_burst = 1_000_000;
+        s.key_rate_limit_per_s = 1_000_000;
+        s.key_rate_burst = 1_000_000;
         // Tick percentiles over the last half phase to one phase.
         s.perf_window_s = (args.seconds.min(args.ws_seconds) / 2.0).clamp(0.1, 3600.0);
         cfg.server.validate()?;
