@@ -16,8 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each step's header says the wall time so far and the CPU time the steps' processes have used
-# so far (user + system, from bash's `times`): CPU seconds hardly depend on what else the
-# machine runs, so they compare runs on a busy machine; wall time on 2 idle cores is about half.
+# so far (user + system, from bash's `times`): CPU seconds depend less than wall time on what
+# else the machine runs, so they compare runs on a busy machine; on 2 cores a step can't take
+# less wall time than half its CPU seconds.
 cpu_so_far() {
   times | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }'
 }
