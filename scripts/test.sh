@@ -19,10 +19,15 @@ cd "$(dirname "$0")/.."
 # so far (user + system, from bash's `times`): CPU seconds depend less than wall time on what
 # else the machine runs, so they compare runs on a busy machine; on 2 cores a step can't take
 # less wall time than half its CPU seconds.
-cpu_so_far() {
-  times | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }'
+# `times` runs in this shell (in a $(...) subshell it would count only that subshell's children).
+times_file="$(mktemp)"
+trap 'rm -f "$times_file"' EXIT
+step() {
+  times >"$times_file"
+  local cpu
+  cpu="$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$times_file")"
+  printf '\n== %s (%ds so far, %d CPU-s)\n' "$*" "$SECONDS" "$cpu" >&2
 }
-step() { printf '\n== %s (%ds so far, %d CPU-s)\n' "$*" "$SECONDS" "$(cpu_so_far)" >&2; }
 
 if [[ -x scripts/services.sh ]]; then
   step "services"
