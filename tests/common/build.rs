@@ -24,6 +24,17 @@ pub fn build_example(manifest_dir: &str, name: &str, features: &[(&str, bool)]) 
     let on: Vec<&str> = features.iter().filter_map(|&(f, on)| on.then_some(f)).collect();
     let mut cargo = Command::new(env!("CARGO"));
     cargo.args(["build", "--quiet", "--profile", profile, "--example", name]);
+    // Cargo gives a test process the variables it gives a build script (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_*, OUT_DIR...). A child cargo passes them on to the build scripts it runs, and a
+    // build script that reads one (ring's reads CARGO_MANIFEST_DIR) is then seen as changed:
+    // ring, rustls, fred, tokio-postgres-rustls and every workspace crate were compiled again,
+    // minutes per example on 2 cores, and again when a test of another package built one.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if is_set_by_cargo_for_a_test(key) {
+            cargo.env_remove(key);
+        }
+    }
     if on.len() == features.len() {
         cargo.args(["--workspace", "--all-features"]).current_dir(workspace_root(manifest_dir));
     } else if on.is_empty() {
@@ -34,6 +45,25 @@ pub fn build_example(manifest_dir: &str, name: &str, features: &[(&str, bool)]) 
     let status = cargo.status().expect("cargo runs");
     assert!(status.success(), "building example {name} failed");
     profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Whether cargo sets `key` for the test process itself (cargo's "environment variables Cargo
+/// sets for crates"), as opposed to configuration the caller chose (CARGO_HOME,
+/// CARGO_TARGET_DIR, CARGO_PROFILE_*...), which the child cargo must keep.
+fn is_set_by_cargo_for_a_test(key: &str) -> bool {
+    matches!(
+        key,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "OUT_DIR"
+    ) || key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_EXE_")
 }
 
 /// The nearest directory at or above `manifest_dir` whose Cargo.toml has a `[workspace]` table.
