@@ -604,6 +604,14 @@ async fn checkpoints_and_what_came_after_them_are_read_back_for_a_resume() {
         bytes: (0..10_000u32).map(|i| (u64::from(i) * tick) as u8).collect(),
     };
     store.write(&[WriteBatch { npcs: (1..=5).map(npc).collect(), ..batch(7, 1) }]).await.unwrap();
+    // Rows and no checkpoint: not an empty schema, a world that can't be resumed (typed, naming
+    // the schema).
+    let err = store.resume_point().await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::NoCheckpoint { npcs: 5, batches: 1, .. })
+            && err.to_string().contains(store.schema()),
+        "{err}"
+    );
     for tick in [10, 20, 30] {
         store.save_checkpoint(&cp(tick, false), 2).await.unwrap();
     }

@@ -145,6 +145,12 @@ fn main() -> ExitCode {
             .thread_name("terrarium-http")
             .build()
             .context("cannot start the tokio runtime")?;
+        // Listen before anything else: a SIGTERM during a long resume, or right after the
+        // address is printed, then stops the server cleanly instead of killing it.
+        let signals = {
+            let _in_runtime = runtime.enter();
+            Signals::listen()?
+        };
         // Storage I/O shares the HTTP runtime: on a small machine, fewer threads than cores
         // matter more than isolation (the write-behind's work per batch is short).
         let mut flags = args.storage.clone();
@@ -152,7 +158,7 @@ fn main() -> ExitCode {
         let storage = flags.start(&mut cfg, Some(runtime.handle()))?;
         // Outside the runtime: reading the stored world blocks until it is read.
         let (engine, resumed) = world(args, &flags, &cfg, storage.as_ref())?;
-        runtime.block_on(run(args, &flags, &cfg, storage, engine, resumed))
+        runtime.block_on(run(args, &flags, &cfg, storage, engine, resumed, signals))
     })
 }
 
@@ -189,6 +195,16 @@ fn world(
         terrarium::systems::agents::spawn_colony(&mut engine, args.agents, seed)
             .context("cannot set up the mining agents")?;
     }
+    if let Some(p) = storage.filter(|_| flags.durable()) {
+        // Before the first tick hands a batch to the store: a kill from here on leaves a world
+        // the next start resumes.
+        let t = std::time::Instant::now();
+        p.checkpoint_new_world(&mut engine).context("cannot write the new world's first checkpoint")?;
+        eprintln!(
+            "game_server: the new world's first checkpoint took {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok((engine, None))
 }
 
@@ -199,12 +215,13 @@ async fn run(
     storage: Option<StoragePipeline>,
     engine: Engine,
     resumed: Option<ResumeReport>,
+    signals: Signals,
 ) -> Result<()> {
     let server = Server::start(cfg, engine, storage).await?;
     let addr = server.local_addr();
     println!("listening on http://{addr}");
 
-    wait_for_signal().await?;
+    signals.wait().await;
     eprintln!("game_server: stopping (draining storage)");
     let figures = server.figures();
     let end = server.shutdown().await?;
@@ -290,13 +307,28 @@ fn config(args: &Args) -> Result<Config> {
     Ok(cfg)
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from start-up on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening (inside a tokio runtime): from now on either signal is kept for
+    /// [`Signals::wait`] instead of ending the process.
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
     }
-    Ok(())
+
+    /// Until SIGINT or SIGTERM arrives (or has arrived since [`Signals::listen`]).
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

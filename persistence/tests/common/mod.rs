@@ -1,6 +1,6 @@
 //! Shared by the service tests: how they find their servers, name their schemas and key
 //! prefixes, and build records.
-#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+#![allow(dead_code, unused_imports, reason = "each test binary uses a different part of this module")]
 
 use terrarium_persistence::{BatchId, EntityKind, EventRow, MetricRow, NpcRecord, PositionRow, WriteBatch};
 

@@ -10,7 +10,9 @@ use terrarium::engine::voxel::VoxelWorld;
 use terrarium::engine::{Brain, Engine, NpcId, Role, Status};
 use terrarium_server::Server;
 
-use crate::harness::{TestServer, start, start_with, test_config, world_positions};
+#[cfg(feature = "file-store")]
+use crate::harness::world_positions;
+use crate::harness::{TestServer, start, start_with, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_files_are_served_without_a_key_and_with_a_strict_policy() {
