@@ -190,6 +190,9 @@ struct Summary {
     checkpoints_skipped: u64,
     /// Milliseconds the final checkpoint took (drain included), 0 without one.
     checkpoint_ms: f64,
+    /// Milliseconds the new world's first checkpoint took (copy, encode, store: before the
+    /// first tick), 0 when resumed or not durable.
+    initial_checkpoint_ms: f64,
     /// Size of the newest checkpoint, bytes.
     checkpoint_bytes: u64,
     /// Microseconds the tick thread spent copying the world for the newest checkpoint.
@@ -254,6 +257,15 @@ fn run(args: &Args) -> Result<()> {
         engine
     };
     let spawn_ms = ms(spawn_started.elapsed());
+    // A new world's first checkpoint, before the first tick hands a batch to the store: a kill
+    // from here on leaves a world the next start resumes.
+    let mut initial_checkpoint_ms = 0.0;
+    let spawned = resumed.is_none() && args.snapshot_in.is_none();
+    if let Some(p) = storage.as_ref().filter(|_| args.storage.durable() && spawned) {
+        let t = Instant::now();
+        p.checkpoint_new_world(&mut engine).context("cannot write the new world's first checkpoint")?;
+        initial_checkpoint_ms = ms(t.elapsed());
+    }
     let population = engine.npc_count() as u64;
     let agents = engine.agent_count() as u64;
 
@@ -446,6 +458,7 @@ fn run(args: &Args) -> Result<()> {
         checkpoints_written: checkpoints.written,
         checkpoints_skipped: checkpoints.skipped,
         checkpoint_ms,
+        initial_checkpoint_ms,
         checkpoint_bytes: checkpoints.last_bytes,
         checkpoint_gather_us: checkpoints.last_gather_us,
         stopped_by_signal: ticks_run < args.ticks,

@@ -162,13 +162,14 @@ impl StoragePipeline {
         })
     }
 
-    /// What the store holds of a world to resume, or `None` for a new world (no checkpoint).
+    /// What the store holds of a world to resume, or `None` for a new world (nothing stored).
     /// Replays the outbox first, so batches spilled by the previous run are in the store.
     ///
     /// # Errors
     /// [`PipelineError::WriteBehind`] when the outbox can't be replayed within the checkpoint
-    /// drain timeout; [`PipelineError::Resume`] for a damaged store or checkpoint (naming the
-    /// file or schema).
+    /// drain timeout; [`PipelineError::Resume`] for a damaged store or checkpoint, or a
+    /// durable store holding rows but no checkpoint
+    /// ([`terrarium_persistence::StorageError::NoCheckpoint`]), naming the file or schema.
     pub fn resume_point(&self) -> Result<Option<ResumePoint>, PipelineError> {
         self.write_behind.flush(Duration::from_millis(self.checkpoint.drain_timeout_ms))?;
         self.handle.block_on(self.stack.backend().resume_point()).map_err(|source| PipelineError::Resume {
@@ -179,7 +180,8 @@ impl StoragePipeline {
 
     /// Resumes the world the store holds with `builder`'s configuration and plugins (add
     /// [`StoragePipeline::batching_plugin`] to it), or builds an empty world when the store
-    /// holds none (the report is then `None`: spawn the population).
+    /// holds none (the report is then `None`: spawn the population, then call
+    /// [`StoragePipeline::checkpoint_new_world`] before the first tick).
     ///
     /// # Errors
     /// As [`StoragePipeline::resume_point`], [`PipelineError::Rebuild`] when the checkpoint
@@ -238,6 +240,45 @@ impl StoragePipeline {
         move |engine: &mut Engine| {
             periodic_checkpoint(&checkpointer, every, &write_behind, engine);
         }
+    }
+
+    /// Stores the first checkpoint of a new world: call it once the population is spawned and
+    /// before the first tick (`headless` and `game_server` do). Without it a process killed
+    /// before its first periodic checkpoint leaves rows that the next start can't resume
+    /// ([`terrarium_persistence::StorageError::NoCheckpoint`]).
+    ///
+    /// Written on the calling thread before any batch of this run is handed to the
+    /// write-behind, with `seq` 0 (it follows no batch), so the store never holds a batch of
+    /// this run without a checkpoint before it: a resume from it takes the population the
+    /// store committed after it (none, if the process died before the first batch landed).
+    /// When batches were handed over already (the world ticked first), this is
+    /// [`StoragePipeline::checkpoint_now`] (not clean).
+    ///
+    /// # Errors
+    /// [`PipelineError::Checkpoint`] when it can't be encoded or stored.
+    pub fn checkpoint_new_world(&self, engine: &mut Engine) -> Result<CheckpointStats, PipelineError> {
+        if self.write_behind.stats().batches_submitted > 0 {
+            return self.checkpoint_now(engine, false);
+        }
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = Instant::now();
+        let body = engine.snapshot_body();
+        let job = Job {
+            body,
+            run: self.write_behind.run_id(),
+            seq: 0,
+            clean: false,
+            gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        crate::checkpoint::write(
+            &self.stack,
+            &self.handle,
+            job,
+            self.checkpoint.keep,
+            &checkpointer.counters,
+            Duration::from_millis(self.checkpoint.drain_timeout_ms),
+        )?;
+        Ok(checkpointer.counters.stats())
     }
 
     /// Writes a checkpoint now, on the calling thread: waits for the checkpoint being written,

@@ -146,9 +146,10 @@ fn sigkill_resumes_from_the_last_checkpoint_and_what_was_committed_after_it() {
     );
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
-    // Wait for a checkpoint, then kill without warning.
+    // Wait for a periodic checkpoint (the first one, of tick 0, is there at once), then kill
+    // without warning.
     let db = dir.path().join("terrarium.db");
-    while started.elapsed() < Duration::from_secs(60) && checkpoint_ticks(&db).is_empty() {
+    while started.elapsed() < Duration::from_secs(60) && !checkpoint_ticks(&db).iter().any(|&t| t > 0) {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(700));
@@ -191,6 +192,46 @@ fn a_damaged_store_stops_the_start_with_an_error_naming_the_file() {
     assert_eq!((fresh["resumed"].as_bool(), fresh["npcs"].as_u64()), (Some(false), Some(100)));
 }
 
+#[test]
+fn a_kill_before_the_first_periodic_checkpoint_resumes_from_the_first_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("terrarium.db");
+    // `--checkpoint-every 0`: no periodic checkpoint, only the new world's first one.
+    let mut cmd = embedded(
+        dir.path(),
+        &["--npcs", "3000", "--ticks", "100000", "--checkpoint-every", "0", "--realtime", "--tick-hz", "50"],
+    );
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) && stored_npcs(&db) < 3000 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(checkpoint_ticks(&db), [0], "the first checkpoint, and no other");
+    let (count, max_tick) = committed(&db);
+    assert_eq!(count, 3000);
+    let second = run(embedded(dir.path(), &["--npcs", "10", "--ticks", "20"]));
+    assert_eq!(second["resumed"], true, "{second}");
+    assert_eq!(second["resumed_npcs"].as_u64(), Some(count), "NPCs = what the store committed");
+    assert!(second["resumed_tick"].as_u64().unwrap() >= max_tick, "{second} vs {max_tick}");
+    assert_eq!(second["initial_checkpoint_ms"], 0.0, "a resumed world writes no first checkpoint");
+
+    // A store with rows and no checkpoint can't be resumed: a typed error naming the file, not
+    // a new world over the rows (which would hand their ids out again).
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    sql.execute("DELETE FROM checkpoints", []).unwrap();
+    drop(sql);
+    let out = embedded(dir.path(), &["--ticks", "5"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("terrarium.db") && stderr.contains("no checkpoint"), "{stderr}");
+    let fresh = run(embedded(dir.path(), &["--npcs", "100", "--ticks", "5", "--new-world", "--wipe"]));
+    assert_eq!((fresh["resumed"].as_bool(), fresh["npcs"].as_u64()), (Some(false), Some(100)));
+    assert!(fresh["initial_checkpoint_ms"].as_f64().unwrap() > 0.0, "{fresh}");
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} {pid}");
@@ -203,6 +244,15 @@ fn checkpoint_ticks(db: &Path) -> Vec<i64> {
     };
     let Ok(mut stmt) = sql.prepare("SELECT tick FROM checkpoints") else { return vec![] };
     stmt.query_map([], |r| r.get(0)).map(|rows| rows.filter_map(Result::ok).collect()).unwrap_or_default()
+}
+
+/// NPCs in the store; 0 while it is not there yet (opened read-only: this never creates it).
+fn stored_npcs(db: &Path) -> u64 {
+    let Ok(sql) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    sql.query_row("SELECT count(*) FROM npcs", [], |r| r.get::<_, i64>(0)).map_or(0, |n| n as u64)
 }
 
 /// NPCs in the store, and the newest tick it holds.

@@ -69,6 +69,23 @@ pub enum StorageError {
     /// A storage setting is invalid (or needs a feature this build lacks). Not transient.
     #[error(transparent)]
     Config(#[from] StorageConfigError),
+    /// The store holds a world's rows (NPCs or applied batches) but no checkpoint to resume it
+    /// from: a process that stopped before storing its first one, or a checkpoints table
+    /// emptied by hand. Not transient. Taking it for an empty store would spawn a new world
+    /// over the stored rows and hand their ids out again; delete it explicitly instead
+    /// (`--new-world --wipe` in `headless` and `game_server`).
+    #[error(
+        "{store} holds {npcs} NPC rows and {batches} applied batch runs but no checkpoint: \
+         it cannot be resumed (start over with --new-world --wipe, which deletes it)"
+    )]
+    NoCheckpoint {
+        /// The store: `embedded database <file>` or `postgres schema <name>`.
+        store: String,
+        /// Rows in `npcs`.
+        npcs: u64,
+        /// Rows in `applied_batches` (one per producer run).
+        batches: u64,
+    },
     /// A bound was reached and the data could not be accepted (for example a full outbox with
     /// no disk to spill to). Not transient for this call; the data was *not* dropped silently:
     /// the caller still holds it.

@@ -52,11 +52,12 @@ impl Backend {
         }
     }
 
-    /// What the store holds of a world to resume (`None`: no checkpoint, a new world).
+    /// What the store holds of a world to resume (`None`: nothing stored, a new world).
     ///
     /// # Errors
     /// [`StorageError::Corrupt`] (naming the file or schema) for a damaged database or a
-    /// checkpoint that fails its checksum; otherwise as the store's reads.
+    /// checkpoint that fails its checksum; [`StorageError::NoCheckpoint`] (naming them) for a
+    /// durable store holding rows but no checkpoint; otherwise as the store's reads.
     pub async fn resume_point(&self) -> Result<Option<crate::ResumePoint>, StorageError> {
         match self {
             Self::Memory(s) => Ok(s.resume_point()),

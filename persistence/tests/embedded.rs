@@ -259,8 +259,17 @@ async fn a_newer_schema_or_an_edited_migration_is_refused() {
 #[tokio::test]
 async fn wipe_forgets_the_world() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStore::open(&cfg(dir.path())).await.unwrap();
+    let c = cfg(dir.path());
+    let store = FileStore::open(&c).await.unwrap();
     store.write(&[WriteBatch { npcs: vec![npc(1)], ..batch(1, 1) }]).await.unwrap();
+    // Rows and no checkpoint: not an empty store, a world that can't be resumed (typed, naming
+    // the file).
+    let err = store.resume_point().await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::NoCheckpoint { npcs: 1, batches: 1, .. })
+            && err.to_string().contains(&c.path.display().to_string()),
+        "{err}"
+    );
     store.save_checkpoint(checkpoint(1, 1, true), 2).await.unwrap();
     store.wipe().await.unwrap();
     assert!(store.resume_point().await.unwrap().is_none());

@@ -195,6 +195,16 @@ fn world(
         terrarium::systems::agents::spawn_colony(&mut engine, args.agents, seed)
             .context("cannot set up the mining agents")?;
     }
+    if let Some(p) = storage.filter(|_| flags.durable()) {
+        // Before the first tick hands a batch to the store: a kill from here on leaves a world
+        // the next start resumes.
+        let t = std::time::Instant::now();
+        p.checkpoint_new_world(&mut engine).context("cannot write the new world's first checkpoint")?;
+        eprintln!(
+            "game_server: the new world's first checkpoint took {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok((engine, None))
 }
 

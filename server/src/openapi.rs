@@ -184,10 +184,12 @@ fn world_map() {}
 
 /// The WebSocket position stream (RFC 6455; messages in the crate doc, "WebSocket
 /// protocol"). The key may also come as the sub-protocol `terrarium.key.<KEY>` next to
-/// `terrarium.v1` (browsers), or, for old clients, as `api_key` in the query.
+/// `terrarium.v1` (browsers), or, for old clients, as `api_key` in the query. Offering
+/// `terrarium.binary.v1` as well selects compact binary position frames
+/// (`protocol::BinaryFrame`).
 #[utoipa::path(get, path = "/ws",
     params(
-        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`terrarium.v1, terrarium.key.<KEY>`"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`terrarium.v1, terrarium.key.<KEY>`; add `terrarium.binary.v1` (selected when offered) for binary `reset`/`delta` frames: little-endian, a 24-byte header (kind u8 1 reset 2 delta, flags u8 bit 0 u64 ids, u16 0, moved u32, gone u32, u32 0, tick u64), moved ids (u32, or u64 with the flag), their x y z (f32), padding to the id width, gone ids"),
         ("api_key" = Option<String>, Query, description = "the key (old clients; ends up in logs)"),
     ),
     responses(

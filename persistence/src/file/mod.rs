@@ -137,6 +137,12 @@ enum DbError {
     /// Stored data that does not decode or check out: reported as [`StorageError::Corrupt`]
     /// naming the file.
     Corrupt(String),
+    /// Rows (`npcs`, `applied_batches`) and no checkpoint: reported as
+    /// [`StorageError::NoCheckpoint`] naming the file.
+    NoCheckpoint {
+        npcs: u64,
+        batches: u64,
+    },
 }
 
 impl From<rusqlite::Error> for DbError {
@@ -269,10 +275,11 @@ impl FileStore {
     }
 
     /// The newest checkpoint and the current state committed after it (see [`ResumePoint`]);
-    /// `None` when the store holds no checkpoint.
+    /// `None` when the store holds nothing (no checkpoint, no NPC row, no applied batch).
     ///
     /// # Errors
-    /// As [`FileStore::latest_checkpoint`].
+    /// As [`FileStore::latest_checkpoint`]; [`StorageError::NoCheckpoint`] naming the file when
+    /// it holds rows or applied batches but no checkpoint.
     pub async fn resume_point(&self) -> Result<Option<ResumePoint>, StorageError> {
         self.on_reader(read::resume_point).await
     }
@@ -519,6 +526,13 @@ fn map_error(path: &Path, e: DbError) -> StorageError {
         DbError::Storage(s) => return s,
         DbError::Corrupt(what) => {
             return StorageError::Corrupt { what: format!("embedded database {}: {what}", path.display()) };
+        }
+        DbError::NoCheckpoint { npcs, batches } => {
+            return StorageError::NoCheckpoint {
+                store: format!("embedded database {}", path.display()),
+                npcs,
+                batches,
+            };
         }
         DbError::Sql(e) => e,
     };

@@ -8,7 +8,7 @@ use rusqlite::{Connection, Row, params};
 
 use super::blocks::{self, Block};
 use super::write::none_if_no_rows;
-use super::{DbResult, corrupt, unbits};
+use super::{DbError, DbResult, corrupt, unbits};
 use crate::{Checkpoint, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, ResumePoint};
 
 /// Largest inventory accepted when decoding a stored row.
@@ -164,7 +164,21 @@ pub(super) fn latest_checkpoint(conn: &Connection) -> DbResult<Option<Checkpoint
 pub(super) fn resume_point(conn: &mut Connection) -> DbResult<Option<ResumePoint>> {
     // One read transaction: the checkpoint and the rows are one consistent state.
     let tx = conn.transaction()?;
-    let Some(checkpoint) = latest_checkpoint(&tx)? else { return Ok(None) };
+    let Some(checkpoint) = latest_checkpoint(&tx)? else {
+        // Rows without a checkpoint are a world that can't be resumed, not an empty store.
+        let (npcs, batches): (i64, i64) = tx.query_row(
+            "SELECT (SELECT count(*) FROM npcs), (SELECT count(*) FROM applied_batches)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if npcs > 0 || batches > 0 {
+            return Err(DbError::NoCheckpoint {
+                npcs: u64::try_from(npcs).unwrap_or(0),
+                batches: u64::try_from(batches).unwrap_or(0),
+            });
+        }
+        return Ok(None);
+    };
     let mark = applied_seq(&tx, checkpoint.run)?;
     let tick = i64::try_from(checkpoint.tick).unwrap_or(i64::MAX);
     // Every id, and which registry rows changed after the checkpoint (one scan of `npcs`).

@@ -81,13 +81,31 @@ impl PgStore {
     }
 
     /// The newest checkpoint and the current state committed after it; `None` when the schema
-    /// holds no checkpoint. Read in one repeatable-read transaction, so the parts agree.
+    /// holds nothing (no checkpoint, no NPC row, no applied batch). Read in one repeatable-read
+    /// transaction, so the parts agree.
     ///
     /// # Errors
-    /// As [`PgStore::latest_checkpoint`].
+    /// As [`PgStore::latest_checkpoint`]; [`StorageError::NoCheckpoint`] naming the schema when
+    /// it holds rows or applied batches but no checkpoint.
     pub async fn resume_point(&self) -> Result<Option<ResumePoint>, StorageError> {
-        let Some(checkpoint) = self.latest_checkpoint().await? else { return Ok(None) };
         let err = |e| self.pg_error(e);
+        let Some(checkpoint) = self.latest_checkpoint().await? else {
+            // Rows without a checkpoint are a world that can't be resumed, not an empty schema.
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT (SELECT count(*) FROM npcs), (SELECT count(*) FROM applied_batches)", &[])
+                .await
+                .map_err(err)?;
+            let (npcs, batches): (i64, i64) = (row.get(0), row.get(1));
+            if npcs > 0 || batches > 0 {
+                return Err(StorageError::NoCheckpoint {
+                    store: format!("postgres schema {}", self.schema()),
+                    npcs: u64::try_from(npcs).unwrap_or(0),
+                    batches: u64::try_from(batches).unwrap_or(0),
+                });
+            }
+            return Ok(None);
+        };
         let mut client = self.client().await?;
         let tx = client
             .build_transaction()

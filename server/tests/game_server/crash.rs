@@ -31,8 +31,13 @@ struct Started {
 }
 
 fn start(data: &Path, npcs: &str, agents: &str) -> Started {
+    start_every(data, npcs, agents, "20")
+}
+
+/// As [`start`], with `--checkpoint-every every` (0: no periodic checkpoint).
+fn start_every(data: &Path, npcs: &str, agents: &str, every: &str) -> Started {
     let mut child = Command::new(example("game_server"))
-        .args(["--port", "0", "--tick-hz", "20", "--threads", "1", "--checkpoint-every", "20"])
+        .args(["--port", "0", "--tick-hz", "20", "--threads", "1", "--checkpoint-every", every])
         .args(["--npcs", npcs, "--agents", agents, "--seed", "5", "--data-dir"])
         .arg(data)
         .arg("--outbox")
@@ -252,4 +257,60 @@ fn killed_at_random_moments_it_resumes_what_the_store_committed() {
     let (tick, ledger) = checkpoint_ledger(&db);
     assert!(ledger.conserved(), "the clean stop's checkpoint of tick {tick}: {ledger:?}");
     assert!(ledger.total_mined().max(mined_at_kills) > 0, "no ore mined: {ledger:?}");
+}
+
+/// Issue 12's open bug: a process killed before its first periodic checkpoint left rows and no
+/// checkpoint, and the next start took the store for empty, spawned a new world over the rows
+/// and handed their ids out again. Now a new world's first checkpoint is stored before any
+/// batch: every restart resumes, with what the store committed, and no id comes twice.
+#[test]
+fn killed_before_its_first_periodic_checkpoint_it_resumes_and_hands_no_id_out_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("terrarium.db");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = reqwest::Client::new();
+    let mut handed: Vec<u64> = Vec::new();
+    let mut at_kill = None;
+    for round in 0..3 {
+        // No periodic checkpoint at all (`0`): only the new world's first one.
+        let s = start_every(dir.path(), "2000", "20", "0");
+        assert_eq!(s.resumed_npcs, at_kill, "round {round}: resumed = what the store committed");
+        let stored_max = if round == 0 { 0 } else { committed(&db).1 };
+        rt.block_on(async {
+            for k in 0..10 {
+                let body = json!({"role": "scout", "position": [100.0 + k as f32, 10.0, 100.0]});
+                let v: Value = http
+                    .post(format!("http://{}/api/npcs", s.addr))
+                    .header("x-api-key", KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = v["id"].as_u64().unwrap();
+                assert!(
+                    id > stored_max,
+                    "round {round}: id {id} handed out, the store holds ids up to {stored_max}"
+                );
+                handed.push(id);
+            }
+        });
+        // Long enough for the spawn batch and the API's spawns to be committed (commit interval
+        // 100 ms, positions at most 500 ms old), far too short for any other checkpoint.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut child = s.child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (count, _, inside) = committed(&db);
+        assert!(inside, "round {round}: a stored NPC outside the world");
+        assert!(count >= 2020, "round {round}: only {count} NPCs committed");
+        at_kill = Some(count);
+        let (tick, ledger) = checkpoint_ledger(&db);
+        assert_eq!(tick, 0, "round {round}: only the first checkpoint was stored");
+        assert!(ledger.conserved(), "{ledger:?}");
+    }
+    let unique: BTreeSet<u64> = handed.iter().copied().collect();
+    assert_eq!(unique.len(), handed.len(), "an id was handed out twice: {handed:?}");
 }
