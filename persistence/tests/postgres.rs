@@ -21,7 +21,7 @@ async fn migrations_run_from_empty_then_change_nothing() {
     let store = PgStore::connect_lazy(&cfg).unwrap();
     let guard = PgSchema { store: store.clone(), url: url.clone() };
     let first = store.migrate().await.unwrap();
-    assert_eq!((first.applied.as_slice(), first.version), (&[1, 2, 3, 4][..], 4));
+    assert_eq!((first.applied.as_slice(), first.version), (&[1, 2, 3, 4, 5][..], 5));
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty());
     assert_eq!(store.row_counts().await.unwrap(), Default::default());
@@ -205,6 +205,55 @@ async fn registry_waves_go_by_copy_and_merge_like_the_memory_store() {
     assert_eq!(s.store.load_npcs().await.unwrap(), mem.load_npcs().await.unwrap());
     assert_eq!(s.store.metrics().npc_upserts, 5_000 + 5_001, "the third wave rewrote nothing");
     assert_eq!(s.store.row_counts().await.unwrap().npcs, 7_500);
+}
+
+/// A registry wave of 50,000 rows or more into an empty `npcs` (a new world) is copied in with
+/// the secondary indexes dropped and built again after the load: the same indexes come back, and
+/// what is read through them is what the memory store holds.
+#[tokio::test]
+async fn a_new_worlds_registry_is_loaded_with_its_indexes_built_after() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let sql = sql_client(&url, s.store.schema()).await;
+    let indexes = || async {
+        sql.query(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'npcs' ORDER BY 1",
+            &[&s.store.schema()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect::<Vec<_>>()
+    };
+    let before = indexes().await;
+    assert_eq!(before.len(), 4, "the primary key and three secondary indexes: {before:?}");
+    let mem = MemoryStore::default();
+    let wave = WriteBatch { npcs: (1..=60_000).map(npc).collect(), ..batch(5, 1) };
+    s.store.write(std::slice::from_ref(&wave)).await.unwrap();
+    mem.write(&[wave]).await.unwrap();
+    assert_eq!(indexes().await, before, "every index is back, as it was defined");
+    assert_eq!(s.store.row_counts().await.unwrap().npcs, 60_000);
+    assert_eq!(s.store.metrics().npc_upserts, 60_000);
+    for filter in [
+        NpcFilter { status: Some("idle".into()), ..Default::default() },
+        NpcFilter { role: Some("guard".into()), ..Default::default() },
+        NpcFilter { swarm: Some(2), status: Some("working".into()), ..Default::default() },
+    ] {
+        let page = Page { after: Some(30_000), limit: 50 };
+        let got = s.store.list_npcs(&filter, page).await.unwrap();
+        assert_eq!(got, mem.list_npcs(&filter, page).await.unwrap(), "{filter:?}");
+        assert!(!got.npcs.is_empty(), "{filter:?}");
+    }
+    // A second wave over the now full table goes the usual way (stage and merge), indexes kept.
+    let again = WriteBatch {
+        npcs: (55_001..=115_000).map(|id| NpcRecord { updated_tick: 2, ..npc(id) }).collect(),
+        ..batch(5, 2)
+    };
+    s.store.write(std::slice::from_ref(&again)).await.unwrap();
+    mem.write(&[again]).await.unwrap();
+    assert_eq!(indexes().await, before);
+    assert_eq!(s.store.load_npcs().await.unwrap(), mem.load_npcs().await.unwrap());
 }
 
 #[tokio::test]

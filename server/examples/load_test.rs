@@ -7,6 +7,8 @@
 //! 2. WebSocket: `--ws-clients` connections, each subscribed to a random square area of
 //!    `--ws-area` blocks, counting the delta frames it receives for `--ws-seconds`. Reports
 //!    frames per second per client and how many got less than 90 % of the server's `ws_hz`.
+//!    With `--ws-binary` the clients offer `terrarium.binary.v1` and get (and decode) binary
+//!    frames instead of JSON; `bytes_per_frame` compares the two.
 //!
 //! ```text
 //! cargo run --release -p terrarium-server --example load_test -- \
@@ -38,8 +40,10 @@ use serde_json::Value;
 use terrarium::engine::Engine;
 use terrarium::{Config, StoragePipeline};
 use terrarium_server::Server;
+use terrarium_server::protocol::BinaryFrame;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[path = "../../examples/common/mod.rs"]
 mod common;
@@ -77,6 +81,9 @@ struct Args {
     /// Side of each WebSocket client's square area of interest, blocks.
     #[arg(long = "ws-area", default_value_t = 128.0)]
     ws_area: f32,
+    /// WebSocket clients ask for binary position frames (`terrarium.binary.v1`) instead of JSON.
+    #[arg(long = "ws-binary")]
+    ws_binary: bool,
     /// Deltas per second per WebSocket client of the server started in process.
     #[arg(long = "ws-hz", default_value_t = 10)]
     ws_hz: u32,
@@ -161,9 +168,14 @@ struct WsReport {
     frames_per_s_mean: f64,
     /// Clients under 90 % of `ws_hz` (0 means every client got its rate).
     clients_below_target: usize,
-    /// Frames (and bytes of JSON) all clients received together.
+    /// Frames (and bytes of JSON, or of binary frames with `binary`) all clients received
+    /// together.
     frames_total: u64,
     bytes_total: u64,
+    /// The clients got binary frames (`--ws-binary`).
+    binary: bool,
+    /// `bytes_total / frames_total`: the payload of one delta frame.
+    bytes_per_frame: f64,
     tick: TickReport,
 }
 
@@ -240,7 +252,7 @@ fn run(args: &Args) -> Result<()> {
         let ws = client_rt.block_on(ws_phase(args, &target))?;
         eprintln!(
             "ws: {} clients ({} failed), {:.2} frames/s per client (min {:.2}, median {:.2}) of {} Hz; \
-             {} below 90 %; {:.1} MB received; tick {:.1}/s, p99 {:.2} ms",
+             {} below 90 %; {:.1} MB received ({}, {:.0} bytes a frame); tick {:.1}/s, p99 {:.2} ms",
             ws.clients,
             ws.failed,
             ws.frames_per_s_mean,
@@ -249,6 +261,8 @@ fn run(args: &Args) -> Result<()> {
             ws.ws_hz,
             ws.clients_below_target,
             ws.bytes_total as f64 / 1e6,
+            if ws.binary { "binary" } else { "JSON" },
+            ws.bytes_per_frame,
             ws.tick.ticks_per_s,
             ws.tick.tick_p99_ms
         );
@@ -495,7 +509,8 @@ async fn ws_phase(args: &Args, target: &Arc<Target>) -> Result<WsReport> {
         let sub =
             serde_json::json!({"type": "subscribe", "min": [x, z], "max": [x + side, z + side]}).to_string();
         let (target, go, ready) = (Arc::clone(target), go_rx.clone(), ready_tx.clone());
-        tasks.push(tokio::spawn(async move { ws_client(&target, sub, go, ready, listen).await }));
+        let binary = args.ws_binary;
+        tasks.push(tokio::spawn(async move { ws_client(&target, sub, binary, go, ready, listen).await }));
     }
     drop(ready_tx);
     for _ in 0..args.ws_clients {
@@ -527,6 +542,9 @@ async fn ws_phase(args: &Args, target: &Arc<Target>) -> Result<WsReport> {
         clients_below_target: rates.iter().filter(|&&r| r < 0.9 * ws_hz).count() + failed,
         frames_total: tallies.iter().map(|t| t.frames).sum(),
         bytes_total: tallies.iter().map(|t| t.bytes).sum(),
+        binary: args.ws_binary,
+        bytes_per_frame: tallies.iter().map(|t| t.bytes).sum::<u64>() as f64
+            / tallies.iter().map(|t| t.frames).sum::<u64>().max(1) as f64,
         tick,
     })
 }
@@ -552,12 +570,25 @@ async fn ws_hello(target: &Target) -> Result<Value> {
 async fn ws_client(
     target: &Target,
     subscribe: String,
+    binary: bool,
     mut go: tokio::sync::watch::Receiver<bool>,
     ready: tokio::sync::mpsc::Sender<bool>,
     listen: Duration,
 ) -> Option<WsTally> {
     let url = format!("ws://{}/ws?api_key={}", target.addr, target.key);
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+    let Ok(mut req) = url.into_client_request() else {
+        let _ = ready.send(false).await;
+        return None;
+    };
+    if binary {
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                "terrarium.binary.v1, terrarium.v1",
+            ),
+        );
+    }
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
         let _ = ready.send(false).await;
         return None;
     };
@@ -600,6 +631,18 @@ async fn ws_client(
                         tally.bytes += t.len() as u64;
                     }
                 }
+                // A binary delta, read as a client would (a bad one fails the client).
+                Some(Ok(Message::Binary(b))) => match BinaryFrame::decode(&b) {
+                    Ok(f) if !f.reset => {
+                        tally.frames += 1;
+                        tally.bytes += b.len() as u64;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("load_test: {e}");
+                        return None;
+                    }
+                },
                 Some(Ok(_)) => {}
                 _ => {
                     tally.seconds = started.elapsed().as_secs_f64().max(1e-3);

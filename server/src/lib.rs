@@ -41,6 +41,15 @@
 //! A client that offers `terrarium.v1` gets it selected whichever way it sent its key. Every
 //! message both ways is one JSON text frame; the server deflates large frames
 //! (permessage-deflate, RFC 7692) when the client offered it.
+//!
+//! Compact frames: a client that also offers `terrarium.binary.v1` (first, as in
+//! `["terrarium.binary.v1", "terrarium.v1", "terrarium.key." + key]`; a key still needs
+//! `terrarium.v1` beside it) gets that selected, and then receives `reset` and `delta` as
+//! binary messages of little-endian typed arrays (ids u32, or u64 when one doesn't fit,
+//! `x y z` f32; the layout is [`protocol::BinaryFrame`]'s doc, about 16 bytes per NPC against
+//! about 40 in JSON). Every other message, and everything the client sends, stays JSON text.
+//! A server that does not know the binary protocol selects `terrarium.v1`: the selected
+//! protocol says which frames come.
 //! Positions are always arrays in this field order: `[id, x, y, z]` (id an integer, x y z
 //! blocks as floats); areas are `[x, z]` pairs of the ground plane, `min` inclusive, `max`
 //! exclusive.

@@ -1,7 +1,9 @@
 //! What clients send, parsed apart from the server: WebSocket client messages, the
 //! `GET /api/npcs` query string and the WebSocket sub-protocol offer (where a browser puts its
 //! API key). Each parser is a plain function from bytes or text to a typed result, so it can be
-//! tested and fuzzed alone; the handlers call exactly these.
+//! tested and fuzzed alone; the handlers call exactly these. Also the compact binary position
+//! frames of [`WS_PROTOCOL_BINARY`]: their layout, the server's encoder and a checked decoder
+//! for Rust clients.
 
 use serde::Deserialize;
 use terrarium::engine::{Role, Status};
@@ -10,6 +12,12 @@ use terrarium::persistence::Page;
 /// The WebSocket sub-protocol this server speaks; the server selects it (echoes it in
 /// `Sec-WebSocket-Protocol`) whenever the client offered it.
 pub const WS_PROTOCOL: &str = "terrarium.v1";
+
+/// The sub-protocol for compact position frames: a client that offers it (the viewer offers
+/// it before [`WS_PROTOCOL`], so an older server that does not know it selects that) gets it
+/// selected, and then receives `reset` and `delta` frames as binary messages (see
+/// [`BinaryFrame`]); every other message stays JSON text.
+pub const WS_PROTOCOL_BINARY: &str = "terrarium.binary.v1";
 
 /// Prefix of the sub-protocol that carries the API key: a client offers
 /// `terrarium.key.<KEY>` beside [`WS_PROTOCOL`]. The server never selects (echoes) it.
@@ -21,8 +29,10 @@ pub const MAX_WS_PROTOCOLS: usize = 16;
 /// What a client offered in `Sec-WebSocket-Protocol`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WsOffer<'a> {
-    /// It offered [`WS_PROTOCOL`] (the server then selects it).
+    /// It offered [`WS_PROTOCOL`] (the server then selects it, unless `binary`).
     pub v1: bool,
+    /// It offered [`WS_PROTOCOL_BINARY`] (the server then selects it).
+    pub binary: bool,
     /// The key it offered as `terrarium.key.<KEY>`, without the prefix.
     pub key: Option<&'a str>,
     /// It offered some protocol at all (then it expects one selected, or fails the handshake).
@@ -69,6 +79,8 @@ pub fn parse_ws_protocols<'a>(lines: impl IntoIterator<Item = &'a str>) -> Resul
         offer.any = true;
         if entry == WS_PROTOCOL {
             offer.v1 = true;
+        } else if entry == WS_PROTOCOL_BINARY {
+            offer.binary = true;
         } else if let Some(key) = entry.strip_prefix(WS_KEY_PREFIX)
             && offer.key.replace(key).is_some()
         {
@@ -120,6 +132,156 @@ pub enum WsMessageError {
 /// [`WsMessageError::Json`] for anything that is not exactly one [`ClientMessage`].
 pub fn parse_client_message(payload: &[u8]) -> Result<ClientMessage, WsMessageError> {
     serde_json::from_slice(payload).map_err(WsMessageError::Json)
+}
+
+/// A position frame as a binary message ([`WS_PROTOCOL_BINARY`]): the same content as the
+/// JSON `reset` and `delta` messages, in little-endian typed arrays a browser reads without
+/// parsing (`Uint32Array`/`Float32Array` views of the message's buffer: every array starts at
+/// a multiple of its element size).
+///
+/// | offset | type | what |
+/// |---|---|---|
+/// | 0 | u8 | kind: 1 `reset`, 2 `delta` |
+/// | 1 | u8 | flags: bit 0 set when ids are u64 (else u32: every id of the frame fits) |
+/// | 2 | u16 | 0 |
+/// | 4 | u32 | `n`: NPCs in `moved` (a reset: every NPC in the area) |
+/// | 8 | u32 | `g`: ids in `gone` (0 in a reset) |
+/// | 12 | u32 | 0 |
+/// | 16 | u64 | tick |
+/// | 24 | `n` × u32 or u64 | ids of `moved` |
+/// | 24 + `n`·w | `n` × 3 × f32 | their `x, y, z`, interleaved |
+/// | next multiple of w | `g` × u32 or u64 | ids of `gone` |
+///
+/// (`w`: 4 or 8, the id width.) The message is exactly that long; a decoder refuses anything
+/// else.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct BinaryFrame {
+    /// The tick the frame is of.
+    pub tick: u64,
+    /// A `reset` (every NPC in the area) rather than a `delta`.
+    pub reset: bool,
+    /// NPCs that moved or entered (all of them, for a reset): id and `[x, y, z]`.
+    pub moved: Vec<(u64, [f32; 3])>,
+    /// NPCs that left the area or were removed.
+    pub gone: Vec<u64>,
+}
+
+/// Bytes before the arrays of a [`BinaryFrame`].
+pub const BINARY_FRAME_HEADER: usize = 24;
+
+/// Why a binary frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BinaryFrameError {
+    /// Shorter than its header.
+    #[error("binary frame: {0} bytes, shorter than the {BINARY_FRAME_HEADER}-byte header")]
+    Short(usize),
+    /// A kind other than 1 (reset) or 2 (delta), or unknown flags.
+    #[error("binary frame: unknown kind {kind} or flags {flags:#x}")]
+    Unknown {
+        /// Byte 0.
+        kind: u8,
+        /// Byte 1.
+        flags: u8,
+    },
+    /// The counts say another length than the message has (or a reset names gone ids).
+    #[error("binary frame: {len} bytes, its counts need {needed}")]
+    Length {
+        /// The message's length.
+        len: usize,
+        /// What its header's counts need (saturated).
+        needed: u64,
+    },
+}
+
+impl BinaryFrame {
+    /// Its bytes (the layout in the type's doc). Counts above `u32::MAX` can't be encoded:
+    /// the hub never cuts frames that large (they would be tens of gigabytes).
+    #[must_use]
+    pub fn encode(tick: u64, reset: bool, moved: &[(u64, [f32; 3])], gone: &[u64]) -> Vec<u8> {
+        let wide = moved.iter().map(|m| m.0).chain(gone.iter().copied()).any(|id| id > u64::from(u32::MAX));
+        let w = if wide { 8 } else { 4 };
+        let (n, g) = (moved.len(), gone.len());
+        let pos_end = BINARY_FRAME_HEADER + n * w + n * 12;
+        let gone_at = pos_end.next_multiple_of(w);
+        let mut out = Vec::with_capacity(gone_at + g * w);
+        out.push(if reset { 1 } else { 2 });
+        out.push(u8::from(wide));
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&u32::try_from(g).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&tick.to_le_bytes());
+        let id = |out: &mut Vec<u8>, id: u64| {
+            if wide {
+                out.extend_from_slice(&id.to_le_bytes());
+            } else {
+                out.extend_from_slice(&(id as u32).to_le_bytes());
+            }
+        };
+        for &(i, _) in moved {
+            id(&mut out, i);
+        }
+        for (_, p) in moved {
+            for v in p {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out.resize(gone_at, 0);
+        for &i in gone {
+            id(&mut out, i);
+        }
+        out
+    }
+
+    /// Reads a binary frame, checking that its counts match its length exactly (so what it
+    /// allocates is bounded by the message's size, which the WebSocket's limit bounds).
+    ///
+    /// # Errors
+    /// [`BinaryFrameError`] for anything but exactly one frame.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BinaryFrameError> {
+        let header = bytes.get(..BINARY_FRAME_HEADER).ok_or(BinaryFrameError::Short(bytes.len()))?;
+        let (kind, flags) = (header[0], header[1]);
+        if !(1..=2).contains(&kind) || flags > 1 || header[2..4] != [0, 0] || header[12..16] != [0; 4] {
+            return Err(BinaryFrameError::Unknown { kind, flags });
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let (n, g) = (u64::from(u32_at(4)), u64::from(u32_at(8)));
+        let mut tick = [0; 8];
+        tick.copy_from_slice(&header[16..24]);
+        let w: u64 = if flags == 1 { 8 } else { 4 };
+        let pos_end = BINARY_FRAME_HEADER as u64 + n * w + n * 12;
+        let gone_at = pos_end.next_multiple_of(w);
+        let needed = gone_at + g * w;
+        if needed != bytes.len() as u64 || (kind == 1 && g > 0) {
+            return Err(BinaryFrameError::Length { len: bytes.len(), needed });
+        }
+        // Within `bytes` from here: the length was checked.
+        let (n, g, w) = (n as usize, g as usize, w as usize);
+        let id = |at: usize| -> u64 {
+            let b = &bytes[at..at + w];
+            if w == 8 {
+                let mut a = [0; 8];
+                a.copy_from_slice(b);
+                u64::from_le_bytes(a)
+            } else {
+                u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+        };
+        let f32_at = |at: usize| f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let pos = BINARY_FRAME_HEADER + n * w;
+        let moved = (0..n)
+            .map(|k| {
+                let p = pos + k * 12;
+                (id(BINARY_FRAME_HEADER + k * w), [f32_at(p), f32_at(p + 4), f32_at(p + 8)])
+            })
+            .collect();
+        let gone_at = gone_at as usize;
+        let gone = (0..g).map(|k| id(gone_at + k * w)).collect();
+        Ok(Self { tick: u64::from_le_bytes(tick), reset: kind == 1, moved, gone })
+    }
 }
 
 /// The query of `GET /api/npcs`, checked.
@@ -206,11 +368,16 @@ mod tests {
     #[test]
     fn the_key_travels_in_the_protocol_offer_and_is_never_selected() {
         let offer = parse_ws_protocols(["terrarium.v1, terrarium.key.abc-DEF_123"]).unwrap();
-        assert_eq!(offer, WsOffer { v1: true, key: Some("abc-DEF_123"), any: true });
+        assert_eq!(offer, WsOffer { v1: true, binary: false, key: Some("abc-DEF_123"), any: true });
+        let offer = parse_ws_protocols(["terrarium.binary.v1, terrarium.v1, terrarium.key.k"]).unwrap();
+        assert_eq!((offer.v1, offer.binary, offer.key), (true, true, Some("k")));
         // Over two header lines, with other protocols beside.
         let offer = parse_ws_protocols(["chat", "terrarium.key.k ,terrarium.v1"]).unwrap();
         assert_eq!((offer.v1, offer.key), (true, Some("k")));
-        assert_eq!(parse_ws_protocols(["chat"]).unwrap(), WsOffer { v1: false, key: None, any: true });
+        assert_eq!(
+            parse_ws_protocols(["chat"]).unwrap(),
+            WsOffer { v1: false, binary: false, key: None, any: true }
+        );
         assert_eq!(parse_ws_protocols([]).unwrap(), WsOffer::default());
         assert_eq!(parse_ws_protocols(["terrarium.key.k"]), Err(WsOfferError::KeyWithoutProtocol));
         assert_eq!(
@@ -224,6 +391,48 @@ mod tests {
         // The error never repeats an entry (it may be a key).
         let e = parse_ws_protocols(["terrarium.v1, terrarium.key.hunter2 xyz"]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn binary_frames_round_trip_and_refuse_every_other_length() {
+        let moved = vec![(3, [1.5, 0.0, -2.25]), (7, [f32::MAX, 1e-3, 9.0]), (9, [0.0; 3])];
+        for (gone, wide) in [(vec![4, 5], false), (vec![1 << 40], true), (vec![], false)] {
+            let bytes = BinaryFrame::encode(42, false, &moved, &gone);
+            let w = if wide { 8 } else { 4 };
+            assert_eq!(bytes[1], u8::from(wide));
+            assert_eq!(bytes.len(), (24 + 3 * w + 36usize).next_multiple_of(w) + gone.len() * w);
+            let f = BinaryFrame::decode(&bytes).unwrap();
+            assert_eq!((f.tick, f.reset, &f.moved, &f.gone), (42, false, &moved, &gone));
+            // One byte more or less, or a count off by one: refused, whatever the bytes.
+            assert!(matches!(
+                BinaryFrame::decode(&bytes[..bytes.len() - 1]),
+                Err(BinaryFrameError::Length { .. })
+            ));
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(BinaryFrame::decode(&longer).is_err());
+            let mut lie = bytes.clone();
+            lie[4] = 200;
+            assert!(matches!(BinaryFrame::decode(&lie), Err(BinaryFrameError::Length { .. })));
+        }
+        // The largest counts claim far more than the message holds: refused before allocating.
+        let mut huge = BinaryFrame::encode(1, false, &[], &[]);
+        huge[4..12].copy_from_slice(&[0xFF; 8]);
+        assert!(matches!(BinaryFrame::decode(&huge), Err(BinaryFrameError::Length { .. })));
+        let reset = BinaryFrame::encode(2, true, &moved[..1], &[]);
+        assert_eq!(reset.len(), 24 + 4 + 12);
+        let f = BinaryFrame::decode(&reset).unwrap();
+        assert!(f.reset && f.gone.is_empty() && f.moved == moved[..1]);
+        assert_eq!(BinaryFrame::decode(&reset[..10]), Err(BinaryFrameError::Short(10)));
+        let mut odd = reset.clone();
+        odd[0] = 3;
+        assert!(matches!(BinaryFrame::decode(&odd), Err(BinaryFrameError::Unknown { kind: 3, .. })));
+        odd[0] = 1;
+        odd[1] = 2;
+        assert!(matches!(BinaryFrame::decode(&odd), Err(BinaryFrameError::Unknown { flags: 2, .. })));
+        // A reset never names gone ids.
+        let bad = BinaryFrame::encode(2, true, &[], &[1]);
+        assert!(matches!(BinaryFrame::decode(&bad), Err(BinaryFrameError::Length { .. })));
     }
 
     #[test]

@@ -32,6 +32,10 @@ const app = {
   frame: { count: 0, ids: new Float64Array(0), pos: new Float32Array(0), colour: new Uint8Array(0), tick: 0 },
   frames: 0,
   resets: 0,
+  binaryFrames: true, // offer the binary position frames (`#frames=json`: don't)
+  protocol: null, // the sub-protocol the server selected
+  binaryFrameCount: 0, // frames that came as binary messages
+  streamBytes: 0, // bytes of position frames received (binary, or JSON text)
   dirty: true,
   hello: null,
   subscription: null, // {min, max} last sent
@@ -76,9 +80,11 @@ function api(path) {
 
 // A browser can't set headers on a WebSocket: the key travels in the sub-protocol offer
 // (`terrarium.v1` plus `terrarium.key.<KEY>`; the server selects `terrarium.v1` and never echoes
-// the key), never in the URL.
-function wsProtocols(key) {
-  return ["terrarium.v1", "terrarium.key." + key];
+// the key), never in the URL. `terrarium.binary.v1`, offered first, asks for compact binary
+// position frames (a server that does not know it selects `terrarium.v1`: JSON frames);
+// `#frames=json` in the address leaves it out.
+function wsProtocols(key, binary) {
+  return [...(binary ? ["terrarium.binary.v1"] : []), "terrarium.v1", "terrarium.key." + key];
 }
 
 // ---- banners --------------------------------------------------------------------------------
@@ -178,13 +184,14 @@ function startWorker() {
   app.worker = w;
   w.onmessage = (ev) => onWorker(ev.data);
   const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
-  w.postMessage({ type: "connect", url, protocols: wsProtocols(app.key) });
+  w.postMessage({ type: "connect", url, protocols: wsProtocols(app.key, app.binaryFrames) });
   subscribeVisible(true);
 }
 
 function onWorker(m) {
   switch (m.type) {
     case "open":
+      app.protocol = m.protocol;
       break;
     case "hello": {
       const again = app.hello !== null;
@@ -216,6 +223,8 @@ function onWorker(m) {
     case "frame":
       app.frame = m;
       app.frames++;
+      app.streamBytes += m.bytes;
+      if (m.binary) app.binaryFrameCount++;
       if (m.reset) app.resets++;
       app.lastFrameAt = performance.now();
       app.renderer.upload(m.count, m.pos, m.colour, app.palette);
@@ -812,6 +821,9 @@ function figures() {
     fps: app.fpsTimes.length,
     frames: app.frames,
     resets: app.resets,
+    protocol: app.protocol,
+    binaryFrames: app.binaryFrameCount,
+    streamBytes: app.streamBytes,
     tick: app.frame.tick,
     count: app.frame.count,
     drawn: app.drawn,
@@ -881,6 +893,7 @@ function start() {
   // (SwiftShader, llvmpipe: headless browsers, machines without a GPU) draws 100k points
   // several times slower than the 2D canvas through typed arrays (BENCHMARKS.md).
   const want = params.get("renderer");
+  app.binaryFrames = params.get("frames") !== "json";
   let cv = $("points-layer");
   if (want === "webgl" || (want !== "canvas" && gpuWebGl())) {
     try { app.renderer = new GlRenderer(cv); } catch (e) {

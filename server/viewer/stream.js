@@ -1,11 +1,14 @@
-// The viewer's stream worker: holds the WebSocket to /ws, parses its JSON frames off the page's
+// The viewer's stream worker: holds the WebSocket to /ws, reads its frames off the page's
 // thread and keeps the NPCs of the subscribed area in typed arrays (a slot per NPC, removed by
 // swapping the last slot in). After each frame it posts a copy of the arrays to the page.
+// Position frames come as JSON text, or, when the server selected `terrarium.binary.v1`, as
+// binary messages read through typed-array views (layout: the server's
+// `protocol::BinaryFrame`).
 //
 // Page -> worker: {type:"connect", url, protocols}, {type:"subscribe", min, max},
 //                 {type:"colours", ids: Float64Array, colour: Uint8Array}, {type:"close"}
 // Worker -> page: {type:"open"|"hello"|"subscribed"|"error"|"closed", ...},
-//                 {type:"frame", tick, reset, count, ids, pos, colour, behind}
+//                 {type:"frame", tick, reset, count, ids, pos, colour, behind, binary, bytes}
 "use strict";
 
 let ws = null;
@@ -41,7 +44,10 @@ function clear() {
 }
 
 function put(e) {
-  const id = e[0];
+  putAt(e[0], e[1], e[2], e[3]);
+}
+
+function putAt(id, x, y, z) {
   let s = slot.get(id);
   if (s === undefined) {
     grow(count + 1);
@@ -51,9 +57,9 @@ function put(e) {
     const c = colourOf.get(id);
     colour[s] = c === undefined ? 0 : c;
   }
-  pos[s * 3] = e[1];
-  pos[s * 3 + 1] = e[2];
-  pos[s * 3 + 2] = e[3];
+  pos[s * 3] = x;
+  pos[s * 3 + 1] = y;
+  pos[s * 3 + 2] = z;
 }
 
 function remove(id) {
@@ -72,12 +78,49 @@ function remove(id) {
   }
 }
 
-function post(tick, reset, behind) {
+function post(tick, reset, behind, binary, bytes) {
   const i = ids.slice(0, count);
   const p = pos.slice(0, count * 3);
   const c = colour.slice(0, count);
-  self.postMessage({ type: "frame", tick, reset, behind, count, ids: i, pos: p, colour: c },
+  self.postMessage({ type: "frame", tick, reset, behind, binary, bytes, count, ids: i, pos: p, colour: c },
     [i.buffer, p.buffer, c.buffer]);
+}
+
+// A binary position frame: a 24-byte header (kind u8: 1 reset, 2 delta; flags u8: bit 0 u64
+// ids; u16 0; moved u32; gone u32; u32 0; tick u64), then the moved ids (u32 or u64), their
+// x y z (f32), padding to the id width, the gone ids. Little-endian throughout. A message whose
+// counts don't match its length is dropped.
+function onBinary(buf) {
+  if (buf.byteLength < 24) return;
+  const dv = new DataView(buf);
+  const kind = dv.getUint8(0), wide = dv.getUint8(1) === 1;
+  const n = dv.getUint32(4, true), g = dv.getUint32(8, true);
+  const tick = dv.getUint32(16, true) + dv.getUint32(20, true) * 4294967296;
+  const w = wide ? 8 : 4;
+  const posAt = 24 + n * w;
+  const goneAt = Math.ceil((posAt + n * 12) / w) * w;
+  if ((kind !== 1 && kind !== 2) || goneAt + g * w !== buf.byteLength) return;
+  // Typed-array views need little-endian hosts (every browser's): fall back to the DataView.
+  const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+  const idAt = wide
+    ? (k, at) => dv.getUint32(at + k * 8, true) + dv.getUint32(at + k * 8 + 4, true) * 4294967296
+    : le ? ((v) => (k) => v[k])(new Uint32Array(buf, 24, n)) : (k, at) => dv.getUint32(at + k * 4, true);
+  const p = le ? new Float32Array(buf, posAt, n * 3) : null;
+  const f = p ? (k) => p[k] : (k) => dv.getFloat32(posAt + k * 4, true);
+  let behind;
+  if (kind === 1) {
+    behind = !expectReset;
+    expectReset = false;
+    clear();
+    grow(n);
+  } else {
+    behind = lastTick >= 0 && tick - lastTick > 3 * Math.max(1, tickHz / helloHz);
+  }
+  for (let k = 0; k < n; k++) putAt(idAt(k, 24), f(k * 3), f(k * 3 + 1), f(k * 3 + 2));
+  const goneId = wide || !le ? (k) => idAt(k, goneAt) : ((v) => (k) => v[k])(new Uint32Array(buf, goneAt, g));
+  for (let k = 0; k < g; k++) remove(goneId(k));
+  lastTick = tick;
+  post(tick, kind === 1, behind, true, buf.byteLength);
 }
 
 function send(msg) {
@@ -85,6 +128,7 @@ function send(msg) {
 }
 
 function onMessage(ev) {
+  if (ev.data instanceof ArrayBuffer) { onBinary(ev.data); return; }
   let m;
   try { m = JSON.parse(ev.data); } catch (e) { return; }
   switch (m.type) {
@@ -106,7 +150,7 @@ function onMessage(ev) {
       grow(n.length);
       for (let k = 0; k < n.length; k++) put(n[k]);
       lastTick = m.tick;
-      post(m.tick, true, behind);
+      post(m.tick, true, behind, false, ev.data.length);
       break;
     }
     case "delta": {
@@ -116,7 +160,7 @@ function onMessage(ev) {
       // More than three frames' worth of ticks between two deltas: frames were merged late.
       const behind = lastTick >= 0 && m.tick - lastTick > 3 * Math.max(1, tickHz / helloHz);
       lastTick = m.tick;
-      post(m.tick, false, behind);
+      post(m.tick, false, behind, false, ev.data.length);
       break;
     }
     case "error":
@@ -131,6 +175,7 @@ function open() {
   closing = false;
   try {
     ws = new WebSocket(url, protocols);
+    ws.binaryType = "arraybuffer";
   } catch (e) {
     self.postMessage({ type: "closed", code: 0, reason: String(e), retryMs: 1000 });
     return;

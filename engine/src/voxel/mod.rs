@@ -9,6 +9,8 @@
 mod block;
 mod worldgen;
 
+use std::sync::Arc;
+
 use bevy_ecs::prelude::*;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
@@ -73,7 +75,10 @@ pub(crate) const fn local_index(lx: i32, ly: i32, lz: i32) -> usize {
 }
 
 /// 16³ blocks and a version that every edit bumps. A chunk of one kind only (all air, say) is
-/// stored as that kind, without the 4 KiB array.
+/// stored as that kind, without the 4 KiB array. A dense chunk's array is shared, copy on
+/// write: cloning a chunk (or the whole [`VoxelWorld`]) copies no blocks, and the first edit of
+/// a shared array copies it (readers off the tick thread take such a clone, see
+/// [`VoxelWorld`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     blocks: ChunkBlocks,
@@ -83,7 +88,7 @@ pub struct Chunk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ChunkBlocks {
     Uniform(Block),
-    Dense(Box<[Block; CHUNK_VOLUME]>),
+    Dense(Arc<[Block; CHUNK_VOLUME]>),
 }
 
 impl Chunk {
@@ -94,7 +99,7 @@ impl Chunk {
         let blocks = if blocks.iter().all(|&b| b == first) {
             ChunkBlocks::Uniform(first)
         } else {
-            ChunkBlocks::Dense(blocks)
+            ChunkBlocks::Dense(Arc::from(blocks))
         };
         Self { blocks, version }
     }
@@ -135,11 +140,12 @@ impl Chunk {
         let blocks = match &mut self.blocks {
             ChunkBlocks::Uniform(b) if *b == block => return block,
             ChunkBlocks::Uniform(b) => {
-                self.blocks = ChunkBlocks::Dense(Box::new([*b; CHUNK_VOLUME]));
+                self.blocks = ChunkBlocks::Dense(Arc::new([*b; CHUNK_VOLUME]));
                 let ChunkBlocks::Dense(blocks) = &mut self.blocks else { unreachable!("just made dense") };
-                blocks
+                Arc::make_mut(blocks)
             }
-            ChunkBlocks::Dense(blocks) => blocks,
+            // Copies the array only while a clone of the world still shares it.
+            ChunkBlocks::Dense(blocks) => Arc::make_mut(blocks),
         };
         let old = std::mem::replace(&mut blocks[i], block);
         if old != block {
@@ -160,7 +166,8 @@ pub struct Depot {
 }
 
 /// The voxel world (a resource). Out of bounds reads as [`Block::Bedrock`]: nothing walks or
-/// digs there.
+/// digs there. Cloning it copies the chunk table, not the blocks (dense chunks are shared
+/// copy on write): a cheap snapshot the tick thread can hand to a reader on another thread.
 ///
 /// # Examples
 /// ```
@@ -534,7 +541,7 @@ impl VoxelWorld {
                 for (b, &byte) in blocks.iter_mut().zip(bytes) {
                     *b = Block::from_u8(byte).ok_or_else(|| bad(format!("unknown block code {byte}")))?;
                 }
-                ChunkBlocks::Dense(blocks)
+                ChunkBlocks::Dense(Arc::from(blocks))
             } else {
                 ChunkBlocks::Uniform(
                     Block::from_u8(tag).ok_or_else(|| bad(format!("unknown block code {tag}")))?,
@@ -610,6 +617,31 @@ mod tests {
             let top = w.surface_y(x, 9).unwrap();
             assert_eq!(top, w.params().terrain_height(x, 9));
         }
+    }
+
+    #[test]
+    fn a_clone_shares_blocks_until_one_side_edits() {
+        let mut w = VoxelWorld::generate(WorldGen::small()).unwrap();
+        let p = BlockPos::new(10, 5, 10);
+        let c = w.chunk_index(p).unwrap();
+        let snapshot = w.clone();
+        let shared = |a: &VoxelWorld, b: &VoxelWorld| match (&a.chunks[c].blocks, &b.chunks[c].blocks) {
+            (ChunkBlocks::Dense(x), ChunkBlocks::Dense(y)) => Arc::ptr_eq(x, y),
+            _ => panic!("a stone chunk is dense"),
+        };
+        assert!(shared(&w, &snapshot), "a clone copies no blocks");
+        assert_eq!(w.set(p, Block::Air), Some(Block::Stone));
+        assert!(!shared(&w, &snapshot), "the edited chunk was copied");
+        assert_eq!((w.get(p), snapshot.get(p)), (Block::Air, Block::Stone), "the clone kept its blocks");
+        assert_eq!((w.chunk_version(c), snapshot.chunk_version(c)), (1, 0));
+        assert_eq!((w.edits(), snapshot.edits()), (1, 0));
+        drop(snapshot);
+        // Alone again: edits happen in place.
+        let ChunkBlocks::Dense(before) = &w.chunks[c].blocks else { unreachable!() };
+        let before = Arc::as_ptr(before);
+        w.set(p.offset(1, 0, 0), Block::Air);
+        let ChunkBlocks::Dense(after) = &w.chunks[c].blocks else { unreachable!() };
+        assert_eq!(Arc::as_ptr(after), before);
     }
 
     #[test]

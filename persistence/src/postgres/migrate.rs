@@ -26,6 +26,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/V3__position_blocks.sql"),
     },
     Migration { version: 4, name: "regions", sql: include_str!("migrations/V4__regions.sql") },
+    Migration {
+        version: 5,
+        name: "registry_fillfactor",
+        sql: include_str!("migrations/V5__registry_fillfactor.sql"),
+    },
 ];
 
 /// What [`PgStore::migrate`] did.

@@ -19,6 +19,10 @@ pub(super) const BLOCK: u64 = 64;
 /// Registry rows from which a write goes by `COPY` rather than one `unnest` statement.
 const COPY_REGISTRY_ROWS: usize = 2_048;
 
+/// Registry rows into an empty `npcs` from which its secondary indexes are built after the
+/// load rather than kept up to date row by row.
+const BULK_REGISTRY_ROWS: usize = 50_000;
+
 /// What one `write` call does to `npcs` (the registry), per NPC, after folding its batches.
 #[derive(Debug)]
 enum NpcChange {
@@ -366,10 +370,20 @@ impl PgStore {
         let err = |e| self.pg_error(e);
         let first = to_i64("npc id", rows[0].id)?;
         let high: Option<i64> = tx.query_one("SELECT max(id) FROM npcs", &[]).await.map_err(err)?.get(0);
+        if high.is_none() && rows.len() >= BULK_REGISTRY_ROWS {
+            return self.bulk_load_npcs(tx, rows).await;
+        }
         if high.is_none_or(|h| h < first) {
             self.copy_npcs(tx, "npcs", rows).await?;
             return Ok(rows.len() as u64);
         }
+        self.merge_npcs(tx, rows).await
+    }
+
+    /// Registry rows through the temporary stage, merged into `npcs` by one `INSERT … ON
+    /// CONFLICT`; a row equal to the stored one is left alone. Returns the rows written.
+    async fn merge_npcs(&self, tx: &Transaction<'_>, rows: &[NpcRecord]) -> Result<u64, StorageError> {
+        let err = |e| self.pg_error(e);
         tx.batch_execute(
             "CREATE TEMP TABLE IF NOT EXISTS npc_stage (id bigint, role text, status text, swarm bigint, \
              agent boolean, x real, y real, z real, health integer, inventory bytea, updated_tick bigint) \
@@ -394,6 +408,47 @@ impl PgStore {
             .await
             .map_err(err)?;
         tx.execute(&merge, &[]).await.map_err(err)
+    }
+
+    /// The registry's first write into an empty `npcs` (a new world): its secondary indexes
+    /// are dropped, the rows copied in, and the indexes built again from the catalog's own
+    /// definitions, all in this transaction. Building an index over a million rows by one sort
+    /// costs PostgreSQL about a third of inserting them one by one into three B-trees
+    /// (BENCHMARKS.md, "Fourth pass"). The primary key stays (it is appended to in id order,
+    /// cheap). Dropping an index locks `npcs` against readers until the call commits; a
+    /// rollback brings the indexes back unchanged.
+    async fn bulk_load_npcs(&self, tx: &Transaction<'_>, rows: &[NpcRecord]) -> Result<u64, StorageError> {
+        let err = |e| self.pg_error(e);
+        // Index names and definitions come from the catalog, never from input.
+        let indexes: Vec<(String, String)> = tx
+            .query(
+                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index AS i \
+                 WHERE i.indrelid = 'npcs'::regclass AND NOT i.indisunique ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if !indexes.is_empty() {
+            let names: Vec<&str> = indexes.iter().map(|(name, _)| name.as_str()).collect();
+            tx.batch_execute(&format!("DROP INDEX {}", names.join(", "))).await.map_err(err)?;
+        }
+        // The lock is held now: another writer may have filled the table since `max(id)`.
+        let empty: bool =
+            tx.query_one("SELECT NOT EXISTS (SELECT 1 FROM npcs)", &[]).await.map_err(err)?.get(0);
+        let written = if empty {
+            self.copy_npcs(tx, "npcs", rows).await?;
+            rows.len() as u64
+        } else {
+            self.merge_npcs(tx, rows).await?
+        };
+        tx.batch_execute("SET LOCAL maintenance_work_mem = '128MB'").await.map_err(err)?;
+        for (_, def) in &indexes {
+            tx.batch_execute(def).await.map_err(err)?;
+        }
+        Ok(written)
     }
 
     /// `COPY BINARY` of registry rows into `table` (`npcs` or the stage).
@@ -546,6 +601,19 @@ impl PgStore {
         )
         .await?;
         let n: u64 = blocks.iter().map(|b| b.ids.len() as u64).sum();
+        // Blocks not stored yet (a new world, a spawn wave): the staged arrays are the block
+        // (ids ascending, one element per NPC, `tick` their newest), inserted as they are.
+        let new = tx
+            .prepare_cached(
+                "INSERT INTO position_blocks (block, tick, ids, ticks, xs, ys, zs) \
+                 SELECT s.block, s.tick, s.ids, s.ticks, s.xs, s.ys, s.zs FROM position_stage AS s \
+                 WHERE cardinality(s.removed) = 0 \
+                   AND NOT EXISTS (SELECT 1 FROM position_blocks AS p WHERE p.block = s.block) \
+                 ON CONFLICT (block) DO NOTHING",
+            )
+            .await
+            .map_err(err)?;
+        tx.execute(&new, &[]).await.map_err(err)?;
         // Same NPCs as stored, nothing older: replace the arrays (no unnest, no sort).
         let same = tx
             .prepare_cached(

@@ -19,7 +19,9 @@ use super::{Aoi, Frame};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::guard::{Client, Conn};
-use crate::protocol::{ClientMessage, WS_PROTOCOL, parse_client_message, parse_ws_protocols};
+use crate::protocol::{
+    BinaryFrame, ClientMessage, WS_PROTOCOL, WS_PROTOCOL_BINARY, parse_client_message, parse_ws_protocols,
+};
 
 /// A frame that takes longer than this to leave closes the connection (a stuck client).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,14 +60,18 @@ pub(crate) async fn upgrade(
         Ok(pair) => pair,
         Err(e) => return ApiError::bad_request(format!("websocket upgrade refused: {e}")).into_response(),
     };
-    if offer.v1 {
-        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_PROTOCOL));
+    // The compact frames when offered (a client offers them first and `terrarium.v1` as the
+    // fallback for older servers), else JSON.
+    let binary = offer.binary;
+    let selected = if binary { Some(WS_PROTOCOL_BINARY) } else { offer.v1.then_some(WS_PROTOCOL) };
+    if let Some(p) = selected {
+        response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     // From here the connection's idle handling is the WebSocket's (pings), not the socket's.
     conn.0.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         match upgraded.await {
-            Ok(ws) => serve(ws, &state, client).await,
+            Ok(ws) => serve(ws, &state, client, binary).await,
             Err(e) => tracing::debug!(peer = %conn.0.peer, error = %e, "websocket upgrade did not complete"),
         }
         drop(permit);
@@ -73,7 +79,13 @@ pub(crate) async fn upgrade(
     response.map(axum::body::Body::new)
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &AppState, client: Client) {
+/// Serves one connection; `binary`: position frames go as [`BinaryFrame`]s.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocket<S>,
+    state: &AppState,
+    client: Client,
+    binary: bool,
+) {
     let (id, outbox) = state.clients.register();
     let idle = Duration::from_secs(state.config.ws_idle_timeout_s);
     let mut ping = tokio::time::interval(Duration::from_secs(state.config.ws_ping_interval_s));
@@ -105,6 +117,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, state: &
             },
             out = outbox.next() => match out {
                 // `taken` keeps the frame's cost in the budget until it has left.
+                Some(taken) if binary => open = send_binary(&mut ws, state, encode_binary(&taken.frame)).await,
                 Some(taken) => open = send_text(&mut ws, state, encode(&taken.frame)).await,
                 None => open = false,
             },
@@ -218,6 +231,26 @@ async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+async fn send_binary<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    state: &AppState,
+    bytes: Vec<u8>,
+) -> bool {
+    let len = bytes.len();
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(yawc::Frame::binary(bytes))).await {
+        Ok(Ok(())) => {
+            state.stats.ws_sent(len);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The binary message of a frame ([`WS_PROTOCOL_BINARY`]).
+fn encode_binary(f: &Frame) -> Vec<u8> {
+    BinaryFrame::encode(f.tick, f.reset, &f.moved, &f.gone)
+}
+
 /// Positions as `[[id, x, y, z], …]`.
 struct Entries<'a>(&'a [(u64, [f32; 3])]);
 
@@ -271,6 +304,14 @@ mod tests {
         assert_eq!(encode(&f), r#"{"type":"delta","tick":9,"moved":[[3,1.5,0.0,-2.25]],"gone":[4,5]}"#);
         let f = Frame { tick: 2, reset: true, moved: vec![(1, [0.5, 1.0, 2.0])], gone: vec![] };
         assert_eq!(encode(&f), r#"{"type":"reset","tick":2,"npcs":[[1,0.5,1.0,2.0]]}"#);
+    }
+
+    #[test]
+    fn binary_frames_hold_what_the_json_holds() {
+        let f = Frame { tick: 9, reset: false, moved: vec![(3, [1.5, 0.0, -2.25])], gone: vec![4, 5] };
+        let b = BinaryFrame::decode(&encode_binary(&f)).unwrap();
+        assert_eq!((b.tick, b.reset, b.moved, b.gone), (9, false, f.moved.clone(), f.gone.clone()));
+        assert!(encode_binary(&f).len() < encode(&f).len());
     }
 
     #[test]

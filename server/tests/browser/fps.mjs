@@ -8,13 +8,14 @@
 //
 // Flags: --npcs N (100000), --seconds S (10), --renderer webgl|canvas|both (both), --side B
 // (1024: the world is B x B blocks, so one subscription covers it), --screenshot FILE (a PNG of
-// the WebGL run's page), --storage KIND (none: the measurement is of drawing, not of storage).
+// the WebGL run's page), --storage KIND (none: the measurement is of drawing, not of storage),
+// --frames binary|json (binary: the viewer's default, terrarium.binary.v1; json: #frames=json).
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KEY, startServer, launch, figures, until, load, devRoutes } from "./lib.mjs";
 
-const opt = { npcs: 100000, seconds: 10, renderer: "both", side: 1024, screenshot: null, storage: "none" };
+const opt = { npcs: 100000, seconds: 10, renderer: "both", side: 1024, screenshot: null, storage: "none", frames: "binary" };
 for (let i = 2; i < process.argv.length; i += 2) {
   const k = process.argv[i].replace(/^--/, "");
   if (!(k in opt)) { console.error(`unknown flag --${k}`); process.exit(2); }
@@ -34,7 +35,7 @@ try {
       const page = await browser.context.newPage();
       page.setDefaultTimeout(120000);
       await devRoutes(page);
-      await page.goto(`${server.base}/#key=${encodeURIComponent(KEY)}&renderer=${r}`);
+      await page.goto(`${server.base}/#key=${encodeURIComponent(KEY)}&renderer=${r}` + (opt.frames === "json" ? "&frames=json" : ""));
       await until("the whole population in view", async () => {
         const f = await figures(page);
         return f.state === "live" && f.count >= opt.npcs * 0.99;
@@ -57,12 +58,14 @@ try {
         });
         const f1 = window.viewer.figures();
         const s = (performance.now() - t0) / 1000;
-        return { fps: frames / s, worst_frame_ms: worst, stream_frames_per_s: (f1.frames - f0.frames) / s, in_view: f1.count, drawn: f1.drawn };
+        return { fps: frames / s, worst_frame_ms: worst, stream_frames_per_s: (f1.frames - f0.frames) / s, in_view: f1.count, drawn: f1.drawn,
+          bytes_per_stream_frame: (f1.streamBytes - f0.streamBytes) / Math.max(1, f1.frames - f0.frames), protocol: f1.protocol };
       }, opt.seconds);
       const out = {
         renderer: f0.renderer, npcs: opt.npcs, in_view: measured.in_view, drawn: measured.drawn,
         fps: Number(measured.fps.toFixed(1)), worst_frame_ms: Number(measured.worst_frame_ms.toFixed(1)),
-        stream_frames_per_s: Number(measured.stream_frames_per_s.toFixed(1)), seconds: opt.seconds, load: load(),
+        stream_frames_per_s: Number(measured.stream_frames_per_s.toFixed(1)), protocol: measured.protocol,
+        bytes_per_stream_frame: Math.round(measured.bytes_per_stream_frame), seconds: opt.seconds, load: load(),
       };
       console.log(JSON.stringify(out));
       if (opt.screenshot && r === renderers[0]) await page.screenshot({ path: opt.screenshot });

@@ -2,7 +2,9 @@
 // opened, the key typed; points drawn and moving, a click shows the API's record, zooming
 // changes the subscription, the performance panel agrees with /api/performance, a wrong key
 // is refused, a key in the fragment is taken out of the address, and the viewer reconnects to
-// a restarted server and shows the resumed world. Screenshot: target/viewer-artifacts/.
+// a restarted server and shows the resumed world. Positions stream as binary frames
+// (terrarium.binary.v1) on the first page and as JSON on the second (#frames=json).
+// Screenshot: target/viewer-artifacts/.
 //
 //   node server/tests/browser/viewer.test.mjs     (GAME_SERVER=path/to/game_server to pick a build)
 import assert from "node:assert/strict";
@@ -48,7 +50,12 @@ async function main() {
     return f.state === "live" && f.count > 50 && f.drawn === f.count ? f : null;
   });
   const px1 = await until("lit pixels", async () => { const p = await pointPixels(page); return p.lit > 50 ? p : null; });
-  log(`live: ${f1.count} NPCs in view, ${px1.lit} lit pixels, renderer ${f1.renderer}`);
+  // The points came in binary frames (the viewer offers terrarium.binary.v1 and the server
+  // selected it); the JSON path is checked on the second page below (#frames=json).
+  assert.equal(f1.protocol, "terrarium.binary.v1", "the server selected the binary frames");
+  assert.ok(f1.binaryFrames > 0 && f1.binaryFrames === f1.frames, `every position frame was binary (${f1.binaryFrames} of ${f1.frames})`);
+  assert.ok(f1.streamBytes > 0 && f1.streamBytes < f1.frames * (24 + 16 * 10000 + 8 * 10000), "binary frames are at most 16 bytes an NPC plus gone ids");
+  log(`live: ${f1.count} NPCs in view, ${px1.lit} lit pixels, renderer ${f1.renderer}, ${f1.binaryFrames} binary frames, ${(f1.streamBytes / f1.frames / 1024).toFixed(1)} KiB a frame`);
 
   // --- coloured by role, with a legend that counts them ----------------------------------------
   const legend = await until("the legend", async () => {
@@ -162,16 +169,18 @@ async function main() {
   await devRoutes(page2);
   page2.on("request", (r) => { if (r.url().includes(KEY)) leaked.push(r.url()); });
   // The other renderer too: this page forces WebGL (the first one chose the canvas when
-  // WebGL was software).
+  // WebGL was software). And JSON frames, as a client that does not offer the binary ones.
   const other = f1.renderer === "webgl" ? "canvas" : "webgl";
-  await page2.goto(server.base + "/#key=" + encodeURIComponent(KEY) + "&renderer=" + other);
+  await page2.goto(server.base + "/#key=" + encodeURIComponent(KEY) + "&renderer=" + other + "&frames=json");
   await until("live from the fragment's key", async () => (await figures(page2)).state === "live");
-  assert.equal(await page2.evaluate(() => location.hash), "#renderer=" + other, "the key left the address bar");
+  assert.equal(await page2.evaluate(() => location.hash), "#renderer=" + other + "&frames=json", "the key left the address bar");
   const f2 = await until("points drawn by the other renderer", async () => {
     const f = await figures(page2);
     return f.count > 0 && f.drawn === f.count ? f : null;
   });
   assert.equal(f2.renderer, other);
+  assert.equal(f2.protocol, "terrarium.v1", "without the offer, JSON frames");
+  assert.ok(f2.frames > 0 && f2.binaryFrames === 0, "JSON frames drew these points");
   const px = await until("its lit pixels", async () => { const p = await pointPixels(page2); return p.lit > 50 ? p : null; });
   log(`${other}: ${f2.count} NPCs, ${px.lit} lit pixels`);
   assert.equal(await page2.evaluate(() => sessionStorage.getItem("terrarium.key")), KEY);

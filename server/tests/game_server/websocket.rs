@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
 use crate::harness::*;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
@@ -28,23 +31,32 @@ async fn an_oversized_websocket_message_closes_the_connection() {
     ws.send(tokio_tungstenite::tungstenite::Message::text(at_limit)).await.unwrap();
     let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
     assert!(reply.contains("\"error\""), "{reply}");
+    // A binary message is read under the same limit, and refused (a binary-frames client too).
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8; 1024])).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(reply.contains("binary messages are not accepted"), "{reply}");
     ws.send(tokio_tungstenite::tungstenite::Message::text("b".repeat(1025))).await.unwrap();
-    let mut closed = None;
+    assert_eq!(close_code(&mut ws).await, Some(Some(1009)), "closed with 'message too big'");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // hello
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8; 1025])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(Some(1009)), "an oversized binary message too");
+    t.server.shutdown().await.unwrap();
+}
+
+/// How the server closed a connection: `Some(code)`, `Some(None)` for a dropped connection,
+/// `None` when it stayed open for 5 s.
+async fn close_code(ws: &mut Plain) -> Option<Option<u16>> {
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         match msg {
             Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
-                closed = Some(frame.map(|f| u16::from(f.code)));
-                break;
+                return Some(frame.map(|f| u16::from(f.code)));
             }
             Ok(_) => {}
-            Err(_) => {
-                closed = Some(None);
-                break;
-            }
+            Err(_) => return Some(None),
         }
     }
-    assert_eq!(closed, Some(Some(1009)), "closed with 'message too big'");
-    t.server.shutdown().await.unwrap();
+    None
 }
 
 /// Counts the bytes a stream reads, to see what came over the wire.
@@ -109,28 +121,55 @@ impl Picture {
                 })
                 .collect()
         };
-        let inside = |p: [f32; 3]| p[0] >= aoi.0[0] && p[0] < aoi.1[0] && p[2] >= aoi.0[1] && p[2] < aoi.1[1];
+        let tick = || v["tick"].as_u64().unwrap();
         match v["type"].as_str().unwrap() {
-            "reset" => {
-                self.resets += 1;
-                self.npcs = entries("npcs").into_iter().collect();
-            }
+            "reset" => self.frame(true, tick(), entries("npcs"), vec![], aoi),
             "delta" => {
-                self.deltas += 1;
-                let tick = v["tick"].as_u64().unwrap();
-                assert!(tick > self.last_tick, "frames come in tick order");
-                for (id, p) in entries("moved") {
-                    self.moved += 1;
-                    self.npcs.insert(id, p);
-                }
-                for id in v["gone"].as_array().unwrap() {
-                    self.gone += 1;
-                    self.npcs.remove(&id.as_u64().unwrap());
-                }
+                let gone = v["gone"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect();
+                self.frame(false, tick(), entries("moved"), gone, aoi);
             }
-            _ => return,
+            _ => {}
         }
-        self.last_tick = v["tick"].as_u64().unwrap();
+    }
+
+    /// A message of a `terrarium.binary.v1` client: text (hello, subscribed) or a binary frame.
+    fn apply_message(&mut self, m: tokio_tungstenite::tungstenite::Message, aoi: Area) {
+        use tokio_tungstenite::tungstenite::Message;
+        match m {
+            Message::Binary(bytes) => {
+                self.payload_bytes += bytes.len() as u64;
+                let f = terrarium_server::protocol::BinaryFrame::decode(&bytes).unwrap();
+                self.frame(f.reset, f.tick, f.moved, f.gone, aoi);
+            }
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert!(
+                    !["reset", "delta"].contains(&v["type"].as_str().unwrap()),
+                    "positions come as binary"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn frame(&mut self, reset: bool, tick: u64, moved: Vec<(u64, [f32; 3])>, gone: Vec<u64>, aoi: Area) {
+        let inside = |p: [f32; 3]| p[0] >= aoi.0[0] && p[0] < aoi.1[0] && p[2] >= aoi.0[1] && p[2] < aoi.1[1];
+        if reset {
+            self.resets += 1;
+            self.npcs = moved.into_iter().collect();
+        } else {
+            self.deltas += 1;
+            assert!(tick > self.last_tick, "frames come in tick order");
+            for (id, p) in moved {
+                self.moved += 1;
+                self.npcs.insert(id, p);
+            }
+            for id in gone {
+                self.gone += 1;
+                self.npcs.remove(&id);
+            }
+        }
+        self.last_tick = tick;
         assert!(self.npcs.values().all(|&p| inside(p)), "only NPCs of the area");
     }
 }
@@ -139,20 +178,16 @@ type Deflated = yawc::WebSocket<Counting<TcpStream>>;
 type Plain = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 type Area = ([f32; 2], [f32; 2]);
 
-/// Feeds both clients' frames into their pictures for `d`.
-async fn read_for(
-    a: &mut Picture,
-    b: &mut Picture,
-    deflated: &mut Deflated,
-    plain: &mut Plain,
-    aoi: Area,
-    d: Duration,
-) {
+/// Feeds the clients' frames into their pictures for `d`.
+async fn read_for(pics: &mut [Picture; 3], clients: &mut (Deflated, Plain, Plain), aoi: Area, d: Duration) {
     let end = tokio::time::Instant::now() + d;
+    let [a, b, c] = pics;
+    let (deflated, plain, binary) = clients;
     loop {
         tokio::select! {
             f = deflated.next() => a.apply(f.unwrap().as_str(), aoi),
             m = plain.next() => b.apply(&m.unwrap().unwrap().into_text().unwrap(), aoi),
+            m = binary.next() => c.apply_message(m.unwrap().unwrap(), aoi),
             () = tokio::time::sleep_until(end) => return,
         }
     }
@@ -176,10 +211,19 @@ async fn websocket_deltas_match_the_world() {
     // And one that does not (tokio-tungstenite).
     let (mut plain, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/ws?api_key={KEY}")).await.unwrap();
-    plain.send(tokio_tungstenite::tungstenite::Message::text(subscribe)).await.unwrap();
+    plain.send(tokio_tungstenite::tungstenite::Message::text(subscribe.clone())).await.unwrap();
+    // And one that asks for binary frames (offered first, JSON as the fallback).
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert("sec-websocket-protocol", HeaderValue::from_static("terrarium.binary.v1, terrarium.v1"));
+    h.insert("x-api-key", HeaderValue::from_static(KEY));
+    let (mut binary, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(res.headers()["sec-websocket-protocol"], "terrarium.binary.v1");
+    binary.send(tokio_tungstenite::tungstenite::Message::text(subscribe)).await.unwrap();
+    let mut clients = (deflated, plain, binary);
 
-    let (mut a, mut b) = (Picture::default(), Picture::default());
-    read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(800)).await;
+    let mut pics: [Picture; 3] = Default::default();
+    read_for(&mut pics, &mut clients, aoi, Duration::from_millis(800)).await;
 
     // Changes the clients must see: one spawned inside the area, one removed from it.
     let (_, before) = world_positions(&t.server).await;
@@ -190,7 +234,7 @@ async fn websocket_deltas_match_the_world() {
         *before.iter().find(|(_, p)| p[0] < 120.0 && p[2] < 120.0 && p[0] > 8.0 && p[2] > 8.0).unwrap().0;
     let (status, _) = t.post(&format!("/api/npcs/{victim}/orders"), &json!({"order": "despawn"})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(400)).await;
+    read_for(&mut pics, &mut clients, aoi, Duration::from_millis(400)).await;
 
     // Freeze the world, let the last changes through, then compare.
     let stopped_at = t
@@ -207,14 +251,15 @@ async fn websocket_deltas_match_the_world() {
         })
         .await
         .unwrap();
-    read_for(&mut a, &mut b, &mut deflated, &mut plain, aoi, Duration::from_millis(600)).await;
+    read_for(&mut pics, &mut clients, aoi, Duration::from_millis(600)).await;
     let (tick, world) = world_positions(&t.server).await;
     assert!(tick > stopped_at + 10);
     let inside = |p: &[f32; 3]| p[0] >= aoi.0[0] && p[0] < aoi.1[0] && p[2] >= aoi.0[1] && p[2] < aoi.1[1];
     let want: HashMap<u64, [f32; 3]> = world.into_iter().filter(|(_, p)| inside(p)).collect();
     assert!(want.contains_key(&spawned) && !want.contains_key(&victim));
     assert!(want.len() > 20, "a dense area: {}", want.len());
-    for (name, pic) in [("deflate client", &a), ("plain client", &b)] {
+    let [a, b, c] = &pics;
+    for (name, pic) in [("deflate client", a), ("plain client", b), ("binary client", c)] {
         assert_eq!(pic.resets, 1, "{name}");
         assert!(
             pic.deltas > 10 && pic.moved > 100 && pic.gone > 1,
@@ -236,13 +281,21 @@ async fn websocket_deltas_match_the_world() {
     // The deflate client got the same text in fewer bytes.
     let on_wire = wire.load(Ordering::Relaxed);
     assert_eq!(a.payload_bytes, b.payload_bytes, "both clients got the same frames");
+    // The binary client got about the same frames in fewer bytes (here about 55 %: small ids,
+    // and small frames where the header counts; 100k NPCs in BENCHMARKS.md).
+    assert!(
+        c.payload_bytes * 3 < b.payload_bytes * 2,
+        "binary {} bytes, JSON {}",
+        c.payload_bytes,
+        b.payload_bytes
+    );
     assert!(
         on_wire * 2 < a.payload_bytes,
         "permessage-deflate: {on_wire} bytes on the wire for {} of JSON",
         a.payload_bytes
     );
     let figures = t.server.figures();
-    assert_eq!(figures.ws_open, 2);
+    assert_eq!(figures.ws_open, 3);
     assert!(figures.ws_resets_sent >= 2 && figures.stream_frames > 10);
     t.server.shutdown().await.unwrap();
 }
@@ -251,8 +304,6 @@ async fn websocket_deltas_match_the_world() {
 /// `terrarium.key.<KEY>` as sub-protocols, and the server selects `terrarium.v1` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_passes_its_key_as_a_sub_protocol() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::http::HeaderValue;
     const READ: &str = "read-only-key-0123456789abcdefghijkl";
     let t = start(10, |c| c.server.read_api_key = READ.into()).await;
     let addr = t.server.local_addr();
@@ -271,6 +322,11 @@ async fn a_browser_passes_its_key_as_a_sub_protocol() {
         let hello: Value =
             serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
         assert_eq!(hello["type"], "hello");
+        // Offering the binary frames too selects them (the key still travels beside v1).
+        let both = format!("terrarium.binary.v1, terrarium.v1, terrarium.key.{key}");
+        let (_ws, res) = tokio_tungstenite::connect_async(offer(&both)).await.unwrap();
+        let selected = res.headers().get_all("sec-websocket-protocol").iter().collect::<Vec<_>>();
+        assert_eq!(selected, ["terrarium.binary.v1"]);
     }
     // The key without the protocol the server must select, a wrong key, two keys: refused.
     let refused = |req| async move {
