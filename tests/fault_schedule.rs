@@ -5,7 +5,8 @@
 //! the damaged frame's rows, and the breaker must be closed.
 //!
 //! Defaults are sized for CI (about two minutes): 100k NPCs at 20 Hz for 90 s. Longer runs:
-//! `TERRARIUM_FAULT_SECONDS=600 TERRARIUM_FAULT_ROUNDS=5 cargo nextest run --test fault_schedule`
+//! `TERRARIUM_FAULT_SECONDS=600 TERRARIUM_FAULT_ROUNDS=5 cargo test --workspace --all-features --test
+//! fault_schedule -- --nocapture` (cargo test: nextest's timeout for this test is 6 minutes)
 //! (`TERRARIUM_FAULT_NPCS`, `TERRARIUM_FAULT_SEED` too). HTTP clients disconnecting mid-read while
 //! the breaker is half-open need the game server: `server/tests/game_server/half_open.rs`.
 #![cfg(all(feature = "postgres", feature = "redis"))]
@@ -26,6 +27,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// `headless` on the servers, with the outbox in `dir`.
 fn headless(servers: &OwnServers, schema: &str, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(example("headless"));
+    // The schedule's own settings are not the configuration's: headless refuses an unknown
+    // `TERRARIUM_` variable (a misspelt setting must not be ignored).
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERRARIUM_FAULT_")) {
+        cmd.env_remove(key);
+    }
     // As the writer role, the one that logs in with a password (the rotation fault).
     let pg = servers.url("TERRARIUM_TEST_PG_WRITER_URL");
     cmd.args(["--storage", "postgres", "--quiet", "--json", "--verify-store", "--seed", "13"])

@@ -19,7 +19,7 @@ use terrarium::persistence::{NpcFilter, NpcPage, NpcRecord, Page, Storage};
 use crate::AppState;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::guard::{deadline, rate_limit, require_api_key};
-use crate::openapi::{AnyObject, ErrorBody};
+use crate::openapi::{AnyObject, ErrorBody, StorageRouteErrors};
 use crate::protocol::parse_npc_query;
 use crate::spawns::SpawnRefused;
 use crate::stats::ServerFigures;
@@ -75,10 +75,7 @@ async fn count_responses(State(state): State<Arc<AppState>>, req: Request, next:
     ),
     responses(
         (status = 200, description = "a page", body = crate::openapi::NpcPage),
-        (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+        StorageRouteErrors,
     ))]
 pub(crate) async fn list_npcs(
     State(state): State<Arc<AppState>>,
@@ -101,10 +98,7 @@ pub(crate) async fn list_npcs(
     responses(
         (status = 200, description = "the NPC", body = crate::openapi::NpcRecord),
         (status = 404, description = "no such NPC", body = ErrorBody),
-        (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+        StorageRouteErrors,
     ))]
 pub(crate) async fn get_npc(
     State(state): State<Arc<AppState>>,
@@ -152,10 +146,7 @@ pub(crate) struct Queued {
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 422, description = "a value is out of range", body = ErrorBody),
-        (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+        StorageRouteErrors,
     ))]
 pub(crate) async fn spawn_npc(
     State(state): State<Arc<AppState>>,
@@ -230,10 +221,7 @@ pub(crate) enum OrderRequest {
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 422, description = "a value is out of range", body = ErrorBody),
-        (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+        StorageRouteErrors,
     ))]
 pub(crate) async fn order_npc(
     State(state): State<Arc<AppState>>,
@@ -277,10 +265,7 @@ pub(crate) struct PerformanceBody {
 #[utoipa::path(get, path = "/api/performance",
     responses(
         (status = 200, description = "the figures", body = AnyObject),
-        (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+        StorageRouteErrors,
     ))]
 pub(crate) async fn performance(State(state): State<Arc<AppState>>) -> axum::Json<PerformanceBody> {
     axum::Json(PerformanceBody {
@@ -294,10 +279,7 @@ pub(crate) async fn performance(State(state): State<Arc<AppState>>) -> axum::Jso
 #[utoipa::path(get, path = "/metrics",
     responses(
         (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
-        (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (storage, shutdown, request timeout)", body = ErrorBody),
+        StorageRouteErrors,
     ))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.perf.snapshot();

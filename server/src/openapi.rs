@@ -5,7 +5,7 @@
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::keys::API_KEY_HEADER;
 
@@ -55,6 +55,34 @@ pub(crate) struct ErrorBody {
     error: String,
     /// The HTTP status, again.
     status: u16,
+}
+
+/// The errors of every route that reads or writes through the storage stack or the tick's
+/// queue, written once for their `responses(...)` lists.
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "documentation only: the bodies are built by ApiError")]
+pub(crate) enum StorageRouteErrors {
+    #[response(status = 400, description = "malformed request")]
+    Malformed(ErrorBody),
+    #[response(status = 401, description = "missing or wrong API key")]
+    NoKey(ErrorBody),
+    #[response(status = 429, description = "rate limit")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "unavailable (storage, shutdown, request timeout)")]
+    Unavailable(ErrorBody),
+}
+
+/// The errors every route answered by the tick thread shares (its 400, where it has one, says
+/// what that route refuses).
+#[derive(IntoResponses)]
+#[allow(dead_code, reason = "documentation only: the bodies are built by ApiError")]
+pub(crate) enum TickRouteErrors {
+    #[response(status = 401, description = "missing or wrong API key")]
+    NoKey(ErrorBody),
+    #[response(status = 429, description = "rate limit")]
+    RateLimited(ErrorBody),
+    #[response(status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)")]
+    Unavailable(ErrorBody),
 }
 
 /// An NPC as stored (`terrarium::persistence::NpcRecord`).
@@ -121,9 +149,7 @@ impl ToSchema for AnyObject {}
 #[utoipa::path(get, path = "/api/world",
     responses(
         (status = 200, description = "the world", body = World),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)", body = ErrorBody),
+        TickRouteErrors,
     ))]
 #[allow(dead_code, reason = "documentation only: the handler is viewer::world")]
 fn world() {}
@@ -139,9 +165,7 @@ fn world() {}
     responses(
         (status = 200, description = "the NPCs", body = WorldNpcs),
         (status = 400, description = "malformed request (some of the four bounds only, or not finite)", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)", body = ErrorBody),
+        TickRouteErrors,
     ))]
 #[allow(dead_code, reason = "documentation only: the handler is viewer::npcs")]
 fn world_npcs() {}
@@ -152,10 +176,8 @@ fn world_npcs() {}
     responses(
         (status = 200, description = "the map, row-major: z rows of x samples", body = WorldMap),
         (status = 400, description = "malformed request", body = ErrorBody),
-        (status = 401, description = "missing or wrong API key", body = ErrorBody),
         (status = 404, description = "this world has no voxel world", body = ErrorBody),
-        (status = 429, description = "rate limit", body = ErrorBody),
-        (status = 503, description = "unavailable (the tick stopped, shutdown, request timeout)", body = ErrorBody),
+        TickRouteErrors,
     ))]
 #[allow(dead_code, reason = "documentation only: the handler is viewer::map")]
 fn world_map() {}

@@ -31,23 +31,32 @@ async fn an_oversized_websocket_message_closes_the_connection() {
     ws.send(tokio_tungstenite::tungstenite::Message::text(at_limit)).await.unwrap();
     let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
     assert!(reply.contains("\"error\""), "{reply}");
+    // A binary message is read under the same limit, and refused (a binary-frames client too).
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8; 1024])).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(reply.contains("binary messages are not accepted"), "{reply}");
     ws.send(tokio_tungstenite::tungstenite::Message::text("b".repeat(1025))).await.unwrap();
-    let mut closed = None;
+    assert_eq!(close_code(&mut ws).await, Some(Some(1009)), "closed with 'message too big'");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // hello
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8; 1025])).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(Some(1009)), "an oversized binary message too");
+    t.server.shutdown().await.unwrap();
+}
+
+/// How the server closed a connection: `Some(code)`, `Some(None)` for a dropped connection,
+/// `None` when it stayed open for 5 s.
+async fn close_code(ws: &mut Plain) -> Option<Option<u16>> {
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         match msg {
             Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
-                closed = Some(frame.map(|f| u16::from(f.code)));
-                break;
+                return Some(frame.map(|f| u16::from(f.code)));
             }
             Ok(_) => {}
-            Err(_) => {
-                closed = Some(None);
-                break;
-            }
+            Err(_) => return Some(None),
         }
     }
-    assert_eq!(closed, Some(Some(1009)), "closed with 'message too big'");
-    t.server.shutdown().await.unwrap();
+    None
 }
 
 /// Counts the bytes a stream reads, to see what came over the wire.
