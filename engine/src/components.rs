@@ -120,12 +120,20 @@ impl Role {
     #[must_use]
     pub fn name(self) -> String {
         match self {
-            Role::Miner => "miner".into(),
-            Role::Builder => "builder".into(),
-            Role::Guard => "guard".into(),
-            Role::Trader => "trader".into(),
-            Role::Scout => "scout".into(),
             Role::Other(n) => format!("other:{n}"),
+            known => known.static_name().unwrap_or_default().into(),
+        }
+    }
+
+    /// The name of a built-in role without allocating; `None` for [`Role::Other`].
+    pub fn static_name(self) -> Option<&'static str> {
+        match self {
+            Role::Miner => Some("miner"),
+            Role::Builder => Some("builder"),
+            Role::Guard => Some("guard"),
+            Role::Trader => Some("trader"),
+            Role::Scout => Some("scout"),
+            Role::Other(_) => None,
         }
     }
 }

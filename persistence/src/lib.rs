@@ -45,7 +45,7 @@ pub use postgres::{
 };
 pub use record::{
     BatchId, Checkpoint, EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page,
-    PositionColumns, PositionRow, ResumePoint, WriteBatch,
+    PositionColumns, PositionRow, ResumePoint, SmolStr, WriteBatch,
 };
 #[cfg(feature = "redis")]
 pub use redis::{EventSubscriber, RedisCache, RedisMetrics, Tier};

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 
 use crate::{
-    BatchId, Checkpoint, EntityKind, EventRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, Storage,
-    StorageError, WriteBatch,
+    BatchId, Checkpoint, EntityKind, EventRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, SmolStr,
+    Storage, StorageError, WriteBatch,
 };
 
 /// What a [`MemoryStore`] keeps and counts.
@@ -208,7 +208,8 @@ impl Inner {
 }
 
 /// An upserted record, compact: role and status interned, the inventory in one boxed slice
-/// (no allocation when empty). 48 bytes where an `NpcRecord` takes 112 plus two strings.
+/// (no allocation when empty). 48 bytes where an `NpcRecord` takes 112 (role and status
+/// inline, up to 23 bytes each).
 #[derive(Debug, Clone)]
 struct Compact {
     updated_tick: u64,
@@ -226,8 +227,8 @@ struct Compact {
 /// Role and status names, each stored once.
 #[derive(Debug, Default)]
 struct Names {
-    names: Vec<String>,
-    index: HashMap<String, u16>,
+    names: Vec<SmolStr>,
+    index: HashMap<SmolStr, u16>,
 }
 
 impl Names {
@@ -242,12 +243,12 @@ impl Names {
             return i;
         }
         let Ok(i) = u16::try_from(self.names.len()) else { return u16::MAX };
-        self.names.push(name.to_string());
-        self.index.insert(name.to_string(), i);
+        self.names.push(SmolStr::new(name));
+        self.index.insert(SmolStr::new(name), i);
         i
     }
 
-    fn name(&self, i: u16) -> String {
+    fn name(&self, i: u16) -> SmolStr {
         self.names.get(usize::from(i)).cloned().unwrap_or_default()
     }
 }

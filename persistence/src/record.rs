@@ -2,6 +2,7 @@
 //! components into these, adapters turn these into rows and keys.
 
 use serde::{Deserialize, Serialize};
+pub use smol_str::SmolStr;
 
 /// Identifies a batch for idempotency: `run` is unique per producer instance (a process start),
 /// `seq` increases by one per batch within a run. A store that has applied `(run, seq)` ignores
@@ -150,10 +151,11 @@ pub struct EventRow {
 pub struct NpcRecord {
     /// The NPC.
     pub id: u64,
-    /// Role name (`miner`, …).
-    pub role: String,
-    /// Status name (`idle`, …).
-    pub status: String,
+    /// Role name (`miner`, …), held inline: a name of up to 23 bytes takes no heap
+    /// allocation (serialized as a string, the same bytes as a `String`).
+    pub role: SmolStr,
+    /// Status name (`idle`, …), inline like `role`.
+    pub status: SmolStr,
     /// Swarm, 0 for none.
     pub swarm: u32,
     /// True for agents.

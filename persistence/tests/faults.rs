@@ -213,7 +213,7 @@ async fn redis_killed_reads_are_served_and_calls_never_fail() {
     servers.run("kill-redis");
     for seq in 2..40 {
         let mut changed = npc(seq % 20 + 1);
-        changed.status = format!("s{seq}");
+        changed.status = format!("s{seq}").into();
         stack
             .write(&[WriteBatch {
                 npcs: vec![changed.clone()],

@@ -9,7 +9,7 @@ use rusqlite::{Connection, Row, params};
 use super::blocks::{self, Block};
 use super::write::none_if_no_rows;
 use super::{DbError, DbResult, corrupt, unbits};
-use crate::{Checkpoint, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, ResumePoint};
+use crate::{Checkpoint, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, ResumePoint, SmolStr};
 
 /// Largest inventory accepted when decoding a stored row.
 const INVENTORY_LIMIT: usize = 64 * 1024;
@@ -322,8 +322,8 @@ fn npc_from_row(r: &Row<'_>) -> DbResult<NpcRecord> {
     let inventory: Vec<u8> = r.get(9)?;
     Ok(NpcRecord {
         id: nonneg(r.get(0)?, "npcs.id")?,
-        role: r.get(1)?,
-        status: r.get(2)?,
+        role: SmolStr::new(r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?),
+        status: SmolStr::new(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?),
         swarm: u32::try_from(r.get::<_, i64>(3)?).map_err(|_| corrupt("npcs.swarm"))?,
         agent: r.get(4)?,
         x: f32_of(r.get(5)?),

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{BACKEND, PgStore, bits, to_i64, unbits};
 use crate::{
-    EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, StorageError,
+    EntityKind, EventRow, MetricRow, NpcFilter, NpcPage, NpcRecord, Page, PositionRow, SmolStr, StorageError,
 };
 
 /// Largest inventory accepted when decoding a stored row.
@@ -300,8 +300,8 @@ pub(super) fn npc_from_row(r: &Row) -> Result<NpcRecord, StorageError> {
     let inventory: &[u8] = r.get(9);
     let mut rec = NpcRecord {
         id: from_i64("npcs.id", r.get(0))?,
-        role: r.get(1),
-        status: r.get(2),
+        role: SmolStr::new(r.get::<_, &str>(1)),
+        status: SmolStr::new(r.get::<_, &str>(2)),
         swarm: u32::try_from(r.get::<_, i64>(3)).map_err(|_| corrupt("npcs.swarm"))?,
         agent: r.get(4),
         x: r.get(5),

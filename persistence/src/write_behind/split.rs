@@ -31,33 +31,51 @@ pub(super) fn split(mut batch: WriteBatch, parts: u64) -> Vec<WriteBatch> {
         batch.positions.sort_by_key(|p| p.npc_id);
     }
     let per = batch.len().div_ceil(usize::try_from(parts).unwrap_or(usize::MAX)).max(1);
-    let WriteBatch { id, tick, positions, metrics, events, npcs, removed } = batch;
-    let (mut npcs, mut positions, mut removed) =
-        (npcs.into_iter(), positions.into_iter(), removed.into_iter());
-    let (mut metrics, mut events) = (metrics.into_iter(), events.into_iter());
-    let mut out = Vec::with_capacity(usize::try_from(parts).unwrap_or(0));
-    for i in 0..parts {
-        let mut left = per;
-        let mut take = |len: usize| {
-            let n = left.min(len);
-            left -= n;
-            n
-        };
+    let parts = usize::try_from(parts).unwrap_or(1);
+    let WriteBatch { id, tick, mut positions, mut metrics, mut events, mut npcs, mut removed } = batch;
+    // Rows of each kind per part, filled in store order (registry, positions, removals,
+    // metrics, events), `per` rows a part.
+    let lens = [npcs.len(), positions.len(), removed.len(), metrics.len(), events.len()];
+    let mut used = [0usize; 5];
+    let counts: Vec<[usize; 5]> = (0..parts)
+        .map(|_| {
+            let mut left = per;
+            let mut c = [0usize; 5];
+            for k in 0..5 {
+                c[k] = left.min(lens[k] - used[k]);
+                left -= c[k];
+                used[k] += c[k];
+            }
+            c
+        })
+        .collect();
+    // Cut from the back, giving memory back after each cut: a million-row batch is never held
+    // twice (the parts are moved out of it, not copied beside it).
+    let mut out = Vec::with_capacity(parts);
+    for (i, c) in counts.iter().enumerate().rev() {
         let mut part =
-            WriteBatch { id: BatchId { run: id.run, seq: id.seq + i }, tick, ..WriteBatch::default() };
-        let n = take(npcs.len());
-        part.npcs = npcs.by_ref().take(n).collect();
-        let n = take(positions.len());
-        part.positions = positions.by_ref().take(n).collect();
-        let n = take(removed.len());
-        part.removed = removed.by_ref().take(n).collect();
-        let n = take(metrics.len());
-        part.metrics = metrics.by_ref().take(n).collect();
-        let n = take(events.len());
-        part.events = events.by_ref().take(n).collect();
+            WriteBatch { id: BatchId { run: id.run, seq: id.seq + i as u64 }, tick, ..WriteBatch::default() };
+        part.npcs = cut_tail(&mut npcs, c[0]);
+        part.positions = cut_tail(&mut positions, c[1]);
+        part.removed = cut_tail(&mut removed, c[2]);
+        part.metrics = cut_tail(&mut metrics, c[3]);
+        part.events = cut_tail(&mut events, c[4]);
         out.push(part);
     }
+    // A part that a shrunken batch has no rows left for is still written, empty: its seq was
+    // reserved at submit.
+    out.reverse();
     out
+}
+
+/// The last `n` elements of `v`, moved out; `v` gives back the room they took.
+fn cut_tail<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
+    if n >= v.len() {
+        return std::mem::take(v);
+    }
+    let tail = v.split_off(v.len() - n.min(v.len()));
+    v.shrink_to_fit();
+    tail
 }
 
 #[cfg(test)]

@@ -182,7 +182,12 @@ fn killed_at_random_moments_it_resumes_what_the_store_committed() {
         if round == 0 {
             assert_eq!(s.resumed_npcs, None, "a new data directory holds no world");
         } else {
-            assert_eq!(s.resumed_npcs, Some(at_kill), "round {round}: resumed = what the store committed");
+            // The start replayed the outbox before reading the world back: batches the killed
+            // process had spilled (their spawns) are in the store now. Nothing came through the
+            // API yet.
+            let replayed = committed(&db).0;
+            assert!(replayed >= at_kill, "round {round}: {replayed} after the replay, {at_kill} at the kill");
+            assert_eq!(s.resumed_npcs, Some(replayed), "round {round}: resumed = what the store committed");
         }
         // Some spawns and despawns through the API, then a kill at a seeded moment.
         rt.block_on(async {
@@ -270,12 +275,16 @@ fn killed_before_its_first_periodic_checkpoint_it_resumes_and_hands_no_id_out_tw
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let http = reqwest::Client::new();
     let mut handed: Vec<u64> = Vec::new();
-    let mut at_kill = None;
-    for round in 0..3 {
+    for round in 0..3u64 {
         // No periodic checkpoint at all (`0`): only the new world's first one.
         let s = start_every(dir.path(), "2000", "20", "0");
-        assert_eq!(s.resumed_npcs, at_kill, "round {round}: resumed = what the store committed");
-        let stored_max = if round == 0 { 0 } else { committed(&db).1 };
+        let (stored, stored_max, _) = committed(&db);
+        if round == 0 {
+            assert_eq!(s.resumed_npcs, None, "a new data directory holds no world");
+        } else {
+            // Read after the start replayed the outbox, before any spawn through the API.
+            assert_eq!(s.resumed_npcs, Some(stored), "round {round}: resumed = what the store committed");
+        }
         rt.block_on(async {
             for k in 0..10 {
                 let body = json!({"role": "scout", "position": [100.0 + k as f32, 10.0, 100.0]});
@@ -297,16 +306,20 @@ fn killed_before_its_first_periodic_checkpoint_it_resumes_and_hands_no_id_out_tw
                 handed.push(id);
             }
         });
-        // Long enough for the spawn batch and the API's spawns to be committed (commit interval
-        // 100 ms, positions at most 500 ms old), far too short for any other checkpoint.
-        std::thread::sleep(Duration::from_millis(1500));
+        // Kill once the population and this round's spawns are committed (a periodic
+        // checkpoint never comes).
+        let want = 2020 + 10 * (round + 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while committed(&db).0 < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
         let mut child = s.child;
         child.kill().unwrap();
         child.wait().unwrap();
         let (count, _, inside) = committed(&db);
         assert!(inside, "round {round}: a stored NPC outside the world");
-        assert!(count >= 2020, "round {round}: only {count} NPCs committed");
-        at_kill = Some(count);
+        assert!(count >= want, "round {round}: {count} NPCs committed, {want} expected");
         let (tick, ledger) = checkpoint_ledger(&db);
         assert_eq!(tick, 0, "round {round}: only the first checkpoint was stored");
         assert!(ledger.conserved(), "{ledger:?}");

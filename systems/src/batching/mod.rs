@@ -409,7 +409,12 @@ fn cut_batch(
     let (stats, events) = (&mut *b.stats, &mut *b.events);
     push_notes(&collected.notes, tick, clock.now_ms(), events, stats);
     let registry = &mut *b.registry;
-    registry.records.append(&mut collected.records);
+    if registry.records.is_empty() {
+        // Taken, not copied (a new world's spawn: every NPC's record).
+        registry.records = std::mem::take(&mut collected.records);
+    } else {
+        registry.records.append(&mut collected.records);
+    }
     registry.first_pending_tick = None;
     let mut batch = WriteBatch {
         tick,
