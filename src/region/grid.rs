@@ -101,6 +101,28 @@ impl RegionGrid {
         )
     }
 
+    /// A box inside which every point belongs to `region` ([`RegionGrid::region_at`] would say
+    /// so): its cell shrunk by a thousandth of the cell on each side (a margin for the rounding
+    /// of `region_at`'s division), and open to infinity on the sides where the cell meets the
+    /// edge of the world (points beyond it belong to the nearest cell). Testing four
+    /// comparisons first spares most NPCs of a step the division and rounding.
+    #[must_use]
+    pub fn surely_within(&self, region: RegionId) -> Interior {
+        let (lo, hi) = self.cell(region);
+        let (c, r) = (region.0 % self.cols, region.0 / self.cols);
+        let (mx, mz) = ((hi[0] - lo[0]) * 1e-3, (hi[1] - lo[1]) * 1e-3);
+        Interior {
+            min: [
+                if c == 0 { f32::NEG_INFINITY } else { lo[0] + mx },
+                if r == 0 { f32::NEG_INFINITY } else { lo[1] + mz },
+            ],
+            max: [
+                if c + 1 == self.cols { f32::INFINITY } else { hi[0] - mx },
+                if r + 1 == self.rows { f32::INFINITY } else { hi[1] - mz },
+            ],
+        }
+    }
+
     /// True when `(x, z)` is within `margin` blocks of `region`'s cell but outside it: a
     /// neighbour's NPC that `region` shows as a ghost.
     #[must_use]
@@ -114,9 +136,66 @@ impl RegionGrid {
     }
 }
 
+/// See [`RegionGrid::surely_within`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interior {
+    min: [f32; 2],
+    max: [f32; 2],
+}
+
+impl Interior {
+    /// True when `(x, z)` is inside (false for NaN).
+    #[must_use]
+    pub fn contains(&self, x: f32, z: f32) -> bool {
+        x > self.min[0] && x < self.max[0] && z > self.min[1] && z < self.max[1]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_point_surely_within_a_region_is_in_it() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        for (spec, min, max) in [
+            ("2x2", [0.0, 0.0], [100.0, 100.0]),
+            ("3x1", [-256.0, -7.5], [255.0, 1000.25]),
+            ("16x16", [-1e5, -1e5], [1e5, 1e5]),
+            ("1x1", [0.0, 0.0], [1.0, 1.0]),
+        ] {
+            let g = RegionGrid::parse(spec, min, max).unwrap();
+            let boxes: Vec<Interior> = (0..g.count()).map(|r| g.surely_within(RegionId(r))).collect();
+            let (w, h) = (max[0] - min[0], max[1] - min[1]);
+            let mut inside = 0;
+            for i in 0..200_000 {
+                // Points over and beyond the box, half of them on a cell edge or next to one.
+                let (mut x, mut z) =
+                    (min[0] - w * 0.1 + rng.f32() * w * 1.2, min[1] - h * 0.1 + rng.f32() * h * 1.2);
+                if i % 2 == 0 {
+                    let (cols, rows) = g.shape();
+                    x = min[0] + w * (rng.u32(0..=cols) as f32 / cols as f32);
+                    z = min[1] + h * (rng.u32(0..=rows) as f32 / rows as f32);
+                    x = f32::from_bits(x.to_bits().wrapping_add(rng.u32(0..5)).wrapping_sub(2));
+                    z = f32::from_bits(z.to_bits().wrapping_add(rng.u32(0..5)).wrapping_sub(2));
+                }
+                let at = g.region_at(x, z);
+                for (r, b) in boxes.iter().enumerate() {
+                    if b.contains(x, z) {
+                        inside += 1;
+                        assert_eq!(at, RegionId(r as u32), "{spec}: ({x}, {z}) surely in {r}");
+                    }
+                }
+            }
+            assert!(inside > 100_000, "{spec}: the boxes hold most points ({inside})");
+        }
+        assert!(
+            !RegionGrid::parse("2x2", [0.0, 0.0], [1.0, 1.0])
+                .unwrap()
+                .surely_within(RegionId(0))
+                .contains(f32::NAN, 0.1)
+        );
+    }
 
     #[test]
     fn cells_are_numbered_row_by_row_and_cover_the_box() {

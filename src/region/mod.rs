@@ -8,6 +8,6 @@ mod grid;
 mod process;
 
 pub use ghosts::{BorderGhost, BorderGhosts, GhostOptions};
-pub use grid::{GridError, RegionGrid};
+pub use grid::{GridError, Interior, RegionGrid};
 #[cfg(feature = "postgres")]
 pub use process::{RegionOptions, RegionProcess, RegionRunError, RegionStats, seed_rows};
