@@ -232,6 +232,44 @@ fn a_kill_before_the_first_periodic_checkpoint_resumes_from_the_first_one() {
     assert!(fresh["initial_checkpoint_ms"].as_f64().unwrap() > 0.0, "{fresh}");
 }
 
+/// The window the process tests can't time: killed after the new world's first checkpoint and
+/// before its first batch landed. The store holds the checkpoint and no row: the world resumes
+/// with what the store committed (nobody), and no id of the checkpoint's is handed out again.
+#[test]
+fn killed_before_the_first_batch_the_world_resumes_with_what_the_store_committed() {
+    use terrarium::StoragePipeline;
+    use terrarium::engine::{Engine, NpcSpec, Position, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = terrarium::Config::default();
+    cfg.storage.backend = terrarium::persistence::BackendKind::Embedded;
+    cfg.storage.embedded.path = dir.path().join("world.db");
+    let builder = |p: &StoragePipeline| {
+        Engine::builder(cfg.engine.clone())
+            .add_plugin(terrarium::systems::core_plugin)
+            .add_plugin(p.batching_plugin())
+    };
+    let first = StoragePipeline::start(&cfg).unwrap();
+    let (mut engine, resumed) = first.build_engine(builder(&first)).unwrap();
+    assert!(resumed.is_none(), "a new store holds no world");
+    let spawned: Vec<u64> = (0..100)
+        .map(|i| engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0 + i as f32, 0.0, 5.0))).0)
+        .collect();
+    let stats = first.checkpoint_new_world(&mut engine).unwrap();
+    assert_eq!((stats.written, stats.last_tick), (1, 0));
+    // Killed here: no tick ran, so no batch was handed over.
+    drop(engine);
+    let report = first.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(report.stats.batches_submitted, 0);
+
+    let second = StoragePipeline::start(&cfg).unwrap();
+    let (mut engine, resumed) = second.build_engine(builder(&second)).unwrap();
+    let resumed = resumed.expect("the first checkpoint is a world to resume");
+    assert_eq!((resumed.npcs, resumed.checkpoint_tick), (0, 0), "{resumed:?}");
+    let id = engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0, 0.0, 5.0))).0;
+    assert!(id > *spawned.iter().max().unwrap(), "id {id} handed out again");
+    second.shutdown(Duration::from_secs(10)).unwrap();
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} {pid}");

@@ -84,8 +84,8 @@ pub struct StorageFlags {
     /// `DIR/terrarium.db` (else `storage.embedded.path`, default `./terrarium-data/terrarium.db`).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
-    /// Ticks between checkpoints of the whole world (0 = only at a clean shutdown); else
-    /// `storage.checkpoint.every_ticks` (default 1200).
+    /// Ticks between checkpoints of the whole world (0 = only a new world's first and at a
+    /// clean shutdown); else `storage.checkpoint.every_ticks` (default 1200).
     #[arg(long = "checkpoint-every")]
     pub checkpoint_every: Option<u64>,
     /// Start a new world instead of resuming the stored one; only with `--wipe`, which deletes

@@ -182,12 +182,13 @@ impl Default for EmbeddedConfig {
     }
 }
 
-/// Checkpoints: the whole world (the engine's snapshot frame) stored every `every_ticks`
-/// ticks and at every clean shutdown, with the batch it follows.
+/// Checkpoints: the whole world (the engine's snapshot frame) stored when a new world is
+/// spawned, every `every_ticks` ticks and at every clean shutdown, with the batch it follows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// Ticks between checkpoints, 0 (only at a clean shutdown) ..= 10 000 000. Default 1200
+    /// Ticks between checkpoints, 0 (only a new world's first and at a clean shutdown)
+    /// ..= 10 000 000. Default 1200
     /// (a minute at 20 Hz).
     pub every_ticks: u64,
     /// Checkpoints kept in the store, 1 ..= 100 (the newest; older ones are deleted).

@@ -169,10 +169,12 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    /// What the frame costs while it waits and is sent: its rows, and the JSON text they
-    /// become (about 40 bytes a row), bytes.
-    pub(crate) fn cost(&self) -> usize {
-        64 + self.moved.len() * 56 + self.gone.len() * 24
+    /// What the frame costs while it waits and is sent: its rows, and the message they
+    /// become, bytes: JSON text (about 32 bytes a row, 16 a gone id) or, `binary`, a
+    /// [`crate::protocol::BinaryFrame`] (16 bytes a row, 8 a gone id at most).
+    pub(crate) fn cost(&self, binary: bool) -> usize {
+        let (row, gone) = if binary { (24 + 16, 8 + 8) } else { (24 + 32, 8 + 16) };
+        64 + self.moved.len() * row + self.gone.len() * gone
     }
 
     /// Folds `newer` (the next frame for the same area) into `self`: a reset stays a reset (of
@@ -220,6 +222,8 @@ pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
     ready: tokio::sync::Notify,
     budget: Arc<AtomicUsize>,
+    /// Its client gets binary frames (they cost less while sent).
+    binary: bool,
 }
 
 #[derive(Debug, Default)]
@@ -245,8 +249,8 @@ impl Drop for Taken {
 }
 
 impl Outbox {
-    pub(crate) fn new(budget: Arc<AtomicUsize>) -> Self {
-        Self { state: Mutex::default(), ready: tokio::sync::Notify::new(), budget }
+    pub(crate) fn new(budget: Arc<AtomicUsize>, binary: bool) -> Self {
+        Self { state: Mutex::default(), ready: tokio::sync::Notify::new(), budget, binary }
     }
 
     fn lock(&self) -> MutexGuard<'_, OutboxState> {
@@ -264,7 +268,7 @@ impl Outbox {
                 (waiting, Offered::Merged)
             }
         };
-        let cost = frame.cost();
+        let cost = frame.cost(self.binary);
         let old = std::mem::take(&mut s.cost);
         let others = self.budget.fetch_sub(old, Ordering::Relaxed) - old;
         if others + cost > max_bytes {
@@ -348,9 +352,15 @@ impl Clients {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new client; its id and where its frames arrive.
+    /// A new client of JSON frames; its id and where its frames arrive.
+    #[cfg(test)]
     pub(crate) fn register(&self) -> (u64, Arc<Outbox>) {
-        let outbox = Arc::new(Outbox::new(Arc::clone(&self.budget)));
+        self.register_as(false)
+    }
+
+    /// A new client, of binary frames or JSON; its id and where its frames arrive.
+    pub(crate) fn register_as(&self, binary: bool) -> (u64, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(Arc::clone(&self.budget), binary));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Slot { aoi: None, reset: false, last_reset: None, outbox: Arc::clone(&outbox) };
         self.lock().insert(id, slot);

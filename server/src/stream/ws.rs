@@ -86,7 +86,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     client: Client,
     binary: bool,
 ) {
-    let (id, outbox) = state.clients.register();
+    let (id, outbox) = state.clients.register_as(binary);
     let idle = Duration::from_secs(state.config.ws_idle_timeout_s);
     let mut ping = tokio::time::interval(Duration::from_secs(state.config.ws_ping_interval_s));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,6 +312,14 @@ mod tests {
         let b = BinaryFrame::decode(&encode_binary(&f)).unwrap();
         assert_eq!((b.tick, b.reset, b.moved, b.gone), (9, false, f.moved.clone(), f.gone.clone()));
         assert!(encode_binary(&f).len() < encode(&f).len());
+        // What the budget counts for a frame covers what is sent, and less for binary.
+        let rows = Frame {
+            moved: vec![(123_456, [1_023.123_4, 0.0, 511.987_6]); 1000],
+            gone: vec![99_999; 100],
+            ..f
+        };
+        let (json, bin) = (encode(&rows).len(), encode_binary(&rows).len());
+        assert!(rows.cost(false) > json && rows.cost(true) > bin && rows.cost(true) < rows.cost(false));
     }
 
     #[test]
