@@ -105,12 +105,26 @@ impl IdSet {
 pub(crate) struct CallRows {
     ids: IdSet,
     rows: usize,
+    /// A first batch filled the call on its own (its ids were not counted).
+    full: bool,
 }
 
 impl CallRows {
     /// Counts `batch` in when the call stays within `max` rows with it (or nothing is counted
     /// yet); returns whether it did.
     pub fn take(&mut self, batch: &WriteBatch, positions: &[u64], max: usize) -> bool {
+        // A full call takes nothing more (the rows are at most `max` already, never less).
+        if self.full {
+            return false;
+        }
+        // A first batch of `max` rows or more fills the call alone: taken without counting its
+        // ids. This runs under the write-behind's queue lock, which the tick takes to hand its
+        // batch over: counting a million ids there made the tick wait milliseconds for it.
+        if self.rows == 0 && batch.len() + positions.len() >= max {
+            self.rows = batch.len() + positions.len();
+            self.full = true;
+            return true;
+        }
         let new = batch.positions.iter().map(|r| r.npc_id).chain(positions.iter().copied());
         let added =
             new.clone().filter(|&id| !self.ids.contains(id)).count() + (batch.len() - batch.positions.len());
@@ -128,6 +142,7 @@ impl CallRows {
     pub fn reset(&mut self) {
         self.ids.clear();
         self.rows = 0;
+        self.full = false;
     }
 }
 
@@ -158,5 +173,19 @@ mod tests {
         assert_eq!(ids(&batches[1]), [(2, 2.0), (3, 2.0)]);
         assert_eq!(ids(&batches[2]), [(big, 3.0)]);
         assert!(seen.is_empty(), "the scratch set is left empty for the next call");
+    }
+
+    #[test]
+    fn a_call_counts_distinct_ids_and_a_first_batch_of_max_rows_fills_it() {
+        let mut call = CallRows::default();
+        assert!(call.take(&b(&[(1, 0.0), (2, 0.0)]), &[3], 4));
+        assert!(call.take(&b(&[(1, 1.0)]), &[2, 3], 4), "the same NPCs again add no row");
+        assert!(call.take(&WriteBatch::default(), &[4], 4));
+        assert!(!call.take(&WriteBatch::default(), &[5], 4), "a fifth NPC passes the limit");
+        call.reset();
+        assert!(call.take(&WriteBatch::default(), &[1, 2, 3, 4], 4), "a first batch is always taken");
+        assert!(!call.take(&WriteBatch::default(), &[1], 4), "and fills the call alone");
+        call.reset();
+        assert!(call.take(&WriteBatch::default(), &[1], 4), "reset starts a new call");
     }
 }
