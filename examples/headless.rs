@@ -95,6 +95,11 @@ struct Summary {
     tick_ms_p99: f64,
     tick_ms_max: f64,
     tick_ms_mean: f64,
+    /// The same ticks less their `Record` and `Flush` stages and the checkpoint after them: the
+    /// movement-only tick of this very run, p50 and p99 (with `--storage none` it is the tick).
+    movement_tick_ms_p50: f64,
+    /// See `movement_tick_ms_p50`.
+    movement_tick_ms_p99: f64,
     ticks_per_sec: f64,
     rss_bytes: u64,
     bytes_per_npc: f64,
@@ -272,6 +277,7 @@ fn run(args: &Args) -> Result<()> {
     let show_progress = !args.quiet && std::io::stdout().is_terminal();
     let bar = if show_progress { progress::progress_bar(args.ticks) } else { ProgressBar::hidden() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut movement = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
     let mut store_lag = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).context("histogram bounds")?;
     // The exact largest lag: the histogram reports a bucket's upper edge (3,000 ms read back as
@@ -297,6 +303,10 @@ fn run(args: &Args) -> Result<()> {
         }
         let (took, checkpoint) = (t.elapsed(), c.elapsed());
         hist.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let stages = &engine.stage_timings().last;
+        let storage_part = stages[TickSet::Record.index()] + stages[TickSet::Flush.index()] + checkpoint;
+        let moved = took.saturating_sub(storage_part);
+        movement.saturating_record(u64::try_from(moved.as_nanos()).unwrap_or(u64::MAX).max(1));
         if took > slowest.0 {
             slowest = (took, engine.clock().tick, checkpoint, engine.stage_timings().last.to_vec());
         }
@@ -401,6 +411,8 @@ fn run(args: &Args) -> Result<()> {
         tick_ms_p99: q(0.99),
         tick_ms_max: hist.max() as f64 / 1e6,
         tick_ms_mean: hist.mean() / 1e6,
+        movement_tick_ms_p50: movement.value_at_quantile(0.50) as f64 / 1e6,
+        movement_tick_ms_p99: movement.value_at_quantile(0.99) as f64 / 1e6,
         ticks_per_sec: if loop_time.is_zero() { 0.0 } else { ticks_run as f64 / loop_time.as_secs_f64() },
         rss_bytes,
         bytes_per_npc: if population == 0 { 0.0 } else { rss_bytes as f64 / population as f64 },

@@ -77,8 +77,10 @@ fn positions_flush_by_size_when_more_npcs_wait_than_a_batch_holds() {
     let batches = sink.batches();
     assert_eq!(batches.len(), 1, "the 101st NPC does not fit: flush now");
     assert_eq!(batches[0].positions.len(), 101);
+    engine.run_ticks(3);
+    assert_eq!(sink.batches().len(), 1, "due by size again, but within positions.min_interval_ms (200 ms)");
     engine.tick();
-    assert_eq!(sink.batches().len(), 2, "101 moving NPCs: every tick");
+    assert_eq!(sink.batches().len(), 2, "101 moving NPCs: every 4 ticks at 20 Hz");
 }
 
 #[test]
@@ -181,7 +183,7 @@ fn production(npcs: u64, seconds: u32) -> (Engine, Arc<FaultyStore<MemoryStore>>
 /// is exactly `max_items`, and a batch is due by size only when *more* rows wait, so the age
 /// rule (500 ms) paces the writes: at most two store calls per simulated second. The two sides
 /// of that boundary are checked too, so the scenario can't pass by sitting on it: 99 NPCs are
-/// paced the same way, 101 are due by size every tick.
+/// paced the same way, 101 are due by size, once per `min_interval_ms` (200 ms).
 #[test]
 fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() {
     let seconds = 60;
@@ -206,9 +208,39 @@ fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() 
     assert!((15..=20).contains(&below), "99 NPCs: paced by age, {below} calls in {seconds} s");
     let (.., above) = production(101, seconds);
     assert!(
-        above >= u64::from(seconds) * 20 - 1,
-        "101 NPCs: due by size every tick, {above} calls in {seconds} s"
+        (u64::from(seconds) * 5 - 1..=u64::from(seconds) * 5 + 1).contains(&above),
+        "101 NPCs: due by size, once per positions.min_interval_ms (200 ms), {above} calls in {seconds} s"
     );
+}
+
+/// A flush due by size waits `positions.min_interval_ms` after the previous one (a world where
+/// everyone moves is due by size every tick); 0 cuts every tick; a flush due by age is not held
+/// back by it.
+#[test]
+fn positions_due_by_size_are_cut_at_most_once_per_min_interval() {
+    let cut_ticks = |min_interval_ms: u64, max_age_ms: u64, npcs: u32| {
+        let mut cfg = config();
+        cfg.batching.positions.min_interval_ms = min_interval_ms;
+        cfg.batching.positions.max_age_ms = max_age_ms;
+        let sink = Arc::new(RecordingSink::new(1));
+        let mut engine = engine_with(cfg, sink.clone());
+        engine.spawn_batch((0..npcs).map(|i| walker(i as f32 * 5.0)));
+        let mut ticks = Vec::new();
+        for _ in 0..40 {
+            let before = sink.handoffs().iter().filter(|h| !h.positions.is_empty()).count();
+            engine.tick();
+            if sink.handoffs().iter().filter(|h| !h.positions.is_empty()).count() > before {
+                ticks.push(engine.clock().tick);
+            }
+        }
+        ticks
+    };
+    assert_eq!(cut_ticks(0, 500, 150).len(), 40, "no interval: due by size every tick");
+    let spaced = cut_ticks(200, 500, 150);
+    assert_eq!(spaced.len(), 10, "200 ms at 20 Hz: every 4th tick ({spaced:?})");
+    assert!(spaced.windows(2).all(|w| w[1] - w[0] == 4), "{spaced:?}");
+    let by_age = cut_ticks(1000, 100, 50);
+    assert_eq!(by_age.len(), 13, "50 NPCs are due by age (100 ms), not held for 1 s: {by_age:?}");
 }
 
 /// Runs `ticks` ticks on a thread; fails if they do not finish within `limit` (a tick that

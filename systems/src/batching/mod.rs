@@ -9,8 +9,10 @@
 //! - **Positions**: one row per NPC whose `Position` changed since the last position flush,
 //!   with its latest position (latest wins). Due when *more than* `max_items` NPCs wait (the
 //!   batch is full and a new NPC would not fit: NPCs already waiting add no row when they move
-//!   again), or when the oldest change is `max_age_ms` old. So 100 NPCs walking with the
-//!   default 100 rows / 500 ms flush by age, twice a second; a million flush every tick.
+//!   again), or when the oldest change is `max_age_ms` old; due by size at most once per
+//!   `min_interval_ms` (simulated) after the previous position flush. So 100 NPCs walking with
+//!   the default 100 rows / 500 ms flush by age, twice a second; a million by size, every
+//!   200 ms (4 ticks at 20 Hz) with the default `min_interval_ms`, every tick with 0.
 //! - **Registry**: an `NpcRecord` for each NPC spawned since the last position flush (found in
 //!   the same pass), and for each NPC whose role, status, swarm, health or inventory changed
 //!   (looked for at most once per positions `max_age_ms`, so a big world does not scan five
@@ -245,6 +247,8 @@ struct PositionBatcher {
     last_state_tick: Option<u64>,
     /// Tick the oldest waiting change was first counted.
     first_pending_tick: Option<u64>,
+    /// Simulated tick of the last position flush (`positions.min_interval_ms` counts from it).
+    last_flush_tick: Option<u64>,
     /// NPC moves counted since the last flush (one per NPC per tick it moved).
     moves_since_flush: u64,
     /// `NpcIndex::added_total` at the last position flush: unchanged means no spawn to find.
@@ -354,7 +358,14 @@ fn cut_batch(
     // Positions are cut only when the sink can take them: a position batch waiting in the
     // write-behind would be overwritten by the next one, so copying it would be wasted.
     let p_ready = p_pending && (force || sink.0.wants_positions());
-    let p_due = p_ready && (count.capped || aged(state.first_pending_tick, cfg.positions.max_age_ms));
+    // Due by size at most once per `min_interval_ms` since the last position flush (simulated
+    // time: with a sink that always takes them, the cut ticks still depend only on seed and
+    // inputs); due by age whatever the interval.
+    let spaced = state
+        .last_flush_tick
+        .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.min_interval_ms));
+    let p_due =
+        p_ready && ((count.capped && spaced) || aged(state.first_pending_tick, cfg.positions.max_age_ms));
     let m_size = b.metrics.pending() > cfg.metrics.max_items;
     let m_due = force || m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
     let e_size = b.events.pending() > cfg.events.max_items;
@@ -404,6 +415,7 @@ fn cut_batch(
         state.moves_since_flush = 0;
         state.first_pending_tick = None;
         state.last_flush = m.now;
+        state.last_flush_tick = Some(tick);
         state.added_at_flush = index.added_total();
     }
     let (stats, events) = (&mut *b.stats, &mut *b.events);
