@@ -1,13 +1,14 @@
-//! The tick's side of streaming: every few ticks, the positions that changed (bevy change
-//! ticks, so the cost follows what moved) and the despawns since the last time, handed to the
-//! hub's [`Inbox`].
+//! The tick's side of streaming: every few ticks, the NPCs whose position, role or status
+//! changed (bevy change ticks, so the cost follows what changed) and the despawns since the
+//! last time, handed to the hub's [`Inbox`].
 
 use std::sync::Arc;
 
 use bevy_ecs::prelude::*;
-use terrarium::engine::{Engine, NpcId, NpcIndex, Position, SimClock, TickLog, TickSet};
+use terrarium::engine::{Engine, NpcId, NpcIndex, Position, Role, SimClock, Status, TickLog, TickSet};
 
 use super::{Inbox, ViewDelta};
+use crate::protocol::NpcKind;
 
 /// Adds the view publisher to the `Flush` stage: despawns are collected every tick, positions
 /// every `every` ticks.
@@ -34,16 +35,21 @@ fn collect_despawns(log: Res<TickLog>, mut p: ResMut<Publisher>) {
     }
 }
 
-/// Runs only when due, so `Changed` covers every change since its last run.
+type Row<'a> = (&'a NpcId, &'a Position, &'a Role, &'a Status);
+/// Position, role or status changed since the last run.
+type AnyChange = Or<(Changed<Position>, Changed<Role>, Changed<Status>)>;
+
+/// Runs only when due, so `Changed` covers every change since its last run. (A system that
+/// writes a role or status without changing it makes a row the hub then finds unchanged.)
 fn publish(
     mut p: ResMut<Publisher>,
     clock: Res<SimClock>,
     index: Res<NpcIndex>,
-    changed: Query<(&NpcId, &Position), Changed<Position>>,
-    all: Query<(&NpcId, &Position)>,
+    changed: Query<Row<'_>, AnyChange>,
+    all: Query<Row<'_>>,
 ) {
     let (mut delta, full): (ViewDelta, bool) = p.inbox.buffer();
-    let rows = |(id, pos): (&NpcId, &Position)| (id.0, [pos.x, pos.y, pos.z]);
+    let rows = |(id, pos, &role, &status): Row<'_>| (id.0, [pos.x, pos.y, pos.z], NpcKind { role, status });
     if full {
         delta.moved.extend(all.iter().map(rows));
     } else {
