@@ -13,10 +13,11 @@ use terrarium::persistence::Page;
 /// `Sec-WebSocket-Protocol`) whenever the client offered it.
 pub const WS_PROTOCOL: &str = "terrarium.v1";
 
-/// The sub-protocol for compact position frames: a client that offers it (the viewer offers
-/// it before [`WS_PROTOCOL`], so an older server that does not know it selects that) gets it
-/// selected, and then receives `reset` and `delta` frames as binary messages (see
-/// [`BinaryFrame`]); every other message stays JSON text.
+/// The sub-protocol for compact position frames: a client that offers it (before
+/// [`WS_PROTOCOL`], so an older server that does not know it selects that) gets it selected,
+/// unless it also offered [`WS_PROTOCOL_BINARY_V2`], and then receives `reset` and `delta`
+/// frames as binary messages (see [`BinaryFrame`], v1: no role/status entries ever); every
+/// other message stays JSON text.
 pub const WS_PROTOCOL_BINARY: &str = "terrarium.binary.v1";
 
 /// The compact frames with each NPC's role and status ([`BinaryFrame`], v2): a client that
