@@ -293,13 +293,25 @@ fn a_new_world_is_stored_whole_before_its_first_tick_and_a_kill_during_it_loses_
     assert_eq!(stored_npcs(&db), npcs, "stored whole again");
     let id = engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0, 0.0, 5.0))).0;
     assert!(id > *spawned.iter().max().unwrap(), "id {id} handed out again");
+    // A checkpoint after a batch cut into parts follows the last part, not the batch count.
+    for i in 0..1_500 {
+        engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0 + (i % 50) as f32, 0.0, 6.0)));
+    }
+    third.checkpoint_now(&mut engine, false).unwrap();
+    let wb = third.write_behind_stats();
+    assert!(wb.last_seq > wb.batches_submitted + 1, "{wb:?}");
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    let cp_seq: i64 =
+        sql.query_row("SELECT seq FROM checkpoints ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(u64::try_from(cp_seq).unwrap(), wb.last_seq, "{wb:?}");
+    drop(sql);
     drop(engine);
     third.shutdown(Duration::from_secs(10)).unwrap();
 
     let fourth = StoragePipeline::start(&cfg).unwrap();
     let (_, resumed) = fourth.build_engine(builder(&fourth)).unwrap();
     let resumed = resumed.unwrap();
-    assert_eq!((resumed.npcs, resumed.rows_behind), (npcs, false), "{resumed:?}");
+    assert_eq!((resumed.npcs, resumed.rows_behind), (npcs + 1 + 1_500, false), "{resumed:?}");
     fourth.shutdown(Duration::from_secs(10)).unwrap();
 }
 
