@@ -602,17 +602,7 @@ mod tests {
     #[ignore = "a measurement: run it in release"]
     fn tick_thread_cost_of_the_npc_list() {
         let mut e = wanderers(100_000);
-        let time = |f: &mut dyn FnMut()| {
-            let mut v: Vec<f64> = (0..15)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let time = |f: &mut dyn FnMut()| median_ms(f, 15);
         let tick = time(&mut || {
             e.tick();
         });
@@ -629,6 +619,19 @@ mod tests {
         );
     }
 
+    /// The median of `n` runs of `f`, in milliseconds.
+    fn median_ms(f: &mut dyn FnMut(), n: usize) -> f64 {
+        let mut v: Vec<f64> = (0..n)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
     /// What a new map costs the tick thread now (a clone of the voxel world, which shares its
     /// blocks), against making it there as before; what it costs off the tick; and what a tick
     /// costs while such a clone is alive (each chunk it edits is copied once):
@@ -636,17 +639,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement: run it in release"]
     fn tick_thread_cost_of_the_map() {
-        let median = |f: &mut dyn FnMut(), n: usize| {
-            let mut v: Vec<f64> = (0..n)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median = median_ms;
         for agents in [1_000, 100_000] {
             let cfg = terrarium::Config::default().engine;
             let mut e = Engine::builder(cfg).add_plugin(terrarium::systems::core_plugin).build().unwrap();
