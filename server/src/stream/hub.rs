@@ -191,6 +191,8 @@ struct Hub {
     grid: Grid,
     /// Where every NPC is, and its role and status.
     view: FxHashMap<u64, ([f32; 3], NpcKind)>,
+    /// The role/status news of the view being applied.
+    kinds: FxHashMap<u64, NpcKind>,
     changes: Vec<Change>,
     /// Indices into `changes`, by the cell of the new position.
     by_new: Buckets<u32>,
@@ -208,6 +210,7 @@ impl Hub {
             stats,
             grid,
             view: FxHashMap::default(),
+            kinds: FxHashMap::default(),
             changes: Vec::new(),
             by_new: Buckets::default(),
             by_old: Buckets::default(),
@@ -220,15 +223,24 @@ impl Hub {
     /// delta's buffers for reuse.
     fn apply(&mut self, mut delta: ViewDelta) -> ViewDelta {
         self.changes.clear();
+        // Role/status news by id (the last word, when deltas were merged). Every NPC's first
+        // row comes with its kind: a spawned NPC's role and status count as changed.
+        self.kinds.clear();
+        self.kinds.extend(delta.kinds.iter().copied());
         if delta.full {
             if self.views > 0 {
                 self.stats.stream_resyncs();
             }
             let mut now: FxHashMap<u64, ([f32; 3], NpcKind)> =
                 FxHashMap::with_capacity_and_hasher(delta.moved.len(), Default::default());
-            for &(id, p, kind) in &delta.moved {
+            for &(id, p) in &delta.moved {
+                let was = self.view.remove(&id);
+                let Some(kind) = self.kinds.get(&id).copied().or(was.map(|w| w.1)) else {
+                    debug_assert!(false, "NPC {id} came without its role and status");
+                    continue;
+                };
                 now.insert(id, (p, kind));
-                self.changes.extend(Change::of(id, self.view.remove(&id), p, kind));
+                self.changes.extend(Change::of(id, was, p, kind));
             }
             self.changes.extend(self.view.drain().map(|(id, old)| Change::removal(id, old)));
             self.view = now;
@@ -236,12 +248,34 @@ impl Hub {
             if delta.merged {
                 latest_wins(&mut delta);
             }
-            for &(id, p, kind) in &delta.moved {
-                self.changes.extend(Change::of(id, self.view.insert(id, (p, kind)), p, kind));
+            for &(id, p) in &delta.moved {
+                let was = self.view.get(&id).copied();
+                let Some(kind) = self.kinds.remove(&id).or(was.map(|w| w.1)) else {
+                    debug_assert!(false, "NPC {id} came without its role and status");
+                    continue;
+                };
+                self.view.insert(id, (p, kind));
+                self.changes.extend(Change::of(id, was, p, kind));
             }
             for &id in &delta.removed {
+                self.kinds.remove(&id);
                 if let Some(old) = self.view.remove(&id) {
                     self.changes.push(Change::removal(id, old));
+                }
+            }
+            // Role or status changed where the NPC stands.
+            for (&id, &kind) in &self.kinds {
+                if let Some(entry) = self.view.get_mut(&id)
+                    && entry.1 != kind
+                {
+                    entry.1 = kind;
+                    self.changes.push(Change {
+                        id,
+                        old: Some(entry.0),
+                        new: Some(entry.0),
+                        kind,
+                        kind_changed: true,
+                    });
                 }
             }
         }
@@ -355,11 +389,12 @@ impl<T> Buckets<T> {
     }
 }
 
-/// Collapses a merged delta to one entry per NPC: its last position and kind, or its removal.
+/// Collapses a merged delta to one entry per NPC: its last position, or its removal (the
+/// role/status entries are collapsed by [`Hub::apply`]).
 fn latest_wins(delta: &mut ViewDelta) {
-    let mut last: FxHashMap<u64, Option<([f32; 3], NpcKind)>> = FxHashMap::default();
-    for &(id, p, k) in &delta.moved {
-        last.insert(id, Some((p, k)));
+    let mut last: FxHashMap<u64, Option<[f32; 3]>> = FxHashMap::default();
+    for &(id, p) in &delta.moved {
+        last.insert(id, Some(p));
     }
     for &id in &delta.removed {
         last.insert(id, None);
@@ -368,7 +403,7 @@ fn latest_wins(delta: &mut ViewDelta) {
     delta.removed.clear();
     for (id, p) in last {
         match p {
-            Some((p, k)) => delta.moved.push((id, p, k)),
+            Some(p) => delta.moved.push((id, p)),
             None => delta.removed.push(id),
         }
     }
@@ -393,9 +428,10 @@ mod tests {
 
     const IDLE: NpcKind = NpcKind { role: Role::Miner, status: Status::Idle };
 
+    /// A delta in which every moved NPC also says its role and status (as a spawn does).
     fn delta(tick: u64, moved: &[(u64, [f32; 3])], removed: &[u64]) -> ViewDelta {
-        let moved = moved.iter().map(|&(id, p)| (id, p, IDLE)).collect();
-        ViewDelta { tick, moved, removed: removed.to_vec(), ..ViewDelta::default() }
+        let kinds = moved.iter().map(|&(id, _)| (id, IDLE)).collect();
+        ViewDelta { tick, moved: moved.to_vec(), kinds, removed: removed.to_vec(), ..ViewDelta::default() }
     }
 
     fn step(hub: &mut Hub, d: ViewDelta) {
@@ -471,8 +507,8 @@ mod tests {
         // 1 starts mining where it stands; 2 walks in; 1 then walks on, still mining.
         let mining = NpcKind { role: Role::Miner, status: Status::Mining };
         let scout = NpcKind { role: Role::Scout, status: Status::Moving };
-        let mut d = delta(3, &[], &[]);
-        d.moved = vec![(1, [10.0, 0.0, 10.0], mining), (2, [20.0, 0.0, 20.0], scout)];
+        let mut d = delta(3, &[(2, [20.0, 0.0, 20.0])], &[]);
+        d.kinds = vec![(1, mining), (2, scout)];
         step(&mut hub, d);
         let f = recv(&rx2).unwrap();
         assert_eq!(f.moved, [(2, [20.0, 0.0, 20.0])], "1 did not move: no row for it");
@@ -481,15 +517,15 @@ mod tests {
         assert_eq!(kinds, [(1, mining), (2, scout)]);
         let f = recv(&rx1).unwrap();
         assert_eq!((f.moved.as_slice(), f.kinds.len()), (&[(2, [20.0, 0.0, 20.0])][..], 0));
-        let mut d = delta(4, &[], &[]);
-        d.moved = vec![(1, [11.0, 0.0, 10.0], mining)];
+        let mut d = delta(4, &[(1, [11.0, 0.0, 10.0])], &[]);
+        d.kinds = vec![];
         step(&mut hub, d);
         let f = recv(&rx2).unwrap();
         assert_eq!((f.moved.len(), f.kinds.len()), (1, 0), "a known kind is not sent again");
         assert_eq!(recv(&rx1).unwrap().moved.len(), 1);
         // A status written back unchanged makes no frame at all.
         let mut d = delta(5, &[], &[]);
-        d.moved = vec![(1, [11.0, 0.0, 10.0], mining)];
+        d.kinds = vec![(1, mining)];
         step(&mut hub, d);
         assert!(recv(&rx2).is_none() && recv(&rx1).is_none());
     }

@@ -36,11 +36,15 @@ pub(crate) use view::register;
 #[derive(Debug, Default)]
 pub(crate) struct ViewDelta {
     pub(crate) tick: u64,
-    /// NPCs that moved, appeared or changed role or status, with their position and kind now.
-    pub(crate) moved: Vec<(u64, [f32; 3], NpcKind)>,
+    /// NPCs that moved or appeared, with their position now.
+    pub(crate) moved: Vec<(u64, [f32; 3])>,
+    /// NPCs that appeared or changed role or status (or wrote them back unchanged), with their
+    /// role and status now: a list of its own, usually short, so a view of moving NPCs costs
+    /// the tick what it did before role and status were streamed.
+    pub(crate) kinds: Vec<(u64, NpcKind)>,
     /// NPCs removed from the world.
     pub(crate) removed: Vec<u64>,
-    /// `moved` holds every NPC alive: anything else in the hub's view is gone.
+    /// `moved` and `kinds` hold every NPC alive: anything else in the hub's view is gone.
     pub(crate) full: bool,
     /// Two or more deltas appended together (an id may appear more than once).
     pub(crate) merged: bool,
@@ -89,13 +93,18 @@ impl Inbox {
             Some(mut waiting) if delta.full => {
                 // A full view supersedes whatever waits.
                 waiting.moved.clear();
+                waiting.kinds.clear();
                 waiting.removed.clear();
                 s.spare.push(waiting);
                 s.pending = Some(delta);
                 true
             }
-            Some(mut waiting) if waiting.moved.len() + delta.moved.len() <= max_rows => {
+            Some(mut waiting)
+                if waiting.moved.len() + waiting.kinds.len() + delta.moved.len() + delta.kinds.len()
+                    <= max_rows =>
+            {
                 waiting.moved.append(&mut delta.moved);
+                waiting.kinds.append(&mut delta.kinds);
                 waiting.removed.append(&mut delta.removed);
                 waiting.tick = delta.tick;
                 waiting.merged = true;
@@ -125,6 +134,7 @@ impl Inbox {
 
     fn give_back(&self, mut delta: ViewDelta) {
         delta.moved.clear();
+        delta.kinds.clear();
         delta.removed.clear();
         delta.full = false;
         delta.merged = false;
