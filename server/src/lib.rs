@@ -15,7 +15,7 @@
 //! | `GET /ws` | WebSocket position deltas: see "WebSocket protocol" below |
 //! | `GET /` | the browser viewer (no key needed for its files; the page asks for the key, or takes it from `/#key=…`) |
 //! | `GET /api/world` | for the viewer: tick, bounds, counts, role/status/state names, the voxel world's size and depots |
-//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=` | for the viewer: `[id, role, status]` of the NPCs in an area (or all), agents' states and goals |
+//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=&npcs=` | for the viewer: `[id, role, status]` of the NPCs in an area (or all; none with `npcs=false`), agents' states and goals |
 //! | `GET /api/npcs/{id}/track?since_tick=&limit=` | an NPC's stored track, `[tick, x, y, z]` oldest first (limit 1 ..= 1000, default 500; `since_tick` default a minute ago; `next_since_tick` continues it) |
 //! | `GET /api/world/map?size=N` | for the viewer: a top-down height and ore map of the voxel world (404 without one) |
 //!

@@ -161,6 +161,7 @@ fn world() {}
         ("min_z" = Option<f32>, Query, description = "area: lowest z (inclusive)"),
         ("max_x" = Option<f32>, Query, description = "area: x limit (exclusive)"),
         ("max_z" = Option<f32>, Query, description = "area: z limit (exclusive)"),
+        ("npcs" = Option<bool>, Query, description = "false: leave the NPC list out (agents only); default true"),
     ),
     responses(
         (status = 200, description = "the NPCs", body = WorldNpcs),

@@ -376,13 +376,17 @@ async function pollWorld() {
 }
 
 // Every 2 s while NPCs' colours come from it (v1 or JSON frames), every 5 s when the frames
-// carry them (v2: then only for the agents and their goals); `now`: at once.
+// carry them (v2: then only the agents and their goals are asked for, `npcs=false`); `now`:
+// at once.
 async function pollKinds(now) {
   const every = app.protocol === V2 ? 5000 : 2000;
   if (now !== true && performance.now() - app.kindsAt < every - 100) return;
   app.kindsAt = performance.now();
   const a = app.subscription;
-  const q = a ? `?min_x=${a.min[0]}&min_z=${a.min[1]}&max_x=${a.max[0]}&max_z=${a.max[1]}` : "";
+  // With v2 frames the NPC list is not needed: agents only.
+  const params = a ? [`min_x=${a.min[0]}`, `min_z=${a.min[1]}`, `max_x=${a.max[0]}`, `max_z=${a.max[1]}`] : [];
+  if (app.protocol === V2) params.push("npcs=false");
+  const q = params.length ? "?" + params.join("&") : "";
   try {
     app.kinds = await getJson("/api/world/npcs" + q);
     app.agents = app.kinds.agents;

@@ -32,6 +32,8 @@ async function main() {
   await devRoutes(page);
   page.on("request", (r) => { if (r.url().includes(KEY)) leaked.push(r.url()); });
   page.on("pageerror", (e) => log("page error:", e.message));
+  const listPolls = []; // /api/world/npcs requests: [when, url]
+  page.on("request", (r) => { if (r.url().includes("/api/world/npcs")) listPolls.push([Date.now(), r.url()]); });
 
   // --- a wrong key is refused, and not kept --------------------------------------------------
   await page.goto(server.base + "/");
@@ -136,6 +138,7 @@ async function main() {
 
   // --- zooming changes the subscription --------------------------------------------------------
   const sub0 = (await figures(page)).subscribed;
+  const zoomedAt = Date.now();
   await page.click("#zoom-in");
   const sub1 = await until("a new subscription", async () => {
     const s = (await figures(page)).subscribed;
@@ -145,6 +148,12 @@ async function main() {
   assert.ok(area(sub1) < area(sub0) * 0.5, `zooming in shrinks the area (${area(sub0)} -> ${area(sub1)})`);
   await until("the smaller area streamed", async () => { const f = await figures(page); return f.count > 0 && f.count < f1.count; });
   log(`zoom: subscription ${JSON.stringify(sub0)} -> ${JSON.stringify(sub1)}`);
+  // With v2 frames the viewer asks /api/world/npcs for the agents only (a new area asks at once).
+  const sinceZoom = await until("a poll for the new area", async () => {
+    const p = listPolls.filter(([at]) => at >= zoomedAt);
+    return p.length ? p : null;
+  });
+  assert.ok(sinceZoom.every(([, u]) => u.includes("npcs=false")), `agents only: ${sinceZoom.map(([, u]) => u).join(" ")}`);
   await page.click("#zoom-out");
   await until("the wider area streamed again", async () => (await figures(page)).count >= f1.count * 0.8);
 
