@@ -195,9 +195,14 @@ struct Summary {
     checkpoints_skipped: u64,
     /// Milliseconds the final checkpoint took (drain included), 0 without one.
     checkpoint_ms: f64,
-    /// Milliseconds the new world's first checkpoint took (copy, encode, store: before the
-    /// first tick), 0 when resumed or not durable.
+    /// Milliseconds storing the new world took before its first tick (its first checkpoint,
+    /// then its whole population committed), 0 when resumed from rows or not durable.
     initial_checkpoint_ms: f64,
+    /// Rows of the new world's population stored before the first tick (registry rows,
+    /// positions, events), 0 when resumed from rows or not durable.
+    new_world_rows: u64,
+    /// Milliseconds until the store had committed them (part of `initial_checkpoint_ms`).
+    new_world_rows_ms: f64,
     /// Size of the newest checkpoint, bytes.
     checkpoint_bytes: u64,
     /// Microseconds the tick thread spent copying the world for the newest checkpoint.
@@ -264,12 +269,26 @@ fn run(args: &Args) -> Result<()> {
     let spawn_ms = ms(spawn_started.elapsed());
     // A new world's first checkpoint, before the first tick hands a batch to the store: a kill
     // from here on leaves a world the next start resumes.
-    let mut initial_checkpoint_ms = 0.0;
+    // A new world is stored whole before the first tick: its first checkpoint, then its
+    // population. A kill from here on leaves a world the next start resumes, and the ticks
+    // never carry the population's first write. Also after a resume that found the population
+    // only partly stored (killed during this very step).
+    let (mut initial_checkpoint_ms, mut new_world) = (0.0, terrarium::NewWorldStats::default());
     let spawned = resumed.is_none() && args.snapshot_in.is_none();
-    if let Some(p) = storage.as_ref().filter(|_| args.storage.durable() && spawned) {
+    let rows_behind = resumed.is_some_and(|r| r.rows_behind);
+    if let Some(p) = storage.as_ref().filter(|_| args.storage.durable() && (spawned || rows_behind)) {
         let t = Instant::now();
-        p.checkpoint_new_world(&mut engine).context("cannot write the new world's first checkpoint")?;
+        if !args.quiet {
+            eprintln!("headless: storing the new world ({} NPCs) before its first tick", engine.npc_count());
+        }
+        new_world = p.checkpoint_new_world(&mut engine).context("cannot store the new world")?;
         initial_checkpoint_ms = ms(t.elapsed());
+        if !args.quiet {
+            eprintln!(
+                "headless: stored in {initial_checkpoint_ms:.0} ms (checkpoint {:.0} ms, {} rows {:.0} ms)",
+                new_world.checkpoint_ms, new_world.rows, new_world.rows_ms
+            );
+        }
     }
     let population = engine.npc_count() as u64;
     let agents = engine.agent_count() as u64;
@@ -471,6 +490,8 @@ fn run(args: &Args) -> Result<()> {
         checkpoints_skipped: checkpoints.skipped,
         checkpoint_ms,
         initial_checkpoint_ms,
+        new_world_rows: new_world.rows,
+        new_world_rows_ms: new_world.rows_ms,
         checkpoint_bytes: checkpoints.last_bytes,
         checkpoint_gather_us: checkpoints.last_gather_us,
         stopped_by_signal: ticks_run < args.ticks,

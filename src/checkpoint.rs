@@ -67,6 +67,10 @@ pub(crate) struct Job {
     pub seq: u64,
     pub clean: bool,
     pub gather_us: u64,
+    /// Stored before its batches are handed over (a new world's first checkpoint): nothing to
+    /// wait for; a resume finds the store's mark below `seq` until they are all committed
+    /// and takes the checkpoint alone as the world.
+    pub ahead: bool,
 }
 
 /// The writer thread and the way to it.
@@ -148,7 +152,7 @@ pub(crate) fn write(
     loop {
         let mark = runtime.block_on(stack.backend().applied_seq(job.run));
         match mark {
-            Ok(m) if job.seq == 0 || m.is_some_and(|m| m >= job.seq) => break,
+            Ok(m) if job.ahead || job.seq == 0 || m.is_some_and(|m| m >= job.seq) => break,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "checkpoint: cannot read the batch mark yet"),
         }

@@ -14,7 +14,7 @@ pub use terrarium_persistence as persistence;
 pub use terrarium_systems as systems;
 
 pub use config::Config;
-pub use pipeline::{PipelineError, StoragePipeline, StoreCheck, WrittenRows};
+pub use pipeline::{NewWorldStats, PipelineError, StoragePipeline, StoreCheck, WrittenRows};
 
 /// The types most users need, from every crate.
 pub mod prelude {

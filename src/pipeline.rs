@@ -33,7 +33,7 @@ use terrarium_persistence::{
 };
 
 use crate::Config;
-use crate::checkpoint::{CheckpointError, CheckpointStats, Checkpointer, Job};
+use crate::checkpoint::{CheckpointError, CheckpointStats, Checkpointer, Counters, Job};
 use crate::resume::{ResumeError, ResumeReport};
 
 /// The storage side of a running world. Dropping it without [`StoragePipeline::shutdown`]
@@ -58,6 +58,19 @@ pub struct StoreCheck {
     pub stored_npcs: u64,
     /// NPCs missing from the store, stored at another position, or stored but not in the world.
     pub mismatches: u64,
+}
+
+/// What [`StoragePipeline::checkpoint_new_world`] stored before the first tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NewWorldStats {
+    /// The checkpoint writer's counters after it.
+    pub checkpoint: CheckpointStats,
+    /// Wall-clock milliseconds to cut the population and store the checkpoint.
+    pub checkpoint_ms: f64,
+    /// Rows of the population's batch (registry rows, positions, events).
+    pub rows: u64,
+    /// Wall-clock milliseconds until the store had committed them.
+    pub rows_ms: f64,
 }
 
 /// Rows that reached the backend, by kind (what the store itself counted).
@@ -242,43 +255,53 @@ impl StoragePipeline {
         }
     }
 
-    /// Stores the first checkpoint of a new world: call it once the population is spawned and
-    /// before the first tick (`headless` and `game_server` do). Without it a process killed
-    /// before its first periodic checkpoint leaves rows that the next start can't resume
-    /// ([`terrarium_persistence::StorageError::NoCheckpoint`]).
+    /// Stores a new world before its first tick: its first checkpoint, then its whole
+    /// population (every NPC's registry row and position) as the run's first batch, and waits
+    /// until the store has committed it. Call it once the population is spawned and before
+    /// the first tick (`headless` and `game_server` do), and after a resume whose report says
+    /// [`ResumeReport::rows_behind`]. Adds this pipeline's batching plugin to `engine` when it
+    /// has none yet.
     ///
-    /// Written on the calling thread before any batch of this run is handed to the
-    /// write-behind, with `seq` 0 (it follows no batch), so the store never holds a batch of
-    /// this run without a checkpoint before it: a resume from it takes the population the
-    /// store committed after it (none, if the process died before the first batch landed).
-    /// When batches were handed over already (the world ticked first), this is
-    /// [`StoragePipeline::checkpoint_now`] (not clean).
+    /// The checkpoint is stored first, ahead of its batch (it names the batch's last `seq`):
+    /// a process killed while the population is being written (seconds at a million NPCs)
+    /// leaves a store whose mark is below it, and the next start resumes the checkpoint alone
+    /// as the world, never a partial population. Once the batch is in, the rows are the world
+    /// and the first tick starts from them: the ticks never carry the new population's first
+    /// write, so the storage lag starts at zero. When batches were handed over already (the
+    /// world ticked first), this is [`StoragePipeline::checkpoint_now`] (not clean).
     ///
     /// # Errors
-    /// [`PipelineError::Checkpoint`] when it can't be encoded or stored.
-    pub fn checkpoint_new_world(&self, engine: &mut Engine) -> Result<CheckpointStats, PipelineError> {
+    /// [`PipelineError::Checkpoint`] when the checkpoint can't be encoded or stored;
+    /// [`PipelineError::WriteBehind`] when the population is refused or not committed within
+    /// `storage.checkpoint.drain_timeout_ms`.
+    pub fn checkpoint_new_world(&self, engine: &mut Engine) -> Result<NewWorldStats, PipelineError> {
         if self.write_behind.stats().batches_submitted > 0 {
-            return self.checkpoint_now(engine, false);
+            let checkpoint = self.checkpoint_now(engine, false)?;
+            return Ok(NewWorldStats { checkpoint, ..NewWorldStats::default() });
+        }
+        if !terrarium_systems::batching::is_registered(engine) {
+            self.batching_plugin()(engine);
         }
         let checkpointer = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let drain = Duration::from_millis(self.checkpoint.drain_timeout_ms);
+        let started = Instant::now();
+        let population = terrarium_systems::batching::cut_now(engine);
+        let handle = self.write_behind.handle();
+        let rows = population.as_ref().map_or(0, terrarium_persistence::Handoff::len);
+        let seq = if population.is_some() { handle.seq_after(rows) } else { handle.stats().last_seq };
+        self.store_checkpoint(&checkpointer.counters, engine, started, seq, false, true, drain)?;
+        let checkpoint_ms = started.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        let body = engine.snapshot_body();
-        let job = Job {
-            body,
-            run: self.write_behind.run_id(),
-            seq: 0,
-            clean: false,
-            gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
-        };
-        crate::checkpoint::write(
-            &self.stack,
-            &self.handle,
-            job,
-            self.checkpoint.keep,
-            &checkpointer.counters,
-            Duration::from_millis(self.checkpoint.drain_timeout_ms),
-        )?;
-        Ok(checkpointer.counters.stats())
+        if let Some(handoff) = population {
+            terrarium_persistence::BatchSink::submit(&handle, handoff)?;
+            self.write_behind.flush(drain)?;
+        }
+        Ok(NewWorldStats {
+            checkpoint: checkpointer.counters.stats(),
+            checkpoint_ms,
+            rows: rows as u64,
+            rows_ms: t.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// Writes a checkpoint now, on the calling thread: waits for the checkpoint being written,
@@ -296,22 +319,8 @@ impl StoragePipeline {
         terrarium_systems::batching::flush_now(engine);
         let drain = Duration::from_millis(self.checkpoint.drain_timeout_ms);
         self.write_behind.flush(drain)?;
-        let body = engine.snapshot_body();
-        let job = Job {
-            body,
-            run: self.write_behind.run_id(),
-            seq: self.write_behind.stats().batches_submitted,
-            clean,
-            gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
-        };
-        crate::checkpoint::write(
-            &self.stack,
-            &self.handle,
-            job,
-            self.checkpoint.keep,
-            &checkpointer.counters,
-            drain,
-        )?;
+        let seq = self.write_behind.stats().last_seq;
+        self.store_checkpoint(&checkpointer.counters, engine, t, seq, clean, false, drain)?;
         let stats = checkpointer.counters.stats();
         if !clean {
             *checkpointer =
@@ -319,6 +328,33 @@ impl StoragePipeline {
                     .map_err(PipelineError::Runtime)?;
         }
         Ok(stats)
+    }
+
+    /// Gathers the world and stores it, on the calling thread, as the checkpoint that follows
+    /// batch `seq` of this run (`started`: when the caller began, for `gather_us`; `ahead`:
+    /// stored before that batch is handed over).
+    #[expect(clippy::too_many_arguments, reason = "private; each caller names what differs")]
+    fn store_checkpoint(
+        &self,
+        counters: &Counters,
+        engine: &mut Engine,
+        started: Instant,
+        seq: u64,
+        clean: bool,
+        ahead: bool,
+        drain: Duration,
+    ) -> Result<(), PipelineError> {
+        let body = engine.snapshot_body();
+        let job = Job {
+            body,
+            run: self.write_behind.run_id(),
+            seq,
+            clean,
+            gather_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ahead,
+        };
+        crate::checkpoint::write(&self.stack, &self.handle, job, self.checkpoint.keep, counters, drain)?;
+        Ok(())
     }
 
     /// The checkpoint writer's counters now.
@@ -442,9 +478,12 @@ fn periodic_checkpoint(
     let job = Job {
         body,
         run: terrarium_persistence::BatchSink::run_id(write_behind),
-        seq: write_behind.stats().batches_submitted,
+        // The last part's seq: a handoff cut into parts for `max_call_rows` takes one per part,
+        // and the checkpoint waits until the store has all of them.
+        seq: write_behind.stats().last_seq,
         clean: false,
         gather_us: u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+        ahead: false,
     };
     checkpointer.offer(job)
 }

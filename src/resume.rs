@@ -54,6 +54,11 @@ pub struct ResumeReport {
     pub checkpoint_bytes: u64,
     /// Wall-clock milliseconds: decoding the checkpoint, spawning, laying rows over it.
     pub ms: f64,
+    /// The store had not committed every batch the checkpoint follows: a new world killed
+    /// while its population was being written (its first checkpoint is stored ahead of it).
+    /// The world is the checkpoint's alone; store it whole again before the first tick with
+    /// [`crate::StoragePipeline::checkpoint_new_world`] (`headless` and `game_server` do).
+    pub rows_behind: bool,
 }
 
 /// Why a world could not be resumed.
@@ -95,6 +100,7 @@ pub fn resume(builder: EngineBuilder, point: ResumePoint) -> Result<(Engine, Res
         checkpoint_tick: cp_tick,
         clean: checkpoint.clean,
         checkpoint_bytes: checkpoint.bytes.len() as u64,
+        rows_behind: !batches_committed,
         ..ResumeReport::default()
     };
     drop(checkpoint);

@@ -232,42 +232,87 @@ fn a_kill_before_the_first_periodic_checkpoint_resumes_from_the_first_one() {
     assert!(fresh["initial_checkpoint_ms"].as_f64().unwrap() > 0.0, "{fresh}");
 }
 
-/// The window the process tests can't time: killed after the new world's first checkpoint and
-/// before its first batch landed. The store holds the checkpoint and no row: the world resumes
-/// with what the store committed (nobody), and no id of the checkpoint's is handed out again.
+/// The windows the process tests can't time. A new world is stored whole before its first tick
+/// (its first checkpoint, ahead of its population's batch): killed right after, the next start
+/// resumes every NPC from the rows; killed while the population was being written (here: the
+/// store's mark and rows put back to what the first parts left), it resumes the checkpoint
+/// alone, never the partial population, and stores it whole again. No id is handed out twice.
 #[test]
-fn killed_before_the_first_batch_the_world_resumes_with_what_the_store_committed() {
+fn a_new_world_is_stored_whole_before_its_first_tick_and_a_kill_during_it_loses_nobody() {
     use terrarium::StoragePipeline;
     use terrarium::engine::{Engine, NpcSpec, Position, Role};
     let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("world.db");
     let mut cfg = terrarium::Config::default();
     cfg.storage.backend = terrarium::persistence::BackendKind::Embedded;
-    cfg.storage.embedded.path = dir.path().join("world.db");
+    cfg.storage.embedded.path = db.clone();
+    // The population's batch goes in several parts, as a big world's does.
+    cfg.write_behind.max_call_rows = 1_000;
     let builder = |p: &StoragePipeline| {
         Engine::builder(cfg.engine.clone())
             .add_plugin(terrarium::systems::core_plugin)
             .add_plugin(p.batching_plugin())
     };
+    let npcs = 3_000_u64;
     let first = StoragePipeline::start(&cfg).unwrap();
     let (mut engine, resumed) = first.build_engine(builder(&first)).unwrap();
     assert!(resumed.is_none(), "a new store holds no world");
-    let spawned: Vec<u64> = (0..100)
-        .map(|i| engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0 + i as f32, 0.0, 5.0))).0)
+    let spawned: Vec<u64> = (0..npcs)
+        .map(|i| {
+            engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0 + (i % 50) as f32, 0.0, 5.0))).0
+        })
         .collect();
     let stats = first.checkpoint_new_world(&mut engine).unwrap();
-    assert_eq!((stats.written, stats.last_tick), (1, 0));
-    // Killed here: no tick ran, so no batch was handed over.
+    assert_eq!((stats.checkpoint.written, stats.checkpoint.last_tick), (1, 0));
+    assert!(stats.rows >= 2 * npcs, "registry rows and positions: {stats:?}");
+    let wb = first.write_behind_stats();
+    assert!(wb.last_seq > 2, "cut into parts: {wb:?}");
+    assert_eq!(stored_npcs(&db), npcs, "the population is committed before the first tick");
+    // Killed here, before the first tick.
     drop(engine);
-    let report = first.shutdown(Duration::from_secs(10)).unwrap();
-    assert_eq!(report.stats.batches_submitted, 0);
+    first.shutdown(Duration::from_secs(10)).unwrap();
 
     let second = StoragePipeline::start(&cfg).unwrap();
-    let (mut engine, resumed) = second.build_engine(builder(&second)).unwrap();
-    let resumed = resumed.expect("the first checkpoint is a world to resume");
-    assert_eq!((resumed.npcs, resumed.checkpoint_tick), (0, 0), "{resumed:?}");
+    let (engine, resumed) = second.build_engine(builder(&second)).unwrap();
+    let resumed = resumed.expect("the new world is stored");
+    assert_eq!((resumed.npcs, resumed.checkpoint_tick, resumed.rows_behind), (npcs, 0, false), "{resumed:?}");
+    drop(engine);
+    second.shutdown(Duration::from_secs(10)).unwrap();
+
+    // Back to what a kill after the first two parts leaves: the checkpoint (ahead), the mark
+    // at 2, a third of the registry.
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    sql.execute("UPDATE applied_batches SET seq = 2", []).unwrap();
+    sql.execute("DELETE FROM npcs WHERE id > ?1", [i64::try_from(spawned[999]).unwrap()]).unwrap();
+    drop(sql);
+    let third = StoragePipeline::start(&cfg).unwrap();
+    let (mut engine, resumed) = third.build_engine(builder(&third)).unwrap();
+    let resumed = resumed.expect("the checkpoint is a world to resume");
+    assert_eq!((resumed.npcs, resumed.despawned, resumed.rows_behind), (npcs, 0, true), "{resumed:?}");
+    third.checkpoint_new_world(&mut engine).unwrap();
+    assert_eq!(stored_npcs(&db), npcs, "stored whole again");
     let id = engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0, 0.0, 5.0))).0;
     assert!(id > *spawned.iter().max().unwrap(), "id {id} handed out again");
-    second.shutdown(Duration::from_secs(10)).unwrap();
+    // A checkpoint after a batch cut into parts follows the last part, not the batch count.
+    for i in 0..1_500 {
+        engine.spawn_npc(NpcSpec::new(Role::Scout, Position::new(5.0 + (i % 50) as f32, 0.0, 6.0)));
+    }
+    third.checkpoint_now(&mut engine, false).unwrap();
+    let wb = third.write_behind_stats();
+    assert!(wb.last_seq > wb.batches_submitted + 1, "{wb:?}");
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    let cp_seq: i64 =
+        sql.query_row("SELECT seq FROM checkpoints ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(u64::try_from(cp_seq).unwrap(), wb.last_seq, "{wb:?}");
+    drop(sql);
+    drop(engine);
+    third.shutdown(Duration::from_secs(10)).unwrap();
+
+    let fourth = StoragePipeline::start(&cfg).unwrap();
+    let (_, resumed) = fourth.build_engine(builder(&fourth)).unwrap();
+    let resumed = resumed.unwrap();
+    assert_eq!((resumed.npcs, resumed.rows_behind), (npcs + 1 + 1_500, false), "{resumed:?}");
+    fourth.shutdown(Duration::from_secs(10)).unwrap();
 }
 
 fn signal(pid: u32, sig: &str) {

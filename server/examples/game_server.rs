@@ -179,13 +179,17 @@ fn world(
         builder = builder.add_plugin(terrarium::systems::agents::plugin);
     }
     if let Some(point) = point {
-        let (engine, mut report) =
+        let (mut engine, mut report) =
             terrarium::resume::resume(builder, point).context("cannot resume the stored world")?;
         report.ms = started.elapsed().as_secs_f64() * 1e3;
         eprintln!(
             "game_server: resumed the stored world at tick {} ({} NPCs, {} agents) in {:.1} ms; --npcs and --agents are ignored",
             report.tick, report.npcs, report.agents, report.ms
         );
+        if let Some(p) = storage.filter(|_| report.rows_behind) {
+            // Killed while the new world's population was being stored: store it whole again.
+            store_new_world(p, &mut engine)?;
+        }
         return Ok((engine, Some(report)));
     }
     let mut engine = builder.build()?;
@@ -196,16 +200,26 @@ fn world(
             .context("cannot set up the mining agents")?;
     }
     if let Some(p) = storage.filter(|_| flags.durable()) {
-        // Before the first tick hands a batch to the store: a kill from here on leaves a world
-        // the next start resumes.
-        let t = std::time::Instant::now();
-        p.checkpoint_new_world(&mut engine).context("cannot write the new world's first checkpoint")?;
-        eprintln!(
-            "game_server: the new world's first checkpoint took {:.1} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
+        store_new_world(p, &mut engine)?;
     }
     Ok((engine, None))
+}
+
+/// Stores a new world whole before its first tick (its first checkpoint, then its population):
+/// a kill from here on leaves a world the next start resumes, and the ticks never carry the
+/// population's first write.
+fn store_new_world(p: &StoragePipeline, engine: &mut Engine) -> Result<()> {
+    eprintln!("game_server: storing the new world ({} NPCs) before its first tick", engine.npc_count());
+    let t = std::time::Instant::now();
+    let s = p.checkpoint_new_world(engine).context("cannot store the new world")?;
+    eprintln!(
+        "game_server: stored in {:.0} ms (checkpoint {:.0} ms, {} rows {:.0} ms)",
+        t.elapsed().as_secs_f64() * 1e3,
+        s.checkpoint_ms,
+        s.rows,
+        s.rows_ms
+    );
+    Ok(())
 }
 
 async fn run(

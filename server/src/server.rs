@@ -101,8 +101,8 @@ impl std::fmt::Debug for ShutdownSummary {
 }
 
 impl Server {
-    /// Starts serving `engine` (NPCs spawned, without the batching plugin: the server adds
-    /// batching into `storage`, the performance recorder and the view publisher). Listens
+    /// Starts serving `engine` (NPCs spawned; the server adds batching into `storage` unless
+    /// the engine has it already, the performance recorder and the view publisher). Listens
     /// on `config.server.bind:port`. Call it inside a multi-threaded tokio runtime. `storage`
     /// may run on that runtime ([`StoragePipeline::start_on`]) or on its own
     /// ([`StoragePipeline::start`]); without it, batching is off and NPC reads answer 503.
@@ -129,7 +129,10 @@ impl Server {
         let perf = Performance::with_config(PerfConfig { window_s: sc.perf_window_s });
         perf.plugin()(&mut engine);
         if let Some(pipeline) = &storage {
-            pipeline.batching_plugin()(&mut engine);
+            // `checkpoint_new_world` adds it to a new world it stores before serving.
+            if !batching::is_registered(&engine) {
+                pipeline.batching_plugin()(&mut engine);
+            }
             perf.attach_pipeline(pipeline);
         }
         let inbox = Arc::new(Inbox::default());

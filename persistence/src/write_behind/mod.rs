@@ -95,6 +95,10 @@ pub struct WriteBehindStats {
     /// given up (counted in `failed_batches`). With no batch given up, the store's mark for
     /// `run_id` is at least this; batches above it wait in memory or in the outbox.
     pub settled_through_seq: u64,
+    /// The newest batch id of this run handed out by `submit` (a handoff cut into parts for
+    /// `max_call_rows` takes one per part): a checkpoint cut after a handoff follows this
+    /// `seq`, and is stored once the store's mark for `run_id` reaches it.
+    pub last_seq: u64,
 }
 
 /// Writes batches to a [`Storage`] behind the tick's back, on tokio.
@@ -607,6 +611,14 @@ impl WriteBehindHandle {
     pub fn stats(&self) -> WriteBehindStats {
         self.shared.stats()
     }
+
+    /// The `seq` the last part of a handoff of `rows` rows would get if it were submitted
+    /// now: for a checkpoint stored before its batch is handed over (a new world's first).
+    /// Only meaningful while nothing else submits in between.
+    #[must_use]
+    pub fn seq_after(&self, rows: usize) -> u64 {
+        self.shared.lock().next_seq + split::parts(rows, self.shared.max_call_rows)
+    }
 }
 
 impl BatchSink for WriteBehindHandle {
@@ -791,6 +803,7 @@ impl Shared {
             unsettled_batches: submitted.saturating_sub(settled),
             run_id: self.run_id,
             settled_through_seq,
+            last_seq: submitted,
         }
     }
 }

@@ -155,19 +155,46 @@ pub fn flush_now(engine: &mut Engine) -> bool {
     if !world.contains_resource::<Sink>() {
         return false;
     }
+    cut_forced(world);
+    world
+        .run_system_cached(hand_over)
+        .expect("batching systems take no input and their resources are installed");
+    true
+}
+
+/// Cuts a batch now with everything that waits, as [`flush_now`] does, but returns it instead
+/// of handing it to the sink: for a caller that must do something first (a new world's first
+/// checkpoint is stored before its whole population goes to the store) and then submits it
+/// itself. `None` when nothing waits or the engine has no batching.
+pub fn cut_now(engine: &mut Engine) -> Option<Handoff> {
+    let world = engine.world_mut();
+    if !world.contains_resource::<Sink>() {
+        return None;
+    }
+    cut_forced(world);
+    world.resource_mut::<Outgoing>().0.take()
+}
+
+/// Whether the batching plugin is registered in `engine`.
+#[must_use]
+pub fn is_registered(engine: &Engine) -> bool {
+    engine.world().contains_resource::<Sink>()
+}
+
+/// Runs the `Record` stage's batching systems with the limits lifted; the batch waits in
+/// [`Outgoing`].
+fn cut_forced(world: &mut World) {
     world.resource_mut::<PositionBatcher>().force = true;
     let ran = [
         world.run_system_cached(record_despawns),
         world.run_system_cached(record_events),
         world.run_system_cached(cut_batch),
-        world.run_system_cached(hand_over),
     ];
     for r in ran {
         r.expect("batching systems take no input and their resources are installed");
     }
     // Reported now; the next tick must not report them again.
     world.resource_mut::<TickLog>().despawned.clear();
-    true
 }
 
 /// Takes the world as it is now as already stored: the next batches carry only what changes
