@@ -159,8 +159,7 @@ impl MemoryStore {
         inner.applied.insert(run, seq);
         inner.stats.batches += 1;
         for r in &b.npcs {
-            let compact = inner.npcs.compact(r);
-            inner.npcs.insert(r.id, compact);
+            inner.npcs.upsert(r);
             inner.stats.npc_upserts += 1;
         }
         for p in &b.positions {
@@ -207,13 +206,12 @@ impl Inner {
     }
 }
 
-/// An upserted record, compact: role and status interned, the inventory in one boxed slice
-/// (no allocation when empty). 48 bytes where an `NpcRecord` takes 112 (role and status
-/// inline, up to 23 bytes each).
-#[derive(Debug, Clone)]
+/// An upserted record, compact: role and status interned, the inventory kept beside it (most
+/// NPCs carry nothing). 32 bytes where an `NpcRecord` takes 112 (role and status inline, up to
+/// 23 bytes each, and the inventory's `Vec`).
+#[derive(Debug, Clone, Copy)]
 struct Compact {
     updated_tick: u64,
-    inventory: Box<[(u16, u16)]>,
     x: f32,
     y: f32,
     z: f32,
@@ -222,6 +220,8 @@ struct Compact {
     status: u16,
     health: u16,
     agent: bool,
+    /// The NPC has an entry in [`Registry::inventories`].
+    carries: bool,
 }
 
 /// Role and status names, each stored once.
@@ -259,6 +259,8 @@ impl Names {
 struct Registry {
     dense: Vec<Option<Compact>>,
     sparse: BTreeMap<u64, Compact>,
+    /// Inventories that are not empty, by id.
+    inventories: FxHashMap<u64, Box<[(u16, u16)]>>,
     names: Names,
 }
 
@@ -266,10 +268,15 @@ impl Registry {
     /// How far past the end of the dense array an id may be and still extend it.
     const SLACK: u64 = 1 << 16;
 
-    fn compact(&mut self, r: &NpcRecord) -> Compact {
-        Compact {
+    fn upsert(&mut self, r: &NpcRecord) {
+        let carries = !r.inventory.is_empty();
+        if carries {
+            self.inventories.insert(r.id, r.inventory.clone().into_boxed_slice());
+        } else {
+            self.inventories.remove(&r.id);
+        }
+        let c = Compact {
             updated_tick: r.updated_tick,
-            inventory: r.inventory.clone().into_boxed_slice(),
             x: r.x,
             y: r.y,
             z: r.z,
@@ -278,7 +285,9 @@ impl Registry {
             status: self.names.intern(&r.status),
             health: r.health,
             agent: r.agent,
-        }
+            carries,
+        };
+        self.insert(r.id, c);
     }
 
     fn expand(&self, id: u64, c: &Compact) -> NpcRecord {
@@ -292,7 +301,11 @@ impl Registry {
             y: c.y,
             z: c.z,
             health: c.health,
-            inventory: c.inventory.to_vec(),
+            inventory: if c.carries {
+                self.inventories.get(&id).map(|i| i.to_vec()).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             updated_tick: c.updated_tick,
         }
     }
@@ -323,6 +336,7 @@ impl Registry {
 
     /// True when there was a record.
     fn remove(&mut self, id: u64) -> bool {
+        self.inventories.remove(&id);
         match usize::try_from(id).ok().filter(|&i| i < self.dense.len()) {
             Some(i) => self.dense[i].take().is_some(),
             None => self.sparse.remove(&id).is_some(),
@@ -340,46 +354,53 @@ impl Registry {
     }
 }
 
-/// Last position per NPC: a dense array for the low ids the engine hands out (an empty slot
-/// holds [`PositionTable::EMPTY`]), a map above it.
+/// Last position per NPC: dense columns for the low ids the engine hands out (20 bytes an NPC;
+/// an empty slot has tick [`PositionTable::EMPTY`]), a map above them.
 #[derive(Debug, Default)]
 struct PositionTable {
-    dense: Vec<PositionRow>,
+    ticks: Vec<u64>,
+    xyz: Vec<[f32; 3]>,
     sparse: FxHashMap<u64, PositionRow>,
 }
 
 impl PositionTable {
-    /// How far past the end of the dense array an id may be and still extend it.
+    /// How far past the end of the dense columns an id may be and still extend them.
     const SLACK: u64 = 1 << 16;
-    /// A free slot (no NPC has id `u64::MAX` in the dense range).
-    const EMPTY: PositionRow = PositionRow { npc_id: u64::MAX, tick: 0, x: 0.0, y: 0.0, z: 0.0 };
+    /// The tick of a free slot (no position is stored at tick `u64::MAX`).
+    const EMPTY: u64 = u64::MAX;
 
     fn get(&self, id: u64) -> Option<PositionRow> {
-        match usize::try_from(id).ok().and_then(|i| self.dense.get(i)) {
-            Some(slot) => (slot.npc_id == id).then_some(*slot),
+        match usize::try_from(id).ok().filter(|&i| i < self.ticks.len() && self.ticks[i] != Self::EMPTY) {
+            Some(i) => {
+                let [x, y, z] = self.xyz[i];
+                Some(PositionRow { npc_id: id, tick: self.ticks[i], x, y, z })
+            }
+            // Also an id the dense columns grew past after it was stored here.
             None => self.sparse.get(&id).copied(),
         }
     }
 
     fn insert(&mut self, row: PositionRow) {
-        if row.npc_id < self.dense.len() as u64 + Self::SLACK {
+        if row.npc_id < self.ticks.len() as u64 + Self::SLACK && row.tick != Self::EMPTY {
             let i = usize::try_from(row.npc_id).expect("dense ids fit in usize");
-            if i >= self.dense.len() {
-                self.dense.resize(i + 1, Self::EMPTY);
+            if i >= self.ticks.len() {
+                self.ticks.resize(i + 1, Self::EMPTY);
+                self.xyz.resize(i + 1, [0.0; 3]);
             }
-            self.dense[i] = row;
+            (self.ticks[i], self.xyz[i]) = (row.tick, [row.x, row.y, row.z]);
+            if !self.sparse.is_empty() {
+                self.sparse.remove(&row.npc_id);
+            }
         } else {
             self.sparse.insert(row.npc_id, row);
         }
     }
 
     fn remove(&mut self, id: u64) {
-        match usize::try_from(id).ok().and_then(|i| self.dense.get_mut(i)) {
-            Some(slot) => *slot = Self::EMPTY,
-            None => {
-                self.sparse.remove(&id);
-            }
+        if let Some(i) = usize::try_from(id).ok().filter(|&i| i < self.ticks.len()) {
+            self.ticks[i] = Self::EMPTY;
         }
+        self.sparse.remove(&id);
     }
 }
 
@@ -554,7 +575,7 @@ mod tests {
             assert_eq!(s.list_npcs(&working, Page::first(10)).await.unwrap().npcs, vec![rec]);
             let nobody = NpcFilter { role: Some("nobody".into()), ..Default::default() };
             assert!(s.list_npcs(&nobody, Page::first(10)).await.unwrap().npcs.is_empty());
-            assert_eq!(std::mem::size_of::<Option<Compact>>(), 48);
+            assert_eq!(std::mem::size_of::<Option<Compact>>(), 32);
         });
     }
 
@@ -581,5 +602,43 @@ mod tests {
             assert_eq!(s.stats().event_rows, 4);
             assert_eq!(s.events().iter().map(|e| e.event_id).collect::<Vec<_>>(), [2, 3, 4]);
         });
+    }
+
+    #[test]
+    fn a_position_stored_above_the_dense_columns_is_found_after_they_grow_past_it() {
+        let mut t = PositionTable::default();
+        let row = |npc_id, tick| PositionRow { npc_id, tick, x: tick as f32, y: 0.0, z: 0.0 };
+        let far = PositionTable::SLACK + 5;
+        t.insert(row(far, 1));
+        t.insert(row(1, 1));
+        assert_eq!(t.get(far), Some(row(far, 1)), "in the map");
+        t.insert(row(far - 10, 2)); // the dense columns now reach past `far`
+        assert_eq!(t.get(far), Some(row(far, 1)), "still found");
+        t.insert(row(far, 3));
+        assert_eq!(t.get(far), Some(row(far, 3)), "a newer row wins");
+        t.remove(far);
+        assert_eq!(t.get(far), None);
+        assert_eq!(t.get(1), Some(row(1, 1)));
+        assert_eq!(t.get(2), None, "an empty slot");
+        // What a million NPCs cost here: 20 bytes of position, 32 of record.
+        assert_eq!(std::mem::size_of::<Option<Compact>>(), 32);
+    }
+
+    #[test]
+    fn an_inventory_is_kept_beside_the_record_and_goes_with_it() {
+        let mut r = Registry::default();
+        let mut rec = npc(4, "idle", 1);
+        rec.inventory = vec![(3, 7)];
+        r.upsert(&rec);
+        let c = *r.get(4).unwrap();
+        assert_eq!(r.expand(4, &c).inventory, [(3, 7)]);
+        rec.inventory.clear();
+        r.upsert(&rec);
+        let c = *r.get(4).unwrap();
+        assert!(r.expand(4, &c).inventory.is_empty() && r.inventories.is_empty());
+        rec.inventory = vec![(1, 1)];
+        r.upsert(&rec);
+        assert!(r.remove(4));
+        assert!(r.inventories.is_empty() && r.get(4).is_none());
     }
 }
