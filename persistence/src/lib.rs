@@ -10,6 +10,7 @@ mod file;
 mod fold;
 mod l1;
 mod memory;
+pub mod os;
 mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;

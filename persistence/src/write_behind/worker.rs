@@ -59,7 +59,16 @@ pub(super) struct Worker<S> {
     spill_paused_until: Option<Instant>,
     /// Row buffers of written batches, to turn the next columns into rows without page faults.
     rows_pool: Vec<Vec<PositionRow>>,
+    /// Rows written since the allocator was last asked to give free memory back, and when.
+    rows_since_trim: u64,
+    last_trim: Option<Instant>,
 }
+
+/// Rows written after which an idle write-behind asks the allocator to give free memory back
+/// (`os::release_free_memory`), at most once per [`TRIM_EVERY`]: big calls (a new world's
+/// first write, populations of positions) leave tens of MB free inside glibc's heaps.
+const TRIM_AFTER_ROWS: u64 = 500_000;
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 impl<S: Storage> Worker<S> {
     pub fn new(shared: Arc<Shared>, store: Arc<S>, c: &WriteBehindConfig, outbox: Option<Outbox>) -> Self {
@@ -92,6 +101,8 @@ impl<S: Storage> Worker<S> {
             group_rows: c.max_group_rows,
             spill_paused_until: None,
             rows_pool: Vec::new(),
+            rows_since_trim: 0,
+            last_trim: None,
         }
     }
 
@@ -133,7 +144,7 @@ impl<S: Storage> Worker<S> {
 
     /// True when memory or the outbox holds batches; otherwise marks the queue idle (under the
     /// same lock, so a batch submitted meanwhile is never missed) and wakes flushers.
-    fn has_work(&self) -> bool {
+    fn has_work(&mut self) -> bool {
         let pending_outbox = self.outbox.as_ref().is_some_and(|o| o.pending() > 0);
         let mut q = self.shared.lock();
         if pending_outbox || !q.batches.is_empty() {
@@ -142,6 +153,8 @@ impl<S: Storage> Worker<S> {
         if !q.idle {
             q.idle = true;
             drop(q);
+            // Before telling flushers: what they measure next (memory) is then after it.
+            self.trim_if_due();
             self.shared.changed.notify_all();
             self.shared.idle_notify.notify_waiters();
         }
@@ -300,6 +313,7 @@ impl<S: Storage> Worker<S> {
             add(&c.npc_rows_written, b.npcs.len() + b.removed.len());
         }
         add(&c.batches_written, group.batches.len());
+        self.rows_since_trim += group.batches.iter().map(|b| b.len() as u64).sum::<u64>();
         // Frames leave the outbox's gauge before their batches count as settled: a reader of
         // the stats never sees one batch both settled and waiting in the outbox, so
         // `settled_through_seq + outbox_batches` never claims more than is safe.
@@ -592,6 +606,18 @@ impl<S: Storage> Worker<S> {
                 self.rows_pool.push(b.positions);
             }
         }
+    }
+
+    /// Idle after big writes: gives the memory they freed back to the system (see
+    /// [`TRIM_AFTER_ROWS`]).
+    fn trim_if_due(&mut self) {
+        if self.rows_since_trim < TRIM_AFTER_ROWS || self.last_trim.is_some_and(|t| t.elapsed() < TRIM_EVERY)
+        {
+            return;
+        }
+        self.rows_since_trim = 0;
+        self.last_trim = Some(Instant::now());
+        blocking(crate::os::release_free_memory);
     }
 
     /// Frees buffers the tick superseded but the pool had no room for.
