@@ -8,7 +8,8 @@
 //!    `--ws-area` blocks, counting the delta frames it receives for `--ws-seconds`. Reports
 //!    frames per second per client and how many got less than 90 % of the server's `ws_hz`.
 //!    With `--ws-binary` the clients offer `terrarium.binary.v1` and get (and decode) binary
-//!    frames instead of JSON; `bytes_per_frame` compares the two.
+//!    frames instead of JSON; `bytes_per_frame` compares the two. `--ws-v2` offers
+//!    `terrarium.binary.v2` first (binary frames with each NPC's role and status).
 //!
 //! ```text
 //! cargo run --release -p terrarium-server --example load_test -- \
@@ -84,6 +85,9 @@ struct Args {
     /// WebSocket clients ask for binary position frames (`terrarium.binary.v1`) instead of JSON.
     #[arg(long = "ws-binary")]
     ws_binary: bool,
+    /// WebSocket clients offer `terrarium.binary.v2` first (binary frames with role and status).
+    #[arg(long = "ws-v2")]
+    ws_v2: bool,
     /// Deltas per second per WebSocket client of the server started in process.
     #[arg(long = "ws-hz", default_value_t = 10)]
     ws_hz: u32,
@@ -509,8 +513,12 @@ async fn ws_phase(args: &Args, target: &Arc<Target>) -> Result<WsReport> {
         let sub =
             serde_json::json!({"type": "subscribe", "min": [x, z], "max": [x + side, z + side]}).to_string();
         let (target, go, ready) = (Arc::clone(target), go_rx.clone(), ready_tx.clone());
-        let binary = args.ws_binary;
-        tasks.push(tokio::spawn(async move { ws_client(&target, sub, binary, go, ready, listen).await }));
+        let offer = if args.ws_v2 {
+            Some("terrarium.binary.v2, terrarium.binary.v1, terrarium.v1")
+        } else {
+            args.ws_binary.then_some("terrarium.binary.v1, terrarium.v1")
+        };
+        tasks.push(tokio::spawn(async move { ws_client(&target, sub, offer, go, ready, listen).await }));
     }
     drop(ready_tx);
     for _ in 0..args.ws_clients {
@@ -542,7 +550,7 @@ async fn ws_phase(args: &Args, target: &Arc<Target>) -> Result<WsReport> {
         clients_below_target: rates.iter().filter(|&&r| r < 0.9 * ws_hz).count() + failed,
         frames_total: tallies.iter().map(|t| t.frames).sum(),
         bytes_total: tallies.iter().map(|t| t.bytes).sum(),
-        binary: args.ws_binary,
+        binary: args.ws_binary || args.ws_v2,
         bytes_per_frame: tallies.iter().map(|t| t.bytes).sum::<u64>() as f64
             / tallies.iter().map(|t| t.frames).sum::<u64>().max(1) as f64,
         tick,
@@ -570,7 +578,7 @@ async fn ws_hello(target: &Target) -> Result<Value> {
 async fn ws_client(
     target: &Target,
     subscribe: String,
-    binary: bool,
+    offer: Option<&'static str>,
     mut go: tokio::sync::watch::Receiver<bool>,
     ready: tokio::sync::mpsc::Sender<bool>,
     listen: Duration,
@@ -580,12 +588,10 @@ async fn ws_client(
         let _ = ready.send(false).await;
         return None;
     };
-    if binary {
+    if let Some(offer) = offer {
         req.headers_mut().insert(
             "sec-websocket-protocol",
-            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
-                "terrarium.binary.v1, terrarium.v1",
-            ),
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(offer),
         );
     }
     let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {

@@ -15,7 +15,7 @@
 //! | `GET /ws` | WebSocket position deltas: see "WebSocket protocol" below |
 //! | `GET /` | the browser viewer (no key needed for its files; the page asks for the key, or takes it from `/#key=…`) |
 //! | `GET /api/world` | for the viewer: tick, bounds, counts, role/status/state names, the voxel world's size and depots |
-//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=` | for the viewer: `[id, role, status]` of the NPCs in an area (or all), agents' states and goals |
+//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=&npcs=` | for the viewer: `[id, role, status]` of the NPCs in an area (or all; none with `npcs=false`), agents' states and goals |
 //! | `GET /api/npcs/{id}/track?since_tick=&limit=` | an NPC's stored track, `[tick, x, y, z]` oldest first (limit 1 ..= 1000, default 500; `since_tick` default a minute ago; `next_since_tick` continues it) |
 //! | `GET /api/world/map?size=N` | for the viewer: a top-down height and ore map of the voxel world (404 without one) |
 //!
@@ -47,9 +47,15 @@
 //! `terrarium.v1` beside it) gets that selected, and then receives `reset` and `delta` as
 //! binary messages of little-endian typed arrays (ids u32, or u64 when one doesn't fit,
 //! `x y z` f32; the layout is [`protocol::BinaryFrame`]'s doc, about 16 bytes per NPC against
-//! about 40 in JSON). Every other message, and everything the client sends, stays JSON text.
-//! A server that does not know the binary protocol selects `terrarium.v1`: the selected
-//! protocol says which frames come.
+//! about 40 in JSON). One that offers `terrarium.binary.v2` (first of all, as the viewer does:
+//! `["terrarium.binary.v2", "terrarium.binary.v1", "terrarium.v1", "terrarium.key." + key]`)
+//! gets v2 selected: the same frames, plus each NPC's role and status after the v1 arrays,
+//! for every NPC of a `reset` and for those that entered the area or changed role or status
+//! in a `delta` (a v2 frame without such entries is byte for byte a v1 frame; a v1 client's
+//! frames never have any). Every other message, and everything the client sends, stays JSON
+//! text. A server that does not know a binary protocol selects one it knows (or
+//! `terrarium.v1`): the selected protocol says which frames come. JSON frames carry no role
+//! or status (`GET /api/world/npcs` has them).
 //! Positions are always arrays in this field order: `[id, x, y, z]` (id an integer, x y z
 //! blocks as floats); areas are `[x, z]` pairs of the ground plane, `min` inclusive, `max`
 //! exclusive.

@@ -161,6 +161,7 @@ fn world() {}
         ("min_z" = Option<f32>, Query, description = "area: lowest z (inclusive)"),
         ("max_x" = Option<f32>, Query, description = "area: x limit (exclusive)"),
         ("max_z" = Option<f32>, Query, description = "area: z limit (exclusive)"),
+        ("npcs" = Option<bool>, Query, description = "false: leave the NPC list out (agents only); default true"),
     ),
     responses(
         (status = 200, description = "the NPCs", body = WorldNpcs),
@@ -185,11 +186,11 @@ fn world_map() {}
 /// The WebSocket position stream (RFC 6455; messages in the crate doc, "WebSocket
 /// protocol"). The key may also come as the sub-protocol `terrarium.key.<KEY>` next to
 /// `terrarium.v1` (browsers), or, for old clients, as `api_key` in the query. Offering
-/// `terrarium.binary.v1` as well selects compact binary position frames
-/// (`protocol::BinaryFrame`).
+/// `terrarium.binary.v2` (or `terrarium.binary.v1`) as well selects compact binary position
+/// frames (`protocol::BinaryFrame`; v2 with each NPC's role and status).
 #[utoipa::path(get, path = "/ws",
     params(
-        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`terrarium.v1, terrarium.key.<KEY>`; add `terrarium.binary.v1` (selected when offered) for binary `reset`/`delta` frames: little-endian, a 24-byte header (kind u8 1 reset 2 delta, flags u8 bit 0 u64 ids, u16 0, moved u32, gone u32, u32 0, tick u64), moved ids (u32, or u64 with the flag), their x y z (f32), padding to the id width, gone ids"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`terrarium.v1, terrarium.key.<KEY>`; add `terrarium.binary.v2` (selected first when offered) or `terrarium.binary.v1` for binary `reset`/`delta` frames: little-endian, a 24-byte header (kind u8 1 reset 2 delta, flags u8 bit 0 u64 ids, u16 0, moved u32, gone u32, role/status entries u32 (0 in v1), tick u64), moved ids (u32, or u64 with the flag), their x y z (f32), padding to the id width, gone ids, then (v2) the entries' ids and their role/status words (u32: bits 0-16 role code, bits 24-31 status)"),
         ("api_key" = Option<String>, Query, description = "the key (old clients; ends up in logs)"),
     ),
     responses(

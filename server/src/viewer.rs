@@ -9,7 +9,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/world` | tick, bounds, NPC and agent counts, the names of roles, statuses and agent states, the voxel world's size and its depots (`null` / `[]` without one) |
-//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=` | role and status of every NPC in the area (all of them without an area) as `[id, role, status]` (indices into `roles`, `statuses`), and every agent's state and goal as `[id, state, goal, x, y, z]` |
+//! | `GET /api/world/npcs?min_x=&min_z=&max_x=&max_z=&npcs=` | role and status of every NPC in the area (all of them without an area) as `[id, role, status]` (indices into `roles`, `statuses`; an empty list with `npcs=false`, for a viewer that has them from its `terrarium.binary.v2` frames), and every agent's state and goal as `[id, state, goal, x, y, z]` |
 //! | `GET /api/npcs/{id}/track?since_tick=&limit=` | an NPC's stored track: at most `limit` (1 ..= 1000, default 500) positions `[tick, x, y, z]` from `since_tick` on (default: the last minute), oldest first, read through the storage stack's read circuit; `next_since_tick` continues it |
 //! | `GET /api/world/map?size=N` | a top-down map of the voxel world, at most `N` (16 ..= 512, default 256) samples a side: per sample the height of the surface, its block, and the most valuable ore below it (404 without a voxel world) |
 //!
@@ -188,7 +188,7 @@ async fn world(State(state): State<Arc<AppState>>) -> Result<axum::Json<WorldBod
 }
 
 /// Query of `GET /api/world/npcs`: an area of the ground plane (`min` inclusive, `max`
-/// exclusive), all four or none.
+/// exclusive), all four or none; `npcs=false` leaves the NPC list out (agents only).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AreaParams {
@@ -196,6 +196,7 @@ struct AreaParams {
     min_z: Option<f32>,
     max_x: Option<f32>,
     max_z: Option<f32>,
+    npcs: Option<bool>,
 }
 
 /// `GET /api/world/npcs`.
@@ -235,7 +236,8 @@ async fn npcs(
     };
     let columns = columns(&state, &cache).await?;
     // Filtering, naming and sorting 100k rows takes longer than copying them: off the tick.
-    let body = tokio::task::spawn_blocking(move || npcs_body(&columns, area))
+    let list = q.npcs.unwrap_or(true);
+    let body = tokio::task::spawn_blocking(move || npcs_body(&columns, area, list))
         .await
         .map_err(|_| ApiError::unavailable("the NPC list could not be built", 1))?;
     Ok(axum::Json(body))
@@ -291,13 +293,14 @@ fn gather(engine: &mut Engine) -> Columns {
     Columns { tick, depots, npcs, brains }
 }
 
-/// The rest of `/api/world/npcs`, off the tick thread: the area, role names, order by id.
-fn npcs_body(c: &Columns, area: Option<([f32; 2], [f32; 2])>) -> NpcsBody {
+/// The rest of `/api/world/npcs`, off the tick thread: the area, role names, order by id;
+/// `list`: with the NPC list (else agents only).
+fn npcs_body(c: &Columns, area: Option<([f32; 2], [f32; 2])>, list: bool) -> NpcsBody {
     let inside =
         |x: f32, z: f32| area.is_none_or(|(min, max)| x >= min[0] && x < max[0] && z >= min[1] && z < max[1]);
     let mut roles: Vec<Role> = Role::BUILT_IN.to_vec();
     let mut npcs = Vec::new();
-    for &(id, x, z, role, status) in &c.npcs {
+    for &(id, x, z, role, status) in c.npcs.iter().filter(|_| list) {
         if !inside(x, z) {
             continue;
         }
@@ -585,11 +588,11 @@ mod tests {
         let mut e = wanderers(500);
         let c = gather(&mut e);
         assert_eq!(c.npcs.len(), 500);
-        let all = npcs_body(&c, None);
+        let all = npcs_body(&c, None, true);
         assert_eq!(all.npcs.len(), 500);
         assert!(all.npcs.windows(2).all(|w| w[0].0 < w[1].0), "by id");
         let mid = [c.npcs[0].1, c.npcs[0].2];
-        let part = npcs_body(&c, Some(([mid[0] - 1.0, mid[1] - 1.0], [mid[0] + 1.0, mid[1] + 1.0])));
+        let part = npcs_body(&c, Some(([mid[0] - 1.0, mid[1] - 1.0], [mid[0] + 1.0, mid[1] + 1.0])), true);
         assert!(part.npcs.iter().any(|n| n.0 == c.npcs[0].0), "the NPC at the area's centre");
         assert!(part.npcs.len() < 500);
         let status = c.npcs[0].4 as u8;
@@ -611,7 +614,7 @@ mod tests {
         });
         let c = gather(&mut e);
         let rest = time(&mut || {
-            std::hint::black_box(npcs_body(&c, None));
+            std::hint::black_box(npcs_body(&c, None, true));
         });
         println!(
             "100k NPCs, medians of 15: tick {tick:.2} ms; /api/world/npcs on the tick thread: before (≈ copy + list + sort) {:.2} ms, now (copy) {copy:.2} ms; off the tick {rest:.2} ms",

@@ -2,7 +2,8 @@
 // address, which it removes from the address bar at once) into sessionStorage, reads the keyed
 // HTTP API with the key in the x-api-key header, and lets stream.js (a worker) hold the
 // WebSocket. It draws what the worker hands it, follows the visible area with the subscription,
-// and polls /api/world, /api/world/npcs, /api/world/map and /api/performance.
+// and polls /api/world, /api/world/npcs (agents and their goals; NPCs' role and status only when
+// the stream's frames don't carry them), /api/world/map and /api/performance.
 //
 // For tests and measurements, `window.viewer` exposes read-only figures (see `figures()`).
 import { Camera, GlRenderer, CanvasRenderer, parseHex } from "./render.js";
@@ -16,6 +17,11 @@ const STATUS_COLOURS = {
   depositing: "#b48ead", fleeing: "#d08770", dead: "#4c566a",
 };
 const OTHER_COLOUR = "#d8dee9";
+// Colour indices of the stream worker (stream.js): 0 not known yet, then these in order.
+const ROLE_NAMES = ["miner", "builder", "guard", "trader", "scout", "other"];
+const STATUS_NAMES = ["idle", "moving", "mining", "returning", "depositing", "fleeing", "dead"];
+// The sub-protocol whose frames carry role and status.
+const V2 = "terrarium.binary.v2";
 const UNKNOWN_COLOUR = "#6b7385";
 const BLOCK_COLOURS = {
   air: "#000000", stone: "#6d6f73", dirt: "#7a5a3a", grass: "#4f7a3a", water: "#2f5f8f", bedrock: "#2b2b2b",
@@ -42,6 +48,8 @@ const app = {
   subscribed: null, // last confirmed by the server
   colourBy: "role",
   kinds: null, // /api/world/npcs
+  kindsAt: 0, // when it was last asked for
+  legendAt: 0,
   palette: [parseHex(UNKNOWN_COLOUR)],
   legend: [],
   agents: [],
@@ -80,11 +88,12 @@ function api(path) {
 
 // A browser can't set headers on a WebSocket: the key travels in the sub-protocol offer
 // (`terrarium.v1` plus `terrarium.key.<KEY>`; the server selects `terrarium.v1` and never echoes
-// the key), never in the URL. `terrarium.binary.v1`, offered first, asks for compact binary
-// position frames (a server that does not know it selects `terrarium.v1`: JSON frames);
-// `#frames=json` in the address leaves it out.
+// the key), never in the URL. `terrarium.binary.v2`, offered first, asks for compact binary
+// position frames with each NPC's role and status; `terrarium.binary.v1` (the same without them)
+// and `terrarium.v1` (JSON) are what an older server selects instead. `#frames=json` in the
+// address leaves both binary ones out.
 function wsProtocols(key, binary) {
-  return [...(binary ? ["terrarium.binary.v1"] : []), "terrarium.v1", "terrarium.key." + key];
+  return [...(binary ? [V2, "terrarium.binary.v1"] : []), "terrarium.v1", "terrarium.key." + key];
 }
 
 // ---- banners --------------------------------------------------------------------------------
@@ -156,12 +165,13 @@ async function connect() {
     app.colourBy = app.world.agents * 2 > app.world.npcs ? "status" : "role";
     $("colour-by").value = app.colourBy;
   }
+  recolour();
   document.body.dataset.state = "connecting";
   showWorld();
   fit();
   startWorker();
   app.timers.push(setInterval(pollPerf, 1000));
-  app.timers.push(setInterval(pollKinds, 2000));
+  app.timers.push(setInterval(pollKinds, 1000));
   app.timers.push(setInterval(pollWorld, 5000));
   app.timers.push(setInterval(watchStream, 1000));
   app.timers.push(setInterval(loadTrack, 3000));
@@ -192,6 +202,7 @@ function onWorker(m) {
   switch (m.type) {
     case "open":
       app.protocol = m.protocol;
+      app.worker.postMessage({ type: "colourBy", by: app.colourBy });
       break;
     case "hello": {
       const again = app.hello !== null;
@@ -216,9 +227,9 @@ function onWorker(m) {
       banner("stream-error", null);
       app.mapDirty = true;
       updateViewLine();
-      // Colours for the NPCs of the new area, soon after its reset arrives.
+      // Agents (and, without v2 frames, colours) of the new area, soon after its reset arrives.
       clearTimeout(app.kindsTimer);
-      app.kindsTimer = setTimeout(pollKinds, 300);
+      app.kindsTimer = setTimeout(() => pollKinds(true), 300);
       break;
     case "frame":
       app.frame = m;
@@ -228,6 +239,7 @@ function onWorker(m) {
       if (m.reset) app.resets++;
       app.lastFrameAt = performance.now();
       app.renderer.upload(m.count, m.pos, m.colour, app.palette);
+      if (m.reset || performance.now() - app.legendAt > 500) showCounts();
       banner("quiet", null);
       if (m.behind) {
         banner("behind", "The stream fell behind: the server skipped frames and sent the area again.");
@@ -363,14 +375,40 @@ async function pollWorld() {
   } catch (e) { /* the stream's state says what is wrong */ }
 }
 
-async function pollKinds() {
+// Every 2 s while NPCs' colours come from it (v1 or JSON frames), every 5 s when the frames
+// carry them (v2: then only the agents and their goals are asked for, `npcs=false`); `now`:
+// at once.
+async function pollKinds(now) {
+  const every = app.protocol === V2 ? 5000 : 2000;
+  if (now !== true && performance.now() - app.kindsAt < every - 100) return;
+  app.kindsAt = performance.now();
   const a = app.subscription;
-  const q = a ? `?min_x=${a.min[0]}&min_z=${a.min[1]}&max_x=${a.max[0]}&max_z=${a.max[1]}` : "";
+  // With v2 frames the NPC list is not needed: agents only.
+  const params = a ? [`min_x=${a.min[0]}`, `min_z=${a.min[1]}`, `max_x=${a.max[0]}`, `max_z=${a.max[1]}`] : [];
+  if (app.protocol === V2) params.push("npcs=false");
+  const q = params.length ? "?" + params.join("&") : "";
   try {
     app.kinds = await getJson("/api/world/npcs" + q);
     app.agents = app.kinds.agents;
-    recolour();
+    if (app.protocol !== V2) sendKinds(app.kinds);
   } catch (e) { /* next time */ }
+}
+
+// Role/status words (stream.js's layout) of the listed NPCs, for frames that lack them.
+function sendKinds(k) {
+  const roleCode = k.roles.map((name, i) => {
+    if (i < 5) return i; // the built-in roles come first, in code order
+    const n = /^other:(\d+)$/.exec(name);
+    return n ? 0x10000 | Number(n[1]) : 0x10000;
+  });
+  const ids = new Float64Array(k.npcs.length);
+  const words = new Uint32Array(k.npcs.length);
+  for (let i = 0; i < k.npcs.length; i++) {
+    const n = k.npcs[i];
+    ids[i] = n[0];
+    words[i] = (roleCode[n[1]] | (n[2] << 24)) >>> 0;
+  }
+  app.worker && app.worker.postMessage({ type: "kinds", ids, words });
 }
 
 async function pollMap() {
@@ -384,28 +422,24 @@ async function pollMap() {
   } catch (e) { /* next time */ }
 }
 
-// Colour indices per NPC for the worker, and the legend.
+// The palette for colouring by role or by status (the worker picks the index per NPC).
 function recolour() {
-  const k = app.kinds;
-  if (!k) return;
-  const names = app.colourBy === "role" ? k.roles : k.statuses;
+  const names = app.colourBy === "role" ? ROLE_NAMES : STATUS_NAMES;
   const table = app.colourBy === "role" ? ROLE_COLOURS : STATUS_COLOURS;
-  const column = app.colourBy === "role" ? 1 : 2;
-  const counts = new Array(names.length).fill(0);
-  const ids = new Float64Array(k.npcs.length);
-  const colour = new Uint8Array(k.npcs.length);
-  for (let i = 0; i < k.npcs.length; i++) {
-    const n = k.npcs[i];
-    ids[i] = n[0];
-    const c = Math.min(n[column], 30);
-    colour[i] = c + 1;
-    counts[c]++;
-  }
   app.palette = [parseHex(UNKNOWN_COLOUR), ...names.map((n) => parseHex(table[n] || OTHER_COLOUR))];
-  app.legend = names.map((n, i) => ({ name: n, colour: table[n] || OTHER_COLOUR, count: counts[i] }));
-  app.worker && app.worker.postMessage({ type: "colours", ids, colour });
-  showLegend();
+  app.worker && app.worker.postMessage({ type: "colourBy", by: app.colourBy });
+  showCounts();
   app.dirty = true;
+}
+
+// The legend, with the NPCs in view of each kind (counted by the worker per frame).
+function showCounts() {
+  app.legendAt = performance.now();
+  const names = app.colourBy === "role" ? ROLE_NAMES : STATUS_NAMES;
+  const table = app.colourBy === "role" ? ROLE_COLOURS : STATUS_COLOURS;
+  const counts = app.frame.counts || [];
+  app.legend = names.map((n, i) => ({ name: n, colour: table[n] || OTHER_COLOUR, count: counts[i + 1] || 0 }));
+  showLegend();
 }
 
 function showLegend() {
@@ -853,6 +887,14 @@ function screenOf(id) {
   return null;
 }
 
+// The colour index an NPC is drawn with in the latest frame (0: not known yet; then by role
+// ROLE_NAMES's order from 1, by status STATUS_NAMES's), or null when it is not in view.
+function colourOf(id) {
+  const f = app.frame;
+  for (let k = 0; k < f.count; k++) if (f.ids[k] === id) return f.colour[k];
+  return null;
+}
+
 // Some NPC near the middle of the view, for tests.
 function someId() {
   const f = app.frame;
@@ -907,7 +949,8 @@ function start() {
   buildPerf();
   resize();
   setupInput();
-  window.viewer = Object.freeze({ figures, screenOf, someId, positions, zoomAt, fit });
+  recolour();
+  window.viewer = Object.freeze({ figures, screenOf, someId, positions, zoomAt, fit, colourOf });
   requestAnimationFrame(loop);
   connect();
 }

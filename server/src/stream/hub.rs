@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use terrarium::engine::WorldBounds;
 
-use super::{Aoi, Clients, Frame, Inbox, Offered, ViewDelta};
+use super::{Aoi, Clients, Frame, Inbox, Offered, ViewDelta, Wire};
 use crate::error::ServerError;
+use crate::protocol::NpcKind;
 use crate::stats::ServerStats;
 
 /// The running hub thread.
@@ -65,6 +66,28 @@ struct Change {
     id: u64,
     old: Option<[f32; 3]>,
     new: Option<[f32; 3]>,
+    /// Its role and status now (before, for a removal).
+    kind: NpcKind,
+    /// It was in the view with another role or status.
+    kind_changed: bool,
+}
+
+impl Change {
+    /// `id` now at `new` with `kind`, given what the view held (`None`: it appears); `None`
+    /// when nothing changed.
+    fn of(id: u64, was: Option<([f32; 3], NpcKind)>, new: [f32; 3], kind: NpcKind) -> Option<Self> {
+        (was != Some((new, kind))).then(|| Self {
+            id,
+            old: was.map(|w| w.0),
+            new: Some(new),
+            kind,
+            kind_changed: was.is_some_and(|w| w.1 != kind),
+        })
+    }
+
+    fn removal(id: u64, (old, kind): ([f32; 3], NpcKind)) -> Self {
+        Self { id, old: Some(old), new: None, kind, kind_changed: false }
+    }
 }
 
 /// Cells over the ground plane (x, z) of the world.
@@ -121,13 +144,19 @@ impl Grid {
 }
 
 /// Items grouped by cell with a counting sort: `items[start[c]..start[c + 1]]` are in cell `c`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buckets<T> {
     start: Vec<u32>,
     items: Vec<T>,
 }
 
-impl<T: Copy + Default> Buckets<T> {
+impl<T> Default for Buckets<T> {
+    fn default() -> Self {
+        Self { start: Vec::new(), items: Vec::new() }
+    }
+}
+
+impl<T: Copy> Buckets<T> {
     fn fill(&mut self, cells: usize, entries: impl Iterator<Item = (usize, T)> + Clone) {
         self.start.clear();
         self.start.resize(cells + 1, 0);
@@ -140,7 +169,10 @@ impl<T: Copy + Default> Buckets<T> {
             self.start[c + 1] += self.start[c];
         }
         self.items.clear();
-        self.items.resize(n, T::default());
+        if let Some((_, first)) = entries.clone().next() {
+            // Every slot is written below; `first` only fills them until then.
+            self.items.resize(n, first);
+        }
         let mut next = self.start.clone();
         for (c, item) in entries {
             self.items[next[c] as usize] = item;
@@ -157,14 +189,17 @@ struct Hub {
     clients: Arc<Clients>,
     stats: Arc<ServerStats>,
     grid: Grid,
-    view: FxHashMap<u64, [f32; 3]>,
+    /// Where every NPC is, and its role and status.
+    view: FxHashMap<u64, ([f32; 3], NpcKind)>,
+    /// The role/status news of the view being applied.
+    kinds: FxHashMap<u64, NpcKind>,
     changes: Vec<Change>,
     /// Indices into `changes`, by the cell of the new position.
     by_new: Buckets<u32>,
     /// Indices into `changes`, by the cell of the old position.
     by_old: Buckets<u32>,
     /// The whole view by cell (for resets).
-    everyone: Buckets<(u64, [f32; 3])>,
+    everyone: Buckets<(u64, [f32; 3], NpcKind)>,
     views: u64,
 }
 
@@ -175,6 +210,7 @@ impl Hub {
             stats,
             grid,
             view: FxHashMap::default(),
+            kinds: FxHashMap::default(),
             changes: Vec::new(),
             by_new: Buckets::default(),
             by_old: Buckets::default(),
@@ -187,34 +223,59 @@ impl Hub {
     /// delta's buffers for reuse.
     fn apply(&mut self, mut delta: ViewDelta) -> ViewDelta {
         self.changes.clear();
+        // Role/status news by id (the last word, when deltas were merged). Every NPC's first
+        // row comes with its kind: a spawned NPC's role and status count as changed.
+        self.kinds.clear();
+        self.kinds.extend(delta.kinds.iter().copied());
         if delta.full {
             if self.views > 0 {
                 self.stats.stream_resyncs();
             }
-            let mut now: FxHashMap<u64, [f32; 3]> =
+            let mut now: FxHashMap<u64, ([f32; 3], NpcKind)> =
                 FxHashMap::with_capacity_and_hasher(delta.moved.len(), Default::default());
             for &(id, p) in &delta.moved {
-                now.insert(id, p);
-                let old = self.view.remove(&id);
-                if old != Some(p) {
-                    self.changes.push(Change { id, old, new: Some(p) });
-                }
+                let was = self.view.remove(&id);
+                let Some(kind) = self.kinds.get(&id).copied().or(was.map(|w| w.1)) else {
+                    debug_assert!(false, "NPC {id} came without its role and status");
+                    continue;
+                };
+                now.insert(id, (p, kind));
+                self.changes.extend(Change::of(id, was, p, kind));
             }
-            self.changes.extend(self.view.drain().map(|(id, old)| Change { id, old: Some(old), new: None }));
+            self.changes.extend(self.view.drain().map(|(id, old)| Change::removal(id, old)));
             self.view = now;
         } else {
             if delta.merged {
                 latest_wins(&mut delta);
             }
             for &(id, p) in &delta.moved {
-                let old = self.view.insert(id, p);
-                if old != Some(p) {
-                    self.changes.push(Change { id, old, new: Some(p) });
-                }
+                let was = self.view.get(&id).copied();
+                let Some(kind) = self.kinds.remove(&id).or(was.map(|w| w.1)) else {
+                    debug_assert!(false, "NPC {id} came without its role and status");
+                    continue;
+                };
+                self.view.insert(id, (p, kind));
+                self.changes.extend(Change::of(id, was, p, kind));
             }
             for &id in &delta.removed {
+                self.kinds.remove(&id);
                 if let Some(old) = self.view.remove(&id) {
-                    self.changes.push(Change { id, old: Some(old), new: None });
+                    self.changes.push(Change::removal(id, old));
+                }
+            }
+            // Role or status changed where the NPC stands.
+            for (&id, &kind) in &self.kinds {
+                if let Some(entry) = self.view.get_mut(&id)
+                    && entry.1 != kind
+                {
+                    entry.1 = kind;
+                    self.changes.push(Change {
+                        id,
+                        old: Some(entry.0),
+                        new: Some(entry.0),
+                        kind,
+                        kind_changed: true,
+                    });
                 }
             }
         }
@@ -243,7 +304,7 @@ impl Hub {
             |slot: &super::Slot| slot.last_reset.is_none_or(|at| now.duration_since(at) >= interval);
         if slots.values().any(|s| s.reset && s.aoi.is_some() && reset_due(s)) {
             let grid = self.grid;
-            self.everyone.fill(grid.len(), self.view.iter().map(|(&id, &p)| (grid.cell(p), (id, p))));
+            self.everyone.fill(grid.len(), self.view.iter().map(|(&id, &(p, k))| (grid.cell(p), (id, p, k))));
         }
         for slot in slots.values_mut() {
             let Some(aoi) = slot.aoi else { continue };
@@ -252,8 +313,13 @@ impl Hub {
                 // (the deltas in between are covered by it).
                 continue;
             }
-            let frame = if slot.reset { self.reset_frame(&aoi, tick) } else { self.delta_frame(&aoi, tick) };
-            if !frame.reset && frame.moved.is_empty() && frame.gone.is_empty() {
+            let kinds = slot.outbox.wire == Wire::BinaryV2;
+            let frame = if slot.reset {
+                self.reset_frame(&aoi, tick, kinds)
+            } else {
+                self.delta_frame(&aoi, tick, kinds)
+            };
+            if !frame.reset && frame.moved.is_empty() && frame.gone.is_empty() && frame.kinds.is_empty() {
                 continue;
             }
             let was_reset = frame.reset;
@@ -273,21 +339,35 @@ impl Hub {
         }
     }
 
-    fn reset_frame(&self, aoi: &Aoi, tick: u64) -> Frame {
-        let mut moved = Vec::new();
+    /// Every NPC in the area; `kinds`: with their role and status.
+    fn reset_frame(&self, aoi: &Aoi, tick: u64, kinds: bool) -> Frame {
+        let mut frame = Frame { tick, reset: true, ..Frame::default() };
         for row in self.grid.rows_of(aoi) {
-            moved.extend(self.everyone.cells(row).iter().filter(|(_, p)| aoi.contains(*p)).copied());
+            for &(id, p, k) in self.everyone.cells(row).iter().filter(|e| aoi.contains(e.1)) {
+                frame.moved.push((id, p));
+                if kinds {
+                    frame.kinds.push((id, k));
+                }
+            }
         }
-        Frame { tick, reset: true, moved, gone: Vec::new() }
+        frame
     }
 
-    fn delta_frame(&self, aoi: &Aoi, tick: u64) -> Frame {
+    /// What changed in the area; `kinds`: with the role and status of NPCs that entered it or
+    /// changed them (an NPC that only changed status has no row in `moved`).
+    fn delta_frame(&self, aoi: &Aoi, tick: u64, kinds: bool) -> Frame {
         let mut frame = Frame { tick, ..Frame::default() };
         for row in self.grid.rows_of(aoi) {
             for &i in self.by_new.cells(row) {
                 let c = self.changes[i as usize];
                 if let Some(p) = c.new.filter(|&p| aoi.contains(p)) {
-                    frame.moved.push((c.id, p));
+                    let entered = !c.old.is_some_and(|o| aoi.contains(o));
+                    if entered || c.old != c.new {
+                        frame.moved.push((c.id, p));
+                    }
+                    if kinds && (entered || c.kind_changed) {
+                        frame.kinds.push((c.id, c.kind));
+                    }
                 }
             }
             for &i in self.by_old.cells(row) {
@@ -309,7 +389,8 @@ impl<T> Buckets<T> {
     }
 }
 
-/// Collapses a merged delta to one entry per NPC: its last position, or its removal.
+/// Collapses a merged delta to one entry per NPC: its last position, or its removal (the
+/// role/status entries are collapsed by [`Hub::apply`]).
 fn latest_wins(delta: &mut ViewDelta) {
     let mut last: FxHashMap<u64, Option<[f32; 3]>> = FxHashMap::default();
     for &(id, p) in &delta.moved {
@@ -331,6 +412,8 @@ fn latest_wins(delta: &mut ViewDelta) {
 
 #[cfg(test)]
 mod tests {
+    use terrarium::engine::{Role, Status};
+
     use super::*;
 
     fn hub() -> (Hub, Arc<Clients>) {
@@ -343,8 +426,12 @@ mod tests {
         (Hub::new(Arc::clone(&clients), Arc::default(), Grid::new(&bounds, 32.0)), clients)
     }
 
+    const IDLE: NpcKind = NpcKind { role: Role::Miner, status: Status::Idle };
+
+    /// A delta in which every moved NPC also says its role and status (as a spawn does).
     fn delta(tick: u64, moved: &[(u64, [f32; 3])], removed: &[u64]) -> ViewDelta {
-        ViewDelta { tick, moved: moved.to_vec(), removed: removed.to_vec(), ..ViewDelta::default() }
+        let kinds = moved.iter().map(|&(id, _)| (id, IDLE)).collect();
+        ViewDelta { tick, moved: moved.to_vec(), kinds, removed: removed.to_vec(), ..ViewDelta::default() }
     }
 
     fn step(hub: &mut Hub, d: ViewDelta) {
@@ -402,6 +489,57 @@ mod tests {
         // Nothing changed in the area: no frame at all.
         step(&mut hub, delta(5, &[(4, [201.0, 0.0, 1.0])], &[]));
         assert!(recv(&rx).is_none());
+    }
+
+    #[test]
+    fn a_v2_client_learns_the_role_and_status_of_what_enters_or_changes_and_others_do_not() {
+        let (mut hub, clients) = hub();
+        step(&mut hub, delta(1, &[(1, [10.0, 0.0, 10.0]), (2, [100.0, 0.0, 100.0])], &[]));
+        let (v2, rx2) = clients.register_as(Wire::BinaryV2);
+        let (v1, rx1) = clients.register_as(Wire::Binary);
+        clients.subscribe(v2, Some(AOI));
+        clients.subscribe(v1, Some(AOI));
+        step(&mut hub, delta(2, &[], &[]));
+        let f = recv(&rx2).unwrap();
+        assert!(f.reset);
+        assert_eq!(f.kinds, [(1, IDLE)], "a reset lists every NPC's kind");
+        assert!(recv(&rx1).unwrap().kinds.is_empty(), "a v1 client never gets kinds");
+        // 1 starts mining where it stands; 2 walks in; 1 then walks on, still mining.
+        let mining = NpcKind { role: Role::Miner, status: Status::Mining };
+        let scout = NpcKind { role: Role::Scout, status: Status::Moving };
+        let mut d = delta(3, &[(2, [20.0, 0.0, 20.0])], &[]);
+        d.kinds = vec![(1, mining), (2, scout)];
+        step(&mut hub, d);
+        let f = recv(&rx2).unwrap();
+        assert_eq!(f.moved, [(2, [20.0, 0.0, 20.0])], "1 did not move: no row for it");
+        let mut kinds = f.kinds.clone();
+        kinds.sort_by_key(|k| k.0);
+        assert_eq!(kinds, [(1, mining), (2, scout)]);
+        let f = recv(&rx1).unwrap();
+        assert_eq!((f.moved.as_slice(), f.kinds.len()), (&[(2, [20.0, 0.0, 20.0])][..], 0));
+        let mut d = delta(4, &[(1, [11.0, 0.0, 10.0])], &[]);
+        d.kinds = vec![];
+        step(&mut hub, d);
+        let f = recv(&rx2).unwrap();
+        assert_eq!((f.moved.len(), f.kinds.len()), (1, 0), "a known kind is not sent again");
+        assert_eq!(recv(&rx1).unwrap().moved.len(), 1);
+        // A status written back unchanged makes no frame at all.
+        let mut d = delta(5, &[], &[]);
+        d.kinds = vec![(1, mining)];
+        step(&mut hub, d);
+        assert!(recv(&rx2).is_none() && recv(&rx1).is_none());
+    }
+
+    #[test]
+    fn folded_frames_keep_the_last_kind_of_what_is_still_there() {
+        let k = |status| NpcKind { role: Role::Guard, status };
+        let mut older = Frame { tick: 1, moved: vec![(1, [0.0; 3]), (2, [0.0; 3])], ..Frame::default() };
+        older.kinds = vec![(1, k(Status::Idle)), (2, k(Status::Idle))];
+        let newer =
+            Frame { tick: 2, gone: vec![2], kinds: vec![(1, k(Status::Fleeing))], ..Frame::default() };
+        older.absorb(newer);
+        assert_eq!(older.kinds, [(1, k(Status::Fleeing))]);
+        assert_eq!((older.moved.len(), older.gone.as_slice()), (1, &[2][..]));
     }
 
     #[test]

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use crate::protocol::NpcKind;
+
 pub(crate) use hub::HubThread;
 pub(crate) use view::register;
 
@@ -36,9 +38,13 @@ pub(crate) struct ViewDelta {
     pub(crate) tick: u64,
     /// NPCs that moved or appeared, with their position now.
     pub(crate) moved: Vec<(u64, [f32; 3])>,
+    /// NPCs that appeared or changed role or status (or wrote them back unchanged), with their
+    /// role and status now: a list of its own, usually short, so a view of moving NPCs costs
+    /// the tick what it did before role and status were streamed.
+    pub(crate) kinds: Vec<(u64, NpcKind)>,
     /// NPCs removed from the world.
     pub(crate) removed: Vec<u64>,
-    /// `moved` holds every NPC alive: anything else in the hub's view is gone.
+    /// `moved` and `kinds` hold every NPC alive: anything else in the hub's view is gone.
     pub(crate) full: bool,
     /// Two or more deltas appended together (an id may appear more than once).
     pub(crate) merged: bool,
@@ -87,13 +93,18 @@ impl Inbox {
             Some(mut waiting) if delta.full => {
                 // A full view supersedes whatever waits.
                 waiting.moved.clear();
+                waiting.kinds.clear();
                 waiting.removed.clear();
                 s.spare.push(waiting);
                 s.pending = Some(delta);
                 true
             }
-            Some(mut waiting) if waiting.moved.len() + delta.moved.len() <= max_rows => {
+            Some(mut waiting)
+                if waiting.moved.len() + waiting.kinds.len() + delta.moved.len() + delta.kinds.len()
+                    <= max_rows =>
+            {
                 waiting.moved.append(&mut delta.moved);
+                waiting.kinds.append(&mut delta.kinds);
                 waiting.removed.append(&mut delta.removed);
                 waiting.tick = delta.tick;
                 waiting.merged = true;
@@ -123,6 +134,7 @@ impl Inbox {
 
     fn give_back(&self, mut delta: ViewDelta) {
         delta.moved.clear();
+        delta.kinds.clear();
         delta.removed.clear();
         delta.full = false;
         delta.merged = false;
@@ -156,6 +168,17 @@ impl Aoi {
     }
 }
 
+/// How a client's position frames are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// JSON text (`terrarium.v1`).
+    Json,
+    /// [`crate::protocol::BinaryFrame`] v1 (`terrarium.binary.v1`): no role/status.
+    Binary,
+    /// [`crate::protocol::BinaryFrame`] v2 (`terrarium.binary.v2`): with role/status entries.
+    BinaryV2,
+}
+
 /// What the hub sends one client.
 #[derive(Debug, Default)]
 pub(crate) struct Frame {
@@ -166,15 +189,19 @@ pub(crate) struct Frame {
     pub(crate) moved: Vec<(u64, [f32; 3])>,
     /// NPCs that left the area or were removed.
     pub(crate) gone: Vec<u64>,
+    /// Role and status of NPCs the client can't know them of (all, for a reset; those that
+    /// entered or changed, for a delta). Cut only for [`Wire::BinaryV2`] clients.
+    pub(crate) kinds: Vec<(u64, NpcKind)>,
 }
 
 impl Frame {
     /// What the frame costs while it waits and is sent: its rows, and the message they
-    /// become, bytes: JSON text (about 32 bytes a row, 16 a gone id) or, `binary`, a
-    /// [`crate::protocol::BinaryFrame`] (16 bytes a row, 8 a gone id at most).
-    pub(crate) fn cost(&self, binary: bool) -> usize {
-        let (row, gone) = if binary { (24 + 16, 8 + 8) } else { (24 + 32, 8 + 16) };
-        64 + self.moved.len() * row + self.gone.len() * gone
+    /// become, bytes: JSON text (about 32 bytes a row, 16 a gone id) or a
+    /// [`crate::protocol::BinaryFrame`] (16 bytes a row, 8 a gone id, 12 a role/status entry at
+    /// most).
+    pub(crate) fn cost(&self, wire: Wire) -> usize {
+        let (row, gone) = if wire == Wire::Json { (24 + 32, 8 + 16) } else { (24 + 16, 8 + 8) };
+        64 + self.moved.len() * row + self.gone.len() * gone + self.kinds.len() * (16 + 12)
     }
 
     /// Folds `newer` (the next frame for the same area) into `self`: a reset stays a reset (of
@@ -192,6 +219,12 @@ impl Frame {
         last.extend(self.gone.drain(..).map(|id| (id, None)));
         last.extend(newer.moved.into_iter().map(|(id, p)| (id, Some(p))));
         last.extend(newer.gone.into_iter().map(|id| (id, None)));
+        if !(self.kinds.is_empty() && newer.kinds.is_empty()) {
+            // The last role/status per NPC, unless it is gone in the end.
+            let mut kinds: FxHashMap<u64, NpcKind> = self.kinds.drain(..).collect();
+            kinds.extend(newer.kinds);
+            self.kinds.extend(kinds.into_iter().filter(|(id, _)| !matches!(last.get(id), Some(None))));
+        }
         for (id, p) in last {
             match p {
                 Some(p) => self.moved.push((id, p)),
@@ -222,8 +255,8 @@ pub(crate) struct Outbox {
     state: Mutex<OutboxState>,
     ready: tokio::sync::Notify,
     budget: Arc<AtomicUsize>,
-    /// Its client gets binary frames (they cost less while sent).
-    binary: bool,
+    /// How its client's frames are written (binary ones cost less while sent).
+    wire: Wire,
 }
 
 #[derive(Debug, Default)]
@@ -249,8 +282,8 @@ impl Drop for Taken {
 }
 
 impl Outbox {
-    pub(crate) fn new(budget: Arc<AtomicUsize>, binary: bool) -> Self {
-        Self { state: Mutex::default(), ready: tokio::sync::Notify::new(), budget, binary }
+    pub(crate) fn new(budget: Arc<AtomicUsize>, wire: Wire) -> Self {
+        Self { state: Mutex::default(), ready: tokio::sync::Notify::new(), budget, wire }
     }
 
     fn lock(&self) -> MutexGuard<'_, OutboxState> {
@@ -268,7 +301,7 @@ impl Outbox {
                 (waiting, Offered::Merged)
             }
         };
-        let cost = frame.cost(self.binary);
+        let cost = frame.cost(self.wire);
         let old = std::mem::take(&mut s.cost);
         let others = self.budget.fetch_sub(old, Ordering::Relaxed) - old;
         if others + cost > max_bytes {
@@ -355,12 +388,12 @@ impl Clients {
     /// A new client of JSON frames; its id and where its frames arrive.
     #[cfg(test)]
     pub(crate) fn register(&self) -> (u64, Arc<Outbox>) {
-        self.register_as(false)
+        self.register_as(Wire::Json)
     }
 
     /// A new client, of binary frames or JSON; its id and where its frames arrive.
-    pub(crate) fn register_as(&self, binary: bool) -> (u64, Arc<Outbox>) {
-        let outbox = Arc::new(Outbox::new(Arc::clone(&self.budget), binary));
+    pub(crate) fn register_as(&self, wire: Wire) -> (u64, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(Arc::clone(&self.budget), wire));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Slot { aoi: None, reset: false, last_reset: None, outbox: Arc::clone(&outbox) };
         self.lock().insert(id, slot);

@@ -15,12 +15,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use yawc::close::CloseCode;
 use yawc::{IncomingUpgrade, OpCode, WebSocket};
 
-use super::{Aoi, Frame};
+use super::{Aoi, Frame, Wire};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::guard::{Client, Conn};
 use crate::protocol::{
-    BinaryFrame, ClientMessage, WS_PROTOCOL, WS_PROTOCOL_BINARY, parse_client_message, parse_ws_protocols,
+    BinaryFrame, ClientMessage, WS_PROTOCOL, WS_PROTOCOL_BINARY, WS_PROTOCOL_BINARY_V2, parse_client_message,
+    parse_ws_protocols,
 };
 
 /// A frame that takes longer than this to leave closes the connection (a stuck client).
@@ -60,10 +61,15 @@ pub(crate) async fn upgrade(
         Ok(pair) => pair,
         Err(e) => return ApiError::bad_request(format!("websocket upgrade refused: {e}")).into_response(),
     };
-    // The compact frames when offered (a client offers them first and `terrarium.v1` as the
-    // fallback for older servers), else JSON.
-    let binary = offer.binary;
-    let selected = if binary { Some(WS_PROTOCOL_BINARY) } else { offer.v1.then_some(WS_PROTOCOL) };
+    // The compact frames when offered, the newest version first (a client offers them first
+    // and `terrarium.v1` as the fallback for older servers), else JSON.
+    let (wire, selected) = if offer.binary_v2 {
+        (Wire::BinaryV2, Some(WS_PROTOCOL_BINARY_V2))
+    } else if offer.binary {
+        (Wire::Binary, Some(WS_PROTOCOL_BINARY))
+    } else {
+        (Wire::Json, offer.v1.then_some(WS_PROTOCOL))
+    };
     if let Some(p) = selected {
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
@@ -71,7 +77,7 @@ pub(crate) async fn upgrade(
     conn.0.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         match upgraded.await {
-            Ok(ws) => serve(ws, &state, client, binary).await,
+            Ok(ws) => serve(ws, &state, client, wire).await,
             Err(e) => tracing::debug!(peer = %conn.0.peer, error = %e, "websocket upgrade did not complete"),
         }
         drop(permit);
@@ -79,14 +85,14 @@ pub(crate) async fn upgrade(
     response.map(axum::body::Body::new)
 }
 
-/// Serves one connection; `binary`: position frames go as [`BinaryFrame`]s.
+/// Serves one connection; position frames go as `wire` says.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: WebSocket<S>,
     state: &AppState,
     client: Client,
-    binary: bool,
+    wire: Wire,
 ) {
-    let (id, outbox) = state.clients.register_as(binary);
+    let (id, outbox) = state.clients.register_as(wire);
     let idle = Duration::from_secs(state.config.ws_idle_timeout_s);
     let mut ping = tokio::time::interval(Duration::from_secs(state.config.ws_ping_interval_s));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -117,8 +123,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             },
             out = outbox.next() => match out {
                 // `taken` keeps the frame's cost in the budget until it has left.
-                Some(taken) if binary => open = send_binary(&mut ws, state, encode_binary(&taken.frame)).await,
-                Some(taken) => open = send_text(&mut ws, state, encode(&taken.frame)).await,
+                Some(taken) if wire == Wire::Json => open = send_text(&mut ws, state, encode(&taken.frame)).await,
+                Some(taken) => open = send_binary(&mut ws, state, encode_binary(&taken.frame)).await,
                 None => open = false,
             },
             _ = ping.tick() => {
@@ -246,9 +252,11 @@ async fn send_binary<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The binary message of a frame ([`WS_PROTOCOL_BINARY`]).
+/// The binary message of a frame: v2 ([`WS_PROTOCOL_BINARY_V2`]) with its role/status
+/// entries, which the hub cuts only for v2 clients, so a v1 client's frame has none and is
+/// v1 ([`WS_PROTOCOL_BINARY`]).
 fn encode_binary(f: &Frame) -> Vec<u8> {
-    BinaryFrame::encode(f.tick, f.reset, &f.moved, &f.gone)
+    BinaryFrame::encode_v2(f.tick, f.reset, &f.moved, &f.gone, &f.kinds)
 }
 
 /// Positions as `[[id, x, y, z], …]`.
@@ -300,26 +308,32 @@ mod tests {
 
     #[test]
     fn frames_encode_as_flat_arrays() {
-        let f = Frame { tick: 9, reset: false, moved: vec![(3, [1.5, 0.0, -2.25])], gone: vec![4, 5] };
+        let f = Frame { tick: 9, moved: vec![(3, [1.5, 0.0, -2.25])], gone: vec![4, 5], ..Frame::default() };
         assert_eq!(encode(&f), r#"{"type":"delta","tick":9,"moved":[[3,1.5,0.0,-2.25]],"gone":[4,5]}"#);
-        let f = Frame { tick: 2, reset: true, moved: vec![(1, [0.5, 1.0, 2.0])], gone: vec![] };
+        let f = Frame { tick: 2, reset: true, moved: vec![(1, [0.5, 1.0, 2.0])], ..Frame::default() };
         assert_eq!(encode(&f), r#"{"type":"reset","tick":2,"npcs":[[1,0.5,1.0,2.0]]}"#);
     }
 
     #[test]
     fn binary_frames_hold_what_the_json_holds() {
-        let f = Frame { tick: 9, reset: false, moved: vec![(3, [1.5, 0.0, -2.25])], gone: vec![4, 5] };
+        let f = Frame { tick: 9, moved: vec![(3, [1.5, 0.0, -2.25])], gone: vec![4, 5], ..Frame::default() };
         let b = BinaryFrame::decode(&encode_binary(&f)).unwrap();
         assert_eq!((b.tick, b.reset, b.moved, b.gone), (9, false, f.moved.clone(), f.gone.clone()));
         assert!(encode_binary(&f).len() < encode(&f).len());
         // What the budget counts for a frame covers what is sent, and less for binary.
-        let rows = Frame {
+        let mut rows = Frame {
             moved: vec![(123_456, [1_023.123_4, 0.0, 511.987_6]); 1000],
             gone: vec![99_999; 100],
             ..f
         };
         let (json, bin) = (encode(&rows).len(), encode_binary(&rows).len());
-        assert!(rows.cost(false) > json && rows.cost(true) > bin && rows.cost(true) < rows.cost(false));
+        let (cj, cb) = (rows.cost(Wire::Json), rows.cost(Wire::Binary));
+        assert!(cj > json && cb > bin && cb < cj);
+        // With role/status entries (a v2 client's frame), the count covers them too.
+        let kind =
+            crate::protocol::NpcKind { role: terrarium::engine::Role::Other(9), status: Default::default() };
+        rows.kinds = vec![(u64::MAX, kind); 1000];
+        assert!(rows.cost(Wire::BinaryV2) > encode_binary(&rows).len());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 // Flags: --npcs N (100000), --seconds S (10), --renderer webgl|canvas|both (both), --side B
 // (1024: the world is B x B blocks, so one subscription covers it), --screenshot FILE (a PNG of
 // the WebGL run's page), --storage KIND (none: the measurement is of drawing, not of storage),
-// --frames binary|json (binary: the viewer's default, terrarium.binary.v1; json: #frames=json).
+// --frames binary|json (binary: the viewer's default, terrarium.binary.v2 with role/status, v1 from an older server; json: #frames=json).
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -107,6 +107,16 @@ export async function getJson(base, path, key = KEY) {
   return res.json();
 }
 
+/// POST JSON to a keyed route from node; the answer's status.
+export async function postJson(base, path, body, key = KEY) {
+  const res = await fetch(base + path, {
+    method: "POST",
+    headers: { "x-api-key": key, "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return res.status;
+}
+
 export function load() {
   return loadavg().map((v) => v.toFixed(2)).join(" ");
 }

@@ -3,14 +3,16 @@
 // changes the subscription, the performance panel agrees with /api/performance, a wrong key
 // is refused, a key in the fragment is taken out of the address, and the viewer reconnects to
 // a restarted server and shows the resumed world. Positions stream as binary frames
-// (terrarium.binary.v1) on the first page and as JSON on the second (#frames=json).
+// (terrarium.binary.v2, with each NPC's role and status: an NPC whose role changes is redrawn
+// in its new colour with the /api/world/npcs poll blocked) on the first page and as JSON on the
+// second (#frames=json).
 // Screenshot: target/viewer-artifacts/.
 //
 //   node server/tests/browser/viewer.test.mjs     (GAME_SERVER=path/to/game_server to pick a build)
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { KEY, ROOT, startServer, launch, figures, until, getJson, pointPixels, load, devRoutes } from "./lib.mjs";
+import { KEY, ROOT, startServer, launch, figures, until, getJson, postJson, pointPixels, load, devRoutes } from "./lib.mjs";
 
 const started = Date.now();
 const artifacts = join(ROOT, "target/viewer-artifacts");
@@ -30,6 +32,8 @@ async function main() {
   await devRoutes(page);
   page.on("request", (r) => { if (r.url().includes(KEY)) leaked.push(r.url()); });
   page.on("pageerror", (e) => log("page error:", e.message));
+  const listPolls = []; // /api/world/npcs requests: [when, url]
+  page.on("request", (r) => { if (r.url().includes("/api/world/npcs")) listPolls.push([Date.now(), r.url()]); });
 
   // --- a wrong key is refused, and not kept --------------------------------------------------
   await page.goto(server.base + "/");
@@ -50,11 +54,11 @@ async function main() {
     return f.state === "live" && f.count > 50 && f.drawn === f.count ? f : null;
   });
   const px1 = await until("lit pixels", async () => { const p = await pointPixels(page); return p.lit > 50 ? p : null; });
-  // The points came in binary frames (the viewer offers terrarium.binary.v1 and the server
-  // selected it); the JSON path is checked on the second page below (#frames=json).
-  assert.equal(f1.protocol, "terrarium.binary.v1", "the server selected the binary frames");
+  // The points came in binary frames (the viewer offers terrarium.binary.v2 first and the
+  // server selected it); the JSON path is checked on the second page below (#frames=json).
+  assert.equal(f1.protocol, "terrarium.binary.v2", "the server selected the binary frames with role and status");
   assert.ok(f1.binaryFrames > 0 && f1.binaryFrames === f1.frames, `every position frame was binary (${f1.binaryFrames} of ${f1.frames})`);
-  assert.ok(f1.streamBytes > 0 && f1.streamBytes < f1.frames * (24 + 16 * 10000 + 8 * 10000), "binary frames are at most 16 bytes an NPC plus gone ids");
+  assert.ok(f1.streamBytes > 0 && f1.streamBytes < f1.frames * (24 + 16 * 10000 + 8 * 10000), "binary frames are at most 16 bytes an NPC plus gone ids and role/status entries");
   log(`live: ${f1.count} NPCs in view, ${px1.lit} lit pixels, renderer ${f1.renderer}, ${f1.binaryFrames} binary frames, ${(f1.streamBytes / f1.frames / 1024).toFixed(1)} KiB a frame`);
 
   // --- coloured by role, with a legend that counts them ----------------------------------------
@@ -65,6 +69,21 @@ async function main() {
   const pxc = await until("points in several colours", async () => { const p = await pointPixels(page); return p.colours >= 3 ? p : null; });
   assert.ok((await page.textContent("#legend")).includes("miner"), "the legend names the roles");
   log(`legend: ${legend.map((l) => `${l.name} ${l.count}`).join(", ")}; ${pxc.colours} colours drawn`);
+
+  // --- the colours come from the frames: with the /api/world/npcs poll blocked, an NPC whose
+  // role changes (an order) is redrawn in its new role's colour ------------------------------
+  let blocked = 0;
+  await page.route("**/api/world/npcs*", (route) => { blocked++; return route.abort(); });
+  const who = await page.evaluate(() => window.viewer.someId());
+  const was = await page.evaluate((id) => window.viewer.colourOf(id), who);
+  assert.ok(was >= 1 && was <= 5, `NPC ${who} is coloured by its role (index ${was})`);
+  // Colour indices by role: 1 miner, 2 builder, 3 guard, 4 trader, 5 scout.
+  const [role, want] = was === 5 ? ["guard", 3] : ["scout", 5];
+  assert.equal(await postJson(server.base, `/api/npcs/${who}/orders`, { order: "set_role", role }), 202);
+  const recoloured = Date.now();
+  await until(`NPC ${who} drawn as a ${role}`, async () => (await page.evaluate((id) => window.viewer.colourOf(id), who)) === want, 5000);
+  await page.unroute("**/api/world/npcs*");
+  log(`colours from frames: NPC ${who} ${was} -> ${want} (${role}) in ${Date.now() - recoloured} ms, ${blocked} polls of /api/world/npcs blocked meanwhile`);
 
   // --- they move between two frames ----------------------------------------------------------
   const sample = () => page.evaluate(() => {
@@ -119,6 +138,7 @@ async function main() {
 
   // --- zooming changes the subscription --------------------------------------------------------
   const sub0 = (await figures(page)).subscribed;
+  const zoomedAt = Date.now();
   await page.click("#zoom-in");
   const sub1 = await until("a new subscription", async () => {
     const s = (await figures(page)).subscribed;
@@ -128,6 +148,12 @@ async function main() {
   assert.ok(area(sub1) < area(sub0) * 0.5, `zooming in shrinks the area (${area(sub0)} -> ${area(sub1)})`);
   await until("the smaller area streamed", async () => { const f = await figures(page); return f.count > 0 && f.count < f1.count; });
   log(`zoom: subscription ${JSON.stringify(sub0)} -> ${JSON.stringify(sub1)}`);
+  // With v2 frames the viewer asks /api/world/npcs for the agents only (a new area asks at once).
+  const sinceZoom = await until("a poll for the new area", async () => {
+    const p = listPolls.filter(([at]) => at >= zoomedAt);
+    return p.length ? p : null;
+  });
+  assert.ok(sinceZoom.every(([, u]) => u.includes("npcs=false")), `agents only: ${sinceZoom.map(([, u]) => u).join(" ")}`);
   await page.click("#zoom-out");
   await until("the wider area streamed again", async () => (await figures(page)).count >= f1.count * 0.8);
 
@@ -182,6 +208,8 @@ async function main() {
   assert.equal(f2.protocol, "terrarium.v1", "without the offer, JSON frames");
   assert.ok(f2.frames > 0 && f2.binaryFrames === 0, "JSON frames drew these points");
   const px = await until("its lit pixels", async () => { const p = await pointPixels(page2); return p.lit > 50 ? p : null; });
+  // JSON frames carry no role or status: the colours come from the /api/world/npcs poll.
+  await until("colours from the poll", async () => (await figures(page2)).legend.filter((l) => l.count > 0).length >= 3);
   log(`${other}: ${f2.count} NPCs, ${px.lit} lit pixels`);
   assert.equal(await page2.evaluate(() => sessionStorage.getItem("terrarium.key")), KEY);
   await page2.close();

@@ -4,14 +4,16 @@
 A measurement, not a test (BENCHMARKS.md, "Compact binary frames"): a bare WebSocket client
 (standard library only) that offers permessage-deflate like a browser, subscribes to
 [0, 0] .. [1024, 1024] and counts, for SECONDS after the first delta, each delta's bytes on the
-wire and its payload (inflated). Against a running game_server:
+wire and its payload (inflated), and the sizes of the first reset. `binary` offers
+terrarium.binary.v1, `binary2` terrarium.binary.v2 (with role/status entries). Against a running
+game_server:
 
-    python3 server/tests/browser/wire_bytes.py HOST PORT KEY json|binary SECONDS
+    python3 server/tests/browser/wire_bytes.py HOST PORT KEY json|binary|binary2 SECONDS
 """
 import base64, os, socket, struct, sys, time, zlib, json
 host, port, key, proto, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5])
 s = socket.create_connection((host, port))
-protos = ("terrarium.binary.v1, " if proto == "binary" else "") + "terrarium.v1"
+protos = {"binary": "terrarium.binary.v1, ", "binary2": "terrarium.binary.v2, terrarium.binary.v1, "}.get(proto, "") + "terrarium.v1"
 req = (f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n"
        f"Sec-WebSocket-Protocol: {protos}\r\nx-api-key: {key}\r\n"
@@ -43,13 +45,15 @@ def send_text(t):
     s.sendall(hdr + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(p)))
 frame()  # hello
 send_text(json.dumps({"type": "subscribe", "min": [0, 0], "max": [1024, 1024]}))
-wire = raw = n = 0; t0 = None
+wire = raw = n = 0; t0 = None; reset = None
 while True:
     op, w, r = frame()
+    if reset is None and ((op == 2 and r[0] == 1) or (op == 1 and r.startswith(b'{"type":"reset"'))):
+        reset = (len(r), w)
     is_delta = (op == 2 and r[0] == 2) or (op == 1 and r.startswith(b'{"type":"delta"'))
     if not is_delta: continue
     if t0 is None: t0 = time.time(); continue
     wire += w; raw += len(r); n += 1
     if time.time() - t0 > secs: break
 el = time.time() - t0
-print(json.dumps({"frames": proto, "deltas": n, "per_s": round(n / el, 1), "payload_per_frame": raw // max(n, 1), "wire_per_frame": wire // max(n, 1), "load": open("/proc/loadavg").read().split()[:3]}))
+print(json.dumps({"frames": proto, "deltas": n, "per_s": round(n / el, 1), "payload_per_frame": raw // max(n, 1), "wire_per_frame": wire // max(n, 1), "reset_payload": reset and reset[0], "reset_wire": reset and reset[1], "load": open("/proc/loadavg").read().split()[:3]}))

@@ -80,6 +80,13 @@ async fn world_and_npcs_describe_the_world_as_it_is() {
     assert_eq!(status, StatusCode::OK, "{part}");
     let n = part["npcs"].as_array().unwrap().len();
     assert!(n > 0 && n < 300, "{n} of 300 in a quarter of the world");
+    // Agents only: no NPC list.
+    let (status, none) = s.get("/api/world/npcs?npcs=false").await;
+    assert_eq!(status, StatusCode::OK, "{none}");
+    assert_eq!(
+        (none["npcs"].as_array().unwrap().len(), none["agents"].as_array().map(Vec::len)),
+        (0, Some(0))
+    );
     // Half an area is refused with a JSON error.
     let (status, e) = s.get("/api/world/npcs?min_x=0&max_x=10").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
@@ -109,6 +116,8 @@ async fn a_mining_world_shows_its_agents_goals_depots_and_map() {
         .await;
     let agents = body["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 40);
+    let (_, only) = s.get("/api/world/npcs?npcs=false").await;
+    assert_eq!((only["npcs"].as_array().unwrap().len(), only["agents"].as_array().unwrap().len()), (0, 40));
     let goals = body["goals"].as_array().unwrap();
     let states = body["agent_states"].as_array().unwrap();
     for a in agents {

@@ -363,3 +363,88 @@ async fn a_browser_passes_its_key_as_a_sub_protocol() {
     assert!(body["error"].as_str().unwrap().contains("read-only"), "{body}");
     t.server.shutdown().await.unwrap();
 }
+
+/// `terrarium.binary.v2`: offered first, it is selected, and its frames carry every NPC's role
+/// and status in a reset and, in deltas, a role that changed (here by a `set_role` order);
+/// a client that offers v1 only still gets v1 frames (no entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_frames_carry_role_and_status_and_v1_clients_keep_v1() {
+    use terrarium::engine::{NpcId, Role, Status};
+    use terrarium_server::protocol::NpcKind;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // The whole world in one area.
+    let t = start(300, |c| c.server.ws_max_area = 1e12).await;
+    let addr = t.server.local_addr();
+    let connect = |protocols: &'static str| async move {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(protocols));
+        req.headers_mut().insert("x-api-key", HeaderValue::from_static(KEY));
+        let (mut ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let selected = res.headers()["sec-websocket-protocol"].to_str().unwrap().to_owned();
+        let everything = json!({"type": "subscribe", "min": [-1.0e4, -1.0e4], "max": [1.0e4, 1.0e4]});
+        ws.send(Message::text(everything.to_string())).await.unwrap();
+        (ws, selected)
+    };
+    let (mut v2, selected) = connect("terrarium.binary.v2, terrarium.binary.v1, terrarium.v1").await;
+    assert_eq!(selected, "terrarium.binary.v2");
+    let (mut v1, selected) = connect("terrarium.binary.v1, terrarium.v1").await;
+    assert_eq!(selected, "terrarium.binary.v1");
+
+    let reset = next_frame(&mut v2).await.unwrap();
+    assert!(reset.reset);
+    let kinds: HashMap<u64, NpcKind> = reset.kinds.iter().copied().collect();
+    assert_eq!(kinds.len(), reset.moved.len(), "a reset gives every NPC's role and status");
+    let world: HashMap<u64, NpcKind> = t
+        .server
+        .with_engine(|e| {
+            let mut q = e.world_mut().query::<(&NpcId, &Role, &Status)>();
+            q.iter(e.world()).map(|(id, &role, &status)| (id.0, NpcKind { role, status })).collect()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kinds.len(), world.len());
+    // Plain NPCs keep role and status while they wander: what the reset said is what they are.
+    for (id, k) in &kinds {
+        assert_eq!(world[id].role, k.role, "NPC {id}");
+    }
+    let v1_reset = next_frame(&mut v1).await.unwrap();
+    assert!(v1_reset.reset && v1_reset.kinds.is_empty() && v1_reset.moved.len() == kinds.len());
+
+    // A role changed by an order reaches the v2 client in a delta.
+    let (&id, k) = kinds.iter().next().unwrap();
+    let new_role = if k.role == Role::Scout { Role::Guard } else { Role::Scout };
+    let (status, _) = t
+        .post(&format!("/api/npcs/{id}/orders"), &json!({"order": "set_role", "role": new_role.name()}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let seen = async {
+        loop {
+            let f = next_frame(&mut v2).await.unwrap();
+            assert!(!f.reset);
+            if let Some(&(_, k)) = f.kinds.iter().find(|e| e.0 == id) {
+                return k;
+            }
+        }
+    };
+    let k = tokio::time::timeout(Duration::from_secs(10), seen).await.expect("the new role within 10 s");
+    assert_eq!(k.role, new_role);
+    // The v1 client's frames never carry entries.
+    for _ in 0..3 {
+        assert!(next_frame(&mut v1).await.unwrap().kinds.is_empty());
+    }
+}
+
+/// The next binary frame of a client (text messages skipped), within 10 s.
+async fn next_frame(
+    ws: &mut Plain,
+) -> Result<terrarium_server::protocol::BinaryFrame, tokio::time::error::Elapsed> {
+    let fut = async {
+        loop {
+            if let tokio_tungstenite::tungstenite::Message::Binary(b) = ws.next().await.unwrap().unwrap() {
+                return terrarium_server::protocol::BinaryFrame::decode(&b).unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await
+}
