@@ -613,7 +613,7 @@ impl PgStore {
             )
             .await
             .map_err(err)?;
-        tx.execute(&new, &[]).await.map_err(err)?;
+        let inserted = tx.execute(&new, &[]).await.map_err(err)?;
         // Same NPCs as stored, nothing older: replace the arrays (no unnest, no sort).
         let same = tx
             .prepare_cached(
@@ -623,7 +623,12 @@ impl PgStore {
             )
             .await
             .map_err(err)?;
-        tx.execute(&same, &[]).await.map_err(err)?;
+        let replaced = tx.execute(&same, &[]).await.map_err(err)?;
+        if inserted + replaced == blocks.len() as u64 {
+            // Every staged block was new or the same NPCs as stored (the steady state, and no
+            // removal, which neither statement takes): nothing left to merge.
+            return Ok(n);
+        }
         // Everything else: new blocks, NPCs that appeared or went, older ticks. Per NPC the
         // newest tick wins (the staged row on a tie); removed NPCs are left out.
         let merge = tx

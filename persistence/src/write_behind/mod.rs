@@ -233,6 +233,9 @@ struct Queue {
     /// Superseded buffers the pool had no room for; the worker frees them (a big free may
     /// unmap pages, which the tick must not pay for).
     garbage: Vec<(Vec<PositionRow>, PositionColumns)>,
+    /// The worker has taken batches out and not yet put back the parts it won't write in
+    /// this call: the queue looks empty meanwhile, but positions are still on their way.
+    taking: bool,
     /// Set by the worker when it finds nothing to do (memory and outbox empty).
     idle: bool,
     /// Callers waiting in `flush`: the worker skips the commit interval.
@@ -709,9 +712,12 @@ impl BatchSink for WriteBehindHandle {
 
     fn wants_positions(&self) -> bool {
         let q = self.shared.lock();
-        q.batches
-            .range(q.positions_from..)
-            .all(|w| w.handoff.positions.is_empty() && w.handoff.batch.positions.is_empty())
+        // While the worker cuts a taken batch into parts, the parts it puts back are not in
+        // the queue yet: a batch cut now would be written in full after all of them.
+        !q.taking
+            && q.batches
+                .range(q.positions_from..)
+                .all(|w| w.handoff.positions.is_empty() && w.handoff.batch.positions.is_empty())
     }
 }
 

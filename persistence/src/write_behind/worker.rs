@@ -224,6 +224,7 @@ impl<S: Storage> Worker<S> {
             }
             q.rows -= rows;
             q.positions_from = q.positions_from.saturating_sub(taken.len());
+            q.taking = !taken.is_empty();
         }
         if taken.is_empty() {
             return None;
@@ -244,6 +245,7 @@ impl<S: Storage> Worker<S> {
             self.coalesce(&mut batches);
             batches
         });
+        self.shared.lock().taking = false;
         Some(Group { batches, outbox: None })
     }
 

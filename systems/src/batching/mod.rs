@@ -464,6 +464,14 @@ fn cut_batch(
     stats.metrics.pending_items = b.metrics.pending() as u64;
     stats.events.pending_items = 0;
     let handoff = Handoff { batch, positions: columns, covers_all_positions: complete };
+    tracing::debug!(
+        tick,
+        rows = handoff.len(),
+        positions = want.positions,
+        forced = force,
+        capped = count.capped,
+        "batch cut"
+    );
     if !handoff.is_empty() {
         stats.batches_created += 1;
         b.outgoing.0 = Some(handoff);
@@ -577,6 +585,16 @@ fn mirror_health(
 ) {
     let h = sink.0.health();
     let lag = waiting.store_lag_ms(&h);
+    tracing::trace!(
+        tick = waiting.clock.tick,
+        lag,
+        unsettled = h.unsettled_batches,
+        committed = ?h.committed_tick,
+        pos = ?waiting.positions.first_pending_tick,
+        reg = ?waiting.registry.first_pending_tick,
+        ev = ?waiting.events.first_pending_tick(),
+        "store lag"
+    );
     let mut now = PersistenceHealth::from(h);
     now.store_lag_ms = lag;
     if now == *health {
