@@ -125,7 +125,7 @@ pub struct BatchingConfig {
 impl Default for BatchingConfig {
     fn default() -> Self {
         Self {
-            positions: BatchLimits { max_items: 100, max_age_ms: 500, min_interval_ms: 200 },
+            positions: BatchLimits { max_items: 100, max_age_ms: 500, min_interval_ms: 0 },
             metrics: BatchLimits { max_items: 200, max_age_ms: 5_000, min_interval_ms: 0 },
             events: EventBatchConfig::default(),
         }
@@ -145,7 +145,10 @@ pub struct BatchLimits {
     /// age does not wait. 0 ..= 3 600 000, 0 = no wait. With a million NPCs moving, `max_items`
     /// is passed every tick, and a store fast enough to take a batch every tick (memory,
     /// embedded) had the whole population copied on the tick every tick. A configuration table
-    /// without the key gets 0 (the behaviour before the key existed); the default is 200.
+    /// without the key gets 0, and so does the default: with 200 the game server's API no longer
+    /// stored a spawned or teleported NPC's position as ordered (the first batch after the
+    /// order came up to 200 ms later, after it had walked on). A benchmark of a memory or
+    /// embedded store at 1M sets it (BENCHMARKS.md, issue 14, "Fifth pass").
     #[serde(default)]
     pub min_interval_ms: u64,
 }
@@ -334,7 +337,7 @@ mod tests {
         assert_eq!(cfg, EngineConfig::default());
         assert_eq!(
             cfg.batching.positions,
-            BatchLimits { max_items: 100, max_age_ms: 500, min_interval_ms: 200 }
+            BatchLimits { max_items: 100, max_age_ms: 500, min_interval_ms: 0 }
         );
         assert_eq!(
             cfg.batching.metrics,

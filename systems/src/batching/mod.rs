@@ -12,7 +12,7 @@
 //!   again), or when the oldest change is `max_age_ms` old; due by size at most once per
 //!   `min_interval_ms` (simulated) after the previous position flush. So 100 NPCs walking with
 //!   the default 100 rows / 500 ms flush by age, twice a second; a million by size, every
-//!   200 ms (4 ticks at 20 Hz) with the default `min_interval_ms`, every tick with 0.
+//!   tick with the default `min_interval_ms` 0, every 4th tick at 20 Hz with 200.
 //! - **Registry**: an `NpcRecord` for each NPC spawned since the last position flush (found in
 //!   the same pass), and for each NPC whose role, status, swarm, health or inventory changed
 //!   (looked for at most once per positions `max_age_ms`, so a big world does not scan five
