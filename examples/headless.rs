@@ -267,8 +267,6 @@ fn run(args: &Args) -> Result<()> {
         engine
     };
     let spawn_ms = ms(spawn_started.elapsed());
-    // A new world's first checkpoint, before the first tick hands a batch to the store: a kill
-    // from here on leaves a world the next start resumes.
     // A new world is stored whole before the first tick: its first checkpoint, then its
     // population. A kill from here on leaves a world the next start resumes, and the ticks
     // never carry the population's first write. Also after a resume that found the population

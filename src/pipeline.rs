@@ -289,7 +289,7 @@ impl StoragePipeline {
         let handle = self.write_behind.handle();
         let rows = population.as_ref().map_or(0, terrarium_persistence::Handoff::len);
         let seq = if population.is_some() { handle.seq_after(rows) } else { handle.stats().last_seq };
-        self.store_checkpoint(&checkpointer.counters, engine, started, seq, false, true, drain)?;
+        self.store_checkpoint(&checkpointer.counters, engine, started, seq, false, true)?;
         let checkpoint_ms = started.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         if let Some(handoff) = population {
@@ -320,7 +320,7 @@ impl StoragePipeline {
         let drain = Duration::from_millis(self.checkpoint.drain_timeout_ms);
         self.write_behind.flush(drain)?;
         let seq = self.write_behind.stats().last_seq;
-        self.store_checkpoint(&checkpointer.counters, engine, t, seq, clean, false, drain)?;
+        self.store_checkpoint(&checkpointer.counters, engine, t, seq, clean, false)?;
         let stats = checkpointer.counters.stats();
         if !clean {
             *checkpointer =
@@ -333,7 +333,6 @@ impl StoragePipeline {
     /// Gathers the world and stores it, on the calling thread, as the checkpoint that follows
     /// batch `seq` of this run (`started`: when the caller began, for `gather_us`; `ahead`:
     /// stored before that batch is handed over).
-    #[expect(clippy::too_many_arguments, reason = "private; each caller names what differs")]
     fn store_checkpoint(
         &self,
         counters: &Counters,
@@ -342,8 +341,8 @@ impl StoragePipeline {
         seq: u64,
         clean: bool,
         ahead: bool,
-        drain: Duration,
     ) -> Result<(), PipelineError> {
+        let drain = Duration::from_millis(self.checkpoint.drain_timeout_ms);
         let body = engine.snapshot_body();
         let job = Job {
             body,
