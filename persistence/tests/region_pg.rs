@@ -1,6 +1,7 @@
 //! The region tables against a real PostgreSQL (`TERRARIUM_TEST_PG_URL`): leases and their
-//! expiry on PostgreSQL's clock, the fence refusing a process whose lease was taken, and a
-//! hand-off applied exactly once even when it is sent again. Each test owns a schema.
+//! expiry on PostgreSQL's clock, the fence refusing a process whose lease was taken, a
+//! hand-off applied exactly once even when it is sent again, and the region's tick stored with
+//! its syncs (what a restart resumes from). Each test owns a schema.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -81,16 +82,49 @@ async fn a_zombie_write_is_refused_after_another_process_took_the_lease() {
     let mv = Move { npc: 1, from: A, to: B, seq: 0, state: state(99.0) };
     let err = zombie.hand_off(A, old, std::slice::from_ref(&mv), &[Duration::ZERO]).await.unwrap_err();
     assert!(err.is_fenced(), "{err:?}");
-    let err = zombie.sync(A, old, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap_err();
+    let err = zombie.sync(A, old, 1_000, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap_err();
     assert!(err.is_fenced(), "{err:?}");
     assert!(zombie.adopt(A, old, 100).await.unwrap_err().is_fenced());
     assert!(zombie.load(A, old).await.unwrap_err().is_fenced());
     assert_eq!(fresh.read_owners(&[1]).await.unwrap(), vec![(1, Some((A, 0)))], "the row did not move");
-    let rows = fresh.load(A, new).await.unwrap().rows;
-    assert_eq!(rows[0].state.position, [1.0, 0.0, 1.0], "the zombie's sync did not land");
+    let loaded = fresh.load(A, new).await.unwrap();
+    assert_eq!(loaded.rows[0].state.position, [1.0, 0.0, 1.0], "the zombie's sync did not land");
+    assert_eq!(loaded.region_tick, None, "nor did its tick");
     assert_eq!(fresh.summary().await.unwrap().fence_rejections, 4);
     // The rightful holder writes.
-    assert_eq!(fresh.sync(A, new, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap(), 2);
+    assert_eq!(fresh.sync(A, new, 7, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap(), 2);
+    assert_eq!(fresh.load(A, new).await.unwrap().region_tick, Some(7));
+}
+
+#[tokio::test]
+async fn a_sync_stores_the_region_tick_with_its_rows_and_an_older_sync_never_overwrites_it() {
+    let Some(url) = service_url(PG) else { return };
+    let schema = PgSchema::new(&url).await;
+    let (mut one, mut two) = (store(&schema).await, store(&schema).await);
+    one.seed(&[row(1, A), row(2, A), row(3, B)]).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    let e1 = one.take_lease(A, "one", ttl).await.unwrap().unwrap();
+    assert_eq!(one.load(A, e1).await.unwrap().region_tick, None, "a new world has no tick stored");
+    // Two syncs of one process (its two connections): the newer tick commits first.
+    assert_eq!(one.sync(A, e1, 40, &[1, 2], &[[4.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap(), 2);
+    assert_eq!(two.sync(A, e1, 30, &[1, 2], &[[3.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap(), 0);
+    let loaded = one.load(A, e1).await.unwrap();
+    assert_eq!(loaded.region_tick, Some(40), "the older sync wrote nothing");
+    assert!(loaded.rows.iter().all(|r| r.state.position == [4.0; 3]), "rows and tick of one moment");
+    // Another region's tick is its own.
+    let eb = two.take_lease(B, "b", ttl).await.unwrap().unwrap();
+    assert_eq!(two.load(B, eb).await.unwrap().region_tick, None);
+    // Killed (no more renewals): the next holder resumes from tick 40, and its own syncs go on.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let e2 = two.take_lease(A, "two", ttl).await.unwrap().unwrap();
+    let resumed = two.load(A, e2).await.unwrap();
+    assert_eq!((resumed.region_tick, resumed.rows.len()), (Some(40), 2));
+    assert_eq!(two.sync(A, e2, 41, &[1, 2], &[[5.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap(), 2);
+    // The old holder's sync, even of a later tick, is fenced and changes nothing.
+    assert!(one.sync(A, e1, 1_000, &[1, 2], &[[9.0; 3]; 2], &[[0.0; 3]; 2]).await.unwrap_err().is_fenced());
+    let after = two.load(A, e2).await.unwrap();
+    assert_eq!(after.region_tick, Some(41));
+    assert!(after.rows.iter().all(|r| r.state.position == [5.0; 3]));
 }
 
 #[tokio::test]
