@@ -356,6 +356,12 @@ struct Summary {
     ticks_per_region: Vec<u64>,
     /// NPCs ticked per wall-clock second, all regions together (simulation throughput).
     npc_ticks_per_s: f64,
+    /// Each region's world tick at the end (a restarted region resumes its newest sync's tick).
+    tick_per_region: Vec<u64>,
+    /// The tick each region's last process resumed from (0: it was the region's first).
+    resumed_tick_per_region: Vec<u64>,
+    /// Processes started per region beyond its first (kills, deaths, a frozen one's successor).
+    restarts_per_region: Vec<u64>,
 }
 
 struct Supervisor {
@@ -367,6 +373,8 @@ struct Supervisor {
     /// Newest cumulative report per process instance: (region, report).
     reports: HashMap<u64, (u32, Value)>,
     pending: Vec<Line>,
+    /// Processes started per region.
+    started: BTreeMap<u32, u64>,
 }
 
 impl Supervisor {
@@ -392,6 +400,7 @@ impl Supervisor {
         let stdout = child.stdout.take().context("piped stdout")?;
         let instance = self.next_instance;
         self.next_instance += 1;
+        *self.started.entry(region).or_default() += 1;
         let tx = self.lines_tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -527,6 +536,7 @@ fn supervise(args: &Args) -> Result<()> {
         next_instance: 0,
         reports: HashMap::new(),
         pending: Vec::new(),
+        started: BTreeMap::new(),
     };
     let mut procs: Vec<Proc> = (0..regions).map(|r| sup.spawn(r)).collect::<Result<_>>()?;
     // Wait until every region is up (loaded) before the clock starts.
@@ -818,6 +828,14 @@ fn supervise(args: &Args) -> Result<()> {
         ghosts_expired: feed[3],
         ticks_per_region: ticks,
         npc_ticks_per_s: npc_ticks as f64 / args.seconds,
+        tick_per_region: finals.values().map(|m| m["stats"]["tick"].as_u64().unwrap_or(0)).collect(),
+        resumed_tick_per_region: finals
+            .values()
+            .map(|m| m["stats"]["resumed_tick"].as_u64().unwrap_or(0))
+            .collect(),
+        restarts_per_region: (0..regions)
+            .map(|r| sup.started.get(&r).copied().unwrap_or(0).saturating_sub(1))
+            .collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -3,7 +3,8 @@
 //! (SIGSTOP) past its lease while a new process takes it over, then thawed. At every sampled
 //! moment the live regions' worlds are disjoint and within their ownership rows; at the end
 //! they cover every NPC exactly once, each region's world equals its rows, and the thawed
-//! zombie's writes were refused by the fence (it stopped itself). With Redis
+//! zombie's writes were refused by the fence (it stopped itself); every restarted region
+//! resumed its tick from its newest sync. With Redis
 //! (`TERRARIUM_TEST_REDIS_URL`, feature `redis`) the regions also run the border feed: ghosts
 //! are shown, and never of a region's own NPCs.
 //!
@@ -116,6 +117,31 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
     assert!(s["handoffs"].as_u64().unwrap() > 1_000, "NPCs hardly crossed borders: {s}");
     assert_eq!(s["anomalies"], 0, "{s}");
     assert_eq!(s["tick_ms_p99"].as_array().map(Vec::len), Some(4));
+    // A restarted region resumes its tick from its newest sync (never from 0), and its world's
+    // clock went on from there.
+    let per_region = |key: &str| -> Vec<u64> {
+        s[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} missing: {s}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let (restarts, resumed, ticks) = (
+        per_region("restarts_per_region"),
+        per_region("resumed_tick_per_region"),
+        per_region("tick_per_region"),
+    );
+    for r in 0..4 {
+        if restarts[r] > 0 {
+            assert!(
+                resumed[r] > 0,
+                "region {r} restarted {} times but began again at tick 0: {s}",
+                restarts[r]
+            );
+        }
+        assert!(ticks[r] > resumed[r], "region {r} did not tick on from its resumed tick: {s}");
+    }
     if redis.is_some() {
         assert!(s["ghosts_max"].as_u64().unwrap() > 0, "no region showed a ghost: {s}");
         assert!(s["ghost_batches_received"].as_u64().unwrap() > 100, "{s}");
@@ -128,6 +154,7 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
                 "terrarium_region_owned_npcs",
                 "terrarium_region_lease_epoch",
                 "terrarium_region_handoffs_in_total",
+                "terrarium_region_resumed_tick",
             ] {
                 assert!(
                     text.contains(&format!("{family}{{region=\"{region}\"}}")),
@@ -144,4 +171,80 @@ fn four_regions_survive_kills_and_a_frozen_zombie_without_losing_or_duplicating_
     for key in ["handoffs_per_s", "max_handoff_ms", "tick_ms_p99", "fenced_writes_rejected"] {
         assert!(s.get(key).is_some(), "summary key {key} missing");
     }
+}
+
+/// A region process killed (dropped without finishing: its lease runs out on PostgreSQL's
+/// clock) is replaced by one that resumes the region's world tick from its last committed sync
+/// (`region_state`, written with the NPCs' rows in one fenced transaction) and ticks on from
+/// it; a process that finished hands its successor exactly its last tick and its NPCs' state.
+/// Before `region_state`, every restart began again at tick 0.
+#[test]
+fn a_region_restarted_after_a_kill_resumes_its_tick_from_its_last_sync() {
+    use terrarium::engine::{EngineConfig, NpcId, Position};
+    use terrarium::persistence::PostgresConfig;
+    use terrarium::persistence::region::{RegionId, RegionStore};
+    use terrarium::region::{RegionGrid, RegionOptions, RegionProcess, seed_rows};
+
+    let Some(url) = service_url("TERRARIUM_TEST_PG_URL") else { return };
+    let schema = unique_name();
+    let _drop = DropSchema { url: url.clone(), schema: schema.clone() };
+    let pg = PostgresConfig { url: url.clone(), schema: schema.clone(), ..PostgresConfig::default() };
+    let grid = RegionGrid::new(2, 1, [0.0, 0.0], [200.0, 100.0]).unwrap();
+    let mut engine = EngineConfig { seed: 3, tick_hz: 20, threads: 1, ..EngineConfig::default() };
+    engine.world.min = [0.0, 0.0, 0.0];
+    engine.world.max = [200.0, 64.0, 100.0];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut admin = rt.block_on(RegionStore::connect(&pg)).unwrap();
+    rt.block_on(admin.seed(&seed_rows(&grid, 400, engine.world.min, engine.world.max, 3))).unwrap();
+    let opts = RegionOptions {
+        grid,
+        region: RegionId(0),
+        engine,
+        postgres: pg,
+        lease_ttl: Duration::from_millis(600),
+        // A sync starts on every step the previous one has finished.
+        sync_every: Duration::ZERO,
+        poll_every: Duration::from_millis(100),
+        max_moves_per_tx: 1000,
+        holder: "cluster resume test".to_owned(),
+        ghosts: None,
+    };
+    let positions = |p: &RegionProcess| -> Vec<(u64, [f32; 3])> {
+        let mut v: Vec<_> = p
+            .engine()
+            .world()
+            .iter_entities()
+            .filter_map(|e| Some((e.get::<NpcId>()?.0, *e.get::<Position>()?)))
+            .map(|(id, p)| (id, [p.x, p.y, p.z]))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    };
+
+    let mut first = RegionProcess::start(opts.clone()).unwrap();
+    assert_eq!(first.engine().clock().tick, 0, "a new world starts at tick 0");
+    let until = Instant::now() + Duration::from_secs(20);
+    while first.stats().syncs < 3 || first.engine().clock().tick < 40 {
+        assert!(Instant::now() < until, "the first process synced too little: {:?}", first.stats());
+        first.step().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ran = first.engine().clock().tick;
+    drop(first); // killed: no finish, its lease is left to run out
+
+    let mut second = RegionProcess::start(opts.clone()).unwrap();
+    let resumed = second.engine().clock().tick;
+    assert!(resumed > 0, "the restarted region began again at tick 0 instead of its last sync's tick");
+    assert!(resumed <= ran, "resumed at tick {resumed}, past the {ran} ticks that ran");
+    for _ in 0..10 {
+        second.step().unwrap();
+    }
+    assert_eq!(second.engine().clock().tick, resumed + 10, "it ticks on from the tick it resumed");
+    second.finish().unwrap();
+    let (end, world) = (second.engine().clock().tick, positions(&second));
+    drop(second);
+
+    let third = RegionProcess::start(opts).unwrap();
+    assert_eq!(third.engine().clock().tick, end, "a finished process's last tick is where the next resumes");
+    assert_eq!(positions(&third), world, "and its NPCs are where it left them");
 }

@@ -125,8 +125,8 @@ pub struct BatchingConfig {
 impl Default for BatchingConfig {
     fn default() -> Self {
         Self {
-            positions: BatchLimits { max_items: 100, max_age_ms: 500, min_interval_ms: 0 },
-            metrics: BatchLimits { max_items: 200, max_age_ms: 5_000, min_interval_ms: 0 },
+            positions: BatchLimits::new(100, 500),
+            metrics: BatchLimits::new(200, 5_000),
             events: EventBatchConfig::default(),
         }
     }
@@ -142,15 +142,41 @@ pub struct BatchLimits {
     pub max_age_ms: u64,
     /// Positions only (metrics ignore it): a flush due by size (`max_items`) waits until this
     /// many simulated milliseconds have passed since the previous position flush; one due by
-    /// age does not wait. 0 ..= 3 600 000, 0 = no wait. With a million NPCs moving, `max_items`
-    /// is passed every tick, and a store fast enough to take a batch every tick (memory,
-    /// embedded) had the whole population copied on the tick every tick. A configuration table
-    /// without the key gets 0, and so does the default: with 200 the game server's API no longer
-    /// stored a spawned or teleported NPC's position as ordered (the first batch after the
-    /// order came up to 200 ms later, after it had walked on). A benchmark of a memory or
-    /// embedded store at 1M sets it (BENCHMARKS.md, issue 14, "Fifth pass").
-    #[serde(default)]
+    /// age does not wait. 0 ..= 3 600 000, 0 = no wait; default 200. With a million NPCs
+    /// moving, `max_items` is passed every tick, and a store fast enough to take a batch every
+    /// tick (memory, embedded) had the whole population copied on the tick every tick. It
+    /// applies only in a world of at least `min_interval_npcs` NPCs (a small world's cut is
+    /// cheap, and its store keeps the freshest positions), and never to the first position
+    /// flush after a tick that applied commands: a spawned or teleported NPC is stored where
+    /// it was put (the game server's API promises that), not where it walked to by the next
+    /// spaced flush.
+    #[serde(default = "default_min_interval_ms")]
     pub min_interval_ms: u64,
+    /// Positions only: `min_interval_ms` applies while the world has at least this many NPCs;
+    /// 0 ..= 1 000 000 000, 0 = always; default 100 000.
+    #[serde(default = "default_min_interval_npcs")]
+    pub min_interval_npcs: usize,
+}
+
+impl BatchLimits {
+    /// `max_items` and `max_age_ms`, the rest at their defaults.
+    #[must_use]
+    pub const fn new(max_items: usize, max_age_ms: u64) -> Self {
+        Self {
+            max_items,
+            max_age_ms,
+            min_interval_ms: default_min_interval_ms(),
+            min_interval_npcs: default_min_interval_npcs(),
+        }
+    }
+}
+
+const fn default_min_interval_ms() -> u64 {
+    200
+}
+
+const fn default_min_interval_npcs() -> usize {
+    100_000
 }
 
 /// Event batching.
@@ -213,6 +239,11 @@ impl EngineConfig {
             in_range(&format!("batching.{name}.max_items"), l.max_items, &(1..=10_000_000))?;
             in_range(&format!("batching.{name}.max_age_ms"), l.max_age_ms, &(1..=3_600_000))?;
             in_range(&format!("batching.{name}.min_interval_ms"), l.min_interval_ms, &(0..=3_600_000))?;
+            in_range(
+                &format!("batching.{name}.min_interval_npcs"),
+                l.min_interval_npcs,
+                &(0..=1_000_000_000),
+            )?;
         }
         let ev = &self.batching.events;
         in_range("batching.events.max_items", ev.max_items, &(1..=10_000_000))?;
@@ -335,14 +366,19 @@ mod tests {
     fn defaults_are_valid_and_match_the_documented_batching() {
         let cfg = EngineConfig::from_toml_str("", []).unwrap();
         assert_eq!(cfg, EngineConfig::default());
-        assert_eq!(
-            cfg.batching.positions,
-            BatchLimits { max_items: 100, max_age_ms: 500, min_interval_ms: 0 }
-        );
-        assert_eq!(
-            cfg.batching.metrics,
-            BatchLimits { max_items: 200, max_age_ms: 5_000, min_interval_ms: 0 }
-        );
+        let limits = |max_items, max_age_ms| BatchLimits {
+            max_items,
+            max_age_ms,
+            min_interval_ms: 200,
+            min_interval_npcs: 100_000,
+        };
+        assert_eq!(cfg.batching.positions, limits(100, 500));
+        assert_eq!(cfg.batching.metrics, limits(200, 5_000));
+        // A table written before the interval existed gets the defaults too.
+        let cfg =
+            EngineConfig::from_toml_str("[batching.positions]\nmax_items = 100\nmax_age_ms = 500\n", [])
+                .unwrap();
+        assert_eq!(cfg.batching.positions, limits(100, 500));
     }
 
     #[test]

@@ -138,6 +138,9 @@ struct Summary {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: big buffers (a million positions or records) go back to the
+    // system when freed instead of staying in glibc's heap (`os::map_big_blocks`).
+    terrarium::persistence::os::map_big_blocks();
     common::main_with("game_server", |args: &Args| {
         let mut cfg = config(args)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -144,6 +144,11 @@ const GAUGES: &[(&str, &str)] = &[
         "Time adopted NPCs spent out of any world during their hand-off, since the start, by region and quantile (1 = max).",
     ),
     ("terrarium_region_ghosts", "Neighbours' NPCs shown as read-only ghosts now, by region."),
+    ("terrarium_region_tick", "The region world's tick now, by region."),
+    (
+        "terrarium_region_resumed_tick",
+        "The tick this region process resumed from (its region's newest sync; 0 for a new world), by region.",
+    ),
 ];
 
 impl PrometheusExporter {
@@ -285,6 +290,8 @@ fn record_snapshot(s: &PerformanceSnapshot) {
         gauge!("terrarium_region_lease_epoch", "region" => region.clone()).set(r.epoch as f64);
         gauge!("terrarium_region_lease_age_seconds", "region" => region.clone()).set(r.lease_age_ms / 1e3);
         gauge!("terrarium_region_ghosts", "region" => region.clone()).set(r.ghosts as f64);
+        gauge!("terrarium_region_tick", "region" => region.clone()).set(r.tick as f64);
+        gauge!("terrarium_region_resumed_tick", "region" => region.clone()).set(r.resumed_tick as f64);
         counter!("terrarium_region_handoffs_out_total", "region" => region.clone()).absolute(r.handoffs_out);
         counter!("terrarium_region_handoffs_in_total", "region" => region.clone()).absolute(r.handoffs_in);
         counter!("terrarium_region_unknown_commits_total", "region" => region.clone())

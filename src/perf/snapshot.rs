@@ -90,6 +90,11 @@ pub struct RegionFigures {
     pub handoff_latency: Latency,
     /// State syncs committed.
     pub syncs: u64,
+    /// The region world's tick now.
+    pub tick: u64,
+    /// The tick this process resumed from (the region's newest sync before it took the
+    /// lease; 0 for a new world).
+    pub resumed_tick: u64,
     /// Ghosts shown now (neighbours' NPCs near the cell; not owned, not stored).
     pub ghosts: u64,
     /// Neighbours whose ghosts are shown now.

@@ -1,7 +1,8 @@
 //! RegionProcess: one region of a world split across processes. It takes its region's lease,
-//! loads the NPCs the region owns, ticks them at the world's rate, hands off every NPC that
+//! loads the NPCs the region owns and the tick of its newest sync (a restart ticks on from
+//! there), ticks them at the world's rate, hands off every NPC that
 //! leaves its cell (at once: out of this world in the same step), adopts what other regions
-//! hand it, writes its NPCs' state back to their ownership rows, and stops itself the moment
+//! hand it, writes its NPCs' state and its tick back (one fenced sync), and stops itself the moment
 //! a fence says another process took its region. The protocol is `persistence/DESIGN.md`
 //! ("Regions"); its decisions are `RegionCore`'s.
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bevy_ecs::prelude::*;
 use hdrhistogram::Histogram;
-use terrarium_engine::{Engine, EngineConfig, NpcId, NpcSpec, Position, Role, Swarm, Velocity};
+use terrarium_engine::{Engine, EngineConfig, NpcId, NpcSpec, Position, Role, SimClock, Swarm, Velocity};
 use terrarium_persistence::PostgresConfig;
 use terrarium_persistence::region::{
     Epoch, NpcState, OwnerRow, RegionCore, RegionError, RegionId, RegionStore,
@@ -105,8 +106,16 @@ pub struct RegionStats {
     pub adopt_ms_p99: f64,
     /// Most, ms.
     pub adopt_ms_max: f64,
-    /// Ticks run.
+    /// Ticks run by this process.
     pub ticks: u64,
+    /// The region world's tick now (its `SimClock`): `resumed_tick` plus `ticks`.
+    pub tick: u64,
+    /// The tick this process resumed from: the region's tick at its newest sync before this
+    /// process took the lease (0 for a new world).
+    pub resumed_tick: u64,
+    /// The tick of this process's newest committed sync (0: none yet); a restart resumes from
+    /// it or a later one.
+    pub synced_tick: u64,
     /// NPCs ticked, summed over ticks (the region's simulation throughput).
     pub npc_ticks: u64,
     /// Tick time p50, ms.
@@ -137,7 +146,12 @@ pub struct RegionStats {
     pub ghost_batches_ignored: u64,
 }
 
-type SyncResult = (RegionStore, Result<u64, RegionError>);
+/// What a sync writes, taken at one moment: the world's tick, and each NPC's id, position
+/// and velocity.
+type Gathered = (u64, Vec<u64>, Vec<[f32; 3]>, Vec<[f32; 3]>);
+
+/// A finished background sync: its connection, the tick it wrote and what it answered.
+type SyncResult = (RegionStore, u64, Result<u64, RegionError>);
 
 /// A running region.
 pub struct RegionProcess {
@@ -245,6 +259,7 @@ impl RegionProcess {
             }
         }
         let rows = loaded.rows;
+        let resumed_tick = loaded.region_tick.unwrap_or(0);
         #[cfg(feature = "redis")]
         let feed = match &opts.ghosts {
             Some(g) => Some(Feed::connect(&rt, &opts.grid, opts.region, g)?),
@@ -260,6 +275,8 @@ impl RegionProcess {
             .add_plugin(terrarium_systems::core_plugin)
             .build()
             .map_err(RegionRunError::Engine)?;
+        // The region's clock first, so each NPC spawned is scheduled from the resumed tick.
+        engine.world_mut().resource_mut::<SimClock>().tick = resumed_tick;
         for row in core.on_loaded(rows) {
             engine.spawn_with_id(NpcId(row.npc), &spec(&row.state));
         }
@@ -269,6 +286,8 @@ impl RegionProcess {
             epoch,
             loaded: core.stats().loaded,
             load_ms: ms(started.elapsed()),
+            tick: resumed_tick,
+            resumed_tick,
             ..RegionStats::default()
         };
         let now = Instant::now();
@@ -333,6 +352,7 @@ impl RegionProcess {
             tick_ms_p50: q(&self.tick_ns, 0.5, 1e6),
             tick_ms_p99: q(&self.tick_ns, 0.99, 1e6),
             lease_age_ms: ms(self.last_renew.elapsed()),
+            tick: self.engine.clock().tick,
             ..self.ghost_stats()
         }
     }
@@ -385,6 +405,8 @@ impl RegionProcess {
             unknown_commits: s.unknown_commits,
             handoff_latency: crate::perf::Latency::from_us(&self.adopt_us),
             syncs: s.syncs,
+            tick: s.tick,
+            resumed_tick: s.resumed_tick,
             ghosts: s.ghosts,
             ghost_sources: s.ghost_sources,
             ghosts_expired: s.ghosts_expired,
@@ -492,9 +514,10 @@ impl RegionProcess {
             return Err(RegionRunError::Fenced(self.opts.region));
         }
         if self.suspect() {
-            let (ids, pos, vel) = self.gather();
-            let r = self.rt.block_on(self.store.sync(self.opts.region, self.epoch, &ids, &pos, &vel));
+            let (tick, ids, pos, vel) = self.gather();
+            let r = self.rt.block_on(self.store.sync(self.opts.region, self.epoch, tick, &ids, &pos, &vel));
             self.check(r.map(drop))?;
+            self.stats.synced_tick = self.stats.synced_tick.max(tick);
         }
         if self.last_renew.elapsed() >= self.opts.lease_ttl / 3 {
             let r = self.rt.block_on(self.store.renew(self.opts.region, self.epoch, self.opts.lease_ttl));
@@ -663,7 +686,7 @@ impl RegionProcess {
                 let batch = terrarium_persistence::region::GhostBatch {
                     from: me.0,
                     epoch: self.epoch,
-                    tick: self.stats.ticks,
+                    tick: self.engine.clock().tick,
                     ghosts: Vec::new(),
                 };
                 (*n, batch)
@@ -733,7 +756,9 @@ impl RegionProcess {
         }
     }
 
-    fn gather(&mut self) -> (Vec<u64>, Vec<[f32; 3]>, Vec<[f32; 3]>) {
+    /// The world's tick and every NPC's state, of one moment (what a sync writes).
+    fn gather(&mut self) -> Gathered {
+        let tick = self.engine.clock().tick;
         let mut q = self.engine.world_mut().query::<(&NpcId, &Position, &Velocity)>();
         let n = self.core.world_len();
         let (mut ids, mut pos, mut vel) =
@@ -743,18 +768,18 @@ impl RegionProcess {
             pos.push([p.x, p.y, p.z]);
             vel.push([v.x, v.y, v.z]);
         }
-        (ids, pos, vel)
+        (tick, ids, pos, vel)
     }
 
     /// Starts a sync of every NPC's state on the second connection, beside the tick.
     fn start_sync(&mut self) {
         let Some(mut store) = self.sync_store.take() else { return };
         self.last_sync = Instant::now();
-        let (ids, pos, vel) = self.gather();
+        let (tick, ids, pos, vel) = self.gather();
         let (region, epoch) = (self.opts.region, self.epoch);
         self.sync_task = Some(self.rt.spawn(async move {
-            let r = store.sync(region, epoch, &ids, &pos, &vel).await;
-            (store, r)
+            let r = store.sync(region, epoch, tick, &ids, &pos, &vel).await;
+            (store, tick, r)
         }));
     }
 
@@ -767,7 +792,7 @@ impl RegionProcess {
     }
 
     fn wait_sync(&mut self, task: tokio::task::JoinHandle<SyncResult>) -> Result<(), RegionRunError> {
-        let Ok((store, r)) = self.rt.block_on(task) else {
+        let Ok((store, tick, r)) = self.rt.block_on(task) else {
             // The task panicked: a fresh connection next time.
             self.sync_store = Some(self.rt.block_on(RegionStore::connect(&self.opts.postgres))?);
             return Ok(());
@@ -775,6 +800,7 @@ impl RegionProcess {
         match r {
             Ok(_) => {
                 self.stats.syncs += 1;
+                self.stats.synced_tick = self.stats.synced_tick.max(tick);
                 self.sync_store = Some(store);
             }
             Err(e) if e.is_fenced() => {
@@ -819,10 +845,11 @@ impl RegionProcess {
         if let Some(task) = self.sync_task.take() {
             self.wait_sync(task)?;
         }
-        let (ids, pos, vel) = self.gather();
-        let r = self.rt.block_on(self.store.sync(self.opts.region, self.epoch, &ids, &pos, &vel));
+        let (tick, ids, pos, vel) = self.gather();
+        let r = self.rt.block_on(self.store.sync(self.opts.region, self.epoch, tick, &ids, &pos, &vel));
         self.check(r)?;
         self.stats.syncs += 1;
+        self.stats.synced_tick = self.stats.synced_tick.max(tick);
         Ok(())
     }
 

@@ -78,7 +78,11 @@ fn positions_flush_by_size_when_more_npcs_wait_than_a_batch_holds() {
     assert_eq!(batches.len(), 1, "the 101st NPC does not fit: flush now");
     assert_eq!(batches[0].positions.len(), 101);
     engine.tick();
-    assert_eq!(sink.batches().len(), 2, "101 moving NPCs: every tick (positions.min_interval_ms 0)");
+    assert_eq!(
+        sink.batches().len(),
+        2,
+        "101 moving NPCs: every tick (fewer than positions.min_interval_npcs, so no interval)"
+    );
 }
 
 #[test]
@@ -181,7 +185,8 @@ fn production(npcs: u64, seconds: u32) -> (Engine, Arc<FaultyStore<MemoryStore>>
 /// is exactly `max_items`, and a batch is due by size only when *more* rows wait, so the age
 /// rule (500 ms) paces the writes: at most two store calls per simulated second. The two sides
 /// of that boundary are checked too, so the scenario can't pass by sitting on it: 99 NPCs are
-/// paced the same way, 101 are due by size every tick (`min_interval_ms` 0, the default).
+/// paced the same way, 101 are due by size every tick (fewer NPCs than `min_interval_npcs`: no
+/// interval).
 #[test]
 fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() {
     let seconds = 60;
@@ -211,34 +216,59 @@ fn the_production_scenario_makes_at_most_two_store_calls_per_simulated_second() 
     );
 }
 
-/// A flush due by size waits `positions.min_interval_ms` after the previous one (a world where
-/// everyone moves is due by size every tick); 0 cuts every tick; a flush due by age is not held
-/// back by it.
+/// A flush due by size waits `positions.min_interval_ms` after the previous one in a world of
+/// at least `min_interval_npcs` NPCs (a world where everyone moves is due by size every tick);
+/// 0 cuts every tick, and so does a smaller world; a flush due by age is not held back by it,
+/// nor the first one after a tick that applied commands (a teleported NPC is stored where it
+/// was sent, the game server's API promises that).
 #[test]
 fn positions_due_by_size_are_cut_at_most_once_per_min_interval() {
-    let cut_ticks = |min_interval_ms: u64, max_age_ms: u64, npcs: u32| {
-        let mut cfg = config();
-        cfg.batching.positions.min_interval_ms = min_interval_ms;
-        cfg.batching.positions.max_age_ms = max_age_ms;
-        let sink = Arc::new(RecordingSink::new(1));
-        let mut engine = engine_with(cfg, sink.clone());
-        engine.spawn_batch((0..npcs).map(|i| walker(i as f32 * 5.0)));
-        let mut ticks = Vec::new();
-        for _ in 0..40 {
-            let before = sink.handoffs().iter().filter(|h| !h.positions.is_empty()).count();
-            engine.tick();
-            if sink.handoffs().iter().filter(|h| !h.positions.is_empty()).count() > before {
-                ticks.push(engine.clock().tick);
+    let run =
+        |min_interval_ms: u64, min_interval_npcs: usize, max_age_ms: u64, npcs: u32, teleport_at: u64| {
+            let mut cfg = config();
+            cfg.batching.positions.min_interval_ms = min_interval_ms;
+            cfg.batching.positions.min_interval_npcs = min_interval_npcs;
+            cfg.batching.positions.max_age_ms = max_age_ms;
+            let sink = Arc::new(RecordingSink::new(1));
+            let mut engine = engine_with(cfg, sink.clone());
+            let second = engine.spawn_batch((0..npcs).map(|i| walker(i as f32 * 5.0))).get(1).unwrap();
+            let commands = engine.command_sender();
+            let mut ticks = Vec::new();
+            for _ in 0..40 {
+                if engine.clock().tick + 1 == teleport_at {
+                    let position = Position::new(3.0, 1.0, 7.0);
+                    commands.send(Command::Teleport { id: second, position }).unwrap();
+                }
+                let before = sink.handoffs().iter().filter(|h| !h.positions.is_empty()).count();
+                engine.tick();
+                if sink.handoffs().iter().filter(|h| !h.positions.is_empty()).count() > before {
+                    ticks.push(engine.clock().tick);
+                }
             }
-        }
-        ticks
+            (ticks, sink, second)
+        };
+    let cut_ticks = |min_interval_ms, min_interval_npcs, max_age_ms, npcs| {
+        run(min_interval_ms, min_interval_npcs, max_age_ms, npcs, u64::MAX).0
     };
-    assert_eq!(cut_ticks(0, 500, 150).len(), 40, "no interval: due by size every tick");
-    let spaced = cut_ticks(200, 500, 150);
+    assert_eq!(cut_ticks(0, 0, 500, 150).len(), 40, "no interval: due by size every tick");
+    let spaced = cut_ticks(200, 0, 500, 150);
     assert_eq!(spaced.len(), 10, "200 ms at 20 Hz: every 4th tick ({spaced:?})");
     assert!(spaced.windows(2).all(|w| w[1] - w[0] == 4), "{spaced:?}");
-    let by_age = cut_ticks(1000, 100, 50);
+    assert_eq!(cut_ticks(200, 150, 500, 150), spaced, "150 NPCs reach min_interval_npcs 150");
+    assert_eq!(cut_ticks(200, 151, 500, 150).len(), 40, "150 NPCs: a small world, every tick");
+    let by_age = cut_ticks(1000, 0, 100, 50);
     assert_eq!(by_age.len(), 13, "50 NPCs are due by age (100 ms), not held for 1 s: {by_age:?}");
+
+    // A teleport at tick 6 (between the cuts at 5 and 9) is cut at tick 6, where it was sent;
+    // the interval then counts from there.
+    let (ticks, sink, second) = run(200, 0, 500, 150, 6);
+    assert_eq!(&ticks[..4], &[1, 5, 6, 10], "{ticks:?}");
+    let at_6 = sink.handoffs().into_iter().find(|h| h.batch.tick == 6).unwrap();
+    let i = at_6.positions.ids.iter().position(|&id| id == second.0).unwrap();
+    // Where it was sent, plus the one step (1 block/s at 20 Hz) it walked in that tick's `Act`;
+    // the cut at 9 it would have waited for is three steps further.
+    let [x, y, z] = at_6.positions.xyz[i];
+    assert!((x, y) == (3.0, 1.0) && (z - 7.05).abs() < 1e-4, "stored where it was sent: {:?}", [x, y, z]);
 }
 
 /// Runs `ticks` ticks on a thread; fails if they do not finish within `limit` (a tick that

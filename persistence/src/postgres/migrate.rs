@@ -31,6 +31,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "registry_fillfactor",
         sql: include_str!("migrations/V5__registry_fillfactor.sql"),
     },
+    Migration { version: 6, name: "region_state", sql: include_str!("migrations/V6__region_state.sql") },
 ];
 
 /// What [`PgStore::migrate`] did.

@@ -34,6 +34,10 @@ pub struct Adopted {
     /// False when the connection was lost at the commit: the rows are the region's all the
     /// same (adoption only flips a flag), but the store must be reconnected.
     pub commit_known: bool,
+    /// [`RegionStore::load`] only: the region world's tick as of its newest committed sync
+    /// (`region_state`), which a restarted region continues from; `None` for a region never
+    /// synced (a new world). Always `None` from [`RegionStore::adopt`].
+    pub region_tick: Option<u64>,
 }
 
 /// The ownership table at a glance (supervisors and tests).
@@ -316,11 +320,17 @@ impl RegionStore {
             .await
             .map_err(db("load"))?;
         }
+        // Written only by this region's fenced syncs: no one else can change it now.
+        let state = tx
+            .query_opt("SELECT tick FROM region_state WHERE region = $1", &[&r])
+            .await
+            .map_err(db("load"))?;
         tx.commit().await.map_err(|source| RegionError::CommitUnknown { what: "load", source })?;
         Ok(Adopted {
             latency_ms: rows.iter().map(|row| row.get(11)).collect(),
             rows: rows.iter().map(|row| owner_row(row, region)).collect(),
             commit_known: true,
+            region_tick: state.map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
         })
     }
 
@@ -440,8 +450,11 @@ impl RegionStore {
         Ok(out)
     }
 
-    /// Writes the current state of NPCs `region` holds into their rows; fenced. Returns how
-    /// many rows matched (fewer than given: the world holds an NPC its region does not own).
+    /// Writes the current state of NPCs `region` holds into their rows and the region's
+    /// `tick` into `region_state`, all of one moment, in one fenced transaction. Returns how
+    /// many rows matched (fewer than given: the world holds an NPC its region does not own);
+    /// 0 and nothing written when a newer tick is already stored (an older sync that
+    /// committed late).
     ///
     /// # Errors
     /// [`RegionError::Fenced`], [`RegionError::CommitUnknown`], [`RegionError::Db`].
@@ -449,16 +462,29 @@ impl RegionStore {
         &mut self,
         region: RegionId,
         epoch: Epoch,
+        tick: u64,
         npcs: &[u64],
         position: &[[f32; 3]],
         velocity: &[[f32; 3]],
     ) -> Result<u64, RegionError> {
         let r = region_i32(region)?;
+        let tick = i64::try_from(tick)
+            .map_err(|_| RegionError::Invalid(format!("tick {tick} does not fit a bigint")))?;
         let ids = npcs.iter().map(|&n| npc_i64(n)).collect::<Result<Vec<_>, _>>()?;
         let col = |v: &[[f32; 3]], k: usize| v.iter().map(|p| p[k]).collect::<Vec<f32>>();
         let (x, y, z) = (col(position, 0), col(position, 1), col(position, 2));
         let (vx, vy, vz) = (col(velocity, 0), col(velocity, 1), col(velocity, 2));
         let tx = self.open_fenced(region, epoch, "sync").await?;
+        // Locked until the commit: the region's two connections' syncs take turns here, and
+        // one that finds a newer tick stored writes nothing (rows and tick never go back).
+        let stored = tx
+            .query_opt("SELECT tick FROM region_state WHERE region = $1 FOR UPDATE", &[&r])
+            .await
+            .map_err(db("sync"))?;
+        if stored.is_some_and(|row| row.get::<_, i64>(0) > tick) {
+            drop(tx.rollback().await);
+            return Ok(0);
+        }
         let n = tx
             .execute(
                 "UPDATE npc_owners o SET x = s.x, y = s.y, z = s.z, vx = s.vx, vy = s.vy, vz = s.vz
@@ -469,13 +495,22 @@ impl RegionStore {
             )
             .await
             .map_err(db("sync"))?;
+        tx.execute(
+            "INSERT INTO region_state (region, tick, epoch, npcs, synced_at) VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (region) DO UPDATE
+               SET tick = EXCLUDED.tick, epoch = EXCLUDED.epoch, npcs = EXCLUDED.npcs, synced_at = now()",
+            &[&r, &tick, &epoch, &i64::try_from(n).unwrap_or(i64::MAX)],
+        )
+        .await
+        .map_err(db("sync"))?;
         tx.commit().await.map_err(|source| RegionError::CommitUnknown { what: "sync", source })?;
         Ok(n)
     }
 
     /// Start-up: every row `region` owns (adopted or not), fenced; the ones not yet adopted
     /// (`adopted` false in what is returned, `latency_ms` how long they waited) are marked
-    /// adopted in the same transaction.
+    /// adopted in the same transaction, which also reads the region's tick as of its newest
+    /// sync (`region_tick`, what the process resumes from).
     ///
     /// # Errors
     /// [`RegionError::Fenced`] (logged in `region_fence_log`), [`RegionError::CommitUnknown`],
@@ -513,20 +548,24 @@ impl RegionStore {
         self.logged(r, "adopt").await
     }
 
-    /// Writes the current state of NPCs `region` holds into their rows; fenced. Returns how
-    /// many rows matched (fewer than given: an NPC handed off meanwhile).
+    /// Writes the current state of NPCs `region` holds into their rows and the region world's
+    /// `tick` (what a restart resumes from) into `region_state`, all taken at one moment, in
+    /// one fenced transaction. Returns how many rows matched (fewer than given: an NPC handed
+    /// off meanwhile); 0, writing nothing, when a newer tick is already stored.
     ///
     /// # Errors
-    /// [`RegionError::Fenced`] (logged), [`RegionError::CommitUnknown`], [`RegionError::Db`].
+    /// [`RegionError::Fenced`] (logged), [`RegionError::CommitUnknown`], [`RegionError::Db`],
+    /// [`RegionError::Invalid`] for a tick or an id that does not fit a bigint.
     pub async fn sync(
         &mut self,
         region: RegionId,
         epoch: Epoch,
+        tick: u64,
         npcs: &[u64],
         position: &[[f32; 3]],
         velocity: &[[f32; 3]],
     ) -> Result<u64, RegionError> {
-        let r = self.sync_tx(region, epoch, npcs, position, velocity).await;
+        let r = self.sync_tx(region, epoch, tick, npcs, position, velocity).await;
         self.logged(r, "sync").await
     }
 
@@ -537,7 +576,9 @@ impl RegionStore {
     /// [`RegionError::Db`], [`RegionError::Invalid`] for ids that don't fit.
     pub async fn seed(&mut self, rows: &[OwnerRow<NpcState>]) -> Result<(), RegionError> {
         let tx = self.client.transaction().await.map_err(db("seed"))?;
-        tx.batch_execute("TRUNCATE npc_owners, region_leases, region_fence_log").await.map_err(db("seed"))?;
+        tx.batch_execute("TRUNCATE npc_owners, region_leases, region_fence_log, region_state")
+            .await
+            .map_err(db("seed"))?;
         for chunk in rows.chunks(50_000) {
             let ids = chunk.iter().map(|r| npc_i64(r.npc)).collect::<Result<Vec<_>, _>>()?;
             let regions = chunk.iter().map(|r| region_i32(r.region)).collect::<Result<Vec<_>, _>>()?;

@@ -10,9 +10,11 @@
 //!   with its latest position (latest wins). Due when *more than* `max_items` NPCs wait (the
 //!   batch is full and a new NPC would not fit: NPCs already waiting add no row when they move
 //!   again), or when the oldest change is `max_age_ms` old; due by size at most once per
-//!   `min_interval_ms` (simulated) after the previous position flush. So 100 NPCs walking with
-//!   the default 100 rows / 500 ms flush by age, twice a second; a million by size, every
-//!   tick with the default `min_interval_ms` 0, every 4th tick at 20 Hz with 200.
+//!   `min_interval_ms` (simulated) after the previous position flush in a world of at least
+//!   `min_interval_npcs` NPCs, except the first position flush after a tick that applied
+//!   commands (a spawned or teleported NPC is stored where it was put). So 100 NPCs walking
+//!   with the default 100 rows / 500 ms flush by age, twice a second; 150 by size every tick;
+//!   a million (over the default 100 000) every 4th tick at 20 Hz with the default 200 ms.
 //! - **Registry**: an `NpcRecord` for each NPC spawned since the last position flush (found in
 //!   the same pass), and for each NPC whose role, status, swarm, health or inventory changed
 //!   (looked for at most once per positions `max_age_ms`, so a big world does not scan five
@@ -276,6 +278,9 @@ struct PositionBatcher {
     first_pending_tick: Option<u64>,
     /// Simulated tick of the last position flush (`positions.min_interval_ms` counts from it).
     last_flush_tick: Option<u64>,
+    /// Commands were applied since the last position flush: the next one is not held back by
+    /// `positions.min_interval_ms` (what a command changed is stored as it was ordered).
+    commanded: bool,
     /// NPC moves counted since the last flush (one per NPC per tick it moved).
     moves_since_flush: u64,
     /// `NpcIndex::added_total` at the last position flush: unchanged means no spawn to find.
@@ -306,6 +311,7 @@ struct Env<'w> {
     pool: Res<'w, ParPool>,
     index: Res<'w, NpcIndex>,
     sink: Res<'w, Sink>,
+    log: Res<'w, TickLog>,
 }
 
 /// The batchers `cut_batch` drains.
@@ -357,7 +363,7 @@ fn cut_batch(
     mut state: ResMut<PositionBatcher>,
     mut b: Batchers,
 ) {
-    let Env { clock, config, pool, index, sink } = env;
+    let Env { clock, config, pool, index, sink, log } = env;
     let cfg = &config.batching;
     let tick = clock.tick;
     let aged =
@@ -385,12 +391,16 @@ fn cut_batch(
     // Positions are cut only when the sink can take them: a position batch waiting in the
     // write-behind would be overwritten by the next one, so copying it would be wasted.
     let p_ready = p_pending && (force || sink.0.wants_positions());
-    // Due by size at most once per `min_interval_ms` since the last position flush (simulated
-    // time: with a sink that always takes them, the cut ticks still depend only on seed and
-    // inputs); due by age whatever the interval.
-    let spaced = state
-        .last_flush_tick
-        .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.min_interval_ms));
+    // Due by size at most once per `min_interval_ms` since the last position flush in a big
+    // world, unless commands changed something since (simulated time, population and commands:
+    // with a sink that always takes them, the cut ticks still depend only on seed and inputs);
+    // due by age whatever the interval.
+    state.commanded |= log.commands_applied > 0;
+    let spaced = state.commanded
+        || index.len() < cfg.positions.min_interval_npcs
+        || state
+            .last_flush_tick
+            .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.min_interval_ms));
     let p_due =
         p_ready && ((count.capped && spaced) || aged(state.first_pending_tick, cfg.positions.max_age_ms));
     let m_size = b.metrics.pending() > cfg.metrics.max_items;
@@ -443,6 +453,7 @@ fn cut_batch(
         state.first_pending_tick = None;
         state.last_flush = m.now;
         state.last_flush_tick = Some(tick);
+        state.commanded = false;
         state.added_at_flush = index.added_total();
     }
     let (stats, events) = (&mut *b.stats, &mut *b.events);
