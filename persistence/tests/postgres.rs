@@ -397,6 +397,49 @@ async fn an_unreachable_server_is_a_transient_error() {
     );
 }
 
+/// A population written in parts that start and end inside position blocks (as the
+/// write-behind cuts a million positions into calls of `max_call_rows`): the blocks a part
+/// shares with its neighbour are merged, the others replaced, and every NPC ends at its latest
+/// position; a part that is older than what a block holds changes nothing.
+#[tokio::test]
+async fn parts_that_end_inside_a_block_keep_every_npcs_latest_position() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let n = 1000u64;
+    let first = WriteBatch {
+        npcs: (1..=n).map(npc).collect(),
+        positions: (1..=n).map(|id| position(id, 1)).collect(),
+        ..batch(4, 1)
+    };
+    s.store.write(std::slice::from_ref(&first)).await.unwrap();
+    // Part edges at 300 and 700: inside blocks 4 (256..=319) and 10 (640..=703).
+    let parts = [1..=300u64, 301..=700, 701..=n];
+    let mut seq = 1;
+    for tick in 2..=4u64 {
+        for part in &parts {
+            seq += 1;
+            let b = WriteBatch {
+                positions: part.clone().map(|id| position(id, tick)).collect(),
+                ..batch(4, seq)
+            };
+            s.store.write(&[b]).await.unwrap();
+        }
+    }
+    // A late part (tick 3) of the middle ids, after tick 4 was stored: ignored per NPC.
+    seq += 1;
+    let late = WriteBatch { positions: (290..=710).map(|id| position(id, 3)).collect(), ..batch(4, seq) };
+    s.store.write(&[late]).await.unwrap();
+    let stored = s.store.load_npcs().await.unwrap();
+    assert_eq!(stored.len(), n as usize);
+    for r in &stored {
+        let want = position(r.id, 4);
+        assert_eq!((r.x, r.y, r.z), (want.x, want.y, want.z), "npc {}", r.id);
+    }
+    let sql = sql_client(&url, s.store.schema()).await;
+    let blocks: i64 = sql.query_one("SELECT count(*) FROM position_blocks", &[]).await.unwrap().get(0);
+    assert_eq!(blocks, (n / 64 + 1) as i64, "one row per block");
+}
+
 /// The block layout against the memory store: many blocks, partial moves, spawns and removals
 /// across group commits; every NPC's stored state equals the memory store's, by id, by page
 /// and in full, and one NPC's track reads back from its block's history.
