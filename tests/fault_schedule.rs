@@ -239,24 +239,20 @@ fn a_seeded_fault_schedule_loses_nothing_but_a_damaged_frame() {
     let mut child = child;
     std::thread::sleep(Duration::from_secs(4));
     servers.run("kill-pg");
-    std::thread::sleep(Duration::from_secs(3));
+    // Killed once the outbox holds a frame with rows (a fixed 3 s was too short on a loaded
+    // machine: the write-behind had not spilled yet), at most 60 s after the database died.
+    let outbox = dir.path().join("outbox");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while first_frame_with_rows(&std::fs::read(&outbox).unwrap_or_default()).is_none()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     child.kill().expect("the run is killed");
     drop(child.wait());
-    let outbox = dir.path().join("outbox");
     let mut bytes = std::fs::read(&outbox).expect("the outbox kept the batches");
-    // Damage the payload of the first frame that holds rows (frames of batches whose positions
-    // a later batch overwrote may hold none); its header (intact) says how many it held.
-    let (mut at, mut target) = (0usize, None);
-    while at + 48 <= bytes.len() {
-        let len = u64::from_le_bytes(bytes[at + 16..at + 24].try_into().unwrap()) as usize;
-        let rows = u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap());
-        if rows > 0 && at + 48 + len <= bytes.len() {
-            target = Some((at, rows));
-            break;
-        }
-        at += 48 + len;
-    }
-    let (at, rows) = target.expect("a frame with rows in the outbox");
+    let (at, rows) = first_frame_with_rows(&bytes).expect("a frame with rows in the outbox");
+    // Damage that frame's payload; its header (intact) says how many rows it held.
     bytes[at + 48 + 5] ^= 0xa5;
     std::fs::write(&outbox, &bytes).unwrap();
     servers.run("restart-pg");
@@ -272,4 +268,24 @@ fn a_seeded_fault_schedule_loses_nothing_but_a_damaged_frame() {
     assert_eq!(third["outbox_frames_lost"], 1, "{third}");
     assert_eq!(third["store_mismatches"], 0, "{third}");
     assert_eq!(third["store_verified"], true, "{third}");
+}
+
+/// The first whole frame of an outbox file that holds rows (frames of batches whose positions a
+/// later batch overwrote may hold none): its offset and its row count, from its (intact) header.
+fn first_frame_with_rows(bytes: &[u8]) -> Option<(usize, u64)> {
+    let mut at = 0usize;
+    while at + 48 <= bytes.len() {
+        let len = usize::try_from(u64::from_le_bytes(bytes[at + 16..at + 24].try_into().unwrap())).ok()?;
+        let rows = u64::from_le_bytes(bytes[at + 24..at + 32].try_into().unwrap());
+        // A frame being appended while the file is read may be cut anywhere.
+        let end = at.checked_add(48)?.checked_add(len)?;
+        if end > bytes.len() {
+            return None;
+        }
+        if rows > 0 {
+            return Some((at, rows));
+        }
+        at = end;
+    }
+    None
 }
