@@ -101,8 +101,14 @@ struct Summary {
     /// See `movement_tick_ms_p50`.
     movement_tick_ms_p99: f64,
     ticks_per_sec: f64,
+    /// Resident memory at the end, after the drain (with `--verify-store`, before the
+    /// read-back).
     rss_bytes: u64,
+    /// `rss_bytes` ÷ NPCs.
     bytes_per_npc: f64,
+    /// `--verify-store`: resident memory after the read-back (its buffers, the store's read
+    /// caches); null otherwise.
+    rss_after_verify_bytes: Option<u64>,
     world_hash: String,
     wall_s: f64,
     spawn_ms: f64,
@@ -399,15 +405,22 @@ fn run(args: &Args) -> Result<()> {
     let checkpoints = storage.as_ref().map(terrarium::StoragePipeline::checkpoint_stats).unwrap_or_default();
     batching::flush_now(&mut engine);
     let mut check = None;
+    let rss = || memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64);
+    // The process's RSS after the drain; with --verify-store, before the read-back (its
+    // buffers and the store's read caches belong to the check, not to the running world).
+    let mut rss_bytes = 0;
     let written = match storage {
         Some(pipeline) if args.verify_store => {
-            let world: Vec<(u64, [f32; 3])> = engine
-                .world_mut()
-                .query::<(&terrarium::engine::NpcId, &terrarium::engine::Position)>()
-                .iter(engine.world())
-                .map(|(id, p)| (id.0, [p.x, p.y, p.z]))
-                .collect();
-            let (rows, stats, c) = pipeline.verified_after_drain(Duration::from_secs(600), &world)?;
+            let world = || {
+                rss_bytes = rss();
+                engine
+                    .world_mut()
+                    .query::<(&terrarium::engine::NpcId, &terrarium::engine::Position)>()
+                    .iter(engine.world())
+                    .map(|(id, p)| (id.0, [p.x, p.y, p.z]))
+                    .collect()
+            };
+            let (rows, stats, c) = pipeline.verified_after_drain(Duration::from_secs(600), world)?;
             check = Some(c);
             Some((rows, stats))
         }
@@ -430,7 +443,10 @@ fn run(args: &Args) -> Result<()> {
             (set.name(), if timings.ticks == 0 { 0.0 } else { ms(total) / timings.ticks as f64 })
         })
         .collect();
-    let rss_bytes = memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64);
+    let rss_after_verify_bytes = check.is_some().then(rss);
+    if check.is_none() {
+        rss_bytes = rss();
+    }
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1e6;
     let summary = Summary {
         npcs: population - agents,
@@ -449,6 +465,7 @@ fn run(args: &Args) -> Result<()> {
         movement_tick_ms_p99: movement.value_at_quantile(0.99) as f64 / 1e6,
         ticks_per_sec: if loop_time.is_zero() { 0.0 } else { ticks_run as f64 / loop_time.as_secs_f64() },
         rss_bytes,
+        rss_after_verify_bytes,
         bytes_per_npc: if population == 0 { 0.0 } else { rss_bytes as f64 / population as f64 },
         world_hash: format!("{:016x}", engine.world_hash()),
         wall_s: wall.elapsed().as_secs_f64(),

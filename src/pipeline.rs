@@ -411,8 +411,11 @@ impl StoragePipeline {
     }
 
     /// [`StoragePipeline::written_after_drain`], and then every NPC read back from the store
-    /// through the whole stack (caches included, a page at a time) and compared with `world`
-    /// (id and position of every NPC in the world after the last batch was cut).
+    /// through the whole stack (caches included, a page at a time) and compared with what
+    /// `world` returns (id and position of every NPC in the world after the last batch was
+    /// cut). `world` is called after the drain and before the read-back, so a caller can
+    /// measure the process there (`headless` reads its RSS first: the read-back's buffers and
+    /// the store's read caches are the check's, not the running world's).
     ///
     /// # Errors
     /// As [`StoragePipeline::shutdown`], and [`PipelineError::Verify`] when the store could
@@ -420,11 +423,14 @@ impl StoragePipeline {
     pub fn verified_after_drain(
         self,
         timeout: Duration,
-        world: &[(u64, [f32; 3])],
+        world: impl FnOnce() -> Vec<(u64, [f32; 3])>,
     ) -> Result<(WrittenRows, WriteBehindStats, StoreCheck), PipelineError> {
         let handle = self.handle.clone();
-        let (report, (rows, check)) =
-            self.stop(timeout, |stack| (written_by(stack), handle.block_on(read_back(stack, world))))?;
+        let (report, (rows, check)) = self.stop(timeout, |stack| {
+            let rows = written_by(stack);
+            let world = world();
+            (rows, handle.block_on(read_back(stack, &world)))
+        })?;
         Ok((rows, report.stats, check?))
     }
 

@@ -545,3 +545,21 @@ async fn batches_that_cover_the_same_npcs_still_coalesce_into_one_call_under_the
     assert_eq!(s.inner().last_position(N).unwrap().x, 20.0);
     wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
 }
+
+/// The position buffers the worker hands back are kept for the batcher while it runs (no page
+/// faults refilling a million positions every cut) and freed at shutdown: nothing refills them
+/// then, and at a million NPCs they are tens of MB of the process's memory.
+#[tokio::test(start_paused = true)]
+async fn spare_position_buffers_are_reused_while_running_and_freed_at_shutdown() {
+    let s = store();
+    let wb = start(&s, config(3));
+    let sink = wb.handle();
+    sink.submit(handoff(batch(1, 0..5_000, 1.0), true)).unwrap();
+    wb.flush_async(Duration::from_secs(60)).await.unwrap();
+    let kept = sink.reuse_columns().expect("the written batch's columns were kept for reuse");
+    assert!(kept.ids.capacity() >= 5_000, "the capacity is kept");
+    sink.submit(handoff(batch(2, 0..5_000, 2.0), true)).unwrap();
+    wb.flush_async(Duration::from_secs(60)).await.unwrap();
+    wb.shutdown_async(Duration::from_secs(1)).await.unwrap();
+    assert!(sink.reuse_columns().is_none(), "spare buffers outlived the shutdown");
+}
