@@ -473,3 +473,51 @@ fn batching_that_waits_for_the_store_leaves_the_world_hash_alone() {
     };
     assert_eq!(run(true), run(false));
 }
+
+/// In a world whose position cuts are spaced (big worlds), the registry scan runs on a tick
+/// without a position cut, so the two passes over the NPCs never add up in one tick (at a
+/// million NPCs that tick was the p99); a state change still reaches the sink within twice
+/// the age limit.
+#[test]
+fn in_a_spaced_world_the_registry_scan_never_shares_a_tick_with_a_position_cut() {
+    let mut cfg = config();
+    cfg.batching.positions.min_interval_ms = 200;
+    cfg.batching.positions.min_interval_npcs = 0;
+    cfg.batching.positions.max_age_ms = 500;
+    let sink = Arc::new(RecordingSink::new(1));
+    let mut engine = engine_with(cfg, sink.clone());
+    let plain = |i: u32| {
+        NpcSpec::new(Role::Scout, Position::new(i as f32 * 5.0, 1.0, 500.0))
+            .moving(Velocity::new(0.0, 0.0, 1.0))
+    };
+    let ids: Vec<NpcId> = engine.spawn_batch((0..150).map(plain)).collect();
+    engine.run_ticks(3);
+    let mut changes = Vec::new();
+    for (n, at) in [(7usize, 3u64), (8, 12), (9, 21)] {
+        engine.run_ticks(at - engine.clock().tick);
+        let e = engine.entity(ids[n]).unwrap();
+        *engine.world_mut().get_mut::<Status>(e).unwrap() = Status::Depositing;
+        changes.push((ids[n], at));
+    }
+    engine.run_ticks(40);
+    let handoffs = sink.handoffs();
+    let has_positions =
+        |h: &terrarium_persistence::Handoff| !h.positions.ids.is_empty() || !h.batch.positions.is_empty();
+    let cuts = handoffs.iter().filter(|h| has_positions(h)).count();
+    assert!(cuts >= 14, "positions are still cut every 4th tick: {cuts} cuts in 61 ticks");
+    // After the spawn's batch, registry rows never travel with positions.
+    for h in handoffs.iter().skip(1) {
+        assert!(
+            h.batch.npcs.is_empty() || !has_positions(h),
+            "tick {}: a state scan in a position cut",
+            h.batch.tick
+        );
+    }
+    for (id, at) in changes {
+        let arrived = handoffs
+            .iter()
+            .find(|h| h.batch.tick > at && h.batch.npcs.iter().any(|r| r.id == id.0))
+            .unwrap_or_else(|| panic!("npc {id:?}'s status change never reached the sink"));
+        assert!(arrived.batch.tick - at <= 20, "changed at {at}, stored at {}", arrived.batch.tick);
+    }
+}

@@ -420,7 +420,17 @@ fn cut_batch(
     // Without a cut, the registry scan only runs when no position flush is coming to carry it.
     let positions = cut && p_ready;
     let spawns = positions && index.added_total() != state.added_at_flush;
-    let want = Want { positions, spawns, state: state_due && (cut || !p_ready) };
+    // The registry scan rides along with a cut (one pass over the NPCs), or runs alone when no
+    // position flush is coming to carry it. In a world whose position cuts are spaced (big
+    // worlds), it runs on a tick without a position cut instead, so the two passes never add
+    // up in one tick (at a million NPCs that tick was the p99); once it is twice overdue (a
+    // cut every tick: commands every tick) it rides along again.
+    let spaced_world = cfg.positions.min_interval_ms > 0 && index.len() >= cfg.positions.min_interval_npcs;
+    let overdue = state
+        .last_state_tick
+        .is_none_or(|t| tick.saturating_sub(t) >= 2 * clock.ticks_in_ms(cfg.positions.max_age_ms));
+    let scan = if spaced_world && !force && !overdue { !positions } else { cut || !p_ready };
+    let want = Want { positions, spawns, state: state_due && scan };
     let mut columns = PositionColumns::default();
     let mut collected = positions::Collected::default();
     if want.positions || want.state {
