@@ -98,7 +98,7 @@ impl PgStore {
         let events = self.insert_events(&tx, &fresh).await?;
         let (upserts, removals) = self.apply_registry_changes(&tx, &fresh).await?;
         let t_registry = t0.elapsed();
-        let moves = self.apply_current_positions(&tx, &fresh, &history).await?;
+        let moves = self.joined_by_key(&tx, self.apply_current_positions(&tx, &fresh, &history)).await?;
         drop(history);
         let t_current = t0.elapsed();
         self.raise_high_water(&tx, &fresh).await?;
@@ -628,34 +628,33 @@ impl PgStore {
         .map_err(|e| self.pg_error(e))
     }
 
+    /// Runs `statements` with hash and merge joins off, so staged blocks are joined to
+    /// `position_blocks` by its primary key, block by block: the planner (no statistics on a
+    /// stage, a stale count of the blocks) otherwise hashes the whole table on (block, ids) and
+    /// spills to disk, which took twice the time of the update itself at a million NPCs (31 of
+    /// 68 ms a call).
+    async fn joined_by_key<T>(
+        &self,
+        tx: &Transaction<'_>,
+        statements: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let err = |e| self.pg_error(e);
+        tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            .await
+            .map_err(err)?;
+        let out = statements.await?;
+        tx.batch_execute("RESET enable_hashjoin; RESET enable_mergejoin").await.map_err(err)?;
+        Ok(out)
+    }
+
     /// Brings `position_blocks` up to date. First the blocks whose only history row of the call
     /// holds the same NPCs as stored, at a tick no older (the steady state: every block but
     /// the one or two where a part of a population starts or ends), straight from the history
     /// stage. For the rest, each NPC's latest position of the call (removed NPCs taken out),
     /// one staged row per block, then one statement for the blocks whose NPCs are the same as
     /// stored (replace the arrays), one for new blocks and one that merges the others element
-    /// by element. Returns the positions written.
+    /// by element. Returns the positions written. Runs inside [`Self::joined_by_key`].
     async fn apply_current_positions(
-        &self,
-        tx: &Transaction<'_>,
-        fresh: &[&WriteBatch],
-        history: &[BlockRows],
-    ) -> Result<u64, StorageError> {
-        let err = |e| self.pg_error(e);
-        // Staged blocks are joined to `position_blocks` by its primary key, block by block: the
-        // planner (no statistics on a stage, a stale count of the blocks) otherwise hashes the
-        // whole table on (block, ids) and spills to disk, which took twice the time of the
-        // update itself at a million NPCs (31 of 68 ms a call).
-        tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-            .await
-            .map_err(err)?;
-        let written = self.update_current_positions(tx, fresh, history).await?;
-        tx.batch_execute("RESET enable_hashjoin; RESET enable_mergejoin").await.map_err(err)?;
-        Ok(written)
-    }
-
-    /// [`Self::apply_current_positions`] with the join settings in place.
-    async fn update_current_positions(
         &self,
         tx: &Transaction<'_>,
         fresh: &[&WriteBatch],
