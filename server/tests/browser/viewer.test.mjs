@@ -84,6 +84,11 @@ async function main() {
   await until(`NPC ${who} drawn as a ${role}`, async () => (await page.evaluate((id) => window.viewer.colourOf(id), who)) === want, 5000);
   await page.unroute("**/api/world/npcs*");
   log(`colours from frames: NPC ${who} ${was} -> ${want} (${role}) in ${Date.now() - recoloured} ms, ${blocked} polls of /api/world/npcs blocked meanwhile`);
+  // The frames come from the world; the API's record from storage, which trails it by a batch
+  // (the registry is scanned every 500 ms of simulated time). The NPC clicked below is often
+  // this one: wait until its new role is stored, or the page may fetch the old record and the
+  // API the new one (seen once under load, 3 December).
+  await until(`NPC ${who}'s new role stored`, async () => (await getJson(server.base, "/api/npcs/" + who)).role === role, 10000, 200);
 
   // --- they move between two frames ----------------------------------------------------------
   const sample = () => page.evaluate(() => {
