@@ -742,3 +742,32 @@ async fn reads_that_hang_cannot_take_the_writers_connections() {
     }
     assert_eq!(store.applied_seq(1).await.unwrap(), Some(2));
 }
+
+/// The connection that wrote or read a checkpoint is closed, not handed back to the pool: it
+/// would keep buffers the size of the checkpoint (about 100 MB at a million NPCs) for as long
+/// as it lives. The checkpoint still round-trips.
+#[tokio::test]
+async fn a_connection_that_moved_a_checkpoint_is_not_kept() {
+    let Some(url) = service_url(PG) else { return };
+    let s = PgSchema::new(&url).await;
+    let store = &s.store;
+    store.write(&[batch(3, 1)]).await.unwrap();
+    let pooled = |m: terrarium_persistence::PoolMetrics| m.idle + m.active;
+    let before = pooled(store.pool_metrics());
+    assert!(store.pool_metrics().idle >= 1, "a write left its connection in the pool");
+    let cp = terrarium_persistence::Checkpoint {
+        run: 3,
+        seq: 1,
+        tick: 9,
+        clean: true,
+        bytes: (0..4u32 << 20).map(|i| i as u8).collect(),
+    };
+    store.save_checkpoint(&cp, 2).await.unwrap();
+    assert_eq!(pooled(store.pool_metrics()), before - 1, "the checkpoint's connection was pooled");
+    store.write(&[batch(3, 2)]).await.unwrap();
+    let now = pooled(store.pool_metrics());
+    let read = store.latest_checkpoint().await.unwrap().expect("stored");
+    assert_eq!((read.tick, read.bytes.len()), (9, cp.bytes.len()));
+    assert!(read.bytes == cp.bytes, "the bytes round-trip");
+    assert_eq!(pooled(store.pool_metrics()), now - 1, "the reader's connection was pooled");
+}

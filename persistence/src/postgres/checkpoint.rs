@@ -6,6 +6,8 @@ use std::pin::pin;
 use futures_util::TryStreamExt;
 
 use super::read::npc_from_row;
+use deadpool_postgres::Object;
+
 use super::{BACKEND, PgStore, bits, to_i64, unbits};
 use crate::{Checkpoint, ResumePoint, StorageError};
 
@@ -15,8 +17,21 @@ impl PgStore {
     /// # Errors
     /// When the server can't be reached or refuses the row.
     pub async fn save_checkpoint(&self, cp: &Checkpoint, keep: u32) -> Result<(), StorageError> {
-        let err = |e| self.pg_error(e);
         let mut client = self.client().await?;
+        let stored = self.insert_checkpoint(&mut client, cp, keep).await;
+        // A checkpoint is the biggest message a connection sends (about 100 MB at a million
+        // NPCs); the connection would keep buffers that size for as long as it lives.
+        super::discard(client);
+        stored
+    }
+
+    async fn insert_checkpoint(
+        &self,
+        client: &mut Object,
+        cp: &Checkpoint,
+        keep: u32,
+    ) -> Result<(), StorageError> {
+        let err = |e| self.pg_error(e);
         let tx = client.transaction().await.map_err(err)?;
         let size = i64::try_from(cp.bytes.len()).unwrap_or(i64::MAX);
         tx.execute(
@@ -56,7 +71,10 @@ impl PgStore {
                 &[],
             )
             .await
-            .map_err(|e| self.pg_error(e))?;
+            .map_err(|e| self.pg_error(e));
+        // The row was read into the connection's buffer whole (see `save_checkpoint`).
+        super::discard(client);
+        let row = row?;
         let Some(r) = row else { return Ok(None) };
         let (id, run, seq, tick, sum, size): (i64, i64, i64, i64, i64, i64) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));

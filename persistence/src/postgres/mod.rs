@@ -379,6 +379,15 @@ impl Storage for PgStore {
 /// or schema): an outage, not a bad batch. They are transient, so the breaker opens and the
 /// write-behind keeps the batches (memory, then outbox) and retries with backoff, instead of
 /// giving each batch up after a few tries (issue 13, defect 4).
+/// Closes `client` instead of handing it back to the pool. A connection keeps buffers the size
+/// of the largest message it sent or received (tokio-postgres's encoding buffer and its
+/// codec's) for as long as it lives: after a checkpoint of a million NPCs, up to 200 MB per
+/// pooled connection, for good (heaptrack; BENCHMARKS.md, "Eighth pass"). The next call opens
+/// a new one.
+fn discard(client: Object) {
+    drop(Object::take(client));
+}
+
 fn is_outage(code: &str) -> bool {
     code.starts_with("28") // invalid authorization (28000), invalid password (28P01)
         || matches!(
