@@ -101,8 +101,8 @@ struct Summary {
     /// See `movement_tick_ms_p50`.
     movement_tick_ms_p99: f64,
     ticks_per_sec: f64,
-    /// Resident memory at the end, after the drain (with `--verify-store`, before the
-    /// read-back).
+    /// Resident memory at the end, after the drain: once the storage stack has stopped, or
+    /// with `--verify-store` while it is still open, before the read-back.
     rss_bytes: u64,
     /// `rss_bytes` ÷ NPCs.
     bytes_per_npc: f64,

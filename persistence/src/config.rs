@@ -172,9 +172,9 @@ pub struct EmbeddedConfig {
     pub path: std::path::PathBuf,
     /// How long a statement waits for another process's lock, milliseconds, 0 ..= 600 000.
     pub busy_timeout_ms: u64,
-    /// Page cache per connection, MiB, 1 ..= 16 384. The default (16) holds the pages a call
-    /// rewrites at a million NPCs; 64 used 54 MB more resident memory at 1M for no lower lag
-    /// (BENCHMARKS.md, "Eighth pass").
+    /// Page cache per connection, MiB, 1 ..= 16 384. With the default (16) a million NPCs
+    /// stored with the same lag as with 64, in 54 MB less resident memory (BENCHMARKS.md,
+    /// "Eighth pass").
     pub cache_mib: u64,
 }
 
