@@ -96,6 +96,8 @@ impl Checkpointer {
         let (tx, rx) = mpsc::sync_channel::<Job>(0);
         let c = Arc::clone(&counters);
         let thread = std::thread::Builder::new().name("terrarium-checkpoint".into()).spawn(move || {
+            // Encoding a checkpoint is storage work: it never preempts the tick.
+            terrarium_persistence::os::mark_background_thread();
             while let Ok(job) = rx.recv() {
                 if let Err(e) = write(&stack, &runtime, job, keep, &c, BATCH_WAIT) {
                     c.failed.fetch_add(1, Ordering::Relaxed);

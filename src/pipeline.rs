@@ -141,6 +141,10 @@ impl StoragePipeline {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("terrarium-storage")
+            // Storage work never preempts the tick (see `mark_background_thread`).
+            .on_thread_start(|| {
+                terrarium_persistence::os::mark_background_thread();
+            })
             .enable_all()
             .build()
             .map_err(PipelineError::Runtime)?;
@@ -571,5 +575,50 @@ fn written_by(stack: &StorageStack) -> WrittenRows {
         }
         #[allow(unreachable_patterns, reason = "Backend is non_exhaustive")]
         _ => WrittenRows::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scheduling policy (`SCHED_*`) of each thread of this process whose name starts with
+    /// `prefix`, from `/proc` (Linux).
+    fn policies(prefix: &str) -> Vec<(String, u32)> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the name: the 3rd field of `stat` first; `policy` is the 41st.
+            let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            let policy = after.split_whitespace().nth(41 - 3).and_then(|p| p.parse().ok());
+            if let (true, Some(policy)) = (comm.starts_with(prefix), policy) {
+                found.push((comm.trim().to_string(), policy));
+            }
+        }
+        found
+    }
+
+    /// Storage work never preempts the tick: every thread the pipeline starts for it (the
+    /// runtime's, SQLite's, the checkpoint writer's) runs as `SCHED_BATCH`, and the tick's own
+    /// threads do not.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_pipelines_threads_are_background_work_and_the_callers_are_not() {
+        const SCHED_BATCH: u32 = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.storage.backend = terrarium_persistence::BackendKind::Embedded;
+        cfg.storage.embedded.path = dir.path().join("world.db");
+        let pipeline = StoragePipeline::start(&cfg).unwrap();
+        let blocking = pipeline.runtime().spawn_blocking(terrarium_persistence::os::is_background_thread);
+        assert!(pipeline.runtime().block_on(blocking).unwrap(), "the runtime's blocking threads");
+        for prefix in ["terrarium-stora", "terrarium-sqlit", "terrarium-check"] {
+            let threads = policies(prefix);
+            assert!(!threads.is_empty(), "no thread named {prefix}*");
+            assert!(threads.iter().all(|&(_, p)| p == SCHED_BATCH), "{threads:?}");
+        }
+        assert!(!terrarium_persistence::os::is_background_thread(), "the caller's thread is left alone");
+        pipeline.shutdown(Duration::from_secs(10)).unwrap();
     }
 }

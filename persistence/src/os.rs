@@ -1,5 +1,6 @@
 //! What the storage asks of the operating system directly: giving memory the allocator keeps
-//! back to the system (glibc only; elsewhere it does nothing and says so).
+//! back to the system (glibc only), and marking its threads as background work (Linux only);
+//! elsewhere these do nothing and say so.
 
 /// Gives the memory that glibc's allocator keeps after big frees back to the system
 /// (`malloc_trim(0)`). glibc keeps the top of its heaps and the pages inside free chunks, so
@@ -56,5 +57,68 @@ pub fn map_big_blocks() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Marks the calling thread as background work for the scheduler (Linux `SCHED_BATCH`): it
+/// keeps its fair share of the CPU (same weight, same nice value), but waking it never
+/// preempts the thread that woke it. Call it first thing on every thread of a runtime that
+/// runs storage work (`on_thread_start`); [`crate::StorageStack`]'s own runtime in the facade's
+/// `StoragePipeline::start` does.
+///
+/// Why: on 2 cores at 1M NPCs, handing a batch to the write-behind woke a storage thread that
+/// took the tick's CPU on the spot, converting and writing the previous million positions, and
+/// the tick's `Flush` stage, a lock and a notify, waited 1.5–6 ms for it (p99 6.2 ms; BENCHMARKS.md,
+/// issue 14, "Ninth pass"). Marked, the storage thread runs when the tick sleeps or at the
+/// end of the tick thread's time slice; it is never starved (unlike `SCHED_IDLE`, which a busy
+/// game server could starve until the write-behind spilled).
+///
+/// Returns whether the thread is now marked; always false outside Linux.
+pub fn mark_background_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid `sched_param` that outlives the call; pid 0 is the calling
+        // thread; the call reads nothing else and changes only this thread's policy.
+        #[expect(unsafe_code, reason = "a libc call with no Rust-level invariants to uphold (see SAFETY)")]
+        let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+        done == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Whether the calling thread is marked by [`mark_background_thread`]; always false outside
+/// Linux.
+#[must_use]
+pub fn is_background_thread() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: no pointer; pid 0 is the calling thread.
+        #[expect(unsafe_code, reason = "a libc call with no Rust-level invariants to uphold (see SAFETY)")]
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        policy == libc::SCHED_BATCH
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_marked_thread_is_background_work_and_others_are_not() {
+        let marked = std::thread::spawn(|| (super::mark_background_thread(), super::is_background_thread()))
+            .join()
+            .unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(marked, (true, true));
+            assert!(!super::is_background_thread(), "only the thread that asked is marked");
+        } else {
+            assert_eq!(marked, (false, false));
+        }
     }
 }

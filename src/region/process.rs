@@ -237,6 +237,9 @@ impl RegionProcess {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("terrarium-region")
+            .on_thread_start(|| {
+                terrarium_persistence::os::mark_background_thread();
+            })
             .enable_all()
             .build()
             .map_err(RegionRunError::Runtime)?;

@@ -170,6 +170,8 @@ impl Lane {
     fn start(name: &str, mut conn: Connection) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            // SQLite's work is storage work: it never preempts the tick.
+            crate::os::mark_background_thread();
             while let Ok(job) = rx.recv() {
                 job(&mut conn);
             }

@@ -323,6 +323,9 @@ impl<S: Storage> WriteBehind<S> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("terrarium-write-behind")
+            .on_thread_start(|| {
+                crate::os::mark_background_thread();
+            })
             .enable_time()
             .build()
             .map_err(WriteBehindError::Runtime)?;
