@@ -21,6 +21,13 @@ pub struct EngineConfig {
     pub tick_hz: u32,
     /// Worker threads for parallel systems (rayon); 0 means one per CPU core; at most 1024.
     pub threads: usize,
+    /// Pin each worker thread to a CPU of its own (off by default). On a machine the world has
+    /// to itself, with as many workers as CPUs, it keeps the kernel from queueing two workers
+    /// on one CPU while the other idles: measured on 2 cores at 1M NPCs, the median tick went
+    /// from 4.5–5 ms to 2.8 ms and a position cut's copy from 2–4.5 ms to 2.0–2.5 ms
+    /// (BENCHMARKS.md, "Ninth pass"). Leave it off when other busy processes, or other engines
+    /// of this process, share those CPUs: a pinned worker cannot move away from a busy one.
+    pub pin_threads: bool,
     /// World bounds.
     pub world: WorldConfig,
     /// Plain NPC behaviour.
@@ -39,6 +46,7 @@ impl Default for EngineConfig {
             seed: 0,
             tick_hz: 20,
             threads: 0,
+            pin_threads: false,
             world: WorldConfig::default(),
             npc: NpcConfig::default(),
             commands: CommandConfig::default(),

@@ -50,7 +50,8 @@ impl EngineBuilder {
     pub fn build(self) -> Result<Engine, EngineError> {
         self.config.validate()?;
         let threads = self.config.effective_threads();
-        let pool = ParPool::new(threads).map_err(|source| EngineError::ThreadPool { threads, source })?;
+        let pool = ParPool::with_pinning(threads, self.config.pin_threads)
+            .map_err(|source| EngineError::ThreadPool { threads, source })?;
         let mut engine = Engine::new(self.config, pool);
         for plugin in &self.plugins {
             plugin.build(&mut engine);

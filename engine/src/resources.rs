@@ -194,9 +194,38 @@ impl ParPool {
     /// # Errors
     /// rayon's error when the threads can't be started.
     pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        Self::with_pinning(threads, false)
+    }
+
+    /// [`ParPool::new`], with each worker pinned to a CPU of its own when `pin` is set: worker
+    /// `i` to the `i`-th CPU this thread may run on (round robin when there are more workers
+    /// than CPUs). See [`crate::EngineConfig::pin_threads`] for when that helps. A worker that
+    /// can't be pinned (the platform can't, or the CPU was taken away) runs unpinned and says
+    /// so in a warning.
+    ///
+    /// # Errors
+    /// rayon's error when the threads can't be started.
+    pub fn with_pinning(threads: usize, pin: bool) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let cpus = if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        if pin && cpus.is_empty() {
+            tracing::warn!(
+                "pin_threads: this platform does not say which CPUs may be used; workers run unpinned"
+            );
+        }
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("terrarium-par-{i}"))
+            .start_handler(move |i| {
+                if let Some(&cpu) = cpus.get(i % cpus.len().max(1))
+                    && !core_affinity::set_for_current(cpu)
+                {
+                    tracing::warn!(
+                        worker = i,
+                        cpu = cpu.id,
+                        "pin_threads: cannot pin the worker; it runs unpinned"
+                    );
+                }
+            })
             .build()
             .map(|pool| Self(Arc::new(pool)))
     }
@@ -231,6 +260,30 @@ pub struct TickLog {
 #[cfg(test)]
 mod tests {
     use crate::{Engine, EngineConfig, NpcSpec, Position, Role, TickLog};
+
+    /// The CPUs each worker of `pool` may run on.
+    fn worker_cpus(pool: &super::ParPool) -> Vec<Vec<usize>> {
+        pool.0.broadcast(|_| core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect())
+    }
+
+    #[test]
+    fn pinned_workers_each_run_on_one_cpu_of_their_own_and_unpinned_ones_anywhere() {
+        let allowed: Vec<usize> =
+            core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
+        if allowed.is_empty() {
+            return; // this platform cannot say (nor pin)
+        }
+        let threads = allowed.len().min(4);
+        let config = EngineConfig { threads, pin_threads: true, ..EngineConfig::default() };
+        let engine = Engine::builder(config).build().unwrap();
+        let pinned = worker_cpus(engine.world().resource::<super::ParPool>());
+        assert_eq!(pinned.len(), threads);
+        for (i, cpus) in pinned.iter().enumerate() {
+            assert_eq!(cpus, &[allowed[i]], "worker {i} runs on the {i}-th allowed CPU only");
+        }
+        let free = worker_cpus(&super::ParPool::new(threads).unwrap());
+        assert!(free.iter().all(|cpus| cpus == &allowed), "unpinned workers may run on every allowed CPU");
+    }
 
     #[test]
     fn despawns_between_ticks_are_in_the_next_ticks_log_and_additions_are_counted() {

@@ -21,6 +21,10 @@ pub struct WorldFlags {
     /// Worker threads of parallel systems (0 = one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Pin each worker thread to a CPU of its own (`engine.pin_threads`): for a machine the
+    /// world has to itself, with `--threads` at most its core count.
+    #[arg(long = "pin-threads")]
+    pub pin_threads: bool,
     /// Ticks per simulated second (a game server, or `--realtime`, also ticks at this rate in
     /// wall-clock time).
     #[arg(long = "tick-hz")]
@@ -54,6 +58,9 @@ impl WorldFlags {
                     "--threads is above the machine's core count: the extra threads only share cores"
                 );
             }
+        }
+        if self.pin_threads {
+            cfg.engine.pin_threads = true;
         }
         if let Some(hz) = self.tick_hz {
             cfg.engine.tick_hz = hz;
