@@ -8,6 +8,7 @@ pub mod movement;
 pub mod par;
 pub mod pathfinding;
 pub mod steering;
+mod stream;
 pub mod wander;
 
 pub use error::MapError;

@@ -257,8 +257,8 @@ impl Job<'_> {
             p.moved_now = u64::from(moved_now);
             if pending as usize == n {
                 // Every NPC of the chunk moved (the common case when many walk): two block copies.
-                out_ids.copy_from_slice(bytemuck::cast_slice(self.ids));
-                out_xyz.copy_from_slice(xyz);
+                crate::stream::copy(out_ids, bytemuck::cast_slice(self.ids));
+                crate::stream::copy(out_xyz, xyz);
                 p.rows = n;
             } else {
                 for ((id, pos), t) in self.ids.iter().zip(xyz).zip(self.moved) {
@@ -290,6 +290,7 @@ impl Job<'_> {
                 }
             }
         }
+        crate::stream::fence();
         p
     }
 
