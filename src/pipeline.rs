@@ -608,12 +608,15 @@ mod tests {
         const SCHED_BATCH: u32 = 3;
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
-        cfg.storage.backend = terrarium_persistence::BackendKind::Embedded;
-        cfg.storage.embedded.path = dir.path().join("world.db");
+        if cfg!(feature = "file-store") {
+            cfg.storage.backend = terrarium_persistence::BackendKind::Embedded;
+            cfg.storage.embedded.path = dir.path().join("world.db");
+        }
         let pipeline = StoragePipeline::start(&cfg).unwrap();
         let blocking = pipeline.runtime().spawn_blocking(terrarium_persistence::os::is_background_thread);
         assert!(pipeline.runtime().block_on(blocking).unwrap(), "the runtime's blocking threads");
-        for prefix in ["terrarium-stora", "terrarium-sqlit", "terrarium-check"] {
+        let sqlite: &[&str] = if cfg!(feature = "file-store") { &["terrarium-sqlit"] } else { &[] };
+        for &prefix in ["terrarium-stora", "terrarium-check"].iter().chain(sqlite) {
             let threads = policies(prefix);
             assert!(!threads.is_empty(), "no thread named {prefix}*");
             assert!(threads.iter().all(|&(_, p)| p == SCHED_BATCH), "{threads:?}");

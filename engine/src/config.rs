@@ -23,10 +23,11 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Pin each worker thread to a CPU of its own (off by default). On a machine the world has
     /// to itself, with as many workers as CPUs, it keeps the kernel from queueing two workers
-    /// on one CPU while the other idles: measured on 2 cores at 1M NPCs, the median tick went
-    /// from 4.5–5 ms to 2.8 ms and a position cut's copy from 2–4.5 ms to 2.0–2.5 ms
-    /// (BENCHMARKS.md, "Ninth pass"). Leave it off when other busy processes, or other engines
-    /// of this process, share those CPUs: a pinned worker cannot move away from a busy one.
+    /// on one CPU while the other idles: measured on 2 cores at 1M NPCs (memory store, quiet),
+    /// the median tick went from 3.8–4.2 ms to 2.1–2.3 ms and a position cut's copy from
+    /// 2.1–4.5 ms to 1.9–2.2 ms (BENCHMARKS.md, "Ninth pass"). Leave it off when other busy
+    /// processes (a database on the same cores), or other engines of this process, share those
+    /// CPUs: a pinned worker cannot move away from a busy one.
     pub pin_threads: bool,
     /// World bounds.
     pub world: WorldConfig,
