@@ -154,7 +154,10 @@ impl StoragePipeline {
     }
 
     /// As [`StoragePipeline::start`], on the host's runtime (which must have I/O and time
-    /// enabled). Call it from outside that runtime's threads (it blocks until connected).
+    /// enabled). Call it from outside that runtime's threads (it blocks until connected). The
+    /// write-behind then runs on the host's threads, which keep the scheduling the host gave
+    /// them: pass [`terrarium_persistence::os::mark_background_thread`] to the runtime's
+    /// `on_thread_start` for what `start` does to its own.
     ///
     /// # Errors
     /// As [`StoragePipeline::start`].

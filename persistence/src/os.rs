@@ -63,8 +63,10 @@ pub fn map_big_blocks() -> bool {
 /// Marks the calling thread as background work for the scheduler (Linux `SCHED_BATCH`): it
 /// keeps its fair share of the CPU (same weight, same nice value), but waking it never
 /// preempts the thread that woke it. Call it first thing on every thread of a runtime that
-/// runs storage work (`on_thread_start`); [`crate::StorageStack`]'s own runtime in the facade's
-/// `StoragePipeline::start` does.
+/// runs storage work (`on_thread_start`). The runtimes `WriteBehind::start` and the facade's
+/// `StoragePipeline::start` build do, and so do SQLite's threads and the checkpoint writer; a
+/// host that runs the pipeline on its own runtime (`StoragePipeline::start_on`, as the game
+/// server does on its HTTP runtime) decides for that runtime's threads.
 ///
 /// Why: on 2 cores at 1M NPCs, handing a batch to the write-behind woke a storage thread that
 /// took the tick's CPU on the spot, converting and writing the previous million positions, and

@@ -74,12 +74,15 @@ mod tests {
     #[test]
     fn copies_every_byte_whatever_the_alignment_and_length() {
         let src: Vec<u64> = (0..10_000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-        for start in 0..4 {
+        // Source and destination offsets of 0..4 words: every alignment a 32-byte store can
+        // meet in a buffer of `u64`s.
+        for (start, at) in (0..4).flat_map(|s| (0..4).map(move |d| (s, d))) {
             for len in [0, 1, 3, 4, 5, 31, 32, 33, 1000, 9_990] {
-                let mut dst = vec![0u64; len];
-                super::copy(&mut dst, &src[start..start + len]);
+                let mut buf = vec![0u64; len + 4];
+                let dst = &mut buf[at..at + len];
+                super::copy(dst, &src[start..start + len]);
                 super::fence();
-                assert_eq!(dst, src[start..start + len]);
+                assert_eq!(dst, &src[start..start + len]);
             }
         }
         let xyz: Vec<[f32; 3]> = (0..777).map(|i| [i as f32, 1.0, -(i as f32)]).collect();

@@ -374,11 +374,6 @@ impl Storage for PgStore {
     }
 }
 
-/// SQLSTATEs that every call gets alike until someone fixes the server or its settings (a
-/// credential rotation, a failover to a read-only standby, revoked rights, a dropped database
-/// or schema): an outage, not a bad batch. They are transient, so the breaker opens and the
-/// write-behind keeps the batches (memory, then outbox) and retries with backoff, instead of
-/// giving each batch up after a few tries (issue 13, defect 4).
 /// Closes `client` instead of handing it back to the pool. A connection keeps buffers the size
 /// of the largest message it sent or received (tokio-postgres's encoding buffer and its
 /// codec's) for as long as it lives: after a checkpoint of a million NPCs, up to 200 MB per
@@ -388,6 +383,11 @@ fn discard(client: Object) {
     drop(Object::take(client));
 }
 
+/// SQLSTATEs that every call gets alike until someone fixes the server or its settings (a
+/// credential rotation, a failover to a read-only standby, revoked rights, a dropped database
+/// or schema): an outage, not a bad batch. They are transient, so the breaker opens and the
+/// write-behind keeps the batches (memory, then outbox) and retries with backoff, instead of
+/// giving each batch up after a few tries (issue 13, defect 4).
 fn is_outage(code: &str) -> bool {
     code.starts_with("28") // invalid authorization (28000), invalid password (28P01)
         || matches!(
