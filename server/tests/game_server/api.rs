@@ -38,22 +38,28 @@ async fn every_endpoint_answers_and_only_health_goes_without_the_key() {
     let (status, body) = t.get("/api/npcs/999999").await;
     assert_eq!((status, body["status"].as_u64()), (StatusCode::NOT_FOUND, Some(404)));
 
-    // POST /api/npcs spawns; the NPC is readable once its batch is written.
+    // POST /api/npcs spawns; the NPC is readable once its batch is written, where it was put.
+    let since = t.get("/api/performance").await.1["tick"].as_u64().unwrap();
     let (status, body) =
         t.post("/api/npcs", &json!({"role": "trader", "position": [100.5, 0, 20.25], "swarm": 3})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["id"].as_u64().unwrap();
     assert!(id > 200, "ids continue after the population: {id}");
-    let npc = t.get_until(&format!("/api/npcs/{id}"), |s, _| s == StatusCode::OK).await;
+    let npc = stored_where_put(&t, id, [100.5, 20.25], since).await;
     assert_eq!((npc["role"].as_str(), npc["swarm"].as_u64()), (Some("trader"), Some(3)));
-    assert_eq!((npc["x"].as_f64(), npc["z"].as_f64()), (Some(100.5), Some(20.25)));
 
-    // POST /api/npcs/{id}/orders: applied at the next tick, visible once written.
+    // POST /api/npcs/{id}/orders: applied at the next tick (in the order sent), visible once
+    // written. Out of its swarm and stopped first, it stays where it is teleported, so the
+    // store ends up with exactly that however far behind the write-behind is.
+    for order in [json!({"order": "join_swarm", "swarm": 0}), json!({"order": "stop"})] {
+        let (status, body) = t.post(&format!("/api/npcs/{id}/orders"), &order).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
     let (status, _) =
         t.post(&format!("/api/npcs/{id}/orders"), &json!({"order": "teleport", "position": [7, 0, 9]})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     t.get_until(&format!("/api/npcs/{id}"), |_, b| {
-        b["x"].as_f64() == Some(7.0) && b["z"].as_f64() == Some(9.0)
+        b["x"].as_f64() == Some(7.0) && b["z"].as_f64() == Some(9.0) && b["swarm"] == 0
     })
     .await;
     let (status, _) =
@@ -93,6 +99,28 @@ async fn every_endpoint_answers_and_only_health_goes_without_the_key() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST, "a plain GET is not an upgrade");
 
     t.server.shutdown().await.unwrap();
+}
+
+/// NPC `id`'s stored record, once it shows the NPC put at `at` (`[x, z]`) by a command sent
+/// after tick `since`: a record of a later tick, no farther from `at` than the NPC could walk
+/// since then. The store holds an NPC's latest position: the first position flush after the
+/// command carries where it was put (`systems/tests/batching.rs` pins that tick), unless the
+/// write-behind is still busy with the previous one (a loaded machine) and the NPC walks on
+/// meanwhile.
+async fn stored_where_put(t: &TestServer, id: u64, at: [f64; 2], since: u64) -> Value {
+    let cfg = test_config();
+    // The fastest anything walks in this world: wanderers (swarms walk at 1.4 blocks/s).
+    let pace = f64::from(cfg.engine.npc.wander_speed).max(1.4);
+    let hz = f64::from(cfg.engine.tick_hz);
+    t.get_until(&format!("/api/npcs/{id}"), |s, b| {
+        let (Some(x), Some(z), Some(tick)) = (b["x"].as_f64(), b["z"].as_f64(), b["updated_tick"].as_u64())
+        else {
+            return false;
+        };
+        let walked = pace * tick.saturating_sub(since) as f64 / hz;
+        s == StatusCode::OK && tick > since && (x - at[0]).hypot(z - at[1]) <= walked + 1e-3
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
