@@ -28,8 +28,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use terrarium::engine::ParPool;
-use terrarium::engine::rng::{StreamRng, hash3};
-use terrarium::systems::steering::{Boid, Flock, FlockParams, Space};
+use terrarium::systems::steering::{Boid, Flock, FlockParams, Space, benchmark_order};
 
 mod common;
 
@@ -143,13 +142,13 @@ fn run(args: &Args) -> Result<()> {
             .build()
             .context("cannot start worker threads")?,
     ));
-    let start = start_state(args.boids, args.extent, args.seed);
+    let start = Boid::scattered(args.boids, args.extent, args.seed);
     let mut times = Vec::new();
     let mut result: Option<Flock> = None;
     for _ in 0..args.repeat.max(1) {
         let mut flock = Flock::new(params, space).context("flocking parameters")?;
         flock.load(start.iter().copied());
-        let mut order = StreamRng::new(hash3(args.seed, 0, 0x004F_5244_4552)); // "ORDER"
+        let mut order = benchmark_order(args.seed);
         let t = Instant::now();
         for _ in 0..args.steps {
             match args.mode {
@@ -203,25 +202,4 @@ fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
-}
-
-/// Positions uniform in the square and headings uniform on the unit circle (rejection-sampled
-/// from the disc, no trigonometry), each boid from its own stream of `seed`.
-fn start_state(boids: u32, extent: f64, seed: u64) -> Vec<Boid> {
-    (0..u64::from(boids))
-        .map(|i| {
-            let mut r = StreamRng::new(hash3(seed, i, 0x424F_4944)); // "BOID"
-            let mut unit = || (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let position = [extent * unit(), extent * unit()];
-            let velocity = loop {
-                let (x, y) = (2.0 * unit() - 1.0, 2.0 * unit() - 1.0);
-                let n2 = x * x + y * y;
-                if n2 > 1e-6 && n2 <= 1.0 {
-                    let n = n2.sqrt();
-                    break [x / n, y / n];
-                }
-            };
-            Boid { position, velocity }
-        })
-        .collect()
 }

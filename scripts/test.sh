@@ -68,10 +68,10 @@ cargo check --locked --workspace --quiet
 # The sequential build (`parallel` off, and no file store) is a build of its own: run the tests
 # of the crates where those features change code (codec, engine, systems, persistence, and the
 # facade's unit tests), so it is held to the same pinned world hash
-# (systems/tests/pinned_world.rs) and flocking checksums (tests/examples.rs, the one example test
-# run here) as the parallel build. Tests that drive the examples and the game server end to end
-# run in the all-features build below: without `parallel` they take the same code paths through
-# `systems::par`, and building every example a second time in this configuration was minutes of
+# (systems/tests/pinned_world.rs) and flocking checksums (systems/tests/flocking_parity.rs) as
+# the parallel build. Tests that drive the examples and the game server end to end run in the
+# all-features build below: without `parallel` they take the same code paths through
+# `systems::par`, and building the examples a second time in this configuration was minutes of
 # a 2-core CI run. The server and the benches are only compiled here (a cfg slip in them fails
 # this step). Doc tests and benches are left to the default build. The service suites
 # (postgres, redis, faults) need features that are off here, so they compile to nothing.
@@ -79,7 +79,7 @@ step "tests without default features (sequential)"
 cargo check --locked --no-default-features -p terrarium-server -p terrarium-benches --quiet
 cargo nextest run --locked --no-default-features --lib --tests --no-fail-fast \
   -p terrarium-codec -p terrarium-engine -p terrarium-systems -p terrarium-persistence -p terrarium \
-  -E '(not package(terrarium)) | kind(lib) | binary(system_order) | binary(architecture) | (binary(examples) & test(flocking_reproduces))' \
+  -E '(not package(terrarium)) | kind(lib) | binary(system_order) | binary(architecture)' \
   --status-level fail --final-status-level slow
 
 step "doc tests"

@@ -42,8 +42,8 @@ fn flocking_prints_the_json_contract_and_parallel_mode_ignores_the_thread_count(
 }
 
 /// The checksums `BENCHMARKS.md` publishes ("seed 42, any machine, any thread count for
-/// `parallel`"), pinned: built with or without the `parallel` feature (`scripts/test.sh` runs
-/// this file both ways), the example must reproduce them.
+/// `parallel`"), pinned: the example must reproduce them. (The library's test,
+/// `systems/tests/flocking_parity.rs`, checks them with and without the `parallel` feature.)
 #[test]
 fn flocking_reproduces_the_checksums_benchmarks_md_publishes() {
     // The 100k case runs once, on 2 threads: the thread count is checked above.

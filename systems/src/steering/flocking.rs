@@ -121,6 +121,40 @@ pub struct Boid {
     pub velocity: [f64; 2],
 }
 
+impl Boid {
+    /// The Flocking benchmark's start (`examples/flocking.rs`): `boids` boids at uniformly
+    /// random positions in the `extent` square, each with a uniformly random unit heading. Boid
+    /// `i` draws from a stream of its own (`seed`, `i`), so a boid's start does not depend on
+    /// how many there are.
+    #[must_use]
+    pub fn scattered(boids: u32, extent: f64, seed: u64) -> Vec<Boid> {
+        (0..u64::from(boids))
+            .map(|i| {
+                let mut r = StreamRng::new(hash3(seed, i, 0x424F_4944)); // "BOID"
+                let mut unit = || (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let position = [extent * unit(), extent * unit()];
+                // Rejection sampling in the unit disc: a uniform direction.
+                let velocity = loop {
+                    let (x, y) = (2.0 * unit() - 1.0, 2.0 * unit() - 1.0);
+                    let n2 = x * x + y * y;
+                    if n2 > 1e-6 && n2 <= 1.0 {
+                        let n = n2.sqrt();
+                        break [x / n, y / n];
+                    }
+                };
+                Boid { position, velocity }
+            })
+            .collect()
+    }
+}
+
+/// The stream [`Flock::step_faithful`] draws its update orders from in the Flocking benchmark
+/// (`examples/flocking.rs`) with `seed`.
+#[must_use]
+pub fn benchmark_order(seed: u64) -> StreamRng {
+    StreamRng::new(hash3(seed, 0, 0x004F_5244_4552)) // "ORDER"
+}
+
 /// Boids per parallel chunk: small enough to balance two to sixteen threads over a clustered
 /// flock, big enough to amortise scheduling. Chunks are cut by grid slot, never by thread.
 const CHUNK: usize = 1024;

@@ -9,7 +9,7 @@ mod grid;
 mod kernel;
 mod swarms;
 
-pub use flocking::{Boid, Flock, FlockParams, Neighbourhood, rule};
+pub use flocking::{Boid, Flock, FlockParams, Neighbourhood, benchmark_order, rule};
 pub use grid::{FAR, Grid, PAD, Run, Space};
 pub use swarms::{Flocking, register};
 
