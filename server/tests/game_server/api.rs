@@ -10,9 +10,9 @@ use terrarium::engine::NpcId;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_and_only_health_goes_without_the_key() {
-    // The position interval on, as in a world of 100k NPCs or more (`min_interval_npcs`), so the
-    // promise below (a spawned or teleported NPC is stored where it was put) is checked where
-    // it is at risk: commands must not wait for the next spaced flush.
+    // The position interval on, as in a world of 100k NPCs or more (`min_interval_npcs`): what
+    // commands change reaches the store with it on too (the tick a command's change is cut at is
+    // pinned in systems/tests/batching.rs, against a sink that is always ready).
     let t = start(200, |c| c.engine.batching.positions.min_interval_npcs = 0).await;
 
     // /health needs no key; everything else does, and says so in JSON.

@@ -12,7 +12,9 @@
 //!   again), or when the oldest change is `max_age_ms` old; due by size at most once per
 //!   `min_interval_ms` (simulated) after the previous position flush in a world of at least
 //!   `min_interval_npcs` NPCs, except the first position flush after a tick that applied
-//!   commands (a spawned or teleported NPC is stored where it was put). So 100 NPCs walking
+//!   commands (a spawned or teleported NPC is stored where it was put, when the sink can take
+//!   that flush: while it is still busy with the previous one, the cut waits, see below, and an
+//!   NPC that walks on meanwhile is stored where it is then). So 100 NPCs walking
 //!   with the default 100 rows / 500 ms flush by age, twice a second; 150 by size every tick;
 //!   a million (over the default 100 000) every 4th tick at 20 Hz with the default 200 ms.
 //! - **Registry**: an `NpcRecord` for each NPC spawned since the last position flush (found in
