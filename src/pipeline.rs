@@ -603,8 +603,8 @@ mod tests {
     }
 
     /// Storage work never preempts the tick: every thread the pipeline starts for it (the
-    /// runtime's, SQLite's, the checkpoint writer's) runs as `SCHED_BATCH`, and the tick's own
-    /// threads do not.
+    /// runtime's, and with the embedded store SQLite's and the checkpoint writer's) runs as
+    /// `SCHED_BATCH`, and the tick's own threads do not.
     #[test]
     #[cfg(target_os = "linux")]
     fn the_pipelines_threads_are_background_work_and_the_callers_are_not() {
@@ -618,8 +618,11 @@ mod tests {
         let pipeline = StoragePipeline::start(&cfg).unwrap();
         let blocking = pipeline.runtime().spawn_blocking(terrarium_persistence::os::is_background_thread);
         assert!(pipeline.runtime().block_on(blocking).unwrap(), "the runtime's blocking threads");
-        let sqlite: &[&str] = if cfg!(feature = "file-store") { &["terrarium-sqlit"] } else { &[] };
-        for &prefix in ["terrarium-stora", "terrarium-check"].iter().chain(sqlite) {
+        // A durable store adds SQLite's threads and the checkpoint writer (the memory store of a
+        // build without one checkpoints nothing).
+        let durable: &[&str] =
+            if cfg!(feature = "file-store") { &["terrarium-sqlit", "terrarium-check"] } else { &[] };
+        for &prefix in ["terrarium-stora"].iter().chain(durable) {
             let threads = policies(prefix);
             assert!(!threads.is_empty(), "no thread named {prefix}*");
             assert!(threads.iter().all(|&(_, p)| p == SCHED_BATCH), "{threads:?}");
