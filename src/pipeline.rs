@@ -603,8 +603,8 @@ mod tests {
     }
 
     /// Storage work never preempts the tick: every thread the pipeline starts for it (the
-    /// runtime's, and with the embedded store SQLite's and the checkpoint writer's) runs as
-    /// `SCHED_BATCH`, and the tick's own threads do not.
+    /// runtime's, SQLite's, the checkpoint writer's) runs as `SCHED_BATCH`, and the tick's own
+    /// threads do not.
     #[test]
     #[cfg(target_os = "linux")]
     fn the_pipelines_threads_are_background_work_and_the_callers_are_not() {
@@ -618,14 +618,22 @@ mod tests {
         let pipeline = StoragePipeline::start(&cfg).unwrap();
         let blocking = pipeline.runtime().spawn_blocking(terrarium_persistence::os::is_background_thread);
         assert!(pipeline.runtime().block_on(blocking).unwrap(), "the runtime's blocking threads");
-        // A durable store adds SQLite's threads and the checkpoint writer (the memory store of a
-        // build without one checkpoints nothing).
-        let durable: &[&str] =
-            if cfg!(feature = "file-store") { &["terrarium-sqlit", "terrarium-check"] } else { &[] };
-        for &prefix in ["terrarium-stora"].iter().chain(durable) {
-            let threads = policies(prefix);
-            assert!(!threads.is_empty(), "no thread named {prefix}*");
-            assert!(threads.iter().all(|&(_, p)| p == SCHED_BATCH), "{threads:?}");
+        let sqlite: &[&str] = if cfg!(feature = "file-store") { &["terrarium-sqlit"] } else { &[] };
+        // A thread names itself and sets its policy as it starts, which may be after `start`
+        // returns (the checkpoint writer is spawned last): wait for both, up to a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for &prefix in ["terrarium-stora", "terrarium-check"].iter().chain(sqlite) {
+            loop {
+                let threads = policies(prefix);
+                if !threads.is_empty() && threads.iter().all(|&(_, p)| p == SCHED_BATCH) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{prefix}*: {threads:?}, want SCHED_BATCH ({SCHED_BATCH})"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         assert!(!terrarium_persistence::os::is_background_thread(), "the caller's thread is left alone");
         pipeline.shutdown(Duration::from_secs(10)).unwrap();
