@@ -67,7 +67,7 @@ cargo check --locked --workspace --quiet
 
 # The sequential build (`parallel` off, and no file store) is a build of its own: run the tests
 # of the crates where those features change code (codec, engine, systems, persistence, and the
-# facade's unit tests), so it is held to the same pinned world hash
+# facade's unit tests and its architecture and system-order checks), so it is held to the same pinned world hash
 # (systems/tests/pinned_world.rs) and flocking checksums (systems/tests/flocking_parity.rs) as
 # the parallel build. Tests that drive the examples and the game server end to end run in the
 # all-features build below: without `parallel` they take the same code paths through

@@ -109,8 +109,9 @@ async fn every_endpoint_answers_and_only_health_goes_without_the_key() {
 /// meanwhile.
 async fn stored_where_put(t: &TestServer, id: u64, at: [f64; 2], since: u64) -> Value {
     let cfg = test_config();
-    // The fastest anything walks in this world: wanderers (swarms walk at 1.4 blocks/s).
-    let pace = f64::from(cfg.engine.npc.wander_speed).max(1.4);
+    // The fastest anything walks in this world: wanderers or swarms.
+    let swarm_pace = terrarium::systems::steering::Flocking::default().params().speed;
+    let pace = f64::from(cfg.engine.npc.wander_speed).max(swarm_pace);
     let hz = f64::from(cfg.engine.tick_hz);
     t.get_until(&format!("/api/npcs/{id}"), |s, b| {
         let (Some(x), Some(z), Some(tick)) = (b["x"].as_f64(), b["z"].as_f64(), b["updated_tick"].as_u64())
