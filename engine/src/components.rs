@@ -84,6 +84,7 @@ impl Velocity {
 
 /// What an NPC does for a living. `Other(n)` is free for game-specific roles.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[component(summary_tick)]
 pub enum Role {
     /// Mines ore and brings it to a depot.
     Miner,
@@ -162,6 +163,7 @@ impl std::str::FromStr for Role {
     Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
 #[repr(u8)]
+#[component(summary_tick)]
 pub enum Status {
     /// Standing around, waiting for something to do.
     #[default]
@@ -219,6 +221,7 @@ impl std::str::FromStr for Status {
 
 /// Hit points. `current` never exceeds `max`.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[component(summary_tick)]
 pub struct Health {
     /// Hit points left.
     pub current: u16,
@@ -236,6 +239,7 @@ impl Default for Health {
 #[derive(
     Component, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[component(summary_tick)]
 pub struct Swarm(pub u32);
 
 impl Swarm {
@@ -258,6 +262,7 @@ pub struct ItemStack {
 
 /// A fixed number of stacks; nothing on the heap, so an inventory costs 16 bytes.
 #[derive(Component, Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[component(summary_tick)]
 pub struct Inventory {
     /// The slots; an empty slot has kind 0 and count 0.
     pub stacks: [ItemStack; Inventory::SLOTS],

@@ -89,6 +89,8 @@ pub struct NpcIndex {
     sparse: FxHashMap<u64, Entity>,
     len: usize,
     inserted: u64,
+    /// Wrapping sum of [`NpcIndex::fingerprint`] over the live ids.
+    fingerprints: u64,
 }
 
 impl NpcIndex {
@@ -116,6 +118,27 @@ impl NpcIndex {
         self.len == 0
     }
 
+    /// Wrapping sum of [`NpcIndex::fingerprint`] over the live ids: a set of ids read
+    /// elsewhere (a table walked over several ticks) with the same count and sum is, barring a
+    /// 64-bit collision, the same set.
+    #[must_use]
+    pub fn fingerprint_sum(&self) -> u64 {
+        self.fingerprints
+    }
+
+    /// An id's fingerprint: a 64-bit mix (made of 32×32-bit products, which SIMD units have),
+    /// so that sums over different sets of ids differ.
+    #[must_use]
+    #[inline(always)]
+    pub fn fingerprint(id: u64) -> u64 {
+        let id = id ^ 0x9e37_79b9_7f4a_7c15;
+        let (lo, hi) = (id & 0xffff_ffff, id >> 32);
+        let t = (lo * 0x9e37_79b9) ^ (hi * 0x85eb_ca77).rotate_left(32);
+        let t = t ^ (t >> 29);
+        let u = ((t & 0xffff_ffff) * 0xc2b2_ae3d) ^ ((t >> 32) * 0x27d4_eb2f).rotate_left(32);
+        u ^ (u >> 32)
+    }
+
     /// NPCs ever added (spawned or restored), counting up: when it has not changed, no NPC
     /// appeared (so a system can skip looking for new ones).
     #[must_use]
@@ -136,6 +159,7 @@ impl NpcIndex {
         };
         if old.is_none() {
             self.len += 1;
+            self.fingerprints = self.fingerprints.wrapping_add(Self::fingerprint(id.0));
         }
         self.inserted += 1;
         old
@@ -150,6 +174,7 @@ impl NpcIndex {
             let old = self.sparse.insert(id.0, e);
             if old.is_none() {
                 self.len += 1;
+                self.fingerprints = self.fingerprints.wrapping_add(Self::fingerprint(id.0));
             }
             self.inserted += 1;
             return old;
@@ -170,6 +195,7 @@ impl NpcIndex {
         };
         if old.is_some() {
             self.len -= 1;
+            self.fingerprints = self.fingerprints.wrapping_sub(Self::fingerprint(id.0));
         }
         old
     }
@@ -264,6 +290,29 @@ mod tests {
     /// The CPUs each worker of `pool` may run on.
     fn worker_cpus(pool: &super::ParPool) -> Vec<Vec<usize>> {
         pool.0.broadcast(|_| core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect())
+    }
+
+    /// The index's fingerprint sum is the sum over the live ids, through spawns, despawns, far
+    /// ids (the sparse map) and an id given a new entity; sets that differ by a swapped pair
+    /// or by one id have different sums.
+    #[test]
+    fn the_id_fingerprint_sum_follows_the_live_ids() {
+        use bevy_ecs::entity::Entity;
+        let mut index = super::NpcIndex::default();
+        let e = Entity::PLACEHOLDER;
+        let sum =
+            |ids: &[u64]| ids.iter().fold(0u64, |a, &i| a.wrapping_add(super::NpcIndex::fingerprint(i)));
+        for id in [1, 2, 3, 1 << 40, (1 << 32) + 1] {
+            index.insert(crate::NpcId(id), e);
+        }
+        index.insert(crate::NpcId(2), e);
+        index.remove(crate::NpcId(3));
+        index.remove(crate::NpcId(99));
+        assert_eq!(index.fingerprint_sum(), sum(&[1, 2, 1 << 40, (1 << 32) + 1]));
+        assert_ne!(sum(&[1, 2]), sum(&[0, 3]));
+        assert_ne!(sum(&[1, 1]), sum(&[1, 2]));
+        assert_ne!(sum(&[1]), sum(&[(1 << 32) + 1]));
+        assert_ne!(super::NpcIndex::fingerprint(0), 0);
     }
 
     #[test]

@@ -69,7 +69,13 @@ fn integrate_velocity(
             .enumerate()
             .map(|(index, ((((((p, pt), v), vt), s), st), w))| Chunk { index, p, pt, v, vt, s, st, w, now })
             .collect();
-        par::for_each(&pool, chunks, |c| k.run(c));
+        let statuses_changed = par::map(&pool, chunks, |c| k.run(c)).contains(&true);
+        if statuses_changed {
+            // The kernel writes change ticks by hand, which leaves the column's summary tick
+            // (what tells the batcher a registry scan would find something) alone: touch it
+            // through an empty slice, which marks no row.
+            status_ticks.reborrow().slice(0..0).mark_all_as_changed();
+        }
     }
 }
 
@@ -97,12 +103,14 @@ struct Kernel {
 
 impl Kernel {
     /// Integrates the chunk, then applies due wander turns (on this chunk's tick) while its
-    /// velocities are still in cache; a new heading takes effect from the next tick.
-    fn run(&self, c: Chunk<'_>) {
+    /// velocities are still in cache; a new heading takes effect from the next tick. Returns
+    /// whether a status changed.
+    fn run(&self, c: Chunk<'_>) -> bool {
         let Chunk { index, p, pt, v, vt, s, st, w, now } = c;
         let n = p.len();
         let (pt, v, vt, s, st) = (&mut pt[..n], &mut v[..n], &mut vt[..n], &mut s[..n], &mut st[..n]);
         self.integrate(p, pt, v, vt, now);
+        let mut changed = false;
         if let Some(w) = w
             && (self.tick + index as u64).is_multiple_of(WANDER_STRIDE)
         {
@@ -114,10 +122,12 @@ impl Kernel {
                     if s[i] != want {
                         s[i] = want;
                         st[i] = now;
+                        changed = true;
                     }
                 }
             }
         }
+        changed
     }
 
     /// `p += v · dt` for the chunk, four NPCs (twelve floats, three SIMD vectors) at a time, with

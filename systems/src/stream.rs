@@ -39,9 +39,35 @@ pub(crate) fn fence() {
     }
 }
 
+/// The wrapping sum of [`NpcIndex::fingerprint`](terrarium_engine::NpcIndex::fingerprint) over
+/// `ids`, four at a time where the CPU has AVX2.
+pub(crate) fn fingerprint_sum(ids: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked above).
+        #[expect(unsafe_code, reason = "a function compiled for AVX2 (see SAFETY)")]
+        unsafe {
+            return x86::fingerprint_sum_avx2(ids);
+        }
+    }
+    fingerprint_fold(ids)
+}
+
+#[inline(always)]
+fn fingerprint_fold(ids: &[u64]) -> u64 {
+    ids.iter().fold(0u64, |a, &id| a.wrapping_add(terrarium_engine::NpcIndex::fingerprint(id)))
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+
+    /// [`super::fingerprint_sum`] compiled for AVX2 (the compiler vectorises the fold); call
+    /// it only where the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn fingerprint_sum_avx2(ids: &[u64]) -> u64 {
+        super::fingerprint_fold(ids)
+    }
 
     /// Copies with 32-byte streaming stores; the unaligned head and the tail with plain ones.
     ///

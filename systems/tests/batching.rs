@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use terrarium_engine::{
-    Command, Engine, EngineConfig, NpcId, NpcSpec, Order, Position, Role, Status, Velocity,
+    Command, Engine, EngineConfig, NpcId, NpcSpec, Order, Position, Role, Status, Velocity, Wander,
 };
 use terrarium_persistence::testing::{FaultyStore, RecordingSink};
 use terrarium_persistence::{MemoryStore, Storage, WriteBatch, WriteBehind, WriteBehindConfig};
@@ -519,5 +519,141 @@ fn in_a_spaced_world_the_registry_scan_never_shares_a_tick_with_a_position_cut()
             .find(|h| h.batch.tick > at && h.batch.npcs.iter().any(|r| r.id == id.0))
             .unwrap_or_else(|| panic!("npc {id:?}'s status change never reached the sink"));
         assert!(arrived.batch.tick - at <= 20, "changed at {at}, stored at {}", arrived.batch.tick);
+    }
+}
+
+/// A world of `n` plain NPCs walking +z at 1 block/s from z = 500 (no wander turns), with position cuts spaced
+/// and spread over 200 ms (4 ticks at 20 Hz) from any size on.
+fn spread_world(n: u32) -> (Engine, Arc<RecordingSink>, Vec<NpcId>) {
+    let mut cfg = config();
+    cfg.batching.positions.min_interval_ms = 200;
+    cfg.batching.positions.min_interval_npcs = 0;
+    cfg.batching.positions.spread_ms = 200;
+    let sink = Arc::new(RecordingSink::new(1));
+    let mut engine = engine_with(cfg, sink.clone());
+    let plain = |i: u32| {
+        NpcSpec::new(Role::Scout, Position::new((i % 1000) as f32, 1.0, 500.0))
+            .moving(Velocity::new(0.0, 0.0, 1.0))
+    };
+    let ids: Vec<NpcId> = engine.spawn_batch((0..n).map(plain)).collect();
+    // No wander turns: they walk straight on.
+    let world = engine.world_mut();
+    for mut w in world.query::<&mut Wander>().iter_mut(world) {
+        w.next_turn = Wander::NEVER;
+    }
+    (engine, sink, ids)
+}
+
+/// The tick a walker of [`spread_world`] was read at, from how far it walked.
+fn read_at(z: f32) -> u64 {
+    let t = (z - 500.0) / 0.05;
+    assert!((t - t.round()).abs() < 0.05, "z {z} is not on a tick");
+    t.round() as u64
+}
+
+/// In a big world a position cut is read a slice of chunks per tick: the batch carries the tick
+/// it began, every NPC once, and each chunk as it was on its slice's tick (one tick later per
+/// slice, in table order), so no tick copies the whole population. Cuts follow one another
+/// every `min_interval_ms` from their starts.
+#[test]
+fn a_big_worlds_position_cut_is_read_a_slice_per_tick() {
+    // 70 000 NPCs: five chunks of 16 384, four slices (the last one has two chunks).
+    let (mut engine, sink, ids) = spread_world(70_000);
+    engine.run_ticks(21);
+    let cuts: Vec<_> = sink.handoffs().into_iter().filter(|h| !h.positions.ids.is_empty()).collect();
+    let starts: Vec<u64> = cuts.iter().map(|h| h.batch.tick).collect();
+    assert_eq!(starts, [1, 5, 9, 13, 17], "a cut every 4 ticks, handed over when its 4th slice is read");
+    assert_eq!(stats(&engine).spread_cuts, 6, "the sixth began at tick 21");
+    assert_eq!(stats(&engine).spreads_redone, 0);
+    let mut sorted = ids.iter().map(|id| id.0).collect::<Vec<_>>();
+    sorted.sort_unstable();
+    for h in &cuts {
+        let s = h.batch.tick;
+        assert_eq!(h.positions.tick, s);
+        assert!(h.covers_all_positions);
+        let mut got = h.positions.ids.clone();
+        got.sort_unstable();
+        assert_eq!(got, sorted, "tick {s}: every NPC exactly once");
+        let slice_of = |row: usize| match row / 16_384 {
+            0 => 0,
+            1 => 1,
+            2 => 2,
+            _ => 3,
+        };
+        for (row, xyz) in h.positions.xyz.iter().enumerate() {
+            assert_eq!(read_at(xyz[2]), s + slice_of(row), "tick {s}: row {row} read on its slice's tick");
+        }
+    }
+    // The spawns travel with the first cut, found slice by slice.
+    assert_eq!(cuts[0].batch.npcs.len(), ids.len());
+    assert!(cuts[1..].iter().all(|h| h.batch.npcs.is_empty()));
+}
+
+#[derive(bevy_ecs::component::Component)]
+struct Tag;
+
+/// A spread cut checks that it read every NPC exactly once: when rows changed places under it
+/// with every table keeping its length (an NPC leaving a table for another while one comes
+/// back), the id count and fingerprints tell, and the cut is redone in one pass on its last
+/// tick: nothing is missed, nothing is written twice.
+#[test]
+fn a_spread_cut_that_rows_moved_under_is_redone_in_one_pass() {
+    let (mut engine, sink, ids) = spread_world(70_000);
+    // A second table of one tagged NPC, made before the cut begins.
+    let (first, tagged) = (ids[0], ids[69_999]);
+    let tag = |engine: &mut Engine, id: NpcId, on: bool| {
+        let e = engine.entity(id).unwrap();
+        let mut e = engine.world_mut().entity_mut(e);
+        if on {
+            e.insert(Tag);
+        } else {
+            e.remove::<Tag>();
+        }
+    };
+    tag(&mut engine, tagged, true);
+    engine.run_ticks(5);
+    assert_eq!(stats(&engine).spread_cuts, 2, "the second cut began at tick 5");
+    // The tagged NPC goes back to the big table's end; the first NPC (row 0, read at tick 5)
+    // leaves it, so the tagged one takes row 0: it would be missed, the first read twice.
+    tag(&mut engine, tagged, false);
+    tag(&mut engine, first, true);
+    engine.run_ticks(3);
+    let s = stats(&engine);
+    assert_eq!((s.spread_cuts, s.spreads_redone), (2, 1));
+    let h = sink.handoffs().pop().unwrap();
+    assert_eq!(h.batch.tick, 8, "redone on the tick it would have ended");
+    let mut got = h.positions.ids.clone();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len(), ids.len(), "every NPC once");
+    for id in [first, tagged] {
+        let row = h.positions.ids.iter().position(|&i| i == id.0).unwrap();
+        assert_eq!(read_at(h.positions.xyz[row][2]), 8, "{id:?} as it is on the redo's tick");
+    }
+}
+
+/// The registry scan is skipped while no state column changed (the columns' summary ticks say
+/// so); a change made by a kernel that writes change ticks by hand (the movement pass sets
+/// `Status` when a wander turn stops an NPC) still counts, and reaches the sink.
+#[test]
+fn status_changes_written_by_the_movement_kernel_reach_the_sink() {
+    let mut cfg = config();
+    cfg.npc.turn_min_s = 0.1;
+    cfg.npc.turn_max_s = 0.2;
+    let sink = Arc::new(RecordingSink::new(1));
+    let mut engine = engine_with(cfg, sink.clone());
+    let ids: Vec<NpcId> = terrarium_systems::wander::spawn_wanderers(&mut engine, 50).collect();
+    engine.run_ticks(20);
+    assert!(sink.batches().iter().flat_map(|b| &b.npcs).all(|r| r.status.as_str() == "moving"));
+    // From now on every wander turn stops the NPC: the kernel sets it idle.
+    engine.world_mut().resource_mut::<EngineConfig>().npc.wander_speed = 0.0;
+    engine.run_ticks(40);
+    assert!(batching::flush_now(&mut engine));
+    for id in ids {
+        let e = engine.entity(id).unwrap();
+        assert_eq!(engine.world().get::<Status>(e), Some(&Status::Idle), "{id:?} stopped");
+        let last =
+            sink.batches().iter().flat_map(|b| b.npcs.clone()).filter(|r| r.id == id.0).last().unwrap();
+        assert_eq!(last.status.as_str(), "idle", "{id:?}'s stop reached the sink");
     }
 }

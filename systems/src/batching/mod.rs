@@ -20,7 +20,12 @@
 //! - **Registry**: an `NpcRecord` for each NPC spawned since the last position flush (found in
 //!   the same pass), and for each NPC whose role, status, swarm, health or inventory changed
 //!   (looked for at most once per positions `max_age_ms`, so a big world does not scan five
-//!   columns every tick); removals from `TickLog::despawned`.
+//!   columns every tick, and not at all while no table's state columns changed: those five
+//!   components keep bevy summary ticks, one per table, and the batcher reads them every tick);
+//!   removals from `TickLog::despawned`. Code that writes their change ticks by hand (the
+//!   movement pass does, for `Status`) must touch the summary tick too
+//!   (`mark_all_as_changed` on an empty slice of the column's ticks), or the change is not
+//!   looked for.
 //! - **Metrics** ([`Metrics`]): one row per (entity, metric) per flush. Due at more than
 //!   `max_items` rows or `max_age_ms` after the first sample.
 //! - **Events** ([`DomainEvents`] → [`EventBatcher`]): due at more than `max_items` or
@@ -44,6 +49,27 @@
 //! is, not only on seed and inputs (with a sink that always says yes, like
 //! `testing::RecordingSink`, it still depends only on them). The world never depends on
 //! batching, so `world_hash` is unaffected.
+//!
+//! # Big worlds cut over several ticks
+//! At a million NPCs a position cut copies about as many bytes as the movement pass touches,
+//! so the tick that cuts costs nearly twice the others. In a world of at least
+//! `positions.min_interval_npcs` NPCs, a cut due by size or age is therefore read a slice of
+//! chunks per tick over `positions.spread_ms` (default 400 ms: 8 ticks at 20 Hz; at least one
+//! chunk of 16 384 NPCs per slice, at most 16 slices). Each chunk's rows are its NPCs as they
+//! are on its slice's tick (pending: changed since the previous cut's start). The batch carries
+//! the tick the cut *began* (so the storage lag never claims more than the store holds), is
+//! handed over after the last slice, and the next cut is due `min_interval_ms` after this one
+//! began. Nothing else is cut meanwhile: metrics and events wait for that batch.
+//!
+//! A slice names rows by table slot, so a spread cut is only right if every NPC stays in its
+//! slot until it ends. It is dropped, and the cut done in one pass on that tick instead, when
+//! the tick applied commands (what a command changed is stored as it was ordered), when it is
+//! forced ([`flush_now`], checkpoints), when an NPC was spawned or despawned, when a table's
+//! length changed, and at its end when the ids it read are not exactly the index's: their
+//! count and the wrapping sum of a 64-bit mix of each id ([`NpcIndex::fingerprint`]) must both
+//! match, which rows swapped between tables with every length intact (an NPC given a component
+//! while another lost one) cannot pass, barring a 64-bit collision.
+//! `BatcherStats::spread_cuts` and `spreads_redone` count both.
 
 mod events;
 mod metrics;
@@ -289,6 +315,11 @@ struct PositionBatcher {
     added_at_flush: u64,
     /// Cut a batch at the next run whatever the limits say ([`flush_now`]).
     force: bool,
+    /// No role, status, swarm, health or inventory column changed since the last registry
+    /// scan (false until the first one: a scan runs).
+    state_clean: bool,
+    /// A position cut being done a slice per tick.
+    spread: Option<positions::Spread>,
     /// Tick batching started at: the storage lag counts from here until the first commit.
     started_tick: u64,
 }
@@ -379,6 +410,11 @@ fn cut_batch(
     state.last_run = m.now;
     let force = std::mem::take(&mut state.force);
 
+    // Summary ticks say, per table, whether a state column changed since this system last ran
+    // (it runs every tick): a registry scan finds nothing until one did.
+    if positions::state_changed(&npcs) {
+        state.state_clean = false;
+    }
     let count = positions::count_pending(&npcs, m, cfg.positions.max_items);
     if count.pending == 0 {
         // Nothing waits (the NPCs that moved may have been despawned since).
@@ -389,63 +425,141 @@ fn cut_batch(
     if !count.capped {
         state.moves_since_flush += count.moved_now;
     }
+    state.commanded |= log.commands_applied > 0;
+
+    // A cut spread over ticks goes on (and nothing else is cut meanwhile: the streams wait for
+    // its batch), ends, or is redone in one pass now when the rows moved under it.
+    let mut redo: Option<(PositionColumns, bool)> = None;
+    let mut spread_done = None;
+    if let Some(mut s) = state.spread.take() {
+        if force || log.commands_applied > 0 || !s.intact(&npcs, &index) {
+            redo = Some((std::mem::take(&mut s.columns), s.want.state));
+        } else {
+            s.step(&pool, &npcs, m);
+            if !s.is_done() {
+                state.spread = Some(s);
+                b.stats.positions.pending_items = count.pending as u64;
+                b.stats.metrics.pending_items = b.metrics.pending() as u64;
+                b.stats.events.pending_items = b.events.pending() as u64;
+                return;
+            }
+            let (marks, at, want, added) = (s.marks, s.tick, s.want, s.added);
+            match s.finish(&index) {
+                Ok((collected, columns)) => spread_done = Some((marks, at, want, added, collected, columns)),
+                Err(columns) => redo = Some((columns, want.state)),
+            }
+        }
+        if redo.is_some() {
+            b.stats.spreads_redone += 1;
+        }
+    }
+
     let p_pending = count.pending > 0;
     // Positions are cut only when the sink can take them: a position batch waiting in the
     // write-behind would be overwritten by the next one, so copying it would be wasted.
     let p_ready = p_pending && (force || sink.0.wants_positions());
-    // Due by size at most once per `min_interval_ms` since the last position flush in a big
-    // world, unless commands changed something since (simulated time, population and commands:
-    // with a sink that always takes them, the cut ticks still depend only on seed and inputs);
-    // due by age whatever the interval.
-    state.commanded |= log.commands_applied > 0;
-    let spaced = state.commanded
-        || index.len() < cfg.positions.min_interval_npcs
-        || state
-            .last_flush_tick
-            .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.min_interval_ms));
-    let p_due =
-        p_ready && ((count.capped && spaced) || aged(state.first_pending_tick, cfg.positions.max_age_ms));
     let m_size = b.metrics.pending() > cfg.metrics.max_items;
     let m_due = force || m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
-    let e_size = b.events.pending() > cfg.events.max_items;
-    let e_due = e_size || aged(b.events.first_pending_tick(), cfg.events.max_age_ms);
-    let r_due = aged(b.registry.first_pending_tick, cfg.positions.max_age_ms);
     let state_due = state
         .last_state_tick
         .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.max_age_ms));
-
-    let anything = p_pending
-        || b.metrics.pending() > 0
-        || b.events.pending() > 0
-        || b.registry.first_pending_tick.is_some();
-    let mut cut = (force && anything) || p_due || m_size || e_size || (!p_ready && (m_due || e_due || r_due));
-    // Without a cut, the registry scan only runs when no position flush is coming to carry it.
-    let positions = cut && p_ready;
-    let spawns = positions && index.added_total() != state.added_at_flush;
-    // The registry scan rides along with a cut (one pass over the NPCs), or runs alone when no
-    // position flush is coming to carry it. In a world whose position cuts are spaced (big
-    // worlds), it runs on a tick without a position cut instead, so the two passes never add
-    // up in one tick (at a million NPCs that tick was the p99); once it is twice overdue (a
-    // cut every tick: commands every tick) it rides along again.
     let spaced_world = cfg.positions.min_interval_ms > 0 && index.len() >= cfg.positions.min_interval_npcs;
-    let overdue = state
-        .last_state_tick
-        .is_none_or(|t| tick.saturating_sub(t) >= 2 * clock.ticks_in_ms(cfg.positions.max_age_ms));
-    let scan = if spaced_world && !force && !overdue { !positions } else { cut || !p_ready };
-    let want = Want { positions, spawns, state: state_due && scan };
-    let mut columns = PositionColumns::default();
-    let mut collected = positions::Collected::default();
-    if want.positions || want.state {
-        if want.positions {
-            columns = sink.0.reuse_columns().unwrap_or_default();
-        }
-        collected = positions::collect(&pool, &npcs, m, tick, want, &mut columns);
+
+    // The batch's tick, the new flush mark and the ids added by then (a spread cut: its start's).
+    let (mut cut, want, mut collected, columns, at, flush_mark, added_at);
+    if let Some((marks, start, w, added, c, cols)) = spread_done {
+        (cut, want, collected, columns, at, flush_mark, added_at) =
+            (true, w, c, cols, start, marks.now, added);
         if want.state {
+            state.last_state = marks.now;
+            state.last_state_tick = Some(start);
+        }
+    } else {
+        // Due by size at most once per `min_interval_ms` since the last position flush in a big
+        // world, unless commands changed something since (simulated time, population and
+        // commands: with a sink that always takes them, the cut ticks still depend only on seed
+        // and inputs); due by age whatever the interval; at once when a spread cut is redone.
+        let spaced = state.commanded
+            || index.len() < cfg.positions.min_interval_npcs
+            || state
+                .last_flush_tick
+                .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.min_interval_ms));
+        let p_due = p_ready
+            && (redo.is_some()
+                || (count.capped && spaced)
+                || aged(state.first_pending_tick, cfg.positions.max_age_ms));
+        let e_size = b.events.pending() > cfg.events.max_items;
+        let e_due = e_size || aged(b.events.first_pending_tick(), cfg.events.max_age_ms);
+        let r_due = aged(b.registry.first_pending_tick, cfg.positions.max_age_ms);
+        let anything = p_pending
+            || b.metrics.pending() > 0
+            || b.events.pending() > 0
+            || b.registry.first_pending_tick.is_some();
+        cut = (force && anything) || p_due || m_size || e_size || (!p_ready && (m_due || e_due || r_due));
+        // Without a cut, the registry scan only runs when no position flush is coming to carry it.
+        let positions = cut && p_ready;
+        let spawns = positions && index.added_total() != state.added_at_flush;
+        // The registry scan rides along with a cut (one pass over the NPCs), or runs alone when
+        // no position flush is coming to carry it. In a world whose position cuts are spaced
+        // (big worlds), it runs on a tick without a position cut instead, so the two passes
+        // never add up in one tick (at a million NPCs that tick was the p99); once it is twice
+        // overdue (a cut every tick: commands every tick) it rides along again; a spread cut
+        // carries it in its slices, spread as well. It is skipped (and counts as done) while no
+        // state column changed since the last one.
+        let overdue = state
+            .last_state_tick
+            .is_none_or(|t| tick.saturating_sub(t) >= 2 * clock.ticks_in_ms(cfg.positions.max_age_ms));
+        let scan = if spaced_world && !force && !overdue { !positions } else { cut || !p_ready };
+        let (redone, redo_state) = (redo.is_some(), redo.as_ref().is_some_and(|r| r.1));
+        let w = Want { positions, spawns, state: redo_state || (state_due && scan && !state.state_clean) };
+        let mut cols = PositionColumns::default();
+        if w.positions {
+            cols = match redo.take() {
+                Some((c, _)) => c,
+                None => sink.0.reuse_columns().unwrap_or_default(),
+            };
+        }
+        // A big world's cut is read a slice per tick over `spread_ms`.
+        let slices = usize::try_from(clock.ticks_in_ms(cfg.positions.spread_ms)).unwrap_or(1).min(16);
+        if p_due && w.positions && spaced_world && !force && !state.commanded && !redone && slices >= 2 {
+            let sw = Want { state: state_due && !state.state_clean, ..w };
+            match positions::Spread::start(&pool, &npcs, &index, m, tick, sw, slices, cols) {
+                Ok(s) => {
+                    if state_due {
+                        // Scanned from here on (by the spread), or nothing to scan.
+                        state.state_clean = true;
+                        if !sw.state {
+                            state.last_state = m.now;
+                            state.last_state_tick = Some(tick);
+                        }
+                    }
+                    b.stats.spread_cuts += 1;
+                    state.spread = Some(s);
+                    b.stats.positions.pending_items = count.pending as u64;
+                    b.stats.metrics.pending_items = b.metrics.pending() as u64;
+                    b.stats.events.pending_items = b.events.pending() as u64;
+                    return;
+                }
+                Err(c) => cols = c,
+            }
+        }
+        if state_due && scan && state.state_clean && !w.state {
+            // Nothing changed since the last scan: it counts as done.
             state.last_state = m.now;
             state.last_state_tick = Some(tick);
         }
-        // State changes found without a position flush coming have waited long enough.
-        cut |= !collected.records.is_empty();
+        let mut c = positions::Collected::default();
+        if w.positions || w.state {
+            c = positions::collect(&pool, &npcs, m, tick, w, &mut cols);
+            if w.state {
+                state.last_state = m.now;
+                state.last_state_tick = Some(tick);
+                state.state_clean = true;
+            }
+            // State changes found without a position flush coming have waited long enough.
+            cut |= !c.records.is_empty();
+        }
+        (want, collected, columns, at, flush_mark, added_at) = (w, c, cols, tick, m.now, index.added_total());
     }
     b.stats.positions.pending_items = count.pending as u64;
     b.stats.metrics.pending_items = b.metrics.pending() as u64;
@@ -462,11 +576,12 @@ fn cut_batch(
         let rows = collected.rows as u64;
         b.stats.positions.flushed(rows, state.moves_since_flush.saturating_sub(rows));
         state.moves_since_flush = 0;
-        state.first_pending_tick = None;
-        state.last_flush = m.now;
-        state.last_flush_tick = Some(tick);
+        // What moved after a spread cut began waits since the tick after it.
+        state.first_pending_tick = (tick > at && p_pending).then_some(at + 1);
+        state.last_flush = flush_mark;
+        state.last_flush_tick = Some(at);
         state.commanded = false;
-        state.added_at_flush = index.added_total();
+        state.added_at_flush = added_at;
     }
     let (stats, events) = (&mut *b.stats, &mut *b.events);
     push_notes(&collected.notes, tick, clock.now_ms(), events, stats);
@@ -479,7 +594,7 @@ fn cut_batch(
     }
     registry.first_pending_tick = None;
     let mut batch = WriteBatch {
-        tick,
+        tick: at,
         npcs: std::mem::take(&mut registry.records),
         removed: std::mem::take(&mut registry.removed),
         ..WriteBatch::default()

@@ -7,7 +7,7 @@
 
 use bevy_ecs::change_detection::{MAX_CHANGE_AGE, Tick};
 use bevy_ecs::prelude::*;
-use terrarium_engine::{Agent, Health, Inventory, NpcId, ParPool, Position, Role, Status, Swarm};
+use terrarium_engine::{Agent, Health, Inventory, NpcId, NpcIndex, ParPool, Position, Role, Status, Swarm};
 use terrarium_persistence::{NpcRecord, PositionColumns, SmolStr};
 
 use crate::par;
@@ -120,9 +120,142 @@ pub(crate) fn collect(
     want: Want,
     out: &mut PositionColumns,
 ) -> Collected {
+    out.tick = tick;
+    let (jobs, entities) = jobs(q, want, out);
+    let parts = par::map(pool, jobs, |job| job.run(m, tick, want, false));
+    finish(parts, entities, want, out)
+}
+
+/// The NPC tables' lengths, in query order: while they, the NPC count and the ids added are
+/// unchanged, a row index names the same table slot from one tick to the next.
+pub(crate) fn table_lens(q: &Query<NpcData>) -> Vec<usize> {
+    q.contiguous_iter().expect("NPC components are stored in tables").map(|t| t.0.len()).collect()
+}
+
+/// Whether any NPC table's role, status, swarm, health or inventory column changed (a value
+/// written, or a row moved in or inserted with a newer change) since the system last ran, from
+/// the columns' summary ticks: one load per table and column, no scan.
+pub(crate) fn state_changed(q: &Query<NpcData>) -> bool {
+    use bevy_ecs::change_detection::ContiguousRef;
+    fn changed<T: Clone>(c: &ContiguousRef<'_, T>) -> bool {
+        // No summary tick (a component registered without it): assume a change.
+        ContiguousRef::split(c.clone()).1.summary_tick_is_changed().unwrap_or(true)
+    }
+    q.contiguous_iter().expect("NPC components are stored in tables").any(
+        |(_, _, role, status, swarm, health, inv, _)| {
+            changed(&role) || changed(&status) || changed(&swarm) || changed(&health) || changed(&inv)
+        },
+    )
+}
+
+/// A collection pass done a slice of chunks per tick: see "Big worlds cut over several ticks"
+/// in the module docs.
+#[derive(Debug)]
+pub(crate) struct Spread {
+    /// The marks of the tick it began: `flush` and `state` say what is pending, `now` becomes
+    /// the next flush (and scan) mark.
+    pub marks: Marks,
+    /// Simulated tick it began: the batch's tick.
+    pub tick: u64,
+    /// What it collects.
+    pub want: Want,
+    /// The buffer the rows go to, sized at the start.
+    pub columns: PositionColumns,
+    /// Table lengths, NPC count, ids added and id fingerprint sum at the start.
+    pub lens: Vec<usize>,
+    pub npcs: usize,
+    pub added: u64,
+    pub fingerprints: u64,
+    /// Slices in all, and done.
+    pub slices: usize,
+    pub done: usize,
+    /// Parts collected so far, in chunk order.
+    pub parts: Vec<Part>,
+}
+
+impl Spread {
+    /// Starts a pass over `slices` ticks, fewer when the world has fewer chunks (the first slice
+    /// runs now); the buffer back when that leaves fewer than two, or when the query holds NPCs
+    /// the index does not (the ids could not be checked at the end).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        pool: &ParPool,
+        q: &Query<NpcData>,
+        index: &NpcIndex,
+        marks: Marks,
+        tick: u64,
+        want: Want,
+        slices: usize,
+        mut columns: PositionColumns,
+    ) -> Result<Self, PositionColumns> {
+        let lens = table_lens(q);
+        let chunks: usize = lens.iter().map(|l| l.div_ceil(par::CHUNK)).sum();
+        let npcs: usize = lens.iter().sum();
+        let slices = slices.min(chunks);
+        if slices < 2 || npcs != index.len() {
+            return Err(columns);
+        }
+        columns.tick = tick;
+        let mut s = Self {
+            marks,
+            tick,
+            want,
+            columns,
+            lens,
+            npcs,
+            added: index.added_total(),
+            fingerprints: index.fingerprint_sum(),
+            slices,
+            done: 0,
+            parts: Vec::new(),
+        };
+        s.step(pool, q, marks);
+        Ok(s)
+    }
+
+    /// True while the tables hold the same rows in the same slots as at the start, as far as
+    /// counts tell: no spawn, no despawn, same table lengths (rows that changed places with
+    /// the counts intact are caught by [`Spread::finish`]).
+    pub fn intact(&self, q: &Query<NpcData>, index: &NpcIndex) -> bool {
+        index.len() == self.npcs && index.added_total() == self.added && table_lens(q) == self.lens
+    }
+
+    /// Runs the next slice of chunks. `now` gives the current tick's marks (ages are counted
+    /// from it); what is pending still compares with the start's marks.
+    pub fn step(&mut self, pool: &ParPool, q: &Query<NpcData>, now: Marks) {
+        let m = Marks { flush: self.marks.flush, state: self.marks.state, ..now };
+        let (tick, want) = (self.tick, self.want);
+        let (jobs, _) = jobs(q, want, &mut self.columns);
+        let n = jobs.len();
+        let (from, to) = (self.done * n / self.slices, (self.done + 1) * n / self.slices);
+        let slice: Vec<_> = jobs.into_iter().skip(from).take(to - from).collect();
+        self.parts.extend(par::map(pool, slice, |job| job.run(m, tick, want, true)));
+        self.done += 1;
+    }
+
+    /// Whether every slice ran.
+    pub fn is_done(&self) -> bool {
+        self.done >= self.slices
+    }
+
+    /// The result when every NPC was read exactly once (count and id fingerprints match the
+    /// index); otherwise the buffer back, for a full pass.
+    pub fn finish(mut self, index: &NpcIndex) -> Result<(Collected, PositionColumns), PositionColumns> {
+        let seen: usize = self.parts.iter().map(|p| p.seen).sum();
+        let sum = self.parts.iter().fold(0u64, |a, p| a.wrapping_add(p.fingerprints));
+        if seen != self.npcs || sum != self.fingerprints || sum != index.fingerprint_sum() {
+            return Err(self.columns);
+        }
+        let c = finish(self.parts, self.npcs, self.want, &mut self.columns);
+        Ok((c, self.columns))
+    }
+}
+
+/// Sizes `out` and makes one job per chunk of every table (`out`'s slices at the chunks'
+/// offsets); returns them with the number of NPCs.
+fn jobs<'a>(q: &'a Query<NpcData>, want: Want, out: &'a mut PositionColumns) -> (Vec<Job<'a>>, usize) {
     let tables: Vec<_> = q.contiguous_iter().expect("NPC components are stored in tables").collect();
     let entities: usize = tables.iter().map(|t| t.0.len()).sum();
-    out.tick = tick;
     if want.positions {
         if out.ids.len() < entities {
             out.ids.resize(entities, 0);
@@ -138,7 +271,7 @@ pub(crate) fn collect(
         (&mut [], &mut [])
     };
     let mut offset = 0usize;
-    for (ids, pos, role, status, swarm, health, inv, agent) in &tables {
+    for (ids, pos, role, status, swarm, health, inv, agent) in tables {
         let len = ids.len();
         let (region_ids, region_xyz): (&mut [u64], &mut [[f32; 3]]) = if want.positions {
             let (r_ids, t_ids) = std::mem::take(&mut rest_ids).split_at_mut(len);
@@ -149,33 +282,52 @@ pub(crate) fn collect(
             (&mut [], &mut [])
         };
         let mut region_chunks = region_ids.chunks_mut(par::CHUNK).zip(region_xyz.chunks_mut(par::CHUNK));
+        let (ids_all, added_all, pos_all, moved_all) = (
+            ids.clone().into_inner(),
+            ids.added_ticks_slice(),
+            pos.clone().into_inner(),
+            pos.changed_ticks_slice(),
+        );
+        let state_all = [
+            role.changed_ticks_slice(),
+            status.changed_ticks_slice(),
+            swarm.changed_ticks_slice(),
+            health.changed_ticks_slice(),
+            inv.changed_ticks_slice(),
+        ];
+        let (role, status, swarm, health, inv) = (
+            role.into_inner(),
+            status.into_inner(),
+            swarm.into_inner(),
+            health.into_inner(),
+            inv.into_inner(),
+        );
         for start in (0..len).step_by(par::CHUNK) {
             let r = start..(start + par::CHUNK).min(len);
             jobs.push(Job {
                 offset: offset + start,
-                ids: &ids[r.clone()],
-                added: &ids.added_ticks_slice()[r.clone()],
-                pos: &pos[r.clone()],
-                moved: &pos.changed_ticks_slice()[r.clone()],
-                state: [
-                    &role.changed_ticks_slice()[r.clone()],
-                    &status.changed_ticks_slice()[r.clone()],
-                    &swarm.changed_ticks_slice()[r.clone()],
-                    &health.changed_ticks_slice()[r.clone()],
-                    &inv.changed_ticks_slice()[r.clone()],
-                ],
+                ids: &ids_all[r.clone()],
+                added: &added_all[r.clone()],
+                pos: &pos_all[r.clone()],
+                moved: &moved_all[r.clone()],
+                state: state_all.map(|t| &t[r.clone()]),
                 role: &role[r.clone()],
                 status: &status[r.clone()],
                 swarm: &swarm[r.clone()],
                 health: &health[r.clone()],
                 inv: &inv[r.clone()],
-                agent: *agent,
+                agent,
                 out: region_chunks.next().unwrap_or_default(),
             });
         }
         offset += len;
     }
-    let parts = par::map(pool, jobs, |job| job.run(m, tick, want));
+    (jobs, entities)
+}
+
+/// Joins the parts (in chunk order): closes the gaps between their rows in `out`, cuts it to
+/// the rows written, gathers their registry rows and notes.
+fn finish(parts: Vec<Part>, entities: usize, want: Want, out: &mut PositionColumns) -> Collected {
     let mut c = Collected { entities, ..Collected::default() };
     let records: usize = parts.iter().map(|p| p.records.len()).sum();
     for part in parts {
@@ -225,19 +377,33 @@ struct Job<'a> {
 }
 
 /// What one chunk produced.
-struct Part {
+#[derive(Debug)]
+pub(crate) struct Part {
     offset: usize,
     rows: usize,
     moved_now: u64,
     records: Vec<NpcRecord>,
     notes: Vec<Note>,
+    /// NPCs read, and the sum of their id fingerprints (only counted when asked).
+    seen: usize,
+    fingerprints: u64,
 }
 
 impl Job<'_> {
-    fn run(self, m: Marks, tick: u64, want: Want) -> Part {
-        let mut p =
-            Part { offset: self.offset, rows: 0, moved_now: 0, records: Vec::new(), notes: Vec::new() };
+    fn run(self, m: Marks, tick: u64, want: Want, fingerprints: bool) -> Part {
         let n = self.ids.len();
+        let mut p = Part {
+            offset: self.offset,
+            rows: 0,
+            moved_now: 0,
+            records: Vec::new(),
+            notes: Vec::new(),
+            seen: n,
+            fingerprints: 0,
+        };
+        if fingerprints {
+            p.fingerprints = crate::stream::fingerprint_sum(bytemuck::cast_slice(self.ids));
+        }
         let now = m.now.get();
         // `Tick::is_newer_than`, with the parts that do not depend on the element hoisted:
         // a tick is newer than `mark` when fewer ticks have passed since it than since `mark`.

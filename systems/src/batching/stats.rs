@@ -61,6 +61,11 @@ pub struct BatcherStats {
     pub batches_refused: u64,
     /// Rows in refused batches.
     pub writes_dropped: u64,
+    /// Position cuts done a slice per tick (big worlds; see the batching module docs).
+    pub spread_cuts: u64,
+    /// Of those, given up and redone in one pass (the world's rows moved under them: a spawn, a
+    /// despawn, a command, a component added or removed).
+    pub spreads_redone: u64,
 }
 
 impl BatcherStats {
