@@ -587,6 +587,15 @@ fn a_big_worlds_position_cut_is_read_a_slice_per_tick() {
     // The spawns travel with the first cut, found slice by slice.
     assert_eq!(cuts[0].batch.npcs.len(), ids.len());
     assert!(cuts[1..].iter().all(|h| h.batch.npcs.is_empty()));
+
+    // A spread cut does not wait for the sink to want positions: it is handed over later, and
+    // replaces whatever of the previous one still waits there.
+    let (mut engine, sink, _) = spread_world(70_000);
+    sink.set_wants_positions(false);
+    engine.run_ticks(21);
+    let busy: Vec<u64> =
+        sink.handoffs().iter().filter(|h| !h.positions.ids.is_empty()).map(|h| h.batch.tick).collect();
+    assert_eq!(busy, starts);
 }
 
 #[derive(bevy_ecs::component::Component)]

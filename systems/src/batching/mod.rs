@@ -55,11 +55,14 @@
 //! so the tick that cuts costs nearly twice the others. In a world of at least
 //! `positions.min_interval_npcs` NPCs, a cut due by size or age is therefore read a slice of
 //! chunks per tick over `positions.spread_ms` (default 400 ms: 8 ticks at 20 Hz; at least one
-//! chunk of 16 384 NPCs per slice, at most 16 slices). Each chunk's rows are its NPCs as they
+//! chunk of 16 384 NPCs per slice, at most 16 slices), on the tick's own thread. Each chunk's rows are its NPCs as they
 //! are on its slice's tick (pending: changed since the previous cut's start). The batch carries
 //! the tick the cut *began* (so the storage lag never claims more than the store holds), is
 //! handed over after the last slice, and the next cut is due `min_interval_ms` after this one
-//! began. Nothing else is cut meanwhile: metrics and events wait for that batch.
+//! began. Nothing else is cut meanwhile: metrics and events wait for that batch. A spread cut
+//! does not wait for [`BatchSink::wants_positions`] either: cuts are spaced by `spread_ms`
+//! anyway, and a store slower than that gets the newest whole batch when it is free (the
+//! write-behind drops a waiting one for it), so the store never idles while a cut is read.
 //!
 //! A slice names rows by table slot, so a spread cut is only right if every NPC stays in its
 //! slot until it ends. It is dropped, and the cut done in one pass on that tick instead, when
@@ -88,6 +91,8 @@ pub use metrics::{Metrics, names as metric_names};
 pub use stats::{BatcherStats, PersistenceHealth, StreamStats};
 
 use positions::{Marks, Note, NpcData, Want};
+
+use crate::par;
 
 /// Options of the batching plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,7 +440,7 @@ fn cut_batch(
         if force || log.commands_applied > 0 || !s.intact(&npcs, &index) {
             redo = Some((std::mem::take(&mut s.columns), s.want.state));
         } else {
-            s.step(&pool, &npcs, m);
+            s.step(&npcs, m);
             if !s.is_done() {
                 state.spread = Some(s);
                 b.stats.positions.pending_items = count.pending as u64;
@@ -455,15 +460,25 @@ fn cut_batch(
     }
 
     let p_pending = count.pending > 0;
+    let spaced_world = cfg.positions.min_interval_ms > 0 && index.len() >= cfg.positions.min_interval_npcs;
+    // A big world's cut is read a slice per tick over `spread_ms` (two chunks at least).
+    let slices = usize::try_from(clock.ticks_in_ms(cfg.positions.spread_ms)).unwrap_or(1).min(16);
+    let spreads = spaced_world
+        && slices >= 2
+        && index.len() > par::CHUNK
+        && !force
+        && !state.commanded
+        && redo.is_none();
     // Positions are cut only when the sink can take them: a position batch waiting in the
-    // write-behind would be overwritten by the next one, so copying it would be wasted.
-    let p_ready = p_pending && (force || sink.0.wants_positions());
+    // write-behind would be overwritten by the next one, so copying it would be wasted. A
+    // spread cut does not wait: it is handed over a `spread_ms` later, and whatever of the
+    // previous one still waits then is older, so the write-behind drops it for the new one.
+    let p_ready = p_pending && (force || spreads || sink.0.wants_positions());
     let m_size = b.metrics.pending() > cfg.metrics.max_items;
     let m_due = force || m_size || aged(b.metrics.first_pending_tick(), cfg.metrics.max_age_ms);
     let state_due = state
         .last_state_tick
         .is_none_or(|t| tick.saturating_sub(t) >= clock.ticks_in_ms(cfg.positions.max_age_ms));
-    let spaced_world = cfg.positions.min_interval_ms > 0 && index.len() >= cfg.positions.min_interval_npcs;
 
     // The batch's tick, the new flush mark and the ids added by then (a spread cut: its start's).
     let (mut cut, want, mut collected, columns, at, flush_mark, added_at);
@@ -510,7 +525,7 @@ fn cut_batch(
             .last_state_tick
             .is_none_or(|t| tick.saturating_sub(t) >= 2 * clock.ticks_in_ms(cfg.positions.max_age_ms));
         let scan = if spaced_world && !force && !overdue { !positions } else { cut || !p_ready };
-        let (redone, redo_state) = (redo.is_some(), redo.as_ref().is_some_and(|r| r.1));
+        let redo_state = redo.as_ref().is_some_and(|r| r.1);
         let w = Want { positions, spawns, state: redo_state || (state_due && scan && !state.state_clean) };
         let mut cols = PositionColumns::default();
         if w.positions {
@@ -519,11 +534,9 @@ fn cut_batch(
                 None => sink.0.reuse_columns().unwrap_or_default(),
             };
         }
-        // A big world's cut is read a slice per tick over `spread_ms`.
-        let slices = usize::try_from(clock.ticks_in_ms(cfg.positions.spread_ms)).unwrap_or(1).min(16);
-        if p_due && w.positions && spaced_world && !force && !state.commanded && !redone && slices >= 2 {
+        if p_due && w.positions && spreads {
             let sw = Want { state: state_due && !state.state_clean, ..w };
-            match positions::Spread::start(&pool, &npcs, &index, m, tick, sw, slices, cols) {
+            match positions::Spread::start(&npcs, &index, m, tick, sw, slices, cols) {
                 Ok(s) => {
                     if state_due {
                         // Scanned from here on (by the spread), or nothing to scan.

@@ -148,8 +148,8 @@ pub(crate) fn state_changed(q: &Query<NpcData>) -> bool {
     )
 }
 
-/// A collection pass done a slice of chunks per tick: see "Big worlds cut over several ticks"
-/// in the module docs.
+/// A collection pass done a slice of chunks per tick, on the tick's thread: see "Big worlds cut
+/// over several ticks" in the module docs.
 #[derive(Debug)]
 pub(crate) struct Spread {
     /// The marks of the tick it began: `flush` and `state` say what is pending, `now` becomes
@@ -179,7 +179,6 @@ impl Spread {
     /// the index does not (the ids could not be checked at the end).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
-        pool: &ParPool,
         q: &Query<NpcData>,
         index: &NpcIndex,
         marks: Marks,
@@ -209,7 +208,7 @@ impl Spread {
             done: 0,
             parts: Vec::new(),
         };
-        s.step(pool, q, marks);
+        s.step(q, marks);
         Ok(s)
     }
 
@@ -220,16 +219,20 @@ impl Spread {
         index.len() == self.npcs && index.added_total() == self.added && table_lens(q) == self.lens
     }
 
-    /// Runs the next slice of chunks. `now` gives the current tick's marks (ages are counted
-    /// from it); what is pending still compares with the start's marks.
-    pub fn step(&mut self, pool: &ParPool, q: &Query<NpcData>, now: Marks) {
+    /// Runs the next slice of chunks, on the calling thread. `now` gives the current tick's
+    /// marks (ages are counted from it); what is pending still compares with the start's marks.
+    pub fn step(&mut self, q: &Query<NpcData>, now: Marks) {
         let m = Marks { flush: self.marks.flush, state: self.marks.state, ..now };
         let (tick, want) = (self.tick, self.want);
         let (jobs, _) = jobs(q, want, &mut self.columns);
         let n = jobs.len();
         let (from, to) = (self.done * n / self.slices, (self.done + 1) * n / self.slices);
         let slice: Vec<_> = jobs.into_iter().skip(from).take(to - from).collect();
-        self.parts.extend(par::map(pool, slice, |job| job.run(m, tick, want, true)));
+        // On this thread: a slice is small (a million NPCs over 8 ticks: about 5 MB read and
+        // written), and waking the pool's workers for it cost more than it saved whenever the
+        // store's threads held the other core (slices of 3 to 8 ms at 1M NPCs with the embedded
+        // store, against 0.5 to 0.9 ms here; BENCHMARKS.md, issue 14, "Eleventh pass").
+        self.parts.extend(slice.into_iter().map(|job| job.run(m, tick, want, true)));
         self.done += 1;
     }
 
