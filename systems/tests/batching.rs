@@ -525,10 +525,19 @@ fn in_a_spaced_world_the_registry_scan_never_shares_a_tick_with_a_position_cut()
 /// A world of `n` plain NPCs walking +z at 1 block/s from z = 500 (no wander turns), with position cuts spaced
 /// and spread over 200 ms (4 ticks at 20 Hz) from any size on.
 fn spread_world(n: u32) -> (Engine, Arc<RecordingSink>, Vec<NpcId>) {
+    spread_world_with(n, |_| {})
+}
+
+/// [`spread_world`] with the configuration changed by `tweak` first.
+fn spread_world_with(
+    n: u32,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> (Engine, Arc<RecordingSink>, Vec<NpcId>) {
     let mut cfg = config();
     cfg.batching.positions.min_interval_ms = 200;
     cfg.batching.positions.min_interval_npcs = 0;
     cfg.batching.positions.spread_ms = 200;
+    tweak(&mut cfg);
     let sink = Arc::new(RecordingSink::new(1));
     let mut engine = engine_with(cfg, sink.clone());
     let plain = |i: u32| {
@@ -665,4 +674,38 @@ fn status_changes_written_by_the_movement_kernel_reach_the_sink() {
             sink.batches().iter().flat_map(|b| b.npcs.clone()).filter(|r| r.id == id.0).last().unwrap();
         assert_eq!(last.status.as_str(), "idle", "{id:?}'s stop reached the sink");
     }
+}
+
+/// Where cuts are spread, a batch cut because events passed their size limit does not carry
+/// the positions waiting in one pass (that tick would copy the whole population): they wait for
+/// their own spread cut.
+#[test]
+fn where_cuts_are_spread_a_batch_cut_for_events_carries_no_positions() {
+    // Cuts read over 2 ticks, due every 4: ticks 3 and 4 of each cycle wait with positions
+    // pending; events over their limit (2) are cut on those ticks by themselves.
+    let (mut engine, sink, ids) = spread_world_with(70_000, |c| {
+        c.batching.positions.spread_ms = 100;
+        c.batching.events.max_items = 2;
+    });
+    for k in 0..12 {
+        let mut events = engine.world_mut().resource_mut::<DomainEvents>();
+        // Three different NPCs each time: identical events within a second would be folded.
+        for id in &ids[3 * k..3 * k + 3] {
+            events.emit(
+                terrarium_systems::batching::Subject::Npc(*id),
+                DomainEvent::StatusChanged { status: Status::Idle },
+            );
+        }
+        engine.tick();
+    }
+    let handoffs = sink.handoffs();
+    let with_positions: Vec<u64> =
+        handoffs.iter().filter(|h| !h.positions.ids.is_empty()).map(|h| h.batch.tick).collect();
+    assert_eq!(with_positions, [1, 5, 9], "cuts begin every 4 ticks and take 2");
+    let events_alone: Vec<u64> = handoffs
+        .iter()
+        .filter(|h| h.positions.ids.is_empty() && !h.batch.events.is_empty())
+        .map(|h| h.batch.tick)
+        .collect();
+    assert_eq!(events_alone, [3, 4, 7, 8, 11, 12], "events over their limit go without positions");
 }

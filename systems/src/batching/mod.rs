@@ -512,7 +512,9 @@ fn cut_batch(
             || b.registry.first_pending_tick.is_some();
         cut = (force && anything) || p_due || m_size || e_size || (!p_ready && (m_due || e_due || r_due));
         // Without a cut, the registry scan only runs when no position flush is coming to carry it.
-        let positions = cut && p_ready;
+        // Where cuts are spread, positions never ride along in one pass with a batch cut for
+        // another stream (events or metrics over their size): they wait for their own cut.
+        let positions = cut && p_ready && (p_due || !spreads);
         let spawns = positions && index.added_total() != state.added_at_flush;
         // The registry scan rides along with a cut (one pass over the NPCs), or runs alone when
         // no position flush is coming to carry it. In a world whose position cuts are spaced
