@@ -168,7 +168,7 @@ pub struct BatchLimits {
     /// Positions only: in a world of at least `min_interval_npcs` NPCs, a position cut due by
     /// size or age (not a forced one, nor the first after commands) reads the NPCs a slice per
     /// tick over this many simulated milliseconds instead of all in one tick (slices of at least
-    /// 16 384 NPCs, at most 16 of them), so no tick pays for copying the whole population: at a
+    /// 65 536 NPCs, at most 16 of them), so no tick pays for copying the whole population: at a
     /// million NPCs the copy is about as much memory traffic as the movement pass. The batch
     /// carries the tick the cut began; the next one is due `min_interval_ms` after that, and
     /// not before this one ended. 0 ..= 60 000, 0 = one tick; default 400.

@@ -566,8 +566,9 @@ fn read_at(z: f32) -> u64 {
 /// every `min_interval_ms` from their starts.
 #[test]
 fn a_big_worlds_position_cut_is_read_a_slice_per_tick() {
-    // 70 000 NPCs: five chunks of 16 384, four slices (the last one has two chunks).
-    let (mut engine, sink, ids) = spread_world(70_000);
+    // 270 000 NPCs: 17 chunks of 16 384, four slices (of 4, 4, 4 and 5 chunks; a slice takes
+    // four chunks at least, so a smaller world would get fewer).
+    let (mut engine, sink, ids) = spread_world(270_000);
     engine.run_ticks(21);
     let cuts: Vec<_> = sink.handoffs().into_iter().filter(|h| !h.positions.ids.is_empty()).collect();
     let starts: Vec<u64> = cuts.iter().map(|h| h.batch.tick).collect();
@@ -583,12 +584,7 @@ fn a_big_worlds_position_cut_is_read_a_slice_per_tick() {
         let mut got = h.positions.ids.clone();
         got.sort_unstable();
         assert_eq!(got, sorted, "tick {s}: every NPC exactly once");
-        let slice_of = |row: usize| match row / 16_384 {
-            0 => 0,
-            1 => 1,
-            2 => 2,
-            _ => 3,
-        };
+        let slice_of = |row: usize| (0..4u64).rev().find(|&k| row / 16_384 >= k as usize * 17 / 4).unwrap();
         for (row, xyz) in h.positions.xyz.iter().enumerate() {
             assert_eq!(read_at(xyz[2]), s + slice_of(row), "tick {s}: row {row} read on its slice's tick");
         }
@@ -599,7 +595,7 @@ fn a_big_worlds_position_cut_is_read_a_slice_per_tick() {
 
     // A spread cut does not wait for the sink to want positions: it is handed over later, and
     // replaces whatever of the previous one still waits there.
-    let (mut engine, sink, _) = spread_world(70_000);
+    let (mut engine, sink, _) = spread_world(270_000);
     sink.set_wants_positions(false);
     engine.run_ticks(21);
     let busy: Vec<u64> =
@@ -616,9 +612,9 @@ struct Tag;
 /// tick: nothing is missed, nothing is written twice.
 #[test]
 fn a_spread_cut_that_rows_moved_under_is_redone_in_one_pass() {
-    let (mut engine, sink, ids) = spread_world(70_000);
+    let (mut engine, sink, ids) = spread_world(270_000);
     // A second table of one tagged NPC, made before the cut begins.
-    let (first, tagged) = (ids[0], ids[69_999]);
+    let (first, tagged) = (ids[0], ids[269_999]);
     let tag = |engine: &mut Engine, id: NpcId, on: bool| {
         let e = engine.entity(id).unwrap();
         let mut e = engine.world_mut().entity_mut(e);
@@ -631,10 +627,14 @@ fn a_spread_cut_that_rows_moved_under_is_redone_in_one_pass() {
     tag(&mut engine, tagged, true);
     engine.run_ticks(5);
     assert_eq!(stats(&engine).spread_cuts, 2, "the second cut began at tick 5");
-    // The tagged NPC goes back to the big table's end; the first NPC (row 0, read at tick 5)
-    // leaves it, so the tagged one takes row 0: it would be missed, the first read twice.
-    tag(&mut engine, tagged, false);
+    // The first NPC (row 0 of the big table, read at tick 5) leaves for the small table, and
+    // the big table's last NPC (not read yet) takes its row; then the tagged NPC goes back to
+    // the big table's end. The lengths are as before, but the last NPC would be missed and
+    // another read twice (the first or the tagged one, depending on which table the query
+    // walks first).
+    let last = ids[269_998];
     tag(&mut engine, first, true);
+    tag(&mut engine, tagged, false);
     engine.run_ticks(3);
     let s = stats(&engine);
     assert_eq!((s.spread_cuts, s.spreads_redone), (2, 1));
@@ -644,7 +644,7 @@ fn a_spread_cut_that_rows_moved_under_is_redone_in_one_pass() {
     got.sort_unstable();
     got.dedup();
     assert_eq!(got.len(), ids.len(), "every NPC once");
-    for id in [first, tagged] {
+    for id in [first, tagged, last] {
         let row = h.positions.ids.iter().position(|&i| i == id.0).unwrap();
         assert_eq!(read_at(h.positions.xyz[row][2]), 8, "{id:?} as it is on the redo's tick");
     }
@@ -683,7 +683,7 @@ fn status_changes_written_by_the_movement_kernel_reach_the_sink() {
 fn where_cuts_are_spread_a_batch_cut_for_events_carries_no_positions() {
     // Cuts read over 2 ticks, due every 4: ticks 3 and 4 of each cycle wait with positions
     // pending; events over their limit (2) are cut on those ticks by themselves.
-    let (mut engine, sink, ids) = spread_world_with(70_000, |c| {
+    let (mut engine, sink, ids) = spread_world_with(270_000, |c| {
         c.batching.positions.spread_ms = 100;
         c.batching.events.max_items = 2;
     });

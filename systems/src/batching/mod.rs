@@ -54,8 +54,9 @@
 //! At a million NPCs a position cut copies about as many bytes as the movement pass touches,
 //! so the tick that cuts costs nearly twice the others. In a world of at least
 //! `positions.min_interval_npcs` NPCs, a cut due by size or age is therefore read a slice of
-//! chunks per tick over `positions.spread_ms` (default 400 ms: 8 ticks at 20 Hz; at least one
-//! chunk of 16 384 NPCs per slice, at most 16 slices), on the tick's own thread. Each chunk's rows are its NPCs as they
+//! chunks per tick over `positions.spread_ms` (default 400 ms: 8 ticks at 20 Hz; at least four
+//! chunks, 65 536 NPCs, per slice, so a world under 131 072 NPCs is cut in one tick; at most 16
+//! slices), on the tick's own thread. Each chunk's rows are its NPCs as they
 //! are on its slice's tick (pending: changed since the previous cut's start). The batch carries
 //! the tick the cut *began* (so the storage lag never claims more than the store holds), is
 //! handed over after the last slice, and the next cut is due `min_interval_ms` after this one
@@ -461,11 +462,11 @@ fn cut_batch(
 
     let p_pending = count.pending > 0;
     let spaced_world = cfg.positions.min_interval_ms > 0 && index.len() >= cfg.positions.min_interval_npcs;
-    // A big world's cut is read a slice per tick over `spread_ms` (two chunks at least).
+    // A big world's cut is read a slice per tick over `spread_ms` (two slices at least).
     let slices = usize::try_from(clock.ticks_in_ms(cfg.positions.spread_ms)).unwrap_or(1).min(16);
     let spreads = spaced_world
         && slices >= 2
-        && index.len() > par::CHUNK
+        && index.len() > positions::CHUNKS_PER_SLICE * par::CHUNK
         && !force
         && !state.commanded
         && redo.is_none();

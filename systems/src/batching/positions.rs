@@ -148,6 +148,10 @@ pub(crate) fn state_changed(q: &Query<NpcData>) -> bool {
     )
 }
 
+/// Chunks a slice of a spread cut reads at least (65 536 NPCs): a smaller cut is cheap in one
+/// tick, and spreading it would only add to the storage lag.
+pub(crate) const CHUNKS_PER_SLICE: usize = 4;
+
 /// A collection pass done a slice of chunks per tick, on the tick's thread: see "Big worlds cut
 /// over several ticks" in the module docs.
 #[derive(Debug)]
@@ -174,9 +178,10 @@ pub(crate) struct Spread {
 }
 
 impl Spread {
-    /// Starts a pass over `slices` ticks, fewer when the world has fewer chunks (the first slice
-    /// runs now); the buffer back when that leaves fewer than two, or when the query holds NPCs
-    /// the index does not (the ids could not be checked at the end).
+    /// Starts a pass over `slices` ticks, fewer when the world has fewer than
+    /// [`CHUNKS_PER_SLICE`] chunks for each (the first slice runs now); the buffer back when that
+    /// leaves fewer than two, or when the query holds NPCs the index does not (the ids could not
+    /// be checked at the end).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         q: &Query<NpcData>,
@@ -190,7 +195,7 @@ impl Spread {
         let lens = table_lens(q);
         let chunks: usize = lens.iter().map(|l| l.div_ceil(par::CHUNK)).sum();
         let npcs: usize = lens.iter().sum();
-        let slices = slices.min(chunks);
+        let slices = slices.min(chunks / CHUNKS_PER_SLICE);
         if slices < 2 || npcs != index.len() {
             return Err(columns);
         }
