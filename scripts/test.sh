@@ -67,9 +67,9 @@ cargo check --locked --workspace --quiet
 
 # The sequential build (`parallel` off, and no file store) is a build of its own: run the tests
 # of the crates where those features change code (codec, engine, systems, persistence, and the
-# facade's unit tests and its architecture and system-order checks), so it is held to the same pinned world hash
-# (systems/tests/pinned_world.rs) and flocking checksums (systems/tests/flocking_parity.rs) as
-# the parallel build. Tests that drive the examples and the game server end to end run in the
+# facade's unit tests and its architecture and system-order checks), so it is held to the same
+# pinned world hash (systems/tests/pinned_world.rs) and flocking checksums
+# (systems/tests/flocking_parity.rs) as the parallel build. Tests that drive the examples and the game server end to end run in the
 # all-features build below: without `parallel` they take the same code paths through
 # `systems::par`, and building the examples a second time in this configuration was minutes of
 # a 2-core CI run. The server and the benches are only compiled here (a cfg slip in them fails

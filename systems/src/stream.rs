@@ -6,6 +6,9 @@
 //! (`movnt`) write the lines without reading them and without pushing the world's own
 //! columns out of the caches. Where the CPU has no AVX2 (or this is not x86_64), the copy is a
 //! plain `copy_from_slice`.
+//!
+//! The id fingerprint sum a spread position cut checks its slices with lives here too: the
+//! same runtime AVX2 check, for a fold that reads the ids the cut copies.
 
 /// Copies `src` into `dst` (same length) with streaming stores where the CPU has them. Call
 /// [`fence`] before another thread may read `dst`.
@@ -40,7 +43,7 @@ pub(crate) fn fence() {
 }
 
 /// The wrapping sum of [`NpcIndex::fingerprint`](terrarium_engine::NpcIndex::fingerprint) over
-/// `ids`, four at a time where the CPU has AVX2.
+/// `ids`, compiled for AVX2 where the CPU has it.
 pub(crate) fn fingerprint_sum(ids: &[u64]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -62,8 +65,8 @@ fn fingerprint_fold(ids: &[u64]) -> u64 {
 mod x86 {
     use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
 
-    /// [`super::fingerprint_sum`] compiled for AVX2 (the compiler vectorises the fold); call
-    /// it only where the CPU has AVX2.
+    /// [`super::fingerprint_sum`] compiled for AVX2 (so the compiler may use 256-bit
+    /// multiplies for the fold); call it only where the CPU has AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) fn fingerprint_sum_avx2(ids: &[u64]) -> u64 {
         super::fingerprint_fold(ids)

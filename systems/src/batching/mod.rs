@@ -363,6 +363,16 @@ struct Batchers<'w> {
     stats: ResMut<'w, BatcherStats>,
 }
 
+impl Batchers<'_> {
+    /// Records what waits when the tick cuts no batch: `positions` pending rows, and the
+    /// metrics and events held by their batchers.
+    fn waiting(&mut self, positions: usize) {
+        self.stats.positions.pending_items = positions as u64;
+        self.stats.metrics.pending_items = self.metrics.pending() as u64;
+        self.stats.events.pending_items = self.events.pending() as u64;
+    }
+}
+
 /// Despawns since the last tick become removals and events.
 fn record_despawns(
     log: Res<TickLog>,
@@ -444,9 +454,7 @@ fn cut_batch(
             s.step(&npcs, m);
             if !s.is_done() {
                 state.spread = Some(s);
-                b.stats.positions.pending_items = count.pending as u64;
-                b.stats.metrics.pending_items = b.metrics.pending() as u64;
-                b.stats.events.pending_items = b.events.pending() as u64;
+                b.waiting(count.pending);
                 return;
             }
             let (marks, at, want, added) = (s.marks, s.tick, s.want, s.added);
@@ -551,9 +559,7 @@ fn cut_batch(
                     }
                     b.stats.spread_cuts += 1;
                     state.spread = Some(s);
-                    b.stats.positions.pending_items = count.pending as u64;
-                    b.stats.metrics.pending_items = b.metrics.pending() as u64;
-                    b.stats.events.pending_items = b.events.pending() as u64;
+                    b.waiting(count.pending);
                     return;
                 }
                 Err(c) => cols = c,
@@ -577,12 +583,11 @@ fn cut_batch(
         }
         (want, collected, columns, at, flush_mark, added_at) = (w, c, cols, tick, m.now, index.added_total());
     }
-    b.stats.positions.pending_items = count.pending as u64;
-    b.stats.metrics.pending_items = b.metrics.pending() as u64;
     if !cut {
-        b.stats.events.pending_items = b.events.pending() as u64;
+        b.waiting(count.pending);
         return;
     }
+    b.stats.positions.pending_items = count.pending as u64;
 
     let complete = want.positions && collected.rows == collected.entities;
     if want.positions {

@@ -165,11 +165,11 @@ pub(crate) struct Spread {
     pub want: Want,
     /// The buffer the rows go to, sized at the start.
     pub columns: PositionColumns,
-    /// Table lengths, NPC count, ids added and id fingerprint sum at the start.
+    /// Table lengths, NPC count and ids added at the start (while they hold, the index's id
+    /// fingerprint sum is the start's too).
     pub lens: Vec<usize>,
     pub npcs: usize,
     pub added: u64,
-    pub fingerprints: u64,
     /// Slices in all, and done.
     pub slices: usize,
     pub done: usize,
@@ -182,7 +182,6 @@ impl Spread {
     /// [`CHUNKS_PER_SLICE`] chunks for each (the first slice runs now); the buffer back when that
     /// leaves fewer than two, or when the query holds NPCs the index does not (the ids could not
     /// be checked at the end).
-    #[allow(clippy::too_many_arguments)]
     pub fn start(
         q: &Query<NpcData>,
         index: &NpcIndex,
@@ -208,7 +207,6 @@ impl Spread {
             lens,
             npcs,
             added: index.added_total(),
-            fingerprints: index.fingerprint_sum(),
             slices,
             done: 0,
             parts: Vec::new(),
@@ -235,8 +233,9 @@ impl Spread {
         let slice: Vec<_> = jobs.into_iter().skip(from).take(to - from).collect();
         // On this thread: a slice is small (a million NPCs over 8 ticks: about 5 MB read and
         // written), and waking the pool's workers for it cost more than it saved whenever the
-        // store's threads held the other core (slices of 3 to 8 ms at 1M NPCs with the embedded
-        // store, against 0.5 to 0.9 ms here; BENCHMARKS.md, issue 14, "Eleventh pass").
+        // store's threads held the other core (slices of 3 to 8 ms, some up to 13, at 1M NPCs
+        // with the embedded store; on this thread the whole Record stage takes 0.8 to 0.9 ms at
+        // p99; BENCHMARKS.md, issue 14, "Eleventh pass").
         self.parts.extend(slice.into_iter().map(|job| job.run(m, tick, want, true)));
         self.done += 1;
     }
@@ -247,11 +246,11 @@ impl Spread {
     }
 
     /// The result when every NPC was read exactly once (count and id fingerprints match the
-    /// index); otherwise the buffer back, for a full pass.
+    /// index, which is [`Spread::intact`]); otherwise the buffer back, for a full pass.
     pub fn finish(mut self, index: &NpcIndex) -> Result<(Collected, PositionColumns), PositionColumns> {
         let seen: usize = self.parts.iter().map(|p| p.seen).sum();
         let sum = self.parts.iter().fold(0u64, |a, p| a.wrapping_add(p.fingerprints));
-        if seen != self.npcs || sum != self.fingerprints || sum != index.fingerprint_sum() {
+        if seen != self.npcs || sum != index.fingerprint_sum() {
             return Err(self.columns);
         }
         let c = finish(self.parts, self.npcs, self.want, &mut self.columns);
@@ -290,12 +289,8 @@ fn jobs<'a>(q: &'a Query<NpcData>, want: Want, out: &'a mut PositionColumns) -> 
             (&mut [], &mut [])
         };
         let mut region_chunks = region_ids.chunks_mut(par::CHUNK).zip(region_xyz.chunks_mut(par::CHUNK));
-        let (ids_all, added_all, pos_all, moved_all) = (
-            ids.clone().into_inner(),
-            ids.added_ticks_slice(),
-            pos.clone().into_inner(),
-            pos.changed_ticks_slice(),
-        );
+        let (added_all, moved_all) = (ids.added_ticks_slice(), pos.changed_ticks_slice());
+        let (ids_all, pos_all) = (ids.into_inner(), pos.into_inner());
         let state_all = [
             role.changed_ticks_slice(),
             status.changed_ticks_slice(),
